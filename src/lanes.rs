@@ -1,0 +1,364 @@
+//! Priority lanes: the queues, the order a worker searches them, and the fairness rule.
+//!
+//! Each lane (high, normal, low) has
+//! - one global [`Injector`] for tasks submitted from outside the pool (FIFO);
+//! - per worker, a FIFO deque for tasks spawned on that worker (so tasks from one thread
+//!   start roughly in submission order), and a LIFO deque for `join`'s second halves (so the
+//!   owner pops back the job it just pushed, as in rayon).
+//!
+//! Thieves take from the front of other workers' deques: the oldest, usually biggest work.
+//!
+//! ## Search order
+//! A worker looks through the lanes in priority order, and within a lane: its own deques,
+//! the lane's injector (taking a batch), then other workers' deques starting at a random
+//! victim. The first job found wins.
+//!
+//! ## Fairness (the starvation guard)
+//! A worker counts its successful picks. On the pick numbered `p`:
+//! - `p % FAIRNESS_INTERVAL == LOW_TURN`: low lane first (then normal, then high);
+//! - `p % FAIRNESS_INTERVAL == NORMAL_TURN`: normal lane first (then high, then low);
+//! - otherwise high, normal, low.
+//!
+//! So under a flood of high work, the normal and the low lane each get at least one pick in
+//! [`FAIRNESS_INTERVAL`] (32) per worker, and lower lanes together get at most two picks
+//! in 32 (one in 16) while a higher lane has work. `lanes::tests` checks these numbers.
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+use crate::job::JobRef;
+use crate::util::XorShift64Star;
+
+/// The priority of a task: which lane it waits in.
+///
+/// Higher lanes are always searched first, but a lower lane is never starved: see the
+/// fairness rule in the crate docs. The default is [`Priority::Normal`].
+///
+/// ```
+/// use weft::Priority;
+/// assert_eq!(Priority::default(), Priority::Normal);
+/// assert!(Priority::High > Priority::Low);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// Background work: runs when nothing more urgent waits, and at a guaranteed minimum
+    /// rate otherwise.
+    Low,
+    /// Ordinary work.
+    #[default]
+    Normal,
+    /// Urgent work: searched first.
+    High,
+}
+
+/// Number of lanes.
+pub(crate) const LANES: usize = 3;
+
+/// The length of the fairness cycle, in picks per worker.
+pub(crate) const FAIRNESS_INTERVAL: u32 = 32;
+/// The pick (mod `FAIRNESS_INTERVAL`) on which the normal lane goes first.
+pub(crate) const NORMAL_TURN: u32 = 15;
+/// The pick (mod `FAIRNESS_INTERVAL`) on which the low lane goes first.
+pub(crate) const LOW_TURN: u32 = 31;
+
+const _: () = assert!(NORMAL_TURN < FAIRNESS_INTERVAL && LOW_TURN < FAIRNESS_INTERVAL);
+const _: () = assert!(NORMAL_TURN != LOW_TURN);
+// At most one pick in 16 goes to a lower lane while a higher one has work.
+const _: () = assert!(FAIRNESS_INTERVAL >= 2 * 16);
+
+impl Priority {
+    /// The lane index: 0 is searched first.
+    #[inline]
+    pub(crate) fn lane(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// The lane order for a worker's `pick`-th pick (see the module docs).
+#[inline]
+pub(crate) fn lane_order(pick: u32) -> [usize; LANES] {
+    match pick % FAIRNESS_INTERVAL {
+        LOW_TURN => [2, 1, 0],
+        NORMAL_TURN => [1, 0, 2],
+        _ => [0, 1, 2],
+    }
+}
+
+/// The queues that belong to one worker; only that worker pushes and pops.
+pub(crate) struct LocalQueues {
+    /// Tasks spawned on this worker, per lane, FIFO.
+    fifo: [Worker<JobRef>; LANES],
+    /// `join` halves pushed by this worker, per lane, LIFO.
+    lifo: [Worker<JobRef>; LANES],
+}
+
+/// The stealing ends of one worker's queues, shared with every other thread.
+pub(crate) struct Stealers {
+    fifo: [Stealer<JobRef>; LANES],
+    lifo: [Stealer<JobRef>; LANES],
+}
+
+impl LocalQueues {
+    pub(crate) fn new() -> (LocalQueues, Stealers) {
+        let fifo: [Worker<JobRef>; LANES] = std::array::from_fn(|_| Worker::new_fifo());
+        let lifo: [Worker<JobRef>; LANES] = std::array::from_fn(|_| Worker::new_lifo());
+        let stealers = Stealers {
+            fifo: std::array::from_fn(|i| fifo[i].stealer()),
+            lifo: std::array::from_fn(|i| lifo[i].stealer()),
+        };
+        (LocalQueues { fifo, lifo }, stealers)
+    }
+
+    #[inline]
+    pub(crate) fn push_spawned(&self, lane: usize, job: JobRef) {
+        self.fifo[lane].push(job);
+    }
+
+    #[inline]
+    pub(crate) fn push_join(&self, lane: usize, job: JobRef) {
+        self.lifo[lane].push(job);
+    }
+
+    /// Pops the newest `join` half of `lane`.
+    #[inline]
+    pub(crate) fn pop_join(&self, lane: usize) -> Option<JobRef> {
+        self.lifo[lane].pop()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fifo.iter().chain(self.lifo.iter()).all(Worker::is_empty)
+    }
+}
+
+impl Stealers {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fifo.iter().chain(self.lifo.iter()).all(Stealer::is_empty)
+    }
+
+    pub(crate) fn len(&self, lane: usize) -> usize {
+        self.fifo[lane].len() + self.lifo[lane].len()
+    }
+
+    /// Steals every job out and hands it to `f` (shutdown).
+    pub(crate) fn drain(&self, mut f: impl FnMut(JobRef)) {
+        for s in self.fifo.iter().chain(self.lifo.iter()) {
+            loop {
+                match s.steal() {
+                    Steal::Success(job) => f(job),
+                    Steal::Retry => continue,
+                    Steal::Empty => break,
+                }
+            }
+        }
+    }
+}
+
+/// The global side: the injectors and every worker's stealers.
+pub(crate) struct Lanes {
+    pub(crate) injectors: [Injector<JobRef>; LANES],
+    pub(crate) stealers: Box<[Stealers]>,
+}
+
+/// Where a found job came from; thefts are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    Local,
+    Injector,
+    Stolen,
+}
+
+impl Lanes {
+    pub(crate) fn new(stealers: Vec<Stealers>) -> Lanes {
+        Lanes { injectors: std::array::from_fn(|_| Injector::new()), stealers: stealers.into() }
+    }
+
+    /// Queues `job` from outside any worker of this pool.
+    #[inline]
+    pub(crate) fn inject(&self, lane: usize, job: JobRef) {
+        self.injectors[lane].push(job);
+    }
+
+    /// True when no queue of any lane holds a job.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.injectors.iter().all(Injector::is_empty) && self.stealers.iter().all(Stealers::is_empty)
+    }
+
+    /// Jobs waiting in `lane` right now (approximate while the pool runs).
+    pub(crate) fn len(&self, lane: usize) -> usize {
+        self.injectors[lane].len() + self.stealers.iter().map(|s| s.len(lane)).sum::<usize>()
+    }
+
+    /// Finds a job for worker `me` in the order of `lane_order(pick)`.
+    pub(crate) fn find(
+        &self,
+        me: usize,
+        local: &LocalQueues,
+        pick: u32,
+        rng: &XorShift64Star,
+    ) -> Option<(JobRef, usize, Source)> {
+        for lane in lane_order(pick) {
+            if let Some(found) = self.find_in_lane(me, local, lane, rng) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    fn find_in_lane(
+        &self,
+        me: usize,
+        local: &LocalQueues,
+        lane: usize,
+        rng: &XorShift64Star,
+    ) -> Option<(JobRef, usize, Source)> {
+        if let Some(job) = local.fifo[lane].pop().or_else(|| local.lifo[lane].pop()) {
+            return Some((job, lane, Source::Local));
+        }
+        loop {
+            let mut retry = false;
+            match self.injectors[lane].steal_batch_and_pop(&local.fifo[lane]) {
+                Steal::Success(job) => return Some((job, lane, Source::Injector)),
+                Steal::Retry => retry = true,
+                Steal::Empty => {}
+            }
+            let n = self.stealers.len();
+            if n > 1 {
+                let start = rng.next_usize(n);
+                for victim in (start..n).chain(0..start) {
+                    if victim == me {
+                        continue;
+                    }
+                    let theirs = &self.stealers[victim];
+                    match theirs.lifo[lane]
+                        .steal()
+                        .or_else(|| theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane]))
+                    {
+                        Steal::Success(job) => return Some((job, lane, Source::Stolen)),
+                        Steal::Retry => retry = true,
+                        Steal::Empty => {}
+                    }
+                }
+            }
+            if !retry {
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::job::{JobHeader, JobVtable};
+    use crate::metrics::Counters;
+    use std::collections::VecDeque;
+    use std::ptr::NonNull;
+
+    /// Fake jobs: distinct addresses in a static array, never executed.
+    static NOOP: JobVtable = JobVtable { execute: noop, discard: noop };
+    unsafe fn noop(_: NonNull<JobHeader>, _: &Counters) {}
+
+    fn fakes(n: usize) -> Vec<JobHeader> {
+        (0..n).map(|_| JobHeader { vtable: &NOOP }).collect()
+    }
+
+    fn job(h: &JobHeader) -> JobRef {
+        // SAFETY: never executed; only compared.
+        unsafe { JobRef::new(NonNull::from(h)) }
+    }
+
+    #[test]
+    fn lane_order_follows_the_documented_rule() {
+        let mut lower_first = 0;
+        let mut low_first = 0;
+        let mut normal_first = 0;
+        for p in 0..FAIRNESS_INTERVAL * 4 {
+            let o = lane_order(p);
+            let mut sorted = o;
+            sorted.sort();
+            assert_eq!(sorted, [0, 1, 2], "each lane exactly once");
+            if o[0] != 0 {
+                lower_first += 1;
+            }
+            match o[0] {
+                2 => low_first += 1,
+                1 => normal_first += 1,
+                _ => {}
+            }
+        }
+        // Over 4 cycles: low and normal each go first once per cycle; together at most
+        // one pick in 16.
+        assert_eq!(low_first, 4);
+        assert_eq!(normal_first, 4);
+        assert!(lower_first * 16 <= FAIRNESS_INTERVAL * 4);
+    }
+
+    #[test]
+    fn high_flood_lets_lower_lanes_through_at_the_guard_rate() {
+        let (local, stealers) = LocalQueues::new();
+        let lanes = Lanes::new(vec![stealers]);
+        let rng = XorShift64Star::new(1);
+        let headers = fakes(3 * 320);
+        for (i, h) in headers.iter().enumerate() {
+            lanes.inject(i % 3, job(h));
+        }
+        // 320 picks with every lane non-empty throughout (320 jobs per lane).
+        let mut per_lane = [0u32; LANES];
+        for pick in 0..320 {
+            let (_, lane, _) = lanes.find(0, &local, pick, &rng).unwrap();
+            per_lane[lane] += 1;
+        }
+        assert_eq!(per_lane, [300, 10, 10]);
+    }
+
+    #[test]
+    fn fifo_within_a_lane_from_outside_and_from_the_worker() {
+        let (local, stealers) = LocalQueues::new();
+        let lanes = Lanes::new(vec![stealers]);
+        let rng = XorShift64Star::new(1);
+        let headers = fakes(20);
+        let mut model = VecDeque::new();
+        for h in &headers[..10] {
+            lanes.inject(1, job(h));
+            model.push_back(NonNull::from(h));
+        }
+        let mut pick = 0;
+        for h in &headers[10..] {
+            local.push_spawned(1, job(h));
+        }
+        // The injector batch moves into the local FIFO behind the already-queued spawns, so
+        // the worker runs its own spawns first, then the injected ones in order.
+        let mut got = Vec::new();
+        while let Some((j, lane, _)) = lanes.find(0, &local, pick, &rng) {
+            assert_eq!(lane, 1);
+            got.push(j.as_ptr().cast::<JobHeader>());
+            pick += 1;
+        }
+        let spawned: Vec<_> = headers[10..].iter().map(NonNull::from).collect();
+        assert_eq!(&got[..10], &spawned[..]);
+        assert_eq!(got[10..].to_vec(), model.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn join_halves_pop_lifo_and_thieves_take_the_oldest() {
+        let (a_local, a_steal) = LocalQueues::new();
+        let (b_local, b_steal) = LocalQueues::new();
+        let lanes = Lanes::new(vec![a_steal, b_steal]);
+        let rng = XorShift64Star::new(7);
+        let h = fakes(3);
+        for x in &h {
+            a_local.push_join(1, job(x));
+        }
+        assert_eq!(a_local.pop_join(1).unwrap().as_ptr(), NonNull::from(&h[2]));
+        let (stolen, _, src) = lanes.find(1, &b_local, 0, &rng).unwrap();
+        assert_eq!(src, Source::Stolen);
+        assert_eq!(stolen.as_ptr(), NonNull::from(&h[0]));
+        assert_eq!(lanes.len(1), 1);
+        assert!(!lanes.is_empty());
+        let _ = a_local.pop_join(1);
+        assert!(lanes.is_empty() && a_local.is_empty());
+    }
+}

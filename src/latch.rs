@@ -1,0 +1,230 @@
+//! Latches: one-shot "done" signals that a blocked thread waits on.
+//!
+//! A waiter calls [`Probe::probe`] to look, and [`Probe::arm`] right before it parks
+//! (`std::thread::park`); the setter then unparks it. Every thread in weft parks through
+//! `std::thread::park`, so whatever woke it (a latch, new work, a finished task) it simply
+//! probes again: spurious wake-ups are harmless.
+//!
+//! Rule (all latches): once `set` has published SET, the waiter may return and free the
+//! latch, so `set` copies what it needs *before* publishing and never touches the latch
+//! after.
+
+use std::thread::Thread;
+
+use crate::loom::{AtomicUsize, Ordering};
+
+/// A waiter's view of a latch.
+pub(crate) trait Probe {
+    /// True once the event happened. `Acquire`: everything before `set` is visible.
+    fn probe(&self) -> bool;
+
+    /// Announces that the waiter is about to park. Returns false if the event already
+    /// happened (then the waiter must not park).
+    fn arm(&self) -> bool;
+}
+
+/// The setter's side.
+pub(crate) trait Latch: Probe {
+    /// Sets the latch and wakes its waiter.
+    ///
+    /// # Safety
+    /// `this` must be live on entry; it may be freed by the waiter as soon as the latch is
+    /// published, so implementations do not touch it afterwards.
+    unsafe fn set(this: *const Self);
+}
+
+const UNSET: usize = 0;
+const SLEEPING: usize = 1;
+const SET: usize = 2;
+
+/// The latch of `join`'s second half when the owner is a worker thread.
+///
+/// The owner arms it only before parking, so the common case (set while the owner is busy)
+/// costs the setter one `swap` and no syscall.
+pub(crate) struct SpinLatch {
+    state: AtomicUsize,
+    /// The owner's thread, inside the pool's `Shared`, which outlives every worker.
+    owner: *const Thread,
+}
+
+impl SpinLatch {
+    /// # Safety
+    /// `owner` must stay valid until the latch is set: it points into the pool's `Shared`,
+    /// and only workers of that pool (which keep `Shared` alive) may set it.
+    pub(crate) unsafe fn new(owner: &Thread) -> SpinLatch {
+        SpinLatch { state: AtomicUsize::new(UNSET), owner }
+    }
+}
+
+impl Probe for SpinLatch {
+    fn probe(&self) -> bool {
+        // Acquire: pairs with the AcqRel swap in `set`, so the job's result is visible.
+        self.state.load(Ordering::Acquire) == SET
+    }
+
+    fn arm(&self) -> bool {
+        // AcqRel: on failure we read SET and must see the result (as in `probe`).
+        match self.state.compare_exchange(UNSET, SLEEPING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(s) => s != SET,
+        }
+    }
+}
+
+impl Latch for SpinLatch {
+    unsafe fn set(this: *const Self) {
+        // SAFETY: `this` is live on entry (trait contract); copy the owner out first.
+        let owner = unsafe { (*this).owner };
+        // SAFETY: as above. AcqRel: Release publishes the job's result to `probe`; Acquire
+        // orders the owner's SLEEPING before our unpark.
+        let old = unsafe { (*this).state.swap(SET, Ordering::AcqRel) };
+        if old == SLEEPING {
+            // SAFETY: the owner thread handle lives in `Shared`, kept alive by the setter,
+            // which is a worker of the same pool (invariant of `SpinLatch::new`).
+            unsafe { (*owner).unpark() };
+        }
+    }
+}
+
+/// A latch whose waiter is any thread (outside the pool, or another pool's worker).
+pub(crate) struct ThreadLatch {
+    state: AtomicUsize,
+    owner: Thread,
+}
+
+impl ThreadLatch {
+    /// A latch that wakes the current thread.
+    pub(crate) fn new() -> ThreadLatch {
+        ThreadLatch { state: AtomicUsize::new(UNSET), owner: std::thread::current() }
+    }
+
+    /// Parks the current thread until the latch is set.
+    pub(crate) fn wait(&self) {
+        while !self.probe() {
+            std::thread::park();
+        }
+    }
+}
+
+impl Probe for ThreadLatch {
+    fn probe(&self) -> bool {
+        // Acquire: pairs with the Release store in `set`.
+        self.state.load(Ordering::Acquire) == SET
+    }
+
+    fn arm(&self) -> bool {
+        !self.probe()
+    }
+}
+
+impl Latch for ThreadLatch {
+    unsafe fn set(this: *const Self) {
+        // SAFETY: live on entry; clone the owner before publishing.
+        let owner = unsafe { (*this).owner.clone() };
+        // SAFETY: live on entry. Release: publishes the result to `probe`.
+        unsafe { (*this).state.store(SET, Ordering::Release) };
+        owner.unpark();
+    }
+}
+
+/// Counts outstanding jobs of a scope; set when the count reaches zero.
+///
+/// The count starts at one (the scope's own body). The thread whose decrement reaches
+/// zero copies the owner's handle, publishes SET, then unparks it.
+pub(crate) struct CountLatch {
+    count: AtomicUsize,
+    state: AtomicUsize,
+    owner: Thread,
+}
+
+impl CountLatch {
+    pub(crate) fn new() -> CountLatch {
+        CountLatch {
+            count: AtomicUsize::new(1),
+            state: AtomicUsize::new(UNSET),
+            owner: std::thread::current(),
+        }
+    }
+
+    /// One more job to wait for. Called only while the count is above zero (by the body or
+    /// by a running job of the scope), so it can never revive a set latch.
+    pub(crate) fn increment(&self) {
+        // Relaxed: the job is published by the queue push that follows.
+        let old = self.count.fetch_add(1, Ordering::Relaxed);
+        debug_assert!(old > 0);
+    }
+}
+
+impl Probe for CountLatch {
+    fn probe(&self) -> bool {
+        // Acquire: pairs with the Release store in `set`.
+        self.state.load(Ordering::Acquire) == SET
+    }
+
+    fn arm(&self) -> bool {
+        !self.probe()
+    }
+}
+
+impl Latch for CountLatch {
+    unsafe fn set(this: *const Self) {
+        // SAFETY: live on entry. AcqRel: each job's effects are released to the last
+        // decrementer, which releases them all to the owner below.
+        if unsafe { (*this).count.fetch_sub(1, Ordering::AcqRel) } != 1 {
+            return;
+        }
+        // SAFETY: the count is zero but `state` is not yet SET, so the owner is still
+        // waiting and the latch is live.
+        let owner = unsafe { (*this).owner.clone() };
+        // SAFETY: as above; Release pairs with `probe`.
+        unsafe { (*this).state.store(SET, Ordering::Release) };
+        owner.unpark();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_latch_wakes_its_owner() {
+        let latch = ThreadLatch::new();
+        std::thread::scope(|s| {
+            let l = &latch;
+            s.spawn(move || {
+                // SAFETY: the latch outlives the scope.
+                unsafe { ThreadLatch::set(l) };
+            });
+            latch.wait();
+        });
+        assert!(latch.probe());
+        assert!(!latch.arm());
+    }
+
+    #[test]
+    fn count_latch_sets_on_last_decrement() {
+        let latch = CountLatch::new();
+        latch.increment();
+        latch.increment();
+        for _ in 0..2 {
+            // SAFETY: live local.
+            unsafe { CountLatch::set(&latch) };
+            assert!(!latch.probe());
+        }
+        // SAFETY: live local.
+        unsafe { CountLatch::set(&latch) };
+        assert!(latch.probe());
+    }
+
+    #[test]
+    fn spin_latch_arm_fails_once_set() {
+        let me = std::thread::current();
+        // SAFETY: `me` outlives the latch.
+        let latch = unsafe { SpinLatch::new(&me) };
+        assert!(latch.arm());
+        // SAFETY: live local; unparking ourselves is harmless.
+        unsafe { SpinLatch::set(&latch) };
+        assert!(latch.probe());
+        assert!(!latch.arm());
+    }
+}

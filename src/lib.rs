@@ -1,0 +1,174 @@
+//! weft: an in-process, work-stealing task scheduler with priority lanes and join handles.
+//!
+//! weft runs closures on a pool of worker threads, as rayon does, and gives every task a
+//! [`JoinHandle`] that can be joined, awaited or cancelled, with three priority lanes and
+//! a starvation guard. The free functions [`spawn`], [`join`] and [`scope`] use the
+//! current worker's pool, or a global pool built lazily on first use.
+//!
+//! # A tour
+//!
+//! ```
+//! use weft::{Pool, Priority};
+//!
+//! // A pool with two workers (the global pool has one per core, or WEFT_NUM_THREADS).
+//! let pool = Pool::builder().workers(2).build().unwrap();
+//!
+//! // Spawn: one allocation; the handle resolves to the value, a panic, or cancellation.
+//! let answer = pool.spawn(|| 6 * 7);
+//! assert_eq!(answer.join().unwrap(), 42);
+//!
+//! // Priorities: high work is searched first; low work is never starved.
+//! let urgent = pool.task().priority(Priority::High).spawn(|| "urgent");
+//! assert_eq!(urgent.join().unwrap(), "urgent");
+//!
+//! // Panics are caught and reported through the handle; the worker lives on.
+//! assert!(pool.spawn(|| panic!("oops")).join().unwrap_err().is_panic());
+//!
+//! // Fork-join without allocation, as rayon::join.
+//! fn sum(v: &[u64]) -> u64 {
+//!     if v.len() <= 1024 { return v.iter().sum(); }
+//!     let (l, r) = v.split_at(v.len() / 2);
+//!     let (a, b) = weft::join(|| sum(l), || sum(r));
+//!     a + b
+//! }
+//! let v: Vec<u64> = (1..=100_000).collect();
+//! assert_eq!(pool.install(|| sum(&v)), 5_000_050_000);
+//!
+//! // Scoped tasks may borrow from the stack.
+//! let mut halves = [0u64; 2];
+//! pool.scope(|s| {
+//!     let (a, b) = halves.split_at_mut(1);
+//!     s.spawn(|_| a[0] = v[..50_000].iter().sum());
+//!     s.spawn(|_| b[0] = v[50_000..].iter().sum());
+//! });
+//! assert_eq!(halves[0] + halves[1], 5_000_050_000);
+//!
+//! // Handles are futures too, for any async runtime.
+//! let h = pool.spawn(|| 1);
+//! let _fut: &dyn std::future::Future<Output = Result<i32, weft::JoinError>> = &h;
+//!
+//! // Metrics: lifetime counters summed from per-worker blocks, and queue depths.
+//! let m = pool.metrics();
+//! assert!(m.spawned >= 4 && m.panicked == 1);
+//!
+//! // Shutdown finishes queued work, joins the workers, and refuses new spawns.
+//! pool.shutdown();
+//! assert!(pool.spawn(|| ()).join().unwrap_err().is_shutdown());
+//! ```
+//!
+//! # How a worker finds work
+//!
+//! Each lane (high, normal, low) has a global injector for tasks submitted from outside
+//! the pool; each worker has, per lane, a FIFO deque for tasks it spawned and a LIFO deque
+//! for `join` halves. A worker looks, lane by lane in priority order: at its own deques,
+//! then at the lane's injector (taking a batch), then at other workers' deques, starting at
+//! a random victim. On every 16th and 32nd pick of a 32-pick cycle it starts with the
+//! normal, respectively the low lane instead: under a flood of high work each lower lane
+//! still gets one pick in 32 per worker, and lower lanes together never take more than one
+//! pick in 16 while higher work waits.
+//!
+//! A worker that finds nothing searches a few more rounds (yielding in between), then
+//! parks. A spawn wakes one parked worker only when no worker is searching, so an idle
+//! pool uses no CPU and a burst of spawns does not wake every thread at once.
+//!
+//! # What happens when
+//!
+//! - **A task panics:** the panic is caught, counted in [`Metrics::panicked`], and returned
+//!   by its handle as a [`JoinError`]; the worker thread carries on.
+//! - **A handle is dropped:** the task is detached; it still runs, and its output is dropped.
+//! - **`cancel` is called:** a task that has not started never will, and its handle resolves
+//!   to a cancelled error; a running task is not interrupted (`cancel` returns false).
+//! - **[`Pool::shutdown`]:** new spawns are refused (their handles resolve to a shut-down
+//!   error at once), queued tasks still run, the workers exit and are joined. Every handle
+//!   resolves. [`Pool::shutdown_now`] resolves queued tasks as shut down instead of
+//!   running them. Dropping the last `Pool` handle is a `shutdown`. Called from one of the
+//!   pool's own workers, shutdown does not join any thread (that could deadlock).
+//! - **A full queue:** queues are unbounded; memory is the limit.
+//! - **Join on a worker:** the worker runs other queued work while it waits, so nested
+//!   joins cannot deadlock the pool, even with one worker.
+//!
+//! Within one lane, tasks submitted from one thread start in submission order when one
+//! worker takes them; with several workers, roughly so.
+//!
+//! # Cargo features
+//!
+//! The default build depends only on crossbeam-deque, crossbeam-utils and parking_lot.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![doc(test(attr(deny(warnings))))]
+
+mod global;
+mod job;
+mod join;
+mod lanes;
+mod latch;
+mod loom;
+mod metrics;
+mod pool;
+mod scope;
+mod shared;
+mod sleep;
+mod task;
+mod util;
+mod worker;
+
+pub use join::join;
+pub use lanes::Priority;
+pub use metrics::Metrics;
+pub use pool::{default_workers, BuildError, Builder, Pool, TaskBuilder, NUM_THREADS_ENV};
+pub use scope::Scope;
+pub use task::{JoinError, JoinHandle};
+
+use worker::WorkerThread;
+
+/// Spawns `f` on the current worker's pool, or on the global pool when called from
+/// outside any pool. See [`Pool::spawn`].
+///
+/// ```
+/// let h = weft::spawn(|| 2 + 2);
+/// assert_eq!(h.join().unwrap(), 4);
+/// ```
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match WorkerThread::current() {
+        Some(w) => w.shared.spawn(Priority::Normal, f),
+        None => global::pool().spawn(f),
+    }
+}
+
+/// Runs `op` in a scope of the current worker's pool, or of the global pool. See
+/// [`Pool::scope`].
+///
+/// ```
+/// let data = vec![1, 2, 3];
+/// let mut total = 0;
+/// weft::scope(|s| {
+///     s.spawn(|_| total = data.iter().sum());
+/// });
+/// assert_eq!(total, 6);
+/// ```
+pub fn scope<'scope, OP, R>(op: OP) -> R
+where
+    OP: FnOnce(&Scope<'scope>) -> R,
+{
+    match WorkerThread::current() {
+        Some(w) => scope::run(&w.shared, op),
+        None => global::pool().scope(op),
+    }
+}
+
+/// The index of the current worker thread in its pool (`0..workers`), or `None` when
+/// called from outside any weft pool.
+///
+/// ```
+/// assert_eq!(weft::current_thread_index(), None);
+/// let pool = weft::Pool::builder().workers(2).build().unwrap();
+/// assert!(pool.install(|| weft::current_thread_index().unwrap() < 2));
+/// ```
+pub fn current_thread_index() -> Option<usize> {
+    WorkerThread::current().map(|w| w.index)
+}

@@ -1,0 +1,504 @@
+//! [`Pool`], its [`Builder`], and the task options builder [`TaskBuilder`].
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::thread;
+
+use crate::job::StackJob;
+use crate::lanes::{LocalQueues, Priority};
+use crate::latch::ThreadLatch;
+use crate::metrics::Metrics;
+use crate::scope::Scope;
+use crate::shared::{Hook, Shared};
+use crate::sleep::MAX_WORKERS;
+use crate::task::JoinHandle;
+use crate::worker::WorkerThread;
+
+/// The environment variable read for the default worker count (like rayon's
+/// `RAYON_NUM_THREADS`). Unset, empty, zero or unparsable: one worker per core.
+pub const NUM_THREADS_ENV: &str = "WEFT_NUM_THREADS";
+
+/// A work-stealing thread pool with priority lanes.
+///
+/// `Pool` is a cheap handle (`Clone` is one reference-count increment); every clone drives
+/// the same workers. When the last handle is dropped the pool shuts down gracefully, as
+/// [`shutdown`](Self::shutdown) does.
+///
+/// ```
+/// use weft::{Pool, Priority};
+///
+/// let pool = Pool::builder().workers(2).build().unwrap();
+/// let a = pool.spawn(|| 1);
+/// let b = pool.task().priority(Priority::High).spawn(|| 2);
+/// assert_eq!(a.join().unwrap() + b.join().unwrap(), 3);
+/// assert_eq!(pool.install(|| weft::current_thread_index().is_some()), true);
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    handle: Arc<PoolHandle>,
+}
+
+/// Owns the user's side of the pool; dropping the last one shuts the pool down.
+struct PoolHandle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown(false);
+    }
+}
+
+impl Pool {
+    /// A builder with defaults: one worker per core (or [`NUM_THREADS_ENV`]).
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// Spawns `f` in the normal lane and returns its handle.
+    ///
+    /// From a worker of this pool the task goes on that worker's own deque; from anywhere
+    /// else on the lane's injector. After shutdown the spawn is refused: the handle
+    /// resolves at once to a shut-down [`JoinError`](crate::JoinError), and `f` is dropped.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool.spawn(|| "done");
+    /// assert_eq!(h.join().unwrap(), "done");
+    /// ```
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared().spawn(Priority::Normal, f)
+    }
+
+    /// Options for the next task: `pool.task().priority(Priority::High).spawn(f)`.
+    pub fn task(&self) -> TaskBuilder<'_> {
+        TaskBuilder { shared: self.shared(), priority: Priority::Normal }
+    }
+
+    /// Runs `f` on one of the pool's workers and returns its value (as rayon's `install`),
+    /// blocking the caller meanwhile. Inside `f`, `weft::spawn`, `weft::join` and
+    /// `weft::scope` use this pool. A panic in `f` is re-raised here.
+    ///
+    /// Called from a worker of this pool, `f` just runs. After shutdown, `f` runs on the
+    /// calling thread instead (there are no workers left to run it).
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(2).build().unwrap();
+    /// let (a, b) = pool.install(|| weft::join(|| 1, || 2));
+    /// assert_eq!(a + b, 3);
+    /// ```
+    pub fn install<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let shared = self.shared();
+        if shared.current_worker().is_some() || shared.is_closed() {
+            return f();
+        }
+        let job = StackJob::new(move |_| f(), ThreadLatch::new());
+        // SAFETY: `job` lives on this frame, which waits below until its latch is set; the
+        // queue's reference is the only one. A job that races shutdown is run by a drain.
+        shared.push(Priority::Normal.lane(), unsafe { job.as_job_ref() }, false);
+        wait_for(&job.latch);
+        job.into_result()
+    }
+
+    /// Runs `op` with a [`Scope`] whose spawned tasks may borrow from the caller's stack;
+    /// returns after `op` and every task spawned in the scope finished. A panic in `op` or in
+    /// any scoped task is re-raised here, after all of them finished.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(2).build().unwrap();
+    /// let mut parts = [0u64; 4];
+    /// pool.scope(|s| {
+    ///     for (i, p) in parts.iter_mut().enumerate() {
+    ///         s.spawn(move |_| *p = (i as u64 + 1) * 10);
+    ///     }
+    /// });
+    /// assert_eq!(parts, [10, 20, 30, 40]);
+    /// ```
+    pub fn scope<'scope, OP, R>(&self, op: OP) -> R
+    where
+        OP: FnOnce(&Scope<'scope>) -> R,
+    {
+        crate::scope::run(self.shared(), op)
+    }
+
+    /// Fork-join on this pool: see [`weft::join`](crate::join).
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(2).build().unwrap();
+    /// assert_eq!(pool.join(|| 1, || 2), (1, 2));
+    /// ```
+    pub fn join<A, B, RA, RB>(&self, a: A, b: B) -> (RA, RB)
+    where
+        A: FnOnce() -> RA + Send,
+        B: FnOnce() -> RB + Send,
+        RA: Send,
+        RB: Send,
+    {
+        self.install(|| crate::join(a, b))
+    }
+
+    /// A snapshot of the pool's counters and queue depths.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// pool.spawn(|| ()).join().unwrap();
+    /// assert_eq!(pool.metrics().completed, 1);
+    /// ```
+    pub fn metrics(&self) -> Metrics {
+        self.shared().metrics()
+    }
+
+    /// The number of worker threads.
+    pub fn num_workers(&self) -> usize {
+        self.shared().num_workers()
+    }
+
+    /// Shuts the pool down gracefully: refuses new spawns from now on, lets the workers
+    /// finish everything already queued, and joins them. Every outstanding handle resolves.
+    /// Idempotent; a concurrent second call waits for the first.
+    ///
+    /// Called from one of the pool's own workers (or if the last `Pool` handle is dropped
+    /// there), it stops intake and wakes the workers but returns without joining any
+    /// thread: joining its own thread, or a peer that may be waiting on it, would deadlock.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(2).build().unwrap();
+    /// let queued: Vec<_> = (0..100).map(|i| pool.spawn(move || i)).collect();
+    /// pool.shutdown();
+    /// // Queued work still ran.
+    /// assert_eq!(queued.into_iter().map(|h| h.join().unwrap()).sum::<i32>(), 4950);
+    /// ```
+    pub fn shutdown(&self) {
+        self.shared().shutdown(false);
+    }
+
+    /// Shuts the pool down now: refuses new spawns, resolves every task still queued as
+    /// shut down without running it, lets running tasks finish, and joins the workers.
+    /// Scoped jobs, `join` halves and `install` closures are not tasks: a caller is blocked
+    /// on them, so they still run.
+    ///
+    /// ```
+    /// use std::sync::mpsc::channel;
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let (started_tx, started_rx) = channel();
+    /// let (go_tx, go_rx) = channel::<()>();
+    /// let running = pool.spawn(move || {
+    ///     started_tx.send(()).unwrap();
+    ///     go_rx.recv().unwrap();
+    ///     "ran"
+    /// });
+    /// started_rx.recv().unwrap();
+    /// let queued = pool.spawn(|| "never runs");
+    /// let p = pool.clone();
+    /// let stopper = std::thread::spawn(move || p.shutdown_now());
+    /// assert!(queued.join().unwrap_err().is_shutdown());
+    /// go_tx.send(()).unwrap(); // let the running task finish
+    /// stopper.join().unwrap();
+    /// assert_eq!(running.join().unwrap(), "ran");
+    /// ```
+    pub fn shutdown_now(&self) {
+        self.shared().shutdown(true);
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.num_workers())
+            .field("closed", &self.shared().is_closed())
+            .finish()
+    }
+}
+
+/// Waits for a latch: on a worker thread (of any pool) by running that pool's work
+/// meanwhile, elsewhere by parking.
+pub(crate) fn wait_for(latch: &ThreadLatch) {
+    match WorkerThread::current() {
+        Some(w) => {
+            w.wait_until(latch, None);
+        }
+        None => latch.wait(),
+    }
+}
+
+/// Options for one task; made by [`Pool::task`].
+///
+/// ```
+/// use weft::Priority;
+/// let pool = weft::Pool::builder().workers(1).build().unwrap();
+/// let h = pool.task().priority(Priority::Low).spawn(|| 5);
+/// assert_eq!(h.join().unwrap(), 5);
+/// ```
+#[must_use = "a TaskBuilder does nothing until `spawn` is called"]
+pub struct TaskBuilder<'a> {
+    shared: &'a Arc<Shared>,
+    priority: Priority,
+}
+
+impl TaskBuilder<'_> {
+    /// The lane the task waits in (default [`Priority::Normal`]).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Spawns the task with these options; see [`Pool::spawn`].
+    pub fn spawn<F, T>(self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.shared.spawn(self.priority, f)
+    }
+}
+
+impl fmt::Debug for TaskBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder").field("priority", &self.priority).finish()
+    }
+}
+
+type NameFn = Box<dyn FnMut(usize) -> String>;
+
+/// Configures and builds a [`Pool`].
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+///
+/// let started = Arc::new(AtomicUsize::new(0));
+/// let s = started.clone();
+/// let pool = weft::Pool::builder()
+///     .workers(3)
+///     .thread_name(|i| format!("my-worker-{i}"))
+///     .stack_size(4 << 20)
+///     .on_thread_start(move |_index| { s.fetch_add(1, Ordering::SeqCst); })
+///     .build()
+///     .unwrap();
+/// let name = pool.install(|| std::thread::current().name().map(str::to_owned));
+/// assert!(name.unwrap().starts_with("my-worker-"));
+/// pool.shutdown();
+/// assert_eq!(started.load(Ordering::SeqCst), 3);
+/// ```
+#[must_use = "a Builder does nothing until `build` is called"]
+pub struct Builder {
+    workers: Option<usize>,
+    thread_name: Option<NameFn>,
+    stack_size: Option<usize>,
+    on_start: Option<Hook>,
+    on_stop: Option<Hook>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// Defaults: [`default_workers`] workers, threads named `weft-worker-{i}`, the
+    /// platform's default stack size, no hooks.
+    pub fn new() -> Builder {
+        Builder { workers: None, thread_name: None, stack_size: None, on_start: None, on_stop: None }
+    }
+
+    /// The number of worker threads: at least 1, at most 65535 (else `build` fails).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Names worker `i`'s thread.
+    pub fn thread_name(mut self, name: impl FnMut(usize) -> String + 'static) -> Self {
+        self.thread_name = Some(Box::new(name));
+        self
+    }
+
+    /// The stack size of each worker thread, in bytes.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Runs on each worker thread when it starts, with its index. It may spawn tasks. A
+    /// panic in it is caught (and printed by the panic hook); the worker starts anyway.
+    pub fn on_thread_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs on each worker thread right before it exits, with its index. A panic in it is
+    /// caught.
+    pub fn on_thread_stop(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_stop = Some(Arc::new(f));
+        self
+    }
+
+    /// Starts the worker threads.
+    ///
+    /// ```
+    /// assert!(weft::Pool::builder().workers(0).build().unwrap_err().is_zero_workers());
+    /// ```
+    pub fn build(self) -> Result<Pool, BuildError> {
+        let n = self.workers.unwrap_or_else(default_workers);
+        if n == 0 {
+            return Err(BuildError { kind: ErrorKind::ZeroWorkers });
+        }
+        if n > MAX_WORKERS {
+            return Err(BuildError { kind: ErrorKind::TooManyWorkers(n) });
+        }
+        let (locals, stealers): (Vec<_>, Vec<_>) = (0..n).map(|_| LocalQueues::new()).unzip();
+        let shared = Arc::new(Shared::new(
+            crate::lanes::Lanes::new(stealers),
+            n,
+            self.on_start,
+            self.on_stop,
+        ));
+        let pool = Pool { handle: Arc::new(PoolHandle { shared: shared.clone() }) };
+        let mut name = self.thread_name;
+        let mut threads = Vec::with_capacity(n);
+        for (index, local) in locals.into_iter().enumerate() {
+            let thread_name = match &mut name {
+                Some(f) => f(index),
+                None => format!("weft-worker-{index}"),
+            };
+            let mut b = thread::Builder::new().name(thread_name);
+            if let Some(size) = self.stack_size {
+                b = b.stack_size(size);
+            }
+            let s = shared.clone();
+            match b.spawn(move || WorkerThread::run(index, s, local)) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // Stop and join the threads already started; nothing was queued yet.
+                    shared.set_threads(threads);
+                    drop(pool);
+                    return Err(BuildError { kind: ErrorKind::Spawn(e) });
+                }
+            }
+        }
+        shared.set_threads(threads);
+        Ok(pool)
+    }
+
+    /// Builds the global pool behind `weft::spawn`, `weft::join` and `weft::scope` with
+    /// these settings. Must come before their first use; after that (or a second call) it
+    /// returns an error and changes nothing.
+    ///
+    /// ```
+    /// // In this doctest the global pool is still unbuilt, so this succeeds...
+    /// weft::Pool::builder().workers(2).build_global().unwrap();
+    /// assert_eq!(weft::spawn(|| 7).join().unwrap(), 7);
+    /// // ...and a second configuration is refused.
+    /// let err = weft::Pool::builder().build_global().unwrap_err();
+    /// assert!(err.is_global_already_initialized());
+    /// ```
+    pub fn build_global(self) -> Result<(), BuildError> {
+        crate::global::set(self)
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.workers)
+            .field("stack_size", &self.stack_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default worker count: [`NUM_THREADS_ENV`] if it holds a positive integer, else
+/// the number of cores (`std::thread::available_parallelism`), else 1.
+///
+/// ```
+/// assert!(weft::default_workers() >= 1);
+/// ```
+pub fn default_workers() -> usize {
+    std::env::var(NUM_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Why a pool could not be built.
+#[derive(Debug)]
+pub struct BuildError {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+enum ErrorKind {
+    ZeroWorkers,
+    TooManyWorkers(usize),
+    Spawn(io::Error),
+    GlobalAlreadyInitialized,
+}
+
+impl BuildError {
+    pub(crate) fn global_already_initialized() -> BuildError {
+        BuildError { kind: ErrorKind::GlobalAlreadyInitialized }
+    }
+
+    /// The builder asked for zero workers.
+    pub fn is_zero_workers(&self) -> bool {
+        matches!(self.kind, ErrorKind::ZeroWorkers)
+    }
+
+    /// The builder asked for more than 65535 workers.
+    ///
+    /// ```
+    /// let err = weft::Pool::builder().workers(1 << 20).build().unwrap_err();
+    /// assert!(err.is_too_many_workers());
+    /// ```
+    pub fn is_too_many_workers(&self) -> bool {
+        matches!(self.kind, ErrorKind::TooManyWorkers(_))
+    }
+
+    /// The operating system refused to start a worker thread.
+    pub fn is_spawn_failed(&self) -> bool {
+        matches!(self.kind, ErrorKind::Spawn(_))
+    }
+
+    /// `build_global` was called after the global pool already existed.
+    pub fn is_global_already_initialized(&self) -> bool {
+        matches!(self.kind, ErrorKind::GlobalAlreadyInitialized)
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::ZeroWorkers => f.write_str("a pool needs at least one worker"),
+            ErrorKind::TooManyWorkers(n) => {
+                write!(f, "{n} workers requested; a pool has at most {MAX_WORKERS}")
+            }
+            ErrorKind::Spawn(e) => write!(f, "could not start a worker thread: {e}"),
+            ErrorKind::GlobalAlreadyInitialized => {
+                f.write_str("the global pool was already initialized")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `Shared`: the state of one pool that every worker and every `Pool` handle points at.
+//!
+//! It routes new jobs (the current worker's local deque, or an injector), runs the sleep
+//! protocol's pusher side, and owns the shutdown sequence:
+//!
+//! 1. `closed` is set (new spawns are refused from then on) and CLOSED is set in the sleep
+//!    state, waking every sleeper;
+//! 2. workers keep running what is queued (`shutdown`) or resolve it as shut down
+//!    (`shutdown_now`), then leave ALIVE and drain once more (see `sleep.rs`);
+//! 3. the caller joins the worker threads (unless it is one of them), then drains whatever
+//!    a racing spawn left behind.
+//!
+//! Worker threads hold an `Arc<Shared>`; `Pool` handles hold it through a `PoolHandle`
+//! whose drop starts a graceful shutdown.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_deque::Steal;
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::job::JobRef;
+use crate::lanes::{Lanes, Priority, LANES};
+use crate::loom::{AtomicBool, Ordering};
+use crate::metrics::{CounterSet, Counters, Metrics};
+use crate::sleep::Sleep;
+use crate::task::{raw, JoinHandle};
+use crate::worker::WorkerThread;
+
+/// A start or stop hook; gets the worker's index.
+pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+
+pub(crate) struct Shared {
+    pub(crate) lanes: Lanes,
+    pub(crate) sleep: Sleep,
+    pub(crate) counters: CounterSet,
+    /// Read by every spawn, written once: kept off the busy sleep-state line.
+    closed: CachePadded<AtomicBool>,
+    /// Set by `shutdown_now`: workers resolve queued tasks instead of running them.
+    cancel_queued: CachePadded<AtomicBool>,
+    /// Worker threads not yet joined. Whoever joins holds the lock until done, so a second
+    /// `shutdown` waits for the first.
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    start_hook: Option<Hook>,
+    stop_hook: Option<Hook>,
+    num_workers: usize,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        lanes: Lanes,
+        num_workers: usize,
+        start_hook: Option<Hook>,
+        stop_hook: Option<Hook>,
+    ) -> Shared {
+        Shared {
+            lanes,
+            sleep: Sleep::new(num_workers),
+            counters: CounterSet::new(num_workers),
+            closed: CachePadded::new(AtomicBool::new(false)),
+            cancel_queued: CachePadded::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+            start_hook,
+            stop_hook,
+            num_workers,
+        }
+    }
+
+    pub(crate) fn set_threads(&self, threads: Vec<thread::JoinHandle<()>>) {
+        *self.threads.lock() = threads;
+    }
+
+    pub(crate) fn num_workers(&self) -> usize {
+        self.num_workers
+    }
+
+    /// The current thread's worker, if it belongs to this pool.
+    #[inline]
+    pub(crate) fn current_worker(&self) -> Option<&'static WorkerThread> {
+        WorkerThread::current().filter(|w| std::ptr::eq(Arc::as_ptr(&w.shared), self))
+    }
+
+    /// The counter block the current thread writes.
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        match self.current_worker() {
+            Some(w) => self.counters.worker(w.index),
+            None => self.counters.external(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        // Acquire: pairs with the Release in `close`.
+        self.closed.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelling_queued(&self) -> bool {
+        self.cancel_queued.load(Ordering::Relaxed)
+    }
+
+    /// Spawns a task: one allocation, one push, one fence.
+    pub(crate) fn spawn<F, T>(&self, priority: Priority, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.is_closed() {
+            // SAFETY: a refused task's only reference is the handle's, of output type `T`.
+            return unsafe { JoinHandle::from_raw(raw::allocate_refused(func)) };
+        }
+        let (job, handle) = raw::allocate(func, self);
+        self.push(priority.lane(), job, true);
+        // SAFETY: `allocate` returns the handle's reference to a task with output `T`.
+        unsafe { JoinHandle::from_raw(handle) }
+    }
+
+    /// Queues `job` in `lane`: on the current worker's deque if it is one of ours, else on
+    /// the injector. Counts a spawn if `count_spawn`.
+    pub(crate) fn push(&self, lane: usize, job: JobRef, count_spawn: bool) {
+        let worker = self.current_worker();
+        let counters = match worker {
+            Some(w) => {
+                let c = w.counters();
+                if count_spawn {
+                    c.bump(&c.spawned);
+                }
+                w.push_spawned(lane, job);
+                c
+            }
+            None => {
+                let c = self.counters.external();
+                if count_spawn {
+                    c.bump(&c.spawned);
+                }
+                self.lanes.inject(lane, job);
+                c
+            }
+        };
+        self.after_push(counters);
+    }
+
+    /// The pusher's side of the sleep protocol, plus the shutdown race (see `sleep.rs`).
+    #[inline]
+    pub(crate) fn after_push(&self, counters: &Counters) {
+        let s = self.sleep.notify_after_push(counters);
+        if s.is_closed() && s.alive() == 0 {
+            // Every worker has left: nobody else will see what we pushed.
+            self.drain();
+        }
+    }
+
+    /// Takes every queued job out and discards it (tasks resolve as shut down; stack and
+    /// scope jobs run here, since a caller is blocked on them).
+    pub(crate) fn drain(&self) {
+        let counters = self.counters();
+        for lane in 0..LANES {
+            loop {
+                match self.lanes.injectors[lane].steal() {
+                    Steal::Success(job) => job.discard(counters),
+                    Steal::Retry => continue,
+                    Steal::Empty => break,
+                }
+            }
+        }
+        for stealers in self.lanes.stealers.iter() {
+            stealers.drain(|job| job.discard(counters));
+        }
+    }
+
+    /// Starts shutdown; see the module docs. Returns after the workers exited, unless called
+    /// from one of them.
+    pub(crate) fn shutdown(&self, cancel_queued: bool) {
+        if cancel_queued {
+            self.cancel_queued.store(true, Ordering::Relaxed);
+        }
+        // Release: pairs with the Acquire in `is_closed`.
+        self.closed.store(true, Ordering::Release);
+        self.sleep.close();
+        if cancel_queued {
+            self.drain();
+        }
+        if self.current_worker().is_some() {
+            // Joining our own thread (or peers that may wait on us) would deadlock.
+            return;
+        }
+        let mut threads = self.threads.lock();
+        for t in threads.drain(..) {
+            // A worker thread never panics (user panics are caught), so this is Ok.
+            let _ = t.join();
+        }
+        drop(threads);
+        self.drain();
+    }
+
+    pub(crate) fn metrics(&self) -> Metrics {
+        let mut m = Metrics::default();
+        self.counters.sum_into(&mut m);
+        m.queued_high = self.lanes.len(Priority::High.lane()) as u64;
+        m.queued_normal = self.lanes.len(Priority::Normal.lane()) as u64;
+        m.queued_low = self.lanes.len(Priority::Low.lane()) as u64;
+        m.workers = self.num_workers as u64;
+        m
+    }
+
+    pub(crate) fn run_start_hook(&self, index: usize) {
+        if let Some(h) = &self.start_hook {
+            // A panicking hook is reported on stderr by the panic hook; the worker lives on.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| h(index)));
+        }
+    }
+
+    pub(crate) fn run_stop_hook(&self, index: usize) {
+        if let Some(h) = &self.stop_hook {
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| h(index)));
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! [`JoinError`]: why a task produced no value.
+
+use std::any::Any;
+use std::fmt;
+
+use crate::util::panic_message;
+
+/// Why a [`JoinHandle`](crate::JoinHandle) resolved without a value.
+///
+/// ```
+/// let pool = weft::Pool::builder().workers(1).build().unwrap();
+/// let err = pool.spawn(|| panic!("boom")).join().unwrap_err();
+/// assert!(err.is_panic());
+/// assert_eq!(err.panic_message(), Some("boom"));
+/// assert_eq!(err.to_string(), "task panicked: boom");
+/// ```
+pub struct JoinError {
+    repr: Repr,
+}
+
+enum Repr {
+    Panicked { message: Option<String>, payload: SyncWrapper<Box<dyn Any + Send>> },
+    Cancelled,
+    Shutdown,
+}
+
+/// Makes a `Send` value `Sync` by never handing out `&T`: the payload is reachable only
+/// through `JoinError` by value.
+struct SyncWrapper<T>(T);
+
+// SAFETY: no method gives shared access to the inner value; it is only moved out by value
+// (`into_panic`), which needs ownership, so sharing `&SyncWrapper` across threads exposes
+// nothing.
+unsafe impl<T: Send> Sync for SyncWrapper<T> {}
+
+impl JoinError {
+    pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
+        let message = panic_message(&*payload).map(str::to_owned);
+        JoinError { repr: Repr::Panicked { message, payload: SyncWrapper(payload) } }
+    }
+
+    pub(crate) fn cancelled() -> JoinError {
+        JoinError { repr: Repr::Cancelled }
+    }
+
+    pub(crate) fn shutdown() -> JoinError {
+        JoinError { repr: Repr::Shutdown }
+    }
+
+    /// True if the task panicked. The panic was caught; the worker thread lives on.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.repr, Repr::Panicked { .. })
+    }
+
+    /// True if the task was cancelled before it started (see
+    /// [`JoinHandle::cancel`](crate::JoinHandle::cancel)).
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
+    /// let g = gate.clone();
+    /// let blocker = pool.spawn(move || { g.wait(); });
+    /// let queued = pool.spawn(|| 1);
+    /// assert!(queued.cancel());
+    /// gate.wait();
+    /// assert!(queued.join().unwrap_err().is_cancelled());
+    /// blocker.join().unwrap();
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.repr, Repr::Cancelled)
+    }
+
+    /// True if the pool shut down before the task ran (or refused it at spawn).
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// pool.shutdown();
+    /// assert!(pool.spawn(|| 1).join().unwrap_err().is_shutdown());
+    /// ```
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self.repr, Repr::Shutdown)
+    }
+
+    /// The panic's message, if the task panicked with a `&str` or `String`.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.repr {
+            Repr::Panicked { message, .. } => message.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The panic payload, to re-raise with `std::panic::resume_unwind`; gives the error
+    /// back if the task did not panic.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let err = pool.spawn(|| std::panic::panic_any(7u8)).join().unwrap_err();
+    /// let payload = err.try_into_panic().unwrap();
+    /// assert_eq!(payload.downcast_ref::<u8>(), Some(&7));
+    /// ```
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
+        match self.repr {
+            Repr::Panicked { payload, .. } => Ok(payload.0),
+            repr => Err(JoinError { repr }),
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Panicked { message: Some(m), .. } => write!(f, "task panicked: {m}"),
+            Repr::Panicked { message: None, .. } => f.write_str("task panicked"),
+            Repr::Cancelled => f.write_str("task was cancelled before it started"),
+            Repr::Shutdown => f.write_str("the pool shut down before the task ran"),
+        }
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Panicked { message, .. } => {
+                f.debug_struct("JoinError::Panicked").field("message", message).finish()
+            }
+            Repr::Cancelled => f.write_str("JoinError::Cancelled"),
+            Repr::Shutdown => f.write_str("JoinError::Shutdown"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_error_is_send_sync_error() {
+        fn check<E: std::error::Error + Send + Sync + 'static>() {}
+        check::<JoinError>();
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(JoinError::cancelled());
+        assert_eq!(boxed.to_string(), "task was cancelled before it started");
+    }
+
+    #[test]
+    fn kinds_are_exclusive() {
+        let p = JoinError::panicked(Box::new(5u32));
+        assert!(p.is_panic() && !p.is_cancelled() && !p.is_shutdown());
+        assert_eq!(p.panic_message(), None);
+        assert_eq!(p.to_string(), "task panicked");
+        let s = JoinError::shutdown();
+        assert!(s.is_shutdown() && !s.is_panic());
+        assert!(s.try_into_panic().unwrap_err().is_shutdown());
+        assert_eq!(format!("{:?}", JoinError::cancelled()), "JoinError::Cancelled");
+    }
+}

@@ -1,0 +1,22 @@
+//! Tasks: one allocation holding the closure and, once it ran, its outcome.
+//!
+//! - `state.rs`: the atomic state word, its bit table and invariants, every RMW;
+//! - `raw.rs`: the allocation (header + stage), its vtable, and the harness that runs,
+//!   cancels, completes and frees a task;
+//! - `handle.rs`: [`JoinHandle`], the typed owner of the result;
+//! - `error.rs`: [`JoinError`].
+//!
+//! A task's life: `spawn` allocates it QUEUED with two references (handle, queue) and
+//! pushes the queue's reference as a `JobRef`. A worker pops it and claims it
+//! (QUEUED → RUNNING), runs the closure under `catch_unwind`, stores the output or panic,
+//! and completes it (RUNNING → COMPLETE), waking the joiner. A `cancel` that claims it
+//! first resolves it as cancelled; the worker that pops it later loses the claim and only
+//! drops the queue's reference.
+
+mod error;
+mod handle;
+pub(crate) mod raw;
+mod state;
+
+pub use error::JoinError;
+pub use handle::JoinHandle;

@@ -1,0 +1,300 @@
+//! The task state word: every read-modify-write of it lives in this file.
+//!
+//! | bits | name | meaning | set by | cleared by | never with |
+//! | --- | --- | --- | --- | --- | --- |
+//! | 0 | `RUNNING` | someone claimed the stage: a worker runs the closure, or a canceller drops it | `try_claim` | `complete` | `COMPLETE` |
+//! | 1 | `COMPLETE` | the outcome is final; the stage holds the output (or nothing) | `complete` | never | `RUNNING` |
+//! | 2 | `JOIN_INTEREST` | the `JoinHandle` is alive | `new` | handle drop (`drop_join_interest`) | |
+//! | 3 | `JOIN_WAKER` | a waker is stored; the task side may read it | `set_join_waker` | `unset_join_waker` | |
+//! | 4–5 | `OUTCOME` | value / panicked / cancelled / shut down; valid once `COMPLETE` | `complete` | never | |
+//! | 6–11 | reserved | (timers, cancel requests: later) | | | |
+//! | 12.. | `REF_COUNT` | references: the handle, and the one queued/running reference | `new` | `ref_dec` | |
+//!
+//! Lifecycle (the names of the design doc): QUEUED = neither `RUNNING` nor `COMPLETE`;
+//! RUNNING; then COMPLETE with one of four outcomes. The value outcome covers COMPLETE;
+//! PANICKED, CANCELLED and SHUT DOWN are the others.
+//!
+//! ## Invariants
+//! 1. *Claim.* The stage (closure) is touched only by the thread whose `try_claim` CAS set
+//!    `RUNNING`. `try_claim` fails once `RUNNING` or `COMPLETE` is set, so a worker and a
+//!    canceller race with exactly one winner, and a task never runs twice.
+//! 2. *Output.* After `COMPLETE`, the output belongs to the handle if `JOIN_INTEREST` was
+//!    set in the `complete` transition, else to the completing thread, which drops it.
+//! 3. *Waker.* While `JOIN_WAKER` is clear, only the handle touches the waker slot. While
+//!    it is set, the handle does not write it, and the task side may read it after it set
+//!    `COMPLETE`. The handle clears it only while `COMPLETE` is clear.
+//! 4. *References.* A task starts with two references: its handle's and its queued one
+//!    (owned by the `JobRef` in a queue, then by whoever runs or discards it). The memory
+//!    is freed by whoever drops the last one.
+//! 5. *Pool lifetime.* A task that is neither `RUNNING` nor `COMPLETE` sits in a queue of a
+//!    live pool. A canceller that claims it reaches the pool (to count) before `complete`;
+//!    a worker that pops a claimed task waits for `COMPLETE` before dropping its
+//!    reference, so the pool outlives the canceller's use of it.
+
+use crate::loom::{AtomicUsize, Ordering};
+
+pub(crate) const RUNNING: usize = 1 << 0;
+pub(crate) const COMPLETE: usize = 1 << 1;
+pub(crate) const JOIN_INTEREST: usize = 1 << 2;
+pub(crate) const JOIN_WAKER: usize = 1 << 3;
+pub(crate) const OUTCOME_SHIFT: u32 = 4;
+pub(crate) const OUTCOME_MASK: usize = 0b11 << OUTCOME_SHIFT;
+pub(crate) const REF_COUNT_SHIFT: u32 = 12;
+pub(crate) const REF_ONE: usize = 1 << REF_COUNT_SHIFT;
+pub(crate) const REF_COUNT_MASK: usize = !(REF_ONE - 1);
+
+const FLAGS: [usize; 5] = [RUNNING, COMPLETE, JOIN_INTEREST, JOIN_WAKER, OUTCOME_MASK];
+const _: () = {
+    let mut i = 0;
+    while i < FLAGS.len() {
+        let mut j = i + 1;
+        while j < FLAGS.len() {
+            assert!(FLAGS[i] & FLAGS[j] == 0, "state bits overlap");
+            j += 1;
+        }
+        assert!(FLAGS[i] & REF_COUNT_MASK == 0, "a flag overlaps the ref count");
+        i += 1;
+    }
+    // At least 16 bits of reference count even on 32-bit targets.
+    assert!(usize::BITS - REF_COUNT_SHIFT >= 16);
+};
+
+/// How a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Value = 0,
+    Panicked = 1,
+    Cancelled = 2,
+    Shutdown = 3,
+}
+
+impl Outcome {
+    fn bits(self) -> usize {
+        (self as usize) << OUTCOME_SHIFT
+    }
+}
+
+/// A loaded state word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Snapshot(usize);
+
+impl Snapshot {
+    pub(crate) fn is_running(self) -> bool {
+        self.0 & RUNNING != 0
+    }
+    pub(crate) fn is_complete(self) -> bool {
+        self.0 & COMPLETE != 0
+    }
+    pub(crate) fn is_claimed(self) -> bool {
+        self.0 & (RUNNING | COMPLETE) != 0
+    }
+    pub(crate) fn is_join_interested(self) -> bool {
+        self.0 & JOIN_INTEREST != 0
+    }
+    pub(crate) fn is_join_waker_set(self) -> bool {
+        self.0 & JOIN_WAKER != 0
+    }
+    pub(crate) fn ref_count(self) -> usize {
+        (self.0 & REF_COUNT_MASK) >> REF_COUNT_SHIFT
+    }
+    /// The outcome; meaningful only when `is_complete`.
+    pub(crate) fn outcome(self) -> Outcome {
+        match (self.0 & OUTCOME_MASK) >> OUTCOME_SHIFT {
+            0 => Outcome::Value,
+            1 => Outcome::Panicked,
+            2 => Outcome::Cancelled,
+            _ => Outcome::Shutdown,
+        }
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("running", &self.is_running())
+            .field("complete", &self.is_complete())
+            .field("join_interest", &self.is_join_interested())
+            .field("join_waker", &self.is_join_waker_set())
+            .field("outcome", &self.outcome())
+            .field("refs", &self.ref_count())
+            .finish()
+    }
+}
+
+/// Result of [`State::try_claim`].
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TransitionToRunning {
+    /// The caller owns the stage now.
+    Success,
+    /// Someone else claimed it first; the snapshot says whether they finished.
+    Failed(Snapshot),
+}
+
+/// The atomic state word of one task.
+pub(crate) struct State {
+    val: AtomicUsize,
+}
+
+impl State {
+    /// QUEUED, with a handle and a queued reference.
+    pub(crate) fn new() -> State {
+        State { val: AtomicUsize::new(JOIN_INTEREST | 2 * REF_ONE) }
+    }
+
+    /// Already COMPLETE with `outcome`, with only the handle's reference (for a spawn
+    /// refused by a closed pool).
+    pub(crate) fn new_complete(outcome: Outcome) -> State {
+        State { val: AtomicUsize::new(COMPLETE | outcome.bits() | JOIN_INTEREST | REF_ONE) }
+    }
+
+    pub(crate) fn load(&self) -> Snapshot {
+        // Acquire: a reader that sees COMPLETE sees the output (pairs with `complete`).
+        Snapshot(self.val.load(Ordering::Acquire))
+    }
+
+    /// QUEUED → RUNNING (invariant 1).
+    pub(crate) fn try_claim(&self) -> TransitionToRunning {
+        let mut cur = self.val.load(Ordering::Relaxed);
+        loop {
+            if cur & (RUNNING | COMPLETE) != 0 {
+                // Acquire so that a loser sees what the winner wrote (pairs with the CAS
+                // below and with `complete`).
+                return TransitionToRunning::Failed(self.load());
+            }
+            // Acquire: the claimer reads the closure written before the task was queued
+            // (the queue push already orders it; this also orders a racing canceller).
+            match self.val.compare_exchange_weak(
+                cur,
+                cur | RUNNING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return TransitionToRunning::Success,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// RUNNING → COMPLETE with `outcome`; returns the state before. AcqRel: Release
+    /// publishes the stage to the handle; Acquire sees the waker the handle stored before
+    /// setting `JOIN_WAKER` (invariant 3).
+    pub(crate) fn complete(&self, outcome: Outcome) -> Snapshot {
+        let prev = self.val.fetch_xor(RUNNING | COMPLETE | outcome.bits(), Ordering::AcqRel);
+        debug_assert!(prev & RUNNING != 0 && prev & (COMPLETE | OUTCOME_MASK) == 0);
+        Snapshot(prev)
+    }
+
+    /// Handle side: clears `JOIN_INTEREST` unless the task is complete. `Err` means it is
+    /// complete and the handle owns the output (invariant 2).
+    pub(crate) fn drop_join_interest(&self) -> Result<(), Snapshot> {
+        let mut cur = self.val.load(Ordering::Acquire);
+        loop {
+            if cur & COMPLETE != 0 {
+                return Err(Snapshot(cur));
+            }
+            // AcqRel: Acquire for the Err path on retry; Release orders nothing in
+            // particular but is cheap here and keeps the handle's earlier writes visible.
+            match self.val.compare_exchange_weak(
+                cur,
+                cur & !JOIN_INTEREST,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Handle side: sets `JOIN_WAKER` after storing a waker, unless complete (`Err`).
+    pub(crate) fn set_join_waker(&self) -> Result<(), Snapshot> {
+        self.update_unless_complete(|s| s | JOIN_WAKER)
+    }
+
+    /// Handle side: clears `JOIN_WAKER` to regain the slot, unless complete (`Err`).
+    pub(crate) fn unset_join_waker(&self) -> Result<(), Snapshot> {
+        self.update_unless_complete(|s| s & !JOIN_WAKER)
+    }
+
+    fn update_unless_complete(&self, f: impl Fn(usize) -> usize) -> Result<(), Snapshot> {
+        let mut cur = self.val.load(Ordering::Acquire);
+        loop {
+            if cur & COMPLETE != 0 {
+                return Err(Snapshot(cur));
+            }
+            // AcqRel: Release publishes the waker written before setting JOIN_WAKER (pairs
+            // with the Acquire in `complete`); Acquire pairs with `complete` on failure.
+            match self.val.compare_exchange_weak(cur, f(cur), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Drops one reference; true if it was the last (the caller frees the task).
+    pub(crate) fn ref_dec(&self) -> bool {
+        // AcqRel: Release hands our accesses to whoever frees; Acquire (for the freer)
+        // sees everyone else's.
+        let prev = self.val.fetch_sub(REF_ONE, Ordering::AcqRel);
+        debug_assert!(prev >> REF_COUNT_SHIFT >= 1, "task reference count underflow");
+        prev & REF_COUNT_MASK == REF_ONE
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_has_one_winner() {
+        let s = State::new();
+        assert_eq!(s.try_claim(), TransitionToRunning::Success);
+        assert!(matches!(s.try_claim(), TransitionToRunning::Failed(x) if x.is_running()));
+        let prev = s.complete(Outcome::Cancelled);
+        assert!(prev.is_running() && !prev.is_complete());
+        let now = s.load();
+        assert!(now.is_complete() && !now.is_running());
+        assert_eq!(now.outcome(), Outcome::Cancelled);
+        assert!(matches!(s.try_claim(), TransitionToRunning::Failed(x) if x.is_complete()));
+    }
+
+    #[test]
+    fn every_outcome_round_trips() {
+        for o in [Outcome::Value, Outcome::Panicked, Outcome::Cancelled, Outcome::Shutdown] {
+            let s = State::new();
+            assert_eq!(s.try_claim(), TransitionToRunning::Success);
+            let _ = s.complete(o);
+            assert_eq!(s.load().outcome(), o);
+            assert_eq!(State::new_complete(o).load().outcome(), o);
+        }
+    }
+
+    #[test]
+    fn join_interest_and_waker_stop_at_complete() {
+        let s = State::new();
+        assert!(s.set_join_waker().is_ok());
+        assert!(s.load().is_join_waker_set());
+        assert!(s.unset_join_waker().is_ok());
+        assert!(s.set_join_waker().is_ok());
+        assert_eq!(s.try_claim(), TransitionToRunning::Success);
+        let prev = s.complete(Outcome::Value);
+        assert!(prev.is_join_waker_set() && prev.is_join_interested());
+        assert!(s.unset_join_waker().is_err());
+        assert!(s.drop_join_interest().is_err());
+
+        let s = State::new();
+        assert!(s.drop_join_interest().is_ok());
+        assert_eq!(s.try_claim(), TransitionToRunning::Success);
+        assert!(!s.complete(Outcome::Value).is_join_interested());
+    }
+
+    #[test]
+    fn references_count_down_to_the_last() {
+        let s = State::new();
+        assert_eq!(s.load().ref_count(), 2);
+        assert!(!s.ref_dec());
+        assert!(s.ref_dec());
+        assert_eq!(State::new_complete(Outcome::Shutdown).load().ref_count(), 1);
+    }
+}

@@ -1,0 +1,81 @@
+//! Small helpers with no protocol of their own.
+
+use std::cell::Cell;
+
+/// Aborts the process if dropped while panicking.
+///
+/// Held across code that must not unwind because a half-done step would leave raw state
+/// (a task's stage, a latch a thread is blocked on) corrupted. User code never runs under
+/// it: user panics are caught first.
+pub(crate) struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("weft: a panic inside the scheduler's own bookkeeping; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// A tiny xorshift generator for picking steal victims; not for anything else.
+#[derive(Debug)]
+pub(crate) struct XorShift64Star {
+    state: Cell<u64>,
+}
+
+impl XorShift64Star {
+    pub(crate) fn new(seed: u64) -> Self {
+        // The state must never be zero.
+        XorShift64Star { state: Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1) }
+    }
+
+    pub(crate) fn next_u64(&self) -> u64 {
+        let mut x = self.state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`; `n` must be non-zero.
+    pub(crate) fn next_usize(&self, n: usize) -> usize {
+        debug_assert!(n > 0);
+        ((self.next_u64() >> 32) as usize * n) >> 32
+    }
+}
+
+/// Extracts a readable message from a panic payload (`&str` or `String`), if it has one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        Some(s)
+    } else {
+        payload.downcast_ref::<String>().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xorshift_stays_in_range() {
+        let rng = XorShift64Star::new(0);
+        for n in 1..50 {
+            for _ in 0..100 {
+                assert!(rng.next_usize(n) < n);
+            }
+        }
+    }
+
+    #[test]
+    fn panic_message_reads_str_and_string() {
+        let a: Box<dyn std::any::Any + Send> = Box::new("static");
+        let b: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        let c: Box<dyn std::any::Any + Send> = Box::new(7u32);
+        assert_eq!(panic_message(&*a), Some("static"));
+        assert_eq!(panic_message(&*b), Some("owned"));
+        assert_eq!(panic_message(&*c), None);
+    }
+}

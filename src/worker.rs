@@ -1,0 +1,223 @@
+//! The worker thread: find a job, run it, count it, park when there is none.
+//!
+//! A worker runs the same loop in two places: its main loop (until the pool closes), and
+//! inside any blocking wait on its thread (`JoinHandle::join`, `join`, `scope`,
+//! `install`), where it keeps running queued work until the awaited latch is set. That is
+//! what makes nested joins safe on a one-worker pool.
+//!
+//! Only the current-worker pointer is thread-local; everything else is reached through it.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::job::JobRef;
+use crate::lanes::{LocalQueues, Source};
+use crate::latch::Probe;
+use crate::loom::{fence, Ordering};
+use crate::metrics::Counters;
+use crate::shared::Shared;
+use crate::sleep::SEARCH_ROUNDS;
+use crate::util::XorShift64Star;
+
+thread_local! {
+    static CURRENT: Cell<*const WorkerThread> = const { Cell::new(ptr::null()) };
+}
+
+/// A worker's own state. Lives on its thread's stack for the thread's whole life.
+pub(crate) struct WorkerThread {
+    pub(crate) index: usize,
+    pub(crate) shared: Arc<Shared>,
+    local: LocalQueues,
+    rng: XorShift64Star,
+    /// Successful picks so far (drives the fairness rule in `lanes.rs`).
+    picks: Cell<u32>,
+    /// The lane of the job running now; `join` halves and scope jobs inherit it.
+    lane: Cell<usize>,
+    /// True while this worker counts as SEARCHING in the sleep state.
+    searching: Cell<bool>,
+}
+
+impl WorkerThread {
+    /// The worker running on this thread, if any (of any pool).
+    #[inline]
+    pub(crate) fn current() -> Option<&'static WorkerThread> {
+        let p = CURRENT.with(Cell::get);
+        // SAFETY: `CURRENT` is set in `run` to a `WorkerThread` on that thread's stack and
+        // cleared before it is dropped; callers only use the reference within code running
+        // on this thread inside `run`, so it never outlives the value.
+        unsafe { p.as_ref() }
+    }
+
+    /// Runs a worker thread until the pool shuts down.
+    pub(crate) fn run(index: usize, shared: Arc<Shared>, local: LocalQueues) {
+        let worker = WorkerThread {
+            index,
+            rng: XorShift64Star::new(index as u64 + 1),
+            shared,
+            local,
+            picks: Cell::new(0),
+            lane: Cell::new(1),
+            searching: Cell::new(false),
+        };
+        worker.shared.sleep.register_thread(index);
+        CURRENT.with(|c| c.set(&worker));
+        worker.shared.run_start_hook(index);
+        worker.main_loop();
+        worker.shared.run_stop_hook(index);
+        CURRENT.with(|c| c.set(ptr::null()));
+        debug_assert!(worker.local.is_empty());
+    }
+
+    /// This worker's own counter block.
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        self.shared.counters.worker(self.index)
+    }
+
+    /// The lane of the job running now.
+    #[inline]
+    pub(crate) fn lane(&self) -> usize {
+        self.lane.get()
+    }
+
+    /// Queues a task spawned on this worker.
+    #[inline]
+    pub(crate) fn push_spawned(&self, lane: usize, job: JobRef) {
+        self.local.push_spawned(lane, job);
+    }
+
+    /// Queues a `join` half in the current lane; pop it back with `pop_join`.
+    #[inline]
+    pub(crate) fn push_join(&self, job: JobRef) {
+        self.local.push_join(self.lane.get(), job);
+        self.shared.after_push(self.counters());
+    }
+
+    /// Pops the newest `join` half of the current lane.
+    #[inline]
+    pub(crate) fn pop_join(&self) -> Option<JobRef> {
+        self.local.pop_join(self.lane.get())
+    }
+
+    /// Finds a job by the lanes' search order; leaves SEARCHING if it was.
+    fn find_work(&self) -> Option<(JobRef, usize)> {
+        let pick = self.picks.get();
+        let (job, lane, source) = self.shared.lanes.find(self.index, &self.local, pick, &self.rng)?;
+        self.picks.set(pick.wrapping_add(1));
+        if source == Source::Stolen {
+            let c = self.counters();
+            c.bump(&c.stolen);
+        }
+        self.stop_searching();
+        Some((job, lane))
+    }
+
+    fn start_searching(&self) {
+        if !self.searching.replace(true) {
+            self.shared.sleep.start_searching();
+        }
+    }
+
+    fn stop_searching(&self) {
+        if self.searching.replace(false) && self.shared.sleep.stop_searching() {
+            // Step 3 of the sleep protocol: the last searcher hands the search on if work
+            // is left. Pairs with the pusher's fence.
+            fence(Ordering::SeqCst);
+            if !self.shared.lanes.is_empty() {
+                self.shared.sleep.notify_one(self.counters());
+            }
+        }
+    }
+
+    /// Runs `job` found in `lane` (or resolves it as shut down after `shutdown_now`).
+    pub(crate) fn execute(&self, job: JobRef, lane: usize) {
+        let outer = self.lane.replace(lane);
+        if self.shared.is_cancelling_queued() {
+            job.discard(self.counters());
+        } else {
+            job.execute(self.counters());
+        }
+        self.lane.set(outer);
+    }
+
+    /// Runs queued work until `probe` reports done or `deadline` passes; parks when there
+    /// is no work. Returns whether `probe` reported done.
+    pub(crate) fn wait_until<P: Probe + ?Sized>(&self, probe: &P, deadline: Option<Instant>) -> bool {
+        let done = 'wait: loop {
+            if probe.probe() {
+                break true;
+            }
+            if let Some((job, lane)) = self.find_work() {
+                self.execute(job, lane);
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break probe.probe();
+            }
+            self.start_searching();
+            for _ in 0..SEARCH_ROUNDS {
+                std::thread::yield_now();
+                if probe.probe() {
+                    break 'wait true;
+                }
+                if let Some((job, lane)) = self.find_work() {
+                    self.execute(job, lane);
+                    continue 'wait;
+                }
+            }
+            if !probe.arm() {
+                continue;
+            }
+            let shared = &*self.shared;
+            shared.sleep.sleep(
+                self.index,
+                self.counters(),
+                deadline,
+                || !shared.lanes.is_empty(),
+                || probe.probe(),
+            );
+            // `sleep` returns with this worker SEARCHING.
+            self.searching.set(true);
+        };
+        self.stop_searching();
+        done
+    }
+
+    fn main_loop(&self) {
+        // Run work until the pool closes...
+        self.wait_until(&Closed(&self.shared), None);
+        // ...then finish (or, after `shutdown_now`, discard) what is queued, and leave.
+        self.start_searching();
+        let mut exiting = false;
+        loop {
+            while let Some((job, lane, _)) =
+                self.shared.lanes.find(self.index, &self.local, 0, &self.rng)
+            {
+                self.execute(job, lane);
+            }
+            if exiting {
+                break;
+            }
+            // Leave ALIVE, fence, and drain once more: a spawn that raced shutdown is seen
+            // either here or by its pusher (sleep.rs, "Shutdown").
+            self.searching.set(false);
+            self.shared.sleep.begin_exit();
+            exiting = true;
+        }
+    }
+}
+
+/// Done once the pool is closed.
+struct Closed<'a>(&'a Shared);
+
+impl Probe for Closed<'_> {
+    fn probe(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn arm(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
