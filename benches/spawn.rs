@@ -1,1 +1,216 @@
-fn main(){}
+//! Spawn and fork-join benchmarks: weft against rayon (and tokio), same worker count.
+//!
+//! Every pool and runtime is built once, outside the timing loop, with `BENCH_WORKERS`
+//! workers (default 2). The worker count is part of every benchmark id (`.../w2`), so
+//! runs with different counts do not overwrite each other's criterion baselines.
+//!
+//! Groups:
+//!
+//! - `spawn_outside`: submit 10_000 empty tasks from the benchmark thread (not a pool
+//!   worker), then wait until all of them have run. Throughput is in tasks.
+//!   - `weft`: `pool.spawn(|| ())`, collect the `JoinHandle`s, then `join` each.
+//!   - `rayon_scope`: `pool.scope(|s| for _ in 0..N { s.spawn(|_| ()) })`. Note that
+//!     rayon's `ThreadPool::scope` runs its body on a worker, so these spawns go onto that
+//!     worker's local deque rather than through the injector.
+//!   - `rayon_spawn_latch`: `pool.spawn(..)` (which goes through rayon's injector) with
+//!     each task decrementing an `AtomicUsize` countdown; the benchmark thread waits
+//!     for zero by spinning briefly, then `yield_now`.
+//!   - `tokio`: a multi-thread runtime, `rt.spawn(async {})`, collect the `JoinHandle`s,
+//!     then `rt.block_on` awaiting each.
+//! - `fork_join_fib`: recursive `fib(25)` with `weft::join` inside `pool.install(..)`
+//!   against `rayon::join` inside `rayon_pool.install(..)`.
+//!   - `*_no_cutoff`: forks at every level down to `n < 2` (pure join overhead).
+//!   - `*_cutoff15`: forks only above `n = 15`; at `n <= 15` plain sequential recursion.
+//!
+//! Run: `cargo bench --bench spawn`; smoke test: `cargo bench --bench spawn -- --test`;
+//! scaling: `BENCH_WORKERS=4 cargo bench --bench spawn`.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// Tasks per `spawn_outside` iteration.
+const N: usize = 10_000;
+
+/// `fib` argument for `fork_join_fib`.
+const FIB_N: u64 = 25;
+
+/// At or below this, the cutoff variants recurse sequentially.
+const CUTOFF: u64 = 15;
+
+/// The worker count: `BENCH_WORKERS` if it holds a positive integer, else 2.
+fn workers() -> usize {
+    std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2)
+}
+
+fn weft_pool(workers: usize) -> weft::Pool {
+    weft::Pool::builder()
+        .workers(workers)
+        .build()
+        .expect("build weft pool")
+}
+
+fn rayon_pool(workers: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .expect("build rayon pool")
+}
+
+/// Waits until `counter` reaches zero: spins a little, then yields (the bench thread
+/// shares the cores with the workers).
+fn wait_for_zero(counter: &AtomicUsize) {
+    let mut spins = 0u32;
+    while counter.load(Ordering::Acquire) != 0 {
+        if spins < 64 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn spawn_outside(c: &mut Criterion) {
+    let w = workers();
+    let param = format!("w{w}");
+    let weft = weft_pool(w);
+    let rayon = rayon_pool(w);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(w)
+        .build()
+        .expect("build tokio runtime");
+    // Shared by every iteration of `rayon_spawn_latch`; 'static so that tasks need no Arc.
+    let remaining: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+
+    let mut group = c.benchmark_group("spawn_outside");
+    group.throughput(Throughput::Elements(N as u64));
+
+    group.bench_function(BenchmarkId::new("weft", &param), |b| {
+        b.iter(|| {
+            let handles: Vec<_> = (0..N).map(|_| weft.spawn(|| ())).collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("rayon_scope", &param), |b| {
+        b.iter(|| {
+            rayon.scope(|s| {
+                for _ in 0..N {
+                    s.spawn(|_| ());
+                }
+            })
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("rayon_spawn_latch", &param), |b| {
+        b.iter(|| {
+            remaining.store(N, Ordering::Relaxed);
+            for _ in 0..N {
+                rayon.spawn(move || {
+                    remaining.fetch_sub(1, Ordering::Release);
+                });
+            }
+            wait_for_zero(remaining);
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("tokio", &param), |b| {
+        b.iter(|| {
+            let handles: Vec<_> = (0..N).map(|_| tokio.spawn(async {})).collect();
+            tokio.block_on(async {
+                for h in handles {
+                    h.await.unwrap();
+                }
+            })
+        })
+    });
+
+    group.finish();
+}
+
+fn fib_seq(n: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        fib_seq(n - 1) + fib_seq(n - 2)
+    }
+}
+
+fn fib_weft(n: u64, cutoff: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    if n <= cutoff {
+        return fib_seq(n);
+    }
+    let (a, b) = weft::join(|| fib_weft(n - 1, cutoff), || fib_weft(n - 2, cutoff));
+    a + b
+}
+
+fn fib_rayon(n: u64, cutoff: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    if n <= cutoff {
+        return fib_seq(n);
+    }
+    let (a, b) = rayon::join(|| fib_rayon(n - 1, cutoff), || fib_rayon(n - 2, cutoff));
+    a + b
+}
+
+fn fork_join_fib(c: &mut Criterion) {
+    let w = workers();
+    let param = format!("w{w}");
+    let weft = weft_pool(w);
+    let rayon = rayon_pool(w);
+    let expected = fib_seq(FIB_N);
+
+    let mut group = c.benchmark_group("fork_join_fib");
+    // (name suffix, cutoff); a cutoff of 0 never applies since `n < 2` returns first.
+    for (variant, cutoff) in [("no_cutoff", 0), ("cutoff15", CUTOFF)] {
+        group.bench_function(BenchmarkId::new(format!("weft_{variant}"), &param), |b| {
+            b.iter(|| {
+                let r = weft.install(|| fib_weft(black_box(FIB_N), cutoff));
+                assert_eq!(r, expected);
+                r
+            })
+        });
+        group.bench_function(BenchmarkId::new(format!("rayon_{variant}"), &param), |b| {
+            b.iter(|| {
+                let r = rayon.install(|| fib_rayon(black_box(FIB_N), cutoff));
+                assert_eq!(r, expected);
+                r
+            })
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+/// Holds the generated group function, which is `pub`: in a private module it is not
+/// reachable from outside, so the crate's `missing_docs = "deny"` does not apply to it.
+mod group {
+    use super::{config, fork_join_fib, spawn_outside};
+
+    criterion::criterion_group! {
+        name = benches;
+        config = config();
+        targets = spawn_outside, fork_join_fib
+    }
+}
+criterion_main!(group::benches);

@@ -15,7 +15,9 @@ static GLOBAL: OnceLock<Pool> = OnceLock::new();
 /// the error to, as with rayon's global pool).
 pub(crate) fn pool() -> &'static Pool {
     GLOBAL.get_or_init(|| {
-        Builder::new().build().unwrap_or_else(|e| panic!("weft: cannot build the global pool: {e}"))
+        Builder::new()
+            .build()
+            .unwrap_or_else(|e| panic!("weft: cannot build the global pool: {e}"))
     })
 }
 
@@ -26,5 +28,7 @@ pub(crate) fn set(builder: Builder) -> Result<(), BuildError> {
     let pool = builder.build()?;
     // A racing first use or second `build_global` may have won; then ours is shut down
     // when dropped here.
-    GLOBAL.set(pool).map_err(|_| BuildError::global_already_initialized())
+    GLOBAL
+        .set(pool)
+        .map_err(|_| BuildError::global_already_initialized())
 }

@@ -128,11 +128,16 @@ where
     F: FnOnce(bool) -> R + Send,
     R: Send,
 {
-    const VTABLE: JobVtable = JobVtable { execute: Self::execute, discard: Self::execute };
+    const VTABLE: JobVtable = JobVtable {
+        execute: Self::execute,
+        discard: Self::execute,
+    };
 
     pub(crate) fn new(func: F, latch: L) -> Self {
         StackJob {
-            header: JobHeader { vtable: &Self::VTABLE },
+            header: JobHeader {
+                vtable: &Self::VTABLE,
+            },
             latch,
             func: UnsafeCell::new(Some(func)),
             result: UnsafeCell::new(JobResult::None),
@@ -161,12 +166,13 @@ where
 
     /// Takes the result once the latch is set; re-raises a panic from the closure.
     pub(crate) fn into_result(self) -> R {
-        self.result.with_mut(|r| {
-            // SAFETY: the latch is set, so the executing thread finished writing and never
-            // touches the job again; the owner has exclusive access.
-            unsafe { std::mem::replace(&mut *r, JobResult::None) }
-        })
-        .into_return_value()
+        self.result
+            .with_mut(|r| {
+                // SAFETY: the latch is set, so the executing thread finished writing and never
+                // touches the job again; the owner has exclusive access.
+                unsafe { std::mem::replace(&mut *r, JobResult::None) }
+            })
+            .into_return_value()
     }
 
     /// # Safety
@@ -204,11 +210,19 @@ pub(crate) struct HeapJob<F> {
 }
 
 impl<F: FnOnce() + Send> HeapJob<F> {
-    const VTABLE: JobVtable = JobVtable { execute: Self::execute, discard: Self::execute };
+    const VTABLE: JobVtable = JobVtable {
+        execute: Self::execute,
+        discard: Self::execute,
+    };
 
     /// Boxes `func` and returns the reference that owns it.
     pub(crate) fn into_job_ref(func: F) -> JobRef {
-        let job = Box::new(HeapJob { header: JobHeader { vtable: &Self::VTABLE }, func });
+        let job = Box::new(HeapJob {
+            header: JobHeader {
+                vtable: &Self::VTABLE,
+            },
+            func,
+        });
         // SAFETY: a leaked box is live until `execute` frees it; the header is first.
         unsafe { JobRef::new(NonNull::from(Box::leak(job)).cast()) }
     }

@@ -129,13 +129,19 @@ impl LocalQueues {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.fifo.iter().chain(self.lifo.iter()).all(Worker::is_empty)
+        self.fifo
+            .iter()
+            .chain(self.lifo.iter())
+            .all(Worker::is_empty)
     }
 }
 
 impl Stealers {
     pub(crate) fn is_empty(&self) -> bool {
-        self.fifo.iter().chain(self.lifo.iter()).all(Stealer::is_empty)
+        self.fifo
+            .iter()
+            .chain(self.lifo.iter())
+            .all(Stealer::is_empty)
     }
 
     pub(crate) fn len(&self, lane: usize) -> usize {
@@ -172,7 +178,10 @@ pub(crate) enum Source {
 
 impl Lanes {
     pub(crate) fn new(stealers: Vec<Stealers>) -> Lanes {
-        Lanes { injectors: std::array::from_fn(|_| Injector::new()), stealers: stealers.into() }
+        Lanes {
+            injectors: std::array::from_fn(|_| Injector::new()),
+            stealers: stealers.into(),
+        }
     }
 
     /// Queues `job` from outside any worker of this pool.
@@ -183,7 +192,8 @@ impl Lanes {
 
     /// True when no queue of any lane holds a job.
     pub(crate) fn is_empty(&self) -> bool {
-        self.injectors.iter().all(Injector::is_empty) && self.stealers.iter().all(Stealers::is_empty)
+        self.injectors.iter().all(Injector::is_empty)
+            && self.stealers.iter().all(Stealers::is_empty)
     }
 
     /// Jobs waiting in `lane` right now (approximate while the pool runs).
@@ -258,7 +268,10 @@ mod tests {
     use std::ptr::NonNull;
 
     /// Fake jobs: distinct addresses in a static array, never executed.
-    static NOOP: JobVtable = JobVtable { execute: noop, discard: noop };
+    static NOOP: JobVtable = JobVtable {
+        execute: noop,
+        discard: noop,
+    };
     unsafe fn noop(_: NonNull<JobHeader>, _: &Counters) {}
 
     fn fakes(n: usize) -> Vec<JobHeader> {
@@ -268,6 +281,67 @@ mod tests {
     fn job(h: &JobHeader) -> JobRef {
         // SAFETY: never executed; only compared.
         unsafe { JobRef::new(NonNull::from(h)) }
+    }
+
+    proptest::proptest! {
+        /// The lanes against a model of per-lane VecDeques: every job pops exactly once;
+        /// each pop comes from the first non-empty lane in `lane_order(pick)`; and within a
+        /// lane, injected jobs keep injection order and locally spawned jobs keep spawn
+        /// order. (The batch the injector moves into the local deque is crossbeam's choice,
+        /// so the model checks the two orders separately.)
+        #[test]
+        fn lanes_match_a_vecdeque_model(
+            ops in proptest::collection::vec((0usize..3, 0u8..3), 1..300),
+        ) {
+            let (local, stealers) = LocalQueues::new();
+            let lanes = Lanes::new(vec![stealers]);
+            let rng = XorShift64Star::new(3);
+            let headers = fakes(ops.len());
+            let id = |j: &JobRef| headers.iter().position(|h| NonNull::from(h) == j.as_ptr()).unwrap();
+            let mut injected: [VecDeque<usize>; LANES] = Default::default();
+            let mut spawned: [VecDeque<usize>; LANES] = Default::default();
+            let mut pick = 0u32;
+            let mut popped = vec![false; ops.len()];
+            let mut pop = |pick: &mut u32, injected: &mut [VecDeque<usize>; LANES], spawned: &mut [VecDeque<usize>; LANES]| {
+                let expect_lane = lane_order(*pick)
+                    .into_iter()
+                    .find(|&l| !injected[l].is_empty() || !spawned[l].is_empty());
+                match lanes.find(0, &local, *pick, &rng) {
+                    None => proptest::prop_assert!(expect_lane.is_none()),
+                    Some((j, lane, _)) => {
+                        proptest::prop_assert_eq!(Some(lane), expect_lane);
+                        let i = id(&j);
+                        proptest::prop_assert!(!popped[i], "popped twice");
+                        popped[i] = true;
+                        let from = if spawned[lane].front() == Some(&i) {
+                            spawned[lane].pop_front()
+                        } else {
+                            injected[lane].pop_front()
+                        };
+                        proptest::prop_assert_eq!(from, Some(i), "out of order in lane {}", lane);
+                        *pick += 1;
+                    }
+                }
+                Ok(())
+            };
+            for (i, (lane, kind)) in ops.iter().copied().enumerate() {
+                match kind {
+                    0 => {
+                        lanes.inject(lane, job(&headers[i]));
+                        injected[lane].push_back(i);
+                    }
+                    1 => {
+                        local.push_spawned(lane, job(&headers[i]));
+                        spawned[lane].push_back(i);
+                    }
+                    _ => pop(&mut pick, &mut injected, &mut spawned)?,
+                }
+            }
+            while injected.iter().chain(spawned.iter()).any(|q| !q.is_empty()) {
+                pop(&mut pick, &mut injected, &mut spawned)?;
+            }
+            proptest::prop_assert!(lanes.find(0, &local, pick, &rng).is_none());
+        }
     }
 
     #[test]

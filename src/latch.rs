@@ -52,7 +52,10 @@ impl SpinLatch {
     /// `owner` must stay valid until the latch is set: it points into the pool's `Shared`,
     /// and only workers of that pool (which keep `Shared` alive) may set it.
     pub(crate) unsafe fn new(owner: &Thread) -> SpinLatch {
-        SpinLatch { state: AtomicUsize::new(UNSET), owner }
+        SpinLatch {
+            state: AtomicUsize::new(UNSET),
+            owner,
+        }
     }
 }
 
@@ -64,7 +67,10 @@ impl Probe for SpinLatch {
 
     fn arm(&self) -> bool {
         // AcqRel: on failure we read SET and must see the result (as in `probe`).
-        match self.state.compare_exchange(UNSET, SLEEPING, Ordering::AcqRel, Ordering::Acquire) {
+        match self
+            .state
+            .compare_exchange(UNSET, SLEEPING, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => true,
             Err(s) => s != SET,
         }
@@ -95,7 +101,10 @@ pub(crate) struct ThreadLatch {
 impl ThreadLatch {
     /// A latch that wakes the current thread.
     pub(crate) fn new() -> ThreadLatch {
-        ThreadLatch { state: AtomicUsize::new(UNSET), owner: std::thread::current() }
+        ThreadLatch {
+            state: AtomicUsize::new(UNSET),
+            owner: std::thread::current(),
+        }
     }
 
     /// Parks the current thread until the latch is set.

@@ -122,6 +122,11 @@ pub use task::{JoinError, JoinHandle};
 
 use worker::WorkerThread;
 
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Spawns `f` on the current worker's pool, or on the global pool when called from
 /// outside any pool. See [`Pool::spawn`].
 ///
@@ -137,6 +142,19 @@ where
     match WorkerThread::current() {
         Some(w) => w.shared.spawn(Priority::Normal, f),
         None => global::pool().spawn(f),
+    }
+}
+
+/// Task options for the current worker's pool, or the global pool: see [`Pool::task`].
+///
+/// ```
+/// let h = weft::task().priority(weft::Priority::High).spawn(|| 1);
+/// assert_eq!(h.join().unwrap(), 1);
+/// ```
+pub fn task() -> TaskBuilder<'static> {
+    match WorkerThread::current() {
+        Some(w) => TaskBuilder::new(&w.shared),
+        None => global::pool().task(),
     }
 }
 

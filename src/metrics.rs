@@ -32,7 +32,10 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn for_worker() -> Counters {
-        Counters { single_writer: true, ..Counters::default() }
+        Counters {
+            single_writer: true,
+            ..Counters::default()
+        }
     }
 
     /// Adds one to `counter`, which must be a field of `self`.
@@ -47,7 +50,10 @@ impl Counters {
         if self.single_writer {
             // Only the owning worker writes this block, so a load+store loses nothing and
             // avoids a locked read-modify-write on the hot path.
-            counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
         } else {
             counter.fetch_add(n, Ordering::Relaxed);
         }
@@ -74,7 +80,9 @@ pub(crate) struct CounterSet {
 impl CounterSet {
     pub(crate) fn new(workers: usize) -> CounterSet {
         CounterSet {
-            workers: (0..workers).map(|_| CachePadded::new(Counters::for_worker())).collect(),
+            workers: (0..workers)
+                .map(|_| CachePadded::new(Counters::for_worker()))
+                .collect(),
             external: std::array::from_fn(|_| CachePadded::new(Counters::default())),
         }
     }

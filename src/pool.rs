@@ -56,6 +56,20 @@ impl Pool {
         Builder::new()
     }
 
+    /// The global pool behind `weft::spawn`, `weft::join` and `weft::scope`, built on
+    /// first use (see [`Builder::build_global`]). Shutting it down affects every user of
+    /// those functions in the process: afterwards their spawns are refused.
+    ///
+    /// ```
+    /// let pool = weft::Pool::global();
+    /// assert!(pool.num_workers() >= 1);
+    /// weft::spawn(|| ()).join().unwrap();
+    /// assert!(pool.metrics().completed >= 1);
+    /// ```
+    pub fn global() -> &'static Pool {
+        crate::global::pool()
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.handle.shared
     }
@@ -81,7 +95,7 @@ impl Pool {
 
     /// Options for the next task: `pool.task().priority(Priority::High).spawn(f)`.
     pub fn task(&self) -> TaskBuilder<'_> {
-        TaskBuilder { shared: self.shared(), priority: Priority::Normal }
+        TaskBuilder::new(self.shared())
     }
 
     /// Runs `f` on one of the pool's workers and returns its value (as rayon's `install`),
@@ -248,7 +262,14 @@ pub struct TaskBuilder<'a> {
     priority: Priority,
 }
 
-impl TaskBuilder<'_> {
+impl<'a> TaskBuilder<'a> {
+    pub(crate) fn new(shared: &'a Arc<Shared>) -> Self {
+        TaskBuilder {
+            shared,
+            priority: Priority::Normal,
+        }
+    }
+
     /// The lane the task waits in (default [`Priority::Normal`]).
     pub fn priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
@@ -267,7 +288,9 @@ impl TaskBuilder<'_> {
 
 impl fmt::Debug for TaskBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskBuilder").field("priority", &self.priority).finish()
+        f.debug_struct("TaskBuilder")
+            .field("priority", &self.priority)
+            .finish()
     }
 }
 
@@ -312,7 +335,13 @@ impl Builder {
     /// Defaults: [`default_workers`] workers, threads named `weft-worker-{i}`, the
     /// platform's default stack size, no hooks.
     pub fn new() -> Builder {
-        Builder { workers: None, thread_name: None, stack_size: None, on_start: None, on_stop: None }
+        Builder {
+            workers: None,
+            thread_name: None,
+            stack_size: None,
+            on_start: None,
+            on_stop: None,
+        }
     }
 
     /// The number of worker threads: at least 1, at most 65535 (else `build` fails).
@@ -355,10 +384,14 @@ impl Builder {
     pub fn build(self) -> Result<Pool, BuildError> {
         let n = self.workers.unwrap_or_else(default_workers);
         if n == 0 {
-            return Err(BuildError { kind: ErrorKind::ZeroWorkers });
+            return Err(BuildError {
+                kind: ErrorKind::ZeroWorkers,
+            });
         }
         if n > MAX_WORKERS {
-            return Err(BuildError { kind: ErrorKind::TooManyWorkers(n) });
+            return Err(BuildError {
+                kind: ErrorKind::TooManyWorkers(n),
+            });
         }
         let (locals, stealers): (Vec<_>, Vec<_>) = (0..n).map(|_| LocalQueues::new()).unzip();
         let shared = Arc::new(Shared::new(
@@ -367,7 +400,11 @@ impl Builder {
             self.on_start,
             self.on_stop,
         ));
-        let pool = Pool { handle: Arc::new(PoolHandle { shared: shared.clone() }) };
+        let pool = Pool {
+            handle: Arc::new(PoolHandle {
+                shared: shared.clone(),
+            }),
+        };
         let mut name = self.thread_name;
         let mut threads = Vec::with_capacity(n);
         for (index, local) in locals.into_iter().enumerate() {
@@ -386,7 +423,9 @@ impl Builder {
                     // Stop and join the threads already started; nothing was queued yet.
                     shared.set_threads(threads);
                     drop(pool);
-                    return Err(BuildError { kind: ErrorKind::Spawn(e) });
+                    return Err(BuildError {
+                        kind: ErrorKind::Spawn(e),
+                    });
                 }
             }
         }
@@ -450,7 +489,9 @@ enum ErrorKind {
 
 impl BuildError {
     pub(crate) fn global_already_initialized() -> BuildError {
-        BuildError { kind: ErrorKind::GlobalAlreadyInitialized }
+        BuildError {
+            kind: ErrorKind::GlobalAlreadyInitialized,
+        }
     }
 
     /// The builder asked for zero workers.

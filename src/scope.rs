@@ -43,8 +43,11 @@ pub struct Scope<'scope> {
     latch: CountLatch,
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Invariant in `'scope`, as in rayon and `std::thread::scope`.
-    marker: PhantomData<Box<dyn FnOnce(&Scope<'scope>) + Send + Sync + 'scope>>,
+    marker: PhantomData<Invariant<'scope>>,
 }
+
+/// A type that makes `Scope` invariant in `'scope` while staying `Send + Sync`.
+type Invariant<'scope> = Box<dyn FnOnce(&Scope<'scope>) + Send + Sync + 'scope>;
 
 /// A pointer to the scope that a job carries.
 struct ScopePtr<'scope>(*const Scope<'scope>);

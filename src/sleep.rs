@@ -109,7 +109,10 @@ impl Sleep {
             state: AtomicU64::new(workers as u64 * ALIVE_ONE),
             idle: Mutex::new(Vec::with_capacity(workers)),
             slots: (0..workers)
-                .map(|_| Slot { parked: AtomicBool::new(false), thread: OnceLock::new() })
+                .map(|_| Slot {
+                    parked: AtomicBool::new(false),
+                    thread: OnceLock::new(),
+                })
                 .collect(),
         }
     }
@@ -121,7 +124,10 @@ impl Sleep {
 
     /// Worker `index`'s thread handle (it has registered).
     pub(crate) fn thread(&self, index: usize) -> &Thread {
-        self.slots[index].thread.get().expect("worker registered its thread")
+        self.slots[index]
+            .thread
+            .get()
+            .expect("worker registered its thread")
     }
 
     #[cfg(test)]
@@ -144,11 +150,14 @@ impl Sleep {
     /// Wakes one sleeping worker, if any. It becomes SEARCHING.
     pub(crate) fn notify_one(&self, counters: &Counters) -> bool {
         let mut idle = self.idle.lock();
-        let Some(index) = idle.pop() else { return false };
+        let Some(index) = idle.pop() else {
+            return false;
+        };
         let slot = &self.slots[index];
         // Release: pairs with the Acquire loop in `sleep`.
         slot.parked.store(false, Ordering::Release);
-        self.state.fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::SeqCst);
+        self.state
+            .fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::SeqCst);
         drop(idle);
         self.thread(index).unpark();
         counters.bump(&counters.unparks);
@@ -161,7 +170,8 @@ impl Sleep {
         let woken: Vec<usize> = idle.drain(..).collect();
         for &index in &woken {
             self.slots[index].parked.store(false, Ordering::Release);
-            self.state.fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::SeqCst);
+            self.state
+                .fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::SeqCst);
         }
         drop(idle);
         for index in woken {
@@ -198,7 +208,8 @@ impl Sleep {
             let mut idle = self.idle.lock();
             idle.push(index);
             slot.parked.store(true, Ordering::Relaxed);
-            self.state.fetch_add(SLEEPING_ONE.wrapping_sub(SEARCHING_ONE), Ordering::SeqCst);
+            self.state
+                .fetch_add(SLEEPING_ONE.wrapping_sub(SEARCHING_ONE), Ordering::SeqCst);
         }
         // Pairs with the fence in `notify_after_push` (Dekker; see the module docs).
         fence(Ordering::SeqCst);
@@ -232,10 +243,14 @@ impl Sleep {
         }
         let mut idle = self.idle.lock();
         if slot.parked.load(Ordering::Relaxed) {
-            let pos = idle.iter().position(|&i| i == index).expect("parked worker is listed");
+            let pos = idle
+                .iter()
+                .position(|&i| i == index)
+                .expect("parked worker is listed");
             idle.swap_remove(pos);
             slot.parked.store(false, Ordering::Relaxed);
-            self.state.fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::SeqCst);
+            self.state
+                .fetch_add(SEARCHING_ONE.wrapping_sub(SLEEPING_ONE), Ordering::SeqCst);
         }
     }
 
@@ -249,7 +264,8 @@ impl Sleep {
     /// A worker begins exiting (it is SEARCHING): leaves SEARCHING and ALIVE, then fences.
     /// The caller drains the queues once more afterwards.
     pub(crate) fn begin_exit(&self) {
-        self.state.fetch_sub(ALIVE_ONE + SEARCHING_ONE, Ordering::SeqCst);
+        self.state
+            .fetch_sub(ALIVE_ONE + SEARCHING_ONE, Ordering::SeqCst);
         // Pairs with the pusher's fence: either it sees ALIVE drop, or we see its job.
         fence(Ordering::SeqCst);
     }
@@ -262,7 +278,10 @@ mod tests {
     #[test]
     fn fields_do_not_overlap() {
         let s = Snapshot(3 * SEARCHING_ONE + 5 * SLEEPING_ONE + 7 * ALIVE_ONE + CLOSED);
-        assert_eq!((s.searching(), s.sleeping(), s.alive(), s.is_closed()), (3, 5, 7, true));
+        assert_eq!(
+            (s.searching(), s.sleeping(), s.alive(), s.is_closed()),
+            (3, 5, 7, true)
+        );
         let full = Snapshot(FIELD_MASK * (SEARCHING_ONE + SLEEPING_ONE + ALIVE_ONE));
         assert_eq!(full.searching() as usize, MAX_WORKERS);
         assert!(!full.is_closed());

@@ -27,7 +27,9 @@ pub(crate) struct XorShift64Star {
 impl XorShift64Star {
     pub(crate) fn new(seed: u64) -> Self {
         // The state must never be zero.
-        XorShift64Star { state: Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1) }
+        XorShift64Star {
+            state: Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+        }
     }
 
     pub(crate) fn next_u64(&self) -> u64 {

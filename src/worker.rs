@@ -104,7 +104,10 @@ impl WorkerThread {
     /// Finds a job by the lanes' search order; leaves SEARCHING if it was.
     fn find_work(&self) -> Option<(JobRef, usize)> {
         let pick = self.picks.get();
-        let (job, lane, source) = self.shared.lanes.find(self.index, &self.local, pick, &self.rng)?;
+        let (job, lane, source) =
+            self.shared
+                .lanes
+                .find(self.index, &self.local, pick, &self.rng)?;
         self.picks.set(pick.wrapping_add(1));
         if source == Source::Stolen {
             let c = self.counters();
@@ -144,7 +147,11 @@ impl WorkerThread {
 
     /// Runs queued work until `probe` reports done or `deadline` passes; parks when there
     /// is no work. Returns whether `probe` reported done.
-    pub(crate) fn wait_until<P: Probe + ?Sized>(&self, probe: &P, deadline: Option<Instant>) -> bool {
+    pub(crate) fn wait_until<P: Probe + ?Sized>(
+        &self,
+        probe: &P,
+        deadline: Option<Instant>,
+    ) -> bool {
         let done = 'wait: loop {
             if probe.probe() {
                 break true;
@@ -193,7 +200,9 @@ impl WorkerThread {
         let mut exiting = false;
         loop {
             while let Some((job, lane, _)) =
-                self.shared.lanes.find(self.index, &self.local, 0, &self.rng)
+                self.shared
+                    .lanes
+                    .find(self.index, &self.local, 0, &self.rng)
             {
                 self.execute(job, lane);
             }

@@ -19,7 +19,10 @@ pub struct JoinError {
 }
 
 enum Repr {
-    Panicked { message: Option<String>, payload: SyncWrapper<Box<dyn Any + Send>> },
+    Panicked {
+        message: Option<String>,
+        payload: SyncWrapper<Box<dyn Any + Send>>,
+    },
     Cancelled,
     Shutdown,
 }
@@ -36,15 +39,24 @@ unsafe impl<T: Send> Sync for SyncWrapper<T> {}
 impl JoinError {
     pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> JoinError {
         let message = panic_message(&*payload).map(str::to_owned);
-        JoinError { repr: Repr::Panicked { message, payload: SyncWrapper(payload) } }
+        JoinError {
+            repr: Repr::Panicked {
+                message,
+                payload: SyncWrapper(payload),
+            },
+        }
     }
 
     pub(crate) fn cancelled() -> JoinError {
-        JoinError { repr: Repr::Cancelled }
+        JoinError {
+            repr: Repr::Cancelled,
+        }
     }
 
     pub(crate) fn shutdown() -> JoinError {
-        JoinError { repr: Repr::Shutdown }
+        JoinError {
+            repr: Repr::Shutdown,
+        }
     }
 
     /// True if the task panicked. The panic was caught; the worker thread lives on.
@@ -109,7 +121,9 @@ impl JoinError {
 impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
-            Repr::Panicked { message: Some(m), .. } => write!(f, "task panicked: {m}"),
+            Repr::Panicked {
+                message: Some(m), ..
+            } => write!(f, "task panicked: {m}"),
             Repr::Panicked { message: None, .. } => f.write_str("task panicked"),
             Repr::Cancelled => f.write_str("task was cancelled before it started"),
             Repr::Shutdown => f.write_str("the pool shut down before the task ran"),
@@ -120,9 +134,10 @@ impl fmt::Display for JoinError {
 impl fmt::Debug for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
-            Repr::Panicked { message, .. } => {
-                f.debug_struct("JoinError::Panicked").field("message", message).finish()
-            }
+            Repr::Panicked { message, .. } => f
+                .debug_struct("JoinError::Panicked")
+                .field("message", message)
+                .finish(),
             Repr::Cancelled => f.write_str("JoinError::Cancelled"),
             Repr::Shutdown => f.write_str("JoinError::Shutdown"),
         }
@@ -152,6 +167,9 @@ mod tests {
         let s = JoinError::shutdown();
         assert!(s.is_shutdown() && !s.is_panic());
         assert!(s.try_into_panic().unwrap_err().is_shutdown());
-        assert_eq!(format!("{:?}", JoinError::cancelled()), "JoinError::Cancelled");
+        assert_eq!(
+            format!("{:?}", JoinError::cancelled()),
+            "JoinError::Cancelled"
+        );
     }
 }

@@ -55,7 +55,11 @@ impl<T> JoinHandle<T> {
     /// `raw` is a task whose output type is `T`, and the caller hands over the handle's
     /// reference to it.
     pub(crate) unsafe fn from_raw(raw: NonNull<Header>) -> JoinHandle<T> {
-        JoinHandle { raw, taken: false, _marker: PhantomData }
+        JoinHandle {
+            raw,
+            taken: false,
+            _marker: PhantomData,
+        }
     }
 
     fn header(&self) -> &Header {
@@ -127,7 +131,10 @@ impl<T> JoinHandle<T> {
     /// tx.send(9).unwrap();
     /// assert_eq!(h.join_timeout(Duration::from_secs(60)).ok().unwrap().unwrap(), 9);
     /// ```
-    pub fn join_timeout(mut self, timeout: Duration) -> Result<Result<T, JoinError>, JoinHandle<T>> {
+    pub fn join_timeout(
+        mut self,
+        timeout: Duration,
+    ) -> Result<Result<T, JoinError>, JoinHandle<T>> {
         let deadline = Instant::now().checked_add(timeout);
         if self.wait(deadline) {
             Ok(self.take_output())
@@ -157,26 +164,27 @@ impl<T> JoinHandle<T> {
         if self.is_finished() {
             return true;
         }
-        let probe = HandleProbe { header: self.header(), waker: current_thread_waker() };
+        let probe = HandleProbe {
+            header: self.header(),
+            waker: current_thread_waker(),
+        };
         match WorkerThread::current() {
             Some(worker) => worker.wait_until(&probe, deadline),
-            None => {
-                loop {
-                    if !probe.arm() {
-                        return true;
-                    }
-                    match deadline {
-                        None => thread::park(),
-                        Some(d) => {
-                            let now = Instant::now();
-                            if now >= d {
-                                return probe.probe();
-                            }
-                            thread::park_timeout(d - now);
+            None => loop {
+                if !probe.arm() {
+                    return true;
+                }
+                match deadline {
+                    None => thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            return probe.probe();
                         }
+                        thread::park_timeout(d - now);
                     }
                 }
-            }
+            },
         }
     }
 
@@ -226,7 +234,9 @@ impl<T> Drop for JoinHandle<T> {
 
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinHandle").field("finished", &self.is_finished()).finish()
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
     }
 }
 
@@ -239,7 +249,9 @@ fn register_waker(header: &Header, waker: &Waker) -> bool {
     }
     if snapshot.is_join_waker_set() {
         // SAFETY: JOIN_WAKER is set, so reading is allowed (the task side only reads).
-        let same = header.waker.with(|w| unsafe { &*w }.as_ref().is_some_and(|w| w.will_wake(waker)));
+        let same = header
+            .waker
+            .with(|w| unsafe { &*w }.as_ref().is_some_and(|w| w.will_wake(waker)));
         if same {
             return true;
         }
@@ -249,7 +261,9 @@ fn register_waker(header: &Header, waker: &Waker) -> bool {
     }
     // JOIN_WAKER is clear: the slot is ours.
     // SAFETY: exclusive access while JOIN_WAKER is clear (invariant 3).
-    header.waker.with_mut(|w| unsafe { *w = Some(waker.clone()) });
+    header
+        .waker
+        .with_mut(|w| unsafe { *w = Some(waker.clone()) });
     header.state.set_join_waker().is_ok()
 }
 

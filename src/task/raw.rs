@@ -75,7 +75,7 @@ struct Cell<F, T> {
 impl Header {
     /// The task's vtable.
     pub(crate) fn vtable(&self) -> &'static TaskVtable {
-        // SAFETY: every task header is built by `Cell::<F, T>::new` with a pointer to the
+        // SAFETY: every task header is built by `Cell::<F, T>::allocate` with a pointer to the
         // `'static` `Cell::<F, T>::VTABLE`, a `#[repr(C)]` struct whose first field is the
         // job table, and the pointer was derived from a reference to the whole struct.
         unsafe { &*self.job.vtable.cast::<TaskVtable>() }
@@ -89,7 +89,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let ptr = Cell::<F, T>::new(func, State::new(), pool);
+    let ptr = Cell::<F, T>::allocate(func, State::new(), pool);
     // SAFETY: a fresh task, live until both references are dropped; the queued reference
     // is handed to the `JobRef`.
     (unsafe { JobRef::new(ptr.cast()) }, ptr)
@@ -102,7 +102,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let ptr = Cell::<F, T>::new_without_closure(State::new_complete(Outcome::Shutdown));
+    let ptr = Cell::<F, T>::allocate_without_closure(State::new_complete(Outcome::Shutdown));
     drop_quietly(func);
     ptr
 }
@@ -119,7 +119,10 @@ where
     T: Send + 'static,
 {
     const VTABLE: TaskVtable = TaskVtable {
-        job: JobVtable { execute: Self::execute, discard: Self::discard },
+        job: JobVtable {
+            execute: Self::execute,
+            discard: Self::discard,
+        },
         read_output: Self::read_output,
         drop_output: Self::drop_output,
         cancel: Self::cancel,
@@ -128,22 +131,26 @@ where
 
     fn header(state: State, pool: *const Shared) -> Header {
         Header {
-            job: JobHeader { vtable: (&Self::VTABLE as *const TaskVtable).cast() },
+            job: JobHeader {
+                vtable: (&Self::VTABLE as *const TaskVtable).cast(),
+            },
             state,
             pool,
             waker: UnsafeCell::new(None),
         }
     }
 
-    fn new(func: F, state: State, pool: &Shared) -> NonNull<Header> {
+    fn allocate(func: F, state: State, pool: &Shared) -> NonNull<Header> {
         let cell = Box::new(Cell::<F, T> {
             header: Self::header(state, pool),
-            stage: UnsafeCell::new(Stage::<F, T> { closure: ManuallyDrop::new(func) }),
+            stage: UnsafeCell::new(Stage::<F, T> {
+                closure: ManuallyDrop::new(func),
+            }),
         });
         NonNull::from(Box::leak(cell)).cast()
     }
 
-    fn new_without_closure(state: State) -> NonNull<Header> {
+    fn allocate_without_closure(state: State) -> NonNull<Header> {
         let cell = Box::new(Cell::<F, T> {
             header: Self::header(state, std::ptr::null()),
             // The state is COMPLETE with no output: nothing is live.
@@ -154,7 +161,7 @@ where
 
     /// # Safety
     /// `ptr` is a live `Cell<F, T>`.
-    unsafe fn cell<'a>(ptr: NonNull<Header>) -> &'a Self {
+    unsafe fn from_header<'a>(ptr: NonNull<Header>) -> &'a Self {
         // SAFETY: the header is the first field of the `#[repr(C)]` cell.
         unsafe { ptr.cast::<Self>().as_ref() }
     }
@@ -165,7 +172,8 @@ where
     /// The caller claimed the stage (invariant 1) and the closure is live.
     unsafe fn take_closure(&self) -> F {
         // SAFETY: the caller's claim gives exclusive access; the closure is the live member.
-        self.stage.with_mut(|s| unsafe { ManuallyDrop::take(&mut (*s).closure) })
+        self.stage
+            .with_mut(|s| unsafe { ManuallyDrop::take(&mut (*s).closure) })
     }
 
     /// Worker side: claim, run, store, complete. Consumes the queued reference.
@@ -175,7 +183,7 @@ where
     unsafe fn execute(ptr: NonNull<JobHeader>, counters: &Counters) {
         let ptr = ptr.cast::<Header>();
         // SAFETY: live while we hold the queued reference.
-        let this = unsafe { Self::cell(ptr) };
+        let this = unsafe { Self::from_header(ptr) };
         if let TransitionToRunning::Failed(s) = this.header.state.try_claim() {
             // SAFETY: we own the queued reference.
             unsafe { Self::lost_claim(ptr, s) };
@@ -187,7 +195,8 @@ where
             Ok(value) => {
                 counters.bump(&counters.completed);
                 // SAFETY: exclusive (claimed); the stage is empty now.
-                this.stage.with_mut(|s| unsafe { (*s).output = ManuallyDrop::new(value) });
+                this.stage
+                    .with_mut(|s| unsafe { (*s).output = ManuallyDrop::new(value) });
                 Outcome::Value
             }
             Err(payload) => {
@@ -211,7 +220,7 @@ where
     unsafe fn discard(ptr: NonNull<JobHeader>, counters: &Counters) {
         let ptr = ptr.cast::<Header>();
         // SAFETY: live while we hold the queued reference.
-        let this = unsafe { Self::cell(ptr) };
+        let this = unsafe { Self::from_header(ptr) };
         if let TransitionToRunning::Failed(s) = this.header.state.try_claim() {
             // SAFETY: we own the queued reference.
             unsafe { Self::lost_claim(ptr, s) };
@@ -232,7 +241,7 @@ where
     /// `ptr` is a task of this type; the caller holds the handle's reference.
     unsafe fn cancel(ptr: NonNull<Header>) -> bool {
         // SAFETY: the handle's reference keeps it live.
-        let this = unsafe { Self::cell(ptr) };
+        let this = unsafe { Self::from_header(ptr) };
         if this.header.state.try_claim() != TransitionToRunning::Success {
             return false;
         }
@@ -309,43 +318,46 @@ where
         }
     }
 
+    /// Moves the outcome out of the stage.
+    ///
     /// # Safety
     /// COMPLETE, and the caller owns the output (invariant 2); called at most once.
-    unsafe fn read_output(ptr: NonNull<Header>, dst: *mut ()) {
-        // SAFETY: live (caller holds a reference) and the output is ours.
-        let this = unsafe { Self::cell(ptr) };
-        let result: Result<T, JoinError> = match this.header.state.load().outcome() {
-            // SAFETY: the outcome says which member is live; we move it out once.
-            Outcome::Value => Ok(this.stage.with_mut(|s| unsafe {
-                ManuallyDrop::take(&mut (*s).output)
-            })),
-            // SAFETY: as above.
-            Outcome::Panicked => Err(JoinError::panicked(*this.stage.with_mut(|s| unsafe {
-                ManuallyDrop::take(&mut (*s).panic)
-            }))),
+    unsafe fn take_outcome(&self) -> Result<T, JoinError> {
+        match self.header.state.load().outcome() {
+            Outcome::Value => {
+                let take = |s: *mut Stage<F, T>| {
+                    // SAFETY: the outcome says the output is the live member; the caller
+                    // owns it and moves it out once.
+                    unsafe { ManuallyDrop::take(&mut (*s).output) }
+                };
+                Ok(self.stage.with_mut(take))
+            }
+            Outcome::Panicked => {
+                let take = |s: *mut Stage<F, T>| {
+                    // SAFETY: as above, for the panic payload.
+                    unsafe { ManuallyDrop::take(&mut (*s).panic) }
+                };
+                Err(JoinError::panicked(*self.stage.with_mut(take)))
+            }
             Outcome::Cancelled => Err(JoinError::cancelled()),
             Outcome::Shutdown => Err(JoinError::shutdown()),
-        };
-        // SAFETY: the caller passes a valid, uninitialized `Result<T, JoinError>` slot.
+        }
+    }
+
+    /// # Safety
+    /// As for `take_outcome`; `dst` is a valid, uninitialized `Result<T, JoinError>`.
+    unsafe fn read_output(ptr: NonNull<Header>, dst: *mut ()) {
+        // SAFETY: live (the caller holds a reference); the output is the caller's.
+        let result = unsafe { Self::from_header(ptr).take_outcome() };
+        // SAFETY: the caller passes a valid, uninitialized slot of this type.
         unsafe { dst.cast::<Result<T, JoinError>>().write(result) };
     }
 
     /// # Safety
-    /// As for `read_output`.
+    /// As for `take_outcome`.
     unsafe fn drop_output(ptr: NonNull<Header>) {
         // SAFETY: live and ours, as in `read_output`.
-        let this = unsafe { Self::cell(ptr) };
-        match this.header.state.load().outcome() {
-            // SAFETY: the live member per the outcome, dropped once.
-            Outcome::Value => drop_quietly(this.stage.with_mut(|s| unsafe {
-                ManuallyDrop::take(&mut (*s).output)
-            })),
-            // SAFETY: as above.
-            Outcome::Panicked => drop_quietly(this.stage.with_mut(|s| unsafe {
-                ManuallyDrop::take(&mut (*s).panic)
-            })),
-            Outcome::Cancelled | Outcome::Shutdown => {}
-        }
+        drop_quietly(unsafe { Self::from_header(ptr).take_outcome() });
     }
 
     /// # Safety

@@ -52,7 +52,10 @@ const _: () = {
             assert!(FLAGS[i] & FLAGS[j] == 0, "state bits overlap");
             j += 1;
         }
-        assert!(FLAGS[i] & REF_COUNT_MASK == 0, "a flag overlaps the ref count");
+        assert!(
+            FLAGS[i] & REF_COUNT_MASK == 0,
+            "a flag overlaps the ref count"
+        );
         i += 1;
     }
     // At least 16 bits of reference count even on 32-bit targets.
@@ -139,13 +142,17 @@ pub(crate) struct State {
 impl State {
     /// QUEUED, with a handle and a queued reference.
     pub(crate) fn new() -> State {
-        State { val: AtomicUsize::new(JOIN_INTEREST | 2 * REF_ONE) }
+        State {
+            val: AtomicUsize::new(JOIN_INTEREST | (2 * REF_ONE)),
+        }
     }
 
     /// Already COMPLETE with `outcome`, with only the handle's reference (for a spawn
     /// refused by a closed pool).
     pub(crate) fn new_complete(outcome: Outcome) -> State {
-        State { val: AtomicUsize::new(COMPLETE | outcome.bits() | JOIN_INTEREST | REF_ONE) }
+        State {
+            val: AtomicUsize::new(COMPLETE | outcome.bits() | JOIN_INTEREST | REF_ONE),
+        }
     }
 
     pub(crate) fn load(&self) -> Snapshot {
@@ -180,7 +187,9 @@ impl State {
     /// publishes the stage to the handle; Acquire sees the waker the handle stored before
     /// setting `JOIN_WAKER` (invariant 3).
     pub(crate) fn complete(&self, outcome: Outcome) -> Snapshot {
-        let prev = self.val.fetch_xor(RUNNING | COMPLETE | outcome.bits(), Ordering::AcqRel);
+        let prev = self
+            .val
+            .fetch_xor(RUNNING | COMPLETE | outcome.bits(), Ordering::AcqRel);
         debug_assert!(prev & RUNNING != 0 && prev & (COMPLETE | OUTCOME_MASK) == 0);
         Snapshot(prev)
     }
@@ -225,7 +234,10 @@ impl State {
             }
             // AcqRel: Release publishes the waker written before setting JOIN_WAKER (pairs
             // with the Acquire in `complete`); Acquire pairs with `complete` on failure.
-            match self.val.compare_exchange_weak(cur, f(cur), Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .val
+                .compare_exchange_weak(cur, f(cur), Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(()),
                 Err(actual) => cur = actual,
             }
@@ -237,7 +249,10 @@ impl State {
         // AcqRel: Release hands our accesses to whoever frees; Acquire (for the freer)
         // sees everyone else's.
         let prev = self.val.fetch_sub(REF_ONE, Ordering::AcqRel);
-        debug_assert!(prev >> REF_COUNT_SHIFT >= 1, "task reference count underflow");
+        debug_assert!(
+            prev >> REF_COUNT_SHIFT >= 1,
+            "task reference count underflow"
+        );
         prev & REF_COUNT_MASK == REF_ONE
     }
 }
@@ -261,7 +276,12 @@ mod tests {
 
     #[test]
     fn every_outcome_round_trips() {
-        for o in [Outcome::Value, Outcome::Panicked, Outcome::Cancelled, Outcome::Shutdown] {
+        for o in [
+            Outcome::Value,
+            Outcome::Panicked,
+            Outcome::Cancelled,
+            Outcome::Shutdown,
+        ] {
             let s = State::new();
             assert_eq!(s.try_claim(), TransitionToRunning::Success);
             let _ = s.complete(o);
