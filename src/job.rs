@@ -232,7 +232,10 @@ impl<F: FnOnce() + Send> HeapJob<F> {
     unsafe fn execute(this: NonNull<JobHeader>, _counters: &Counters) {
         // SAFETY: `this` is the leaked box from `into_job_ref`, owned by the caller.
         let job = unsafe { Box::from_raw(this.cast::<Self>().as_ptr()) };
-        // The closure does its own panic handling (scope jobs catch and record panics).
+        // The closure catches user panics itself (scope jobs record them); if anything
+        // still unwound, the scope's owner would wait forever, so abort instead.
+        let abort = AbortOnPanic;
         (job.func)();
+        std::mem::forget(abort);
     }
 }

@@ -50,7 +50,8 @@ pub(crate) struct SpinLatch {
 impl SpinLatch {
     /// # Safety
     /// `owner` must stay valid until the latch is set: it points into the pool's `Shared`,
-    /// and only workers of that pool (which keep `Shared` alive) may set it.
+    /// and only threads that keep that `Shared` alive may set it: the pool's workers, or a
+    /// thread draining the pool at shutdown (which holds a `Pool` handle or is a worker).
     pub(crate) unsafe fn new(owner: &Thread) -> SpinLatch {
         SpinLatch {
             state: AtomicUsize::new(UNSET),
@@ -85,8 +86,8 @@ impl Latch for SpinLatch {
         // orders the owner's SLEEPING before our unpark.
         let old = unsafe { (*this).state.swap(SET, Ordering::AcqRel) };
         if old == SLEEPING {
-            // SAFETY: the owner thread handle lives in `Shared`, kept alive by the setter,
-            // which is a worker of the same pool (invariant of `SpinLatch::new`).
+            // SAFETY: the owner thread handle lives in `Shared`, kept alive by the setter
+            // (invariant of `SpinLatch::new`).
             unsafe { (*owner).unpark() };
         }
     }

@@ -110,6 +110,7 @@ mod scope;
 mod shared;
 mod sleep;
 mod task;
+mod time;
 mod util;
 mod worker;
 
@@ -145,17 +146,15 @@ where
     }
 }
 
-/// Task options for the current worker's pool, or the global pool: see [`Pool::task`].
+/// Task options for the pool of the thread that calls `spawn` on them: the current
+/// worker's pool, or the global pool. See [`Pool::task`].
 ///
 /// ```
 /// let h = weft::task().priority(weft::Priority::High).spawn(|| 1);
 /// assert_eq!(h.join().unwrap(), 1);
 /// ```
 pub fn task() -> TaskBuilder<'static> {
-    match WorkerThread::current() {
-        Some(w) => TaskBuilder::new(&w.shared),
-        None => global::pool().task(),
-    }
+    TaskBuilder::current()
 }
 
 /// Runs `op` in a scope of the current worker's pool, or of the global pool. See

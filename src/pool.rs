@@ -258,14 +258,30 @@ pub(crate) fn wait_for(latch: &ThreadLatch) {
 /// ```
 #[must_use = "a TaskBuilder does nothing until `spawn` is called"]
 pub struct TaskBuilder<'a> {
-    shared: &'a Arc<Shared>,
+    target: Target<'a>,
     priority: Priority,
 }
 
+/// Which pool a `TaskBuilder` spawns on.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Pool(&'a Shared),
+    /// Decided at `spawn`: the current worker's pool, else the global pool. Nothing is
+    /// borrowed, so the builder may move to another thread.
+    Current,
+}
+
 impl<'a> TaskBuilder<'a> {
-    pub(crate) fn new(shared: &'a Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: &'a Shared) -> Self {
         TaskBuilder {
-            shared,
+            target: Target::Pool(shared),
+            priority: Priority::Normal,
+        }
+    }
+
+    pub(crate) fn current() -> TaskBuilder<'static> {
+        TaskBuilder {
+            target: Target::Current,
             priority: Priority::Normal,
         }
     }
@@ -282,7 +298,13 @@ impl<'a> TaskBuilder<'a> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.shared.spawn(self.priority, f)
+        match self.target {
+            Target::Pool(shared) => shared.spawn(self.priority, f),
+            Target::Current => match WorkerThread::current() {
+                Some(w) => w.shared.spawn(self.priority, f),
+                None => crate::global::pool().shared().spawn(self.priority, f),
+            },
+        }
     }
 }
 

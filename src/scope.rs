@@ -84,7 +84,14 @@ impl<'scope> Scope<'scope> {
             // SAFETY: the scope outlives its jobs (see `ScopePtr`).
             let scope = unsafe { &*ptr.0 };
             if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| f(scope))) {
-                scope.panic.lock().get_or_insert(p);
+                let mut first = scope.panic.lock();
+                if first.is_none() {
+                    *first = Some(p);
+                } else {
+                    // Only the first panic is re-raised; drop the others without unwinding.
+                    drop(first);
+                    crate::task::raw::drop_quietly(p);
+                }
             }
             // SAFETY: live until the count reaches zero and the latch is set.
             unsafe { CountLatch::set(&scope.latch) };

@@ -135,6 +135,11 @@ impl Sleep {
         Snapshot(self.state.load(Ordering::SeqCst))
     }
 
+    /// True once `close` set CLOSED.
+    pub(crate) fn is_closed(&self) -> bool {
+        Snapshot(self.state.load(Ordering::SeqCst)).is_closed()
+    }
+
     /// Step 1: after queuing a job. Returns the state it saw (for the shutdown check).
     #[inline]
     pub(crate) fn notify_after_push(&self, counters: &Counters) -> Snapshot {
@@ -261,11 +266,11 @@ impl Sleep {
         !prev.is_closed()
     }
 
-    /// A worker begins exiting (it is SEARCHING): leaves SEARCHING and ALIVE, then fences.
-    /// The caller drains the queues once more afterwards.
+    /// A worker begins exiting (it is busy, not SEARCHING): leaves ALIVE, then fences. The
+    /// caller drains the queues once more afterwards.
     pub(crate) fn begin_exit(&self) {
-        self.state
-            .fetch_sub(ALIVE_ONE + SEARCHING_ONE, Ordering::SeqCst);
+        let prev = Snapshot(self.state.fetch_sub(ALIVE_ONE, Ordering::SeqCst));
+        debug_assert!(prev.alive() > 0 && prev.is_closed(), "{prev:?}");
         // Pairs with the pusher's fence: either it sees ALIVE drop, or we see its job.
         fence(Ordering::SeqCst);
     }

@@ -19,7 +19,7 @@ use crate::loom::{fence, Ordering};
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::sleep::SEARCH_ROUNDS;
-use crate::util::XorShift64Star;
+use crate::util::{AbortOnPanic, XorShift64Star};
 
 thread_local! {
     static CURRENT: Cell<*const WorkerThread> = const { Cell::new(ptr::null()) };
@@ -41,6 +41,9 @@ pub(crate) struct WorkerThread {
 
 impl WorkerThread {
     /// The worker running on this thread, if any (of any pool).
+    ///
+    /// The `'static` is a promise kept by weft's own code only: the reference is used
+    /// within the current call and never stored or handed to user code.
     #[inline]
     pub(crate) fn current() -> Option<&'static WorkerThread> {
         let p = CURRENT.with(Cell::get);
@@ -63,9 +66,13 @@ impl WorkerThread {
         };
         worker.shared.sleep.register_thread(index);
         CURRENT.with(|c| c.set(&worker));
+        // User code never unwinds into the loop (it is caught where it runs); a panic here
+        // would be a weft bug that leaves the pool's state inconsistent, so abort.
+        let abort = AbortOnPanic;
         worker.shared.run_start_hook(index);
         worker.main_loop();
         worker.shared.run_stop_hook(index);
+        std::mem::forget(abort);
         CURRENT.with(|c| c.set(ptr::null()));
         debug_assert!(worker.local.is_empty());
     }
@@ -196,7 +203,8 @@ impl WorkerThread {
         // Run work until the pool closes...
         self.wait_until(&Closed(&self.shared), None);
         // ...then finish (or, after `shutdown_now`, discard) what is queued, and leave.
-        self.start_searching();
+        // `wait_until` returned with this worker busy (not SEARCHING), and every nested
+        // wait in the jobs below leaves it so again.
         let mut exiting = false;
         loop {
             while let Some((job, lane, _)) =
@@ -211,22 +219,25 @@ impl WorkerThread {
             }
             // Leave ALIVE, fence, and drain once more: a spawn that raced shutdown is seen
             // either here or by its pusher (sleep.rs, "Shutdown").
-            self.searching.set(false);
+            debug_assert!(!self.searching.get());
             self.shared.sleep.begin_exit();
             exiting = true;
         }
     }
 }
 
-/// Done once the pool is closed.
+/// Done once the pool is closed: the cheap `closed` flag first, then the CLOSED bit of the
+/// sleep state, which `shutdown` sets after the flag. Waiting for the bit matters: a
+/// pusher drains only if it sees CLOSED with no worker alive, so no worker may exit
+/// before CLOSED is set.
 struct Closed<'a>(&'a Shared);
 
 impl Probe for Closed<'_> {
     fn probe(&self) -> bool {
-        self.0.is_closed()
+        self.0.is_closed() && self.0.sleep.is_closed()
     }
 
     fn arm(&self) -> bool {
-        !self.0.is_closed()
+        !self.probe()
     }
 }

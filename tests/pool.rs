@@ -503,6 +503,18 @@ fn spawn_inside_a_worker_uses_that_pool() {
 }
 
 #[test]
+fn a_task_builder_from_a_worker_outlives_its_pool() {
+    // `weft::task()` borrows nothing: it picks the pool when `spawn` is called.
+    let pool = pool(1);
+    let builder = pool.spawn(weft::task).join().unwrap();
+    pool.shutdown();
+    assert_eq!(
+        builder.priority(Priority::High).spawn(|| 1).join().unwrap(),
+        1
+    );
+}
+
+#[test]
 fn global_functions_work_from_outside() {
     assert_eq!(weft::spawn(|| 3).join().unwrap(), 3);
     assert_eq!(weft::join(|| 1, || 2), (1, 2));

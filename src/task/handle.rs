@@ -296,10 +296,13 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// A waker that unparks the current thread; built once per thread.
+/// A waker that unparks the current thread; built once per thread (or afresh while the
+/// thread's locals are being destroyed).
 fn current_thread_waker() -> Waker {
     thread_local! {
         static WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
     }
-    WAKER.with(Waker::clone)
+    WAKER
+        .try_with(Waker::clone)
+        .unwrap_or_else(|_| Waker::from(Arc::new(ThreadWaker(thread::current()))))
 }

@@ -109,8 +109,11 @@ where
 
 /// Runs `f`'s drop glue, swallowing a panic from it: a panicking `Drop` in user code must
 /// not unwind through the scheduler.
-fn drop_quietly<X>(x: X) {
-    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(x)));
+pub(crate) fn drop_quietly<X>(x: X) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(x))) {
+        // Dropping the payload could panic again; leak it instead.
+        std::mem::forget(payload);
+    }
 }
 
 impl<F, T> Cell<F, T>

@@ -1,0 +1,3 @@
+//! Time: the hierarchical timing wheel (`wheel.rs`, a pure data structure).
+
+pub(crate) mod wheel;

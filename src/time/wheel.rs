@@ -1,0 +1,1 @@
+//! Placeholder: the hierarchical timing wheel is being written.
