@@ -159,6 +159,10 @@ pub struct Metrics {
     pub queued_low: u64,
     /// Worker threads in the pool.
     pub workers: u64,
+    /// Tasks waiting in the timer for their deadline now.
+    pub timers_pending: u64,
+    /// Timers that came due and were handed to their lane.
+    pub timers_fired: u64,
 }
 
 impl Metrics {
@@ -187,6 +191,8 @@ impl fmt::Debug for Metrics {
             .field("queued_high", &self.queued_high)
             .field("queued_normal", &self.queued_normal)
             .field("queued_low", &self.queued_low)
+            .field("timers_pending", &self.timers_pending)
+            .field("timers_fired", &self.timers_fired)
             .finish()
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::job::StackJob;
 use crate::lanes::{LocalQueues, Priority};
@@ -260,6 +261,16 @@ pub(crate) fn wait_for(latch: &ThreadLatch) {
 pub struct TaskBuilder<'a> {
     target: Target<'a>,
     priority: Priority,
+    when: When,
+}
+
+/// When a task may start.
+#[derive(Clone, Copy, Debug)]
+enum When {
+    Now,
+    At(Instant),
+    /// Past anything an `Instant` can hold: never on its own.
+    Never,
 }
 
 /// Which pool a `TaskBuilder` spawns on.
@@ -276,6 +287,7 @@ impl<'a> TaskBuilder<'a> {
         TaskBuilder {
             target: Target::Pool(shared),
             priority: Priority::Normal,
+            when: When::Now,
         }
     }
 
@@ -283,6 +295,7 @@ impl<'a> TaskBuilder<'a> {
         TaskBuilder {
             target: Target::Current,
             priority: Priority::Normal,
+            when: When::Now,
         }
     }
 
@@ -292,18 +305,56 @@ impl<'a> TaskBuilder<'a> {
         self
     }
 
+    /// Starts the task no earlier than `delay` from now: it waits in the pool's timer, then
+    /// joins its lane. A delay too large for an `Instant` (such as `Duration::MAX`) means
+    /// "never on its own": the task stays cancellable and resolves as shut down when the
+    /// pool shuts down.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let start = Instant::now();
+    /// let h = pool.task().delay(Duration::from_millis(20)).spawn(move || start.elapsed());
+    /// assert!(h.join().unwrap() >= Duration::from_millis(20));
+    /// ```
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.when = Instant::now()
+            .checked_add(delay)
+            .map_or(When::Never, When::At);
+        self
+    }
+
+    /// Starts the task no earlier than `at` (a deadline in the past: at once).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let at = Instant::now() + Duration::from_millis(10);
+    /// let h = pool.task().at(at).spawn(Instant::now);
+    /// assert!(h.join().unwrap() >= at);
+    /// ```
+    pub fn at(mut self, at: Instant) -> Self {
+        self.when = When::At(at);
+        self
+    }
+
     /// Spawns the task with these options; see [`Pool::spawn`].
     pub fn spawn<F, T>(self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        match self.target {
-            Target::Pool(shared) => shared.spawn(self.priority, f),
+        let shared: &Shared = match self.target {
+            Target::Pool(shared) => shared,
             Target::Current => match WorkerThread::current() {
-                Some(w) => w.shared.spawn(self.priority, f),
-                None => crate::global::pool().shared().spawn(self.priority, f),
+                Some(w) => &w.shared,
+                None => crate::global::pool().shared(),
             },
+        };
+        match self.when {
+            When::Now => shared.spawn(self.priority, f),
+            When::At(at) => shared.spawn_at(self.priority, Some(at), f),
+            When::Never => shared.spawn_at(self.priority, None, f),
         }
     }
 }
@@ -312,6 +363,7 @@ impl fmt::Debug for TaskBuilder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskBuilder")
             .field("priority", &self.priority)
+            .field("when", &self.when)
             .finish()
     }
 }
@@ -372,7 +424,8 @@ impl Builder {
         self
     }
 
-    /// Names worker `i`'s thread.
+    /// Names worker `i`'s thread. The pool's timer thread is named with index `workers`
+    /// (default names: `weft-worker-{i}` and `weft-timer`).
     pub fn thread_name(mut self, name: impl FnMut(usize) -> String + 'static) -> Self {
         self.thread_name = Some(Box::new(name));
         self
@@ -449,6 +502,24 @@ impl Builder {
                         kind: ErrorKind::Spawn(e),
                     });
                 }
+            }
+        }
+        let timer_name = match &mut name {
+            Some(f) => f(n),
+            None => "weft-timer".to_owned(),
+        };
+        let s = shared.clone();
+        match thread::Builder::new()
+            .name(timer_name)
+            .spawn(move || crate::time::driver::run(s))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shared.set_threads(threads);
+                drop(pool);
+                return Err(BuildError {
+                    kind: ErrorKind::Spawn(e),
+                });
             }
         }
         shared.set_threads(threads);

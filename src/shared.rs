@@ -16,6 +16,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
+use std::time::Instant;
 
 use crossbeam_deque::Steal;
 use crossbeam_utils::CachePadded;
@@ -27,6 +28,7 @@ use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
 use crate::sleep::Sleep;
 use crate::task::{raw, JoinHandle};
+use crate::time::driver::{Timer, NEVER};
 use crate::worker::WorkerThread;
 
 /// A start or stop hook; gets the worker's index.
@@ -36,6 +38,7 @@ pub(crate) struct Shared {
     pub(crate) lanes: Lanes,
     pub(crate) sleep: Sleep,
     pub(crate) counters: CounterSet,
+    pub(crate) timer: Timer,
     /// Read by every spawn, written once: kept off the busy sleep-state line.
     closed: CachePadded<AtomicBool>,
     /// Set by `shutdown_now`: workers resolve queued tasks instead of running them.
@@ -59,6 +62,7 @@ impl Shared {
             lanes,
             sleep: Sleep::new(num_workers),
             counters: CounterSet::new(num_workers),
+            timer: Timer::new(),
             closed: CachePadded::new(AtomicBool::new(false)),
             cancel_queued: CachePadded::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -115,6 +119,34 @@ impl Shared {
         let (job, handle) = raw::allocate(func, self);
         self.push(priority.lane(), job, true);
         // SAFETY: `allocate` returns the handle's reference to a task with output `T`.
+        unsafe { JoinHandle::from_raw(handle) }
+    }
+
+    /// Spawns a task that waits in the timer until `at` (`None`: never on its own; it can
+    /// still be cancelled). A deadline already past is an ordinary spawn.
+    pub(crate) fn spawn_at<F, T>(
+        &self,
+        priority: Priority,
+        at: Option<Instant>,
+        func: F,
+    ) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if at.is_some_and(|at| at <= Instant::now()) {
+            return self.spawn(priority, func);
+        }
+        if self.is_closed() {
+            // SAFETY: as in `spawn`.
+            return unsafe { JoinHandle::from_raw(raw::allocate_refused(func)) };
+        }
+        let deadline = at.map_or(NEVER, |at| self.timer.tick_ceil(at));
+        let (job, handle) = raw::allocate_scheduled(func, self);
+        let counters = self.counters();
+        counters.bump(&counters.spawned);
+        self.timer.insert(deadline, job, priority.lane(), self);
+        // SAFETY: `allocate_scheduled` returns the handle's reference, output `T`.
         unsafe { JoinHandle::from_raw(handle) }
     }
 
@@ -180,6 +212,8 @@ impl Shared {
         // Release: pairs with the Acquire in `is_closed`.
         self.closed.store(true, Ordering::Release);
         self.sleep.close();
+        // The driver resolves pending timers as shut down, then exits.
+        self.timer.wake();
         if cancel_queued {
             self.drain();
         }
@@ -203,6 +237,8 @@ impl Shared {
         m.queued_normal = self.lanes.len(Priority::Normal.lane()) as u64;
         m.queued_low = self.lanes.len(Priority::Low.lane()) as u64;
         m.workers = self.num_workers as u64;
+        m.timers_pending = self.timer.pending();
+        m.timers_fired = self.timer.fired();
         m
     }
 

@@ -1,5 +1,5 @@
-//! An idle pool burns no CPU: after a burst of work, its worker threads park and use no
-//! measurable CPU time over one second.
+//! An idle pool burns no CPU: after a burst of work, its worker threads and its timer
+//! thread park and use no measurable CPU time over one second, even with a timer pending.
 //!
 //! Other tests run in parallel in this process, so this counts only the pool's own
 //! threads, found by name in `/proc/self/task/*/comm` (Linux only).
@@ -42,6 +42,8 @@ fn an_idle_pool_uses_no_cpu() {
         .thread_name(|i| format!("idlecpu-{i}"))
         .build()
         .unwrap();
+    // A timer far in the future: the timer thread sleeps until then, not on a fixed poll.
+    let later = pool.task().delay(Duration::from_secs(3600)).spawn(|| ());
     // A burst that wakes every worker.
     let hs: Vec<_> = (0..20_000u64)
         .map(|i| pool.spawn(move || i.wrapping_mul(i)))
@@ -53,7 +55,7 @@ fn an_idle_pool_uses_no_cpu() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let t = threads("idlecpu-");
-        assert_eq!(t.len(), 4);
+        assert_eq!(t.len(), 5, "4 workers and the timer thread");
         if t.iter().all(|(s, _)| *s == 'S') && pool.metrics().parks >= 4 {
             break;
         }
@@ -68,7 +70,7 @@ fn an_idle_pool_uses_no_cpu() {
     // The measurement window itself (not a wait for anything to settle).
     std::thread::sleep(Duration::from_secs(1));
     let after: u64 = threads("idlecpu-").iter().map(|t| t.1).sum();
-    // A clock tick is 10 ms: allow one tick of accounting noise for all four threads.
+    // A clock tick is 10 ms: allow one tick of accounting noise for all five threads.
     assert!(
         after - before <= 1,
         "idle workers used {} ticks in 1 s",
@@ -79,4 +81,6 @@ fn an_idle_pool_uses_no_cpu() {
         parks_before,
         "no worker woke up while idle"
     );
+    assert_eq!(pool.metrics().timers_pending, 1);
+    assert!(later.cancel());
 }

@@ -95,6 +95,60 @@ where
     (unsafe { JobRef::new(ptr.cast()) }, ptr)
 }
 
+/// Allocates a SCHEDULED task (invariant 6). Returns the timer's reference and the handle's
+/// pointer.
+pub(crate) fn allocate_scheduled<F, T>(func: F, pool: &Shared) -> (JobRef, NonNull<Header>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let ptr = Cell::<F, T>::allocate(func, State::new_scheduled(), pool);
+    // SAFETY: a fresh task; the timer's reference goes to the `JobRef`.
+    (unsafe { JobRef::new(ptr.cast()) }, ptr)
+}
+
+/// An owned reference to a task, of any type: dropping it releases the reference.
+pub(crate) struct TaskRef(NonNull<Header>);
+
+// SAFETY: a task reference only touches the atomic state word and, as the last reference,
+// frees a task whose closure and output are `Send`.
+unsafe impl Send for TaskRef {}
+
+impl TaskRef {
+    /// # Safety
+    /// The caller hands over one reference it owns to the task at `ptr`.
+    pub(crate) unsafe fn from_raw(ptr: NonNull<Header>) -> TaskRef {
+        TaskRef(ptr)
+    }
+
+    /// The task's address, as queued `JobRef`s carry it.
+    pub(crate) fn job_ptr(&self) -> NonNull<JobHeader> {
+        self.0.cast()
+    }
+}
+
+impl Drop for TaskRef {
+    fn drop(&mut self) {
+        // SAFETY: we own a reference, so the task is live until we drop it.
+        let header = unsafe { self.0.as_ref() };
+        if header.state.ref_dec() {
+            // SAFETY: that was the last reference.
+            unsafe { (header.vtable().dealloc)(self.0) };
+        }
+    }
+}
+
+/// The timer's side of a SCHEDULED task, reached through a `JobRef` the timer holds.
+///
+/// # Safety
+/// `job` is a task's queued reference held by the timer (invariant 6).
+pub(crate) unsafe fn fire(job: &JobRef) -> bool {
+    // SAFETY: a task header sits at the job pointer (caller's promise), live while the
+    // reference is held.
+    let header = unsafe { job.as_ptr().cast::<Header>().as_ref() };
+    header.state.transition_scheduled_to_queued().is_ok()
+}
+
 /// Allocates a task that is already resolved as shut down (a spawn refused by a closed
 /// pool). `func` is dropped now; the only reference is the handle's.
 pub(crate) fn allocate_refused<F, T>(func: F) -> NonNull<Header>
@@ -245,16 +299,23 @@ where
     unsafe fn cancel(ptr: NonNull<Header>) -> bool {
         // SAFETY: the handle's reference keeps it live.
         let this = unsafe { Self::from_header(ptr) };
-        if this.header.state.try_claim() != TransitionToRunning::Success {
+        let TransitionToRunning::Success(before) = this.header.state.try_claim() else {
             return false;
-        }
+        };
         // SAFETY: claimed; the closure is live.
         let func = unsafe { this.take_closure() };
-        // SAFETY: the task was queued in a live pool, and whoever pops it waits for
-        // COMPLETE before letting the pool go (invariant 5).
+        // SAFETY: the task was queued (or in the timer) of a live pool, and whoever pops it
+        // waits for COMPLETE before letting the pool go (invariants 5 and 6).
         let pool = unsafe { &*this.header.pool };
         let counters = pool.counters();
         counters.bump(&counters.cancelled);
+        if before.is_scheduled() {
+            // Invariant 6: tell the driver to drop the wheel entry now, with a reference
+            // that keeps this address from being reused until it did.
+            this.header.state.ref_inc();
+            // SAFETY: we just added the reference that the `TaskRef` owns.
+            pool.timer.cancel(unsafe { TaskRef::from_raw(ptr) }, pool);
+        }
         // SAFETY: claimed, nothing to store; the queued reference stays with its holder.
         unsafe { Self::complete(ptr, Outcome::Cancelled, false) };
         drop_quietly(func);

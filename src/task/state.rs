@@ -7,11 +7,12 @@
 //! | 2 | `JOIN_INTEREST` | the `JoinHandle` is alive | `new` | handle drop (`drop_join_interest`) | |
 //! | 3 | `JOIN_WAKER` | a waker is stored; the task side may read it | `set_join_waker` | `unset_join_waker` | |
 //! | 4–5 | `OUTCOME` | value / panicked / cancelled / shut down; valid once `COMPLETE` | `complete` | never | |
-//! | 6–11 | reserved | (timers, cancel requests: later) | | | |
+//! | 6 | `SCHEDULED` | waiting in the timer, not in a queue | `new_scheduled` | the driver's fire (`transition_scheduled_to_queued`) | |
+//! | 7–11 | reserved | (cancel requests: later) | | | |
 //! | 12.. | `REF_COUNT` | references: the handle, and the one queued/running reference | `new` | `ref_dec` | |
 //!
-//! Lifecycle (the names of the design doc): QUEUED = neither `RUNNING` nor `COMPLETE`;
-//! RUNNING; then COMPLETE with one of four outcomes. The value outcome covers COMPLETE;
+//! Lifecycle (the names of the design doc): SCHEDULED (in the timer); QUEUED = neither
+//! `RUNNING`, `COMPLETE` nor `SCHEDULED`; RUNNING; then COMPLETE with one of four outcomes. The value outcome covers COMPLETE;
 //! PANICKED, CANCELLED and SHUT DOWN are the others.
 //!
 //! ## Invariants
@@ -30,6 +31,11 @@
 //!    live pool. A canceller that claims it reaches the pool (to count) before `complete`;
 //!    a worker that pops a claimed task waits for `COMPLETE` before dropping its
 //!    reference, so the pool outlives the canceller's use of it.
+//! 6. *Timer.* A SCHEDULED task's queued reference is held by the timer (its inbox or its
+//!    wheel). The driver's fire clears `SCHEDULED` only if the task is unclaimed; a
+//!    canceller whose claim saw `SCHEDULED` sends the driver a message holding a fresh
+//!    reference (so the address cannot be reused meanwhile), before `complete`, so the
+//!    driver removes the entry from the wheel at once.
 
 use crate::loom::{AtomicUsize, Ordering};
 
@@ -39,11 +45,19 @@ pub(crate) const JOIN_INTEREST: usize = 1 << 2;
 pub(crate) const JOIN_WAKER: usize = 1 << 3;
 pub(crate) const OUTCOME_SHIFT: u32 = 4;
 pub(crate) const OUTCOME_MASK: usize = 0b11 << OUTCOME_SHIFT;
+pub(crate) const SCHEDULED: usize = 1 << 6;
 pub(crate) const REF_COUNT_SHIFT: u32 = 12;
 pub(crate) const REF_ONE: usize = 1 << REF_COUNT_SHIFT;
 pub(crate) const REF_COUNT_MASK: usize = !(REF_ONE - 1);
 
-const FLAGS: [usize; 5] = [RUNNING, COMPLETE, JOIN_INTEREST, JOIN_WAKER, OUTCOME_MASK];
+const FLAGS: [usize; 6] = [
+    RUNNING,
+    COMPLETE,
+    JOIN_INTEREST,
+    JOIN_WAKER,
+    OUTCOME_MASK,
+    SCHEDULED,
+];
 const _: () = {
     let mut i = 0;
     while i < FLAGS.len() {
@@ -88,6 +102,9 @@ impl Snapshot {
     pub(crate) fn is_complete(self) -> bool {
         self.0 & COMPLETE != 0
     }
+    pub(crate) fn is_scheduled(self) -> bool {
+        self.0 & SCHEDULED != 0
+    }
     pub(crate) fn is_claimed(self) -> bool {
         self.0 & (RUNNING | COMPLETE) != 0
     }
@@ -118,6 +135,7 @@ impl std::fmt::Debug for Snapshot {
             .field("complete", &self.is_complete())
             .field("join_interest", &self.is_join_interested())
             .field("join_waker", &self.is_join_waker_set())
+            .field("scheduled", &self.is_scheduled())
             .field("outcome", &self.outcome())
             .field("refs", &self.ref_count())
             .finish()
@@ -128,8 +146,8 @@ impl std::fmt::Debug for Snapshot {
 #[must_use]
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TransitionToRunning {
-    /// The caller owns the stage now.
-    Success,
+    /// The caller owns the stage now; the snapshot is the state before the claim.
+    Success(Snapshot),
     /// Someone else claimed it first; the snapshot says whether they finished.
     Failed(Snapshot),
 }
@@ -144,6 +162,13 @@ impl State {
     pub(crate) fn new() -> State {
         State {
             val: AtomicUsize::new(JOIN_INTEREST | (2 * REF_ONE)),
+        }
+    }
+
+    /// SCHEDULED, with a handle and the timer's reference.
+    pub(crate) fn new_scheduled() -> State {
+        State {
+            val: AtomicUsize::new(SCHEDULED | JOIN_INTEREST | (2 * REF_ONE)),
         }
     }
 
@@ -177,7 +202,7 @@ impl State {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return TransitionToRunning::Success,
+                Ok(_) => return TransitionToRunning::Success(Snapshot(cur)),
                 Err(actual) => cur = actual,
             }
         }
@@ -244,6 +269,39 @@ impl State {
         }
     }
 
+    /// The driver fires a timer: SCHEDULED → QUEUED, unless a canceller claimed the task
+    /// first (`Err`; invariant 6).
+    pub(crate) fn transition_scheduled_to_queued(&self) -> Result<(), Snapshot> {
+        let mut cur = self.val.load(Ordering::Acquire);
+        loop {
+            debug_assert!(cur & SCHEDULED != 0 || cur & COMPLETE != 0);
+            if cur & (RUNNING | COMPLETE) != 0 {
+                return Err(Snapshot(cur));
+            }
+            // Acquire on failure: a lost race must see the canceller's writes. Relaxed on
+            // success: the queue push that follows publishes the task.
+            match self.val.compare_exchange_weak(
+                cur,
+                cur & !SCHEDULED,
+                Ordering::Relaxed,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Adds a reference (for a message that must keep the task alive).
+    pub(crate) fn ref_inc(&self) {
+        // Relaxed: the caller already holds a reference, as in `Arc::clone`.
+        let prev = self.val.fetch_add(REF_ONE, Ordering::Relaxed);
+        if prev & REF_COUNT_MASK == REF_COUNT_MASK {
+            // Overflow would free a live task: abort, as `Arc` does.
+            std::process::abort();
+        }
+    }
+
     /// Drops one reference; true if it was the last (the caller frees the task).
     pub(crate) fn ref_dec(&self) -> bool {
         // AcqRel: Release hands our accesses to whoever frees; Acquire (for the freer)
@@ -264,7 +322,7 @@ mod tests {
     #[test]
     fn claim_has_one_winner() {
         let s = State::new();
-        assert_eq!(s.try_claim(), TransitionToRunning::Success);
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
         assert!(matches!(s.try_claim(), TransitionToRunning::Failed(x) if x.is_running()));
         let prev = s.complete(Outcome::Cancelled);
         assert!(prev.is_running() && !prev.is_complete());
@@ -283,7 +341,7 @@ mod tests {
             Outcome::Shutdown,
         ] {
             let s = State::new();
-            assert_eq!(s.try_claim(), TransitionToRunning::Success);
+            assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
             let _ = s.complete(o);
             assert_eq!(s.load().outcome(), o);
             assert_eq!(State::new_complete(o).load().outcome(), o);
@@ -297,7 +355,7 @@ mod tests {
         assert!(s.load().is_join_waker_set());
         assert!(s.unset_join_waker().is_ok());
         assert!(s.set_join_waker().is_ok());
-        assert_eq!(s.try_claim(), TransitionToRunning::Success);
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
         let prev = s.complete(Outcome::Value);
         assert!(prev.is_join_waker_set() && prev.is_join_interested());
         assert!(s.unset_join_waker().is_err());
@@ -305,8 +363,30 @@ mod tests {
 
         let s = State::new();
         assert!(s.drop_join_interest().is_ok());
-        assert_eq!(s.try_claim(), TransitionToRunning::Success);
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
         assert!(!s.complete(Outcome::Value).is_join_interested());
+    }
+
+    #[test]
+    fn a_scheduled_task_fires_once_unless_claimed_first() {
+        let s = State::new_scheduled();
+        assert!(s.load().is_scheduled() && !s.load().is_claimed());
+        assert!(s.transition_scheduled_to_queued().is_ok());
+        assert!(!s.load().is_scheduled());
+
+        let s = State::new_scheduled();
+        let TransitionToRunning::Success(prev) = s.try_claim() else {
+            panic!("claim")
+        };
+        assert!(
+            prev.is_scheduled(),
+            "the canceller learns the task was in the timer"
+        );
+        assert!(s.transition_scheduled_to_queued().is_err());
+        let _ = s.complete(Outcome::Cancelled);
+        assert!(s.transition_scheduled_to_queued().is_err());
+        s.ref_inc();
+        assert_eq!(s.load().ref_count(), 3);
     }
 
     #[test]

@@ -1,0 +1,317 @@
+//! The scheduler thread: it owns the timing wheel, and turns deadlines into queued tasks.
+//!
+//! ## Actors and messages
+//! Any thread that spawns a delayed task, or cancels one, sends a [`Msg`] through the
+//! lock-free `inbox` (a crossbeam `Injector`: no lock is shared with the workers). The
+//! driver thread alone owns the [`Wheel`] and a map from task address to wheel key.
+//!
+//! ## The driver's loop
+//! 1. publish AWAKE in `sleeping_until`; drain the inbox (insert entries; remove cancelled
+//!    ones from the wheel at once, in O(1));
+//! 2. advance the wheel to now; push every due task into its lane's injector, in deadline
+//!    order (ties in insertion order), unless a canceller claimed it first;
+//! 3. publish the next deadline in `sleeping_until`, `fence(SeqCst)`, look at the inbox
+//!    once more, and park until that deadline (or indefinitely). It never polls on a fixed
+//!    interval, so an idle pool with pending timers uses no CPU.
+//!
+//! A sender pushes its message, `fence(SeqCst)`, then reads `sleeping_until`, and unparks
+//! the driver only if its deadline is earlier. The fences pair as in `sleep.rs`: either the
+//! driver sees the message in step 3, or the sender sees the sleep target it must beat.
+//!
+//! ## Time
+//! A tick is 1 ms since the timer was created. Deadlines round *up* to a tick and "now"
+//! rounds *down*, so a task never starts before its deadline.
+//! `Duration::MAX`-like delays (past what an `Instant` can hold) become [`NEVER`]: kept,
+//! cancellable, never fired.
+//!
+//! ## Shutdown
+//! When the pool closes, the driver resolves every timer still pending (in the inbox or the
+//! wheel) as shut down, sets `gone`, fences, and drains the inbox once more. A sender that
+//! sees `gone` after its own fence drains the inbox itself, so a delayed spawn racing
+//! shutdown still resolves.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use crossbeam_deque::{Injector, Steal};
+use crossbeam_utils::CachePadded;
+
+use super::wheel::{Key, Wheel};
+use crate::job::{JobHeader, JobRef};
+use crate::loom::{fence, AtomicBool, AtomicU64, Ordering};
+use crate::shared::Shared;
+use crate::task::raw::{self, TaskRef};
+
+/// A deadline that never comes (the wheel's own "never").
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// `sleeping_until` while the driver is awake and will look at its inbox again.
+const AWAKE: u64 = 0;
+
+/// The length of a tick.
+const TICK: Duration = Duration::from_millis(1);
+
+/// A message to the driver.
+enum Msg {
+    /// Put a SCHEDULED task's timer reference in the wheel.
+    Insert {
+        deadline: u64,
+        job: JobRef,
+        lane: usize,
+    },
+    /// A canceller claimed this SCHEDULED task: drop its wheel entry (invariant 6 of
+    /// `task/state.rs`).
+    Cancel(TaskRef),
+}
+
+/// The senders' side of the timer, shared through the pool's `Shared`.
+pub(crate) struct Timer {
+    inbox: Injector<Msg>,
+    /// The tick the driver sleeps until: `AWAKE`, a tick, or `NEVER` (until unparked).
+    sleeping_until: CachePadded<AtomicU64>,
+    /// Set once the driver exited; its final drain follows.
+    gone: AtomicBool,
+    thread: OnceLock<Thread>,
+    start: Instant,
+    /// Entries in the wheel, as of the driver's last loop (a gauge for metrics).
+    pending: AtomicU64,
+    /// Timers that came due and were handed to the lanes.
+    fired: AtomicU64,
+}
+
+impl Timer {
+    pub(crate) fn new() -> Timer {
+        Timer {
+            inbox: Injector::new(),
+            sleeping_until: CachePadded::new(AtomicU64::new(AWAKE)),
+            gone: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            start: Instant::now(),
+            pending: AtomicU64::new(0),
+            fired: AtomicU64::new(0),
+        }
+    }
+
+    /// The first tick at or after `at` (deadlines round up: never early).
+    pub(crate) fn tick_ceil(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.start);
+        let ms = d.as_millis();
+        let ceil = if d > Duration::from_millis(ms as u64) {
+            ms + 1
+        } else {
+            ms
+        };
+        u64::try_from(ceil).unwrap_or(NEVER - 1).min(NEVER - 1)
+    }
+
+    /// The last tick at or before `now`.
+    fn tick_floor(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(NEVER - 1)
+    }
+
+    /// The instant a tick begins, if it can be represented.
+    fn instant_of(&self, tick: u64) -> Option<Instant> {
+        self.start
+            .checked_add(TICK.checked_mul(u32::try_from(tick).ok()?)?)
+    }
+
+    /// Hands a SCHEDULED task's timer reference to the driver.
+    pub(crate) fn insert(&self, deadline: u64, job: JobRef, lane: usize, pool: &Shared) {
+        self.send(
+            Msg::Insert {
+                deadline,
+                job,
+                lane,
+            },
+            deadline,
+            pool,
+        );
+    }
+
+    /// Asks the driver to drop a cancelled task's wheel entry now.
+    pub(crate) fn cancel(&self, task: TaskRef, pool: &Shared) {
+        // Deadline 0: wake the driver unless it is awake anyway, so the memory goes now.
+        self.send(Msg::Cancel(task), 1, pool);
+    }
+
+    fn send(&self, msg: Msg, deadline: u64, pool: &Shared) {
+        self.inbox.push(msg);
+        // Pairs with the driver's fence before it parks (module docs) and before its final
+        // drain at exit.
+        fence(Ordering::SeqCst);
+        if self.gone.load(Ordering::Relaxed) {
+            self.drain_after_exit(pool);
+        } else if deadline < self.sleeping_until.load(Ordering::Relaxed) {
+            self.wake();
+        }
+    }
+
+    /// Unparks the driver (it re-reads its inbox and the pool state).
+    pub(crate) fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Timers waiting: in the wheel, and in the inbox on their way to it.
+    pub(crate) fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed) + self.inbox.len() as u64
+    }
+
+    pub(crate) fn fired(&self) -> u64 {
+        self.fired.load(Ordering::Relaxed)
+    }
+
+    /// After the driver exited: resolve whatever a racing sender left in the inbox.
+    fn drain_after_exit(&self, pool: &Shared) {
+        let counters = pool.counters();
+        loop {
+            match self.inbox.steal() {
+                Steal::Success(Msg::Insert { job, .. }) => job.discard(counters),
+                // The driver resolved the entry before exiting; drop the reference.
+                Steal::Success(Msg::Cancel(task)) => drop(task),
+                Steal::Retry => continue,
+                Steal::Empty => break,
+            }
+        }
+    }
+}
+
+/// The driver thread's own state.
+struct Driver {
+    wheel: Wheel<(JobRef, usize)>,
+    keys: HashMap<NonNull<JobHeader>, Key>,
+    expired: Vec<(JobRef, usize)>,
+}
+
+/// The scheduler thread's body. Returns when the pool shuts down.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let timer = &shared.timer;
+    let _ = timer.thread.set(thread::current());
+    let mut driver = Driver {
+        wheel: Wheel::new(),
+        keys: HashMap::new(),
+        expired: Vec::new(),
+    };
+    loop {
+        timer.sleeping_until.store(AWAKE, Ordering::SeqCst);
+        driver.drain_inbox(&shared);
+        if shared.sleep.is_closed() {
+            break;
+        }
+        driver.fire_due(&shared, Instant::now());
+        let next = driver.wheel.next_deadline().unwrap_or(NEVER);
+        timer
+            .pending
+            .store(driver.wheel.len() as u64, Ordering::Relaxed);
+        timer.sleeping_until.store(next, Ordering::SeqCst);
+        // Pairs with the sender's fence (module docs).
+        fence(Ordering::SeqCst);
+        if !timer.inbox.is_empty() || shared.sleep.is_closed() {
+            continue;
+        }
+        match timer.instant_of(next) {
+            Some(at) => {
+                let now = Instant::now();
+                if at > now {
+                    thread::park_timeout(at - now);
+                }
+            }
+            None => thread::park(),
+        }
+    }
+    driver.shut_down(&shared);
+}
+
+impl Driver {
+    fn drain_inbox(&mut self, shared: &Shared) {
+        loop {
+            match shared.timer.inbox.steal() {
+                Steal::Success(Msg::Insert {
+                    deadline,
+                    job,
+                    lane,
+                }) => {
+                    let ptr = job.as_ptr();
+                    let key = self.wheel.insert(deadline, (job, lane));
+                    self.keys.insert(ptr, key);
+                }
+                Steal::Success(Msg::Cancel(task)) => {
+                    if let Some(key) = self.keys.remove(&task.job_ptr()) {
+                        if let Some((job, _)) = self.wheel.cancel(key) {
+                            // Claimed by the canceller: this only waits for its COMPLETE
+                            // and drops the timer's reference.
+                            job.discard(shared.counters());
+                        }
+                    }
+                    drop(task);
+                }
+                Steal::Retry => continue,
+                Steal::Empty => break,
+            }
+        }
+    }
+
+    fn fire_due(&mut self, shared: &Shared, now: Instant) {
+        self.wheel
+            .advance(shared.timer.tick_floor(now), &mut self.expired);
+        let counters = shared.counters();
+        for (job, lane) in self.expired.drain(..) {
+            self.keys.remove(&job.as_ptr());
+            // SAFETY: timer entries are SCHEDULED tasks' timer references.
+            if unsafe { raw::fire(&job) } {
+                shared.timer.fired.fetch_add(1, Ordering::Relaxed);
+                shared.push(lane, job, false);
+            } else {
+                job.discard(counters);
+            }
+        }
+    }
+
+    /// Resolves every pending timer as shut down, then leaves.
+    fn shut_down(mut self, shared: &Shared) {
+        let timer = &shared.timer;
+        self.drain_inbox(shared);
+        let counters = shared.counters();
+        for (_, key) in self.keys.drain() {
+            if let Some((job, _)) = self.wheel.cancel(key) {
+                job.discard(counters);
+            }
+        }
+        debug_assert!(self.wheel.is_empty());
+        timer.pending.store(0, Ordering::Relaxed);
+        timer.gone.store(true, Ordering::Relaxed);
+        // Pairs with the sender's fence: either it sees `gone`, or we see its message.
+        fence(Ordering::SeqCst);
+        timer.drain_after_exit(shared);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_deadlines_up_and_now_down() {
+        let t = Timer::new();
+        let s = t.start;
+        assert_eq!(t.tick_ceil(s), 0);
+        assert_eq!(t.tick_ceil(s + Duration::from_micros(1)), 1);
+        assert_eq!(t.tick_ceil(s + Duration::from_millis(5)), 5);
+        assert_eq!(t.tick_floor(s + Duration::from_micros(5_999)), 5);
+        assert_eq!(
+            t.tick_ceil(s - Duration::from_millis(5).min(s.elapsed())),
+            0
+        );
+        assert_eq!(t.instant_of(7), Some(s + Duration::from_millis(7)));
+        assert!(t.instant_of(NEVER).is_none());
+        // never early: a tick's start is at or after the deadline it was rounded up from
+        for us in [1, 999, 1000, 1001, 123_456] {
+            let at = s + Duration::from_micros(us);
+            assert!(t.instant_of(t.tick_ceil(at)).unwrap() >= at);
+        }
+    }
+}
