@@ -106,6 +106,7 @@ mod latch;
 mod loom;
 mod metrics;
 mod pool;
+mod retry;
 mod scope;
 mod shared;
 mod sleep;
@@ -117,9 +118,12 @@ mod worker;
 pub use join::join;
 pub use lanes::Priority;
 pub use metrics::Metrics;
-pub use pool::{default_workers, BuildError, Builder, Pool, TaskBuilder, NUM_THREADS_ENV};
+pub use pool::{
+    default_workers, BuildError, Builder, Pool, RetryBuilder, TaskBuilder, NUM_THREADS_ENV,
+};
+pub use retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use scope::Scope;
-pub use task::{JoinError, JoinHandle};
+pub use task::{JoinError, JoinHandle, RetryAny, ShouldRetry};
 
 use worker::WorkerThread;
 

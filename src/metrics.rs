@@ -24,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) stolen: AtomicU64,
+    pub(crate) retried: AtomicU64,
     pub(crate) parks: AtomicU64,
     pub(crate) unparks: AtomicU64,
     /// True for a worker's own block (single writer), false for a shared stripe.
@@ -66,6 +67,7 @@ impl Counters {
         m.panicked += r(&self.panicked);
         m.cancelled += r(&self.cancelled);
         m.stolen += r(&self.stolen);
+        m.retries_scheduled += r(&self.retried);
         m.parks += r(&self.parks);
         m.unparks += r(&self.unparks);
     }
@@ -163,6 +165,8 @@ pub struct Metrics {
     pub timers_pending: u64,
     /// Timers that came due and were handed to their lane.
     pub timers_fired: u64,
+    /// Failed attempts sent back to the timer for another try.
+    pub retries_scheduled: u64,
 }
 
 impl Metrics {
@@ -193,6 +197,7 @@ impl fmt::Debug for Metrics {
             .field("queued_low", &self.queued_low)
             .field("timers_pending", &self.timers_pending)
             .field("timers_fired", &self.timers_fired)
+            .field("retries_scheduled", &self.retries_scheduled)
             .finish()
     }
 }

@@ -10,9 +10,11 @@ use crate::job::StackJob;
 use crate::lanes::{LocalQueues, Priority};
 use crate::latch::ThreadLatch;
 use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
 use crate::scope::Scope;
 use crate::shared::{Hook, Shared};
 use crate::sleep::MAX_WORKERS;
+use crate::task::body::{Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
 use crate::worker::WorkerThread;
 
@@ -344,17 +346,42 @@ impl<'a> TaskBuilder<'a> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let shared: &Shared = match self.target {
-            Target::Pool(shared) => shared,
+        let (priority, when) = (self.priority, self.when);
+        self.with_shared(|shared| match when {
+            When::Now => shared.spawn(priority, f),
+            When::At(at) => shared.spawn_body(priority, Some(at), Once(f)),
+            When::Never => shared.spawn_body(priority, None, Once(f)),
+        })
+    }
+
+    /// Retries the task on `Err`, with `policy`'s backoff, until it returns `Ok`, the
+    /// attempts run out, or the predicate set with
+    /// [`retry_if`](RetryBuilder::retry_if) declines. See [`RetryBuilder::spawn`].
+    pub fn retry(self, policy: RetryPolicy) -> RetryBuilder<'a, RetryAny> {
+        RetryBuilder {
+            task: self,
+            policy,
+            should_retry: RetryAny,
+        }
+    }
+
+    /// Runs `f` with the pool this builder spawns on (for `Current`: the calling worker's
+    /// pool, else the global pool), without letting the borrow escape.
+    fn with_shared<R>(&self, f: impl FnOnce(&Shared) -> R) -> R {
+        match self.target {
+            Target::Pool(shared) => f(shared),
             Target::Current => match WorkerThread::current() {
-                Some(w) => &w.shared,
-                None => crate::global::pool().shared(),
+                Some(w) => f(&w.shared),
+                None => f(crate::global::pool().shared()),
             },
-        };
+        }
+    }
+
+    fn start(&self) -> Option<Instant> {
         match self.when {
-            When::Now => shared.spawn(self.priority, f),
-            When::At(at) => shared.spawn_at(self.priority, Some(at), f),
-            When::Never => shared.spawn_at(self.priority, None, f),
+            When::Now => Some(Instant::now()),
+            When::At(at) => Some(at),
+            When::Never => None,
         }
     }
 }
@@ -365,6 +392,96 @@ impl fmt::Debug for TaskBuilder<'_> {
             .field("priority", &self.priority)
             .field("when", &self.when)
             .finish()
+    }
+}
+
+/// A task that is retried on `Err`; made by [`TaskBuilder::retry`].
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::RetryPolicy;
+///
+/// let pool = weft::Pool::builder().workers(1).build().unwrap();
+/// let mut calls = 0;
+/// let h = pool
+///     .task()
+///     .retry(RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(5))
+///     .spawn(move || {
+///         calls += 1;
+///         if calls < 3 { Err(format!("attempt {calls} failed")) } else { Ok(calls) }
+///     });
+/// while !h.is_finished() {
+///     std::thread::yield_now();
+/// }
+/// assert_eq!(h.attempts(), 3);
+/// assert_eq!(h.join().unwrap(), Ok(3));
+/// ```
+#[must_use = "a RetryBuilder does nothing until `spawn` is called"]
+pub struct RetryBuilder<'a, P = RetryAny> {
+    task: TaskBuilder<'a>,
+    policy: RetryPolicy,
+    should_retry: P,
+}
+
+impl<'a, P> RetryBuilder<'a, P> {
+    /// Retries only errors for which `predicate` returns true; any other error ends the
+    /// task at once with that error.
+    ///
+    /// ```
+    /// use weft::RetryPolicy;
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool
+    ///     .task()
+    ///     .retry(RetryPolicy::fixed(std::time::Duration::ZERO).max_attempts(10))
+    ///     .retry_if(|e: &&str| *e == "transient")
+    ///     .spawn(|| Err::<(), _>("fatal"));
+    /// let handle_result = h.join().unwrap();
+    /// assert_eq!(handle_result, Err("fatal"));
+    /// ```
+    pub fn retry_if<Q>(self, predicate: Q) -> RetryBuilder<'a, Q> {
+        RetryBuilder {
+            task: self.task,
+            policy: self.policy,
+            should_retry: predicate,
+        }
+    }
+
+    /// Spawns `f`, running it until it returns `Ok`, or until the policy's attempts run out
+    /// or the predicate declines: the handle then resolves to `Ok(Err(last_error))`.
+    /// Between attempts the task waits in the timer for the policy's backoff, where
+    /// `cancel` wins. A panic is not retried: the handle resolves to the panic.
+    /// [`JoinHandle::attempts`] tells how many runs started. After shutdown a failed
+    /// attempt is not retried: the handle resolves as shut down.
+    pub fn spawn<F, T, E>(self, f: F) -> JoinHandle<Result<T, E>>
+    where
+        F: FnMut() -> Result<T, E> + Send + 'static,
+        P: ShouldRetry<E>,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seed = SEED
+            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            | 1;
+        let body = Retrying {
+            f,
+            should_retry: self.should_retry,
+            policy: self.policy,
+            seed,
+        };
+        let (priority, start) = (self.task.priority, self.task.start());
+        self.task
+            .with_shared(|shared| shared.spawn_body(priority, start, body))
+    }
+}
+
+impl<P> fmt::Debug for RetryBuilder<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBuilder")
+            .field("task", &self.task)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 

@@ -27,6 +27,8 @@ use crate::lanes::{Lanes, Priority, LANES};
 use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
 use crate::sleep::Sleep;
+use crate::task::body::{Body, Once};
+use crate::task::state::State;
 use crate::task::{raw, JoinHandle};
 use crate::time::driver::{Timer, NEVER};
 use crate::worker::WorkerThread;
@@ -114,39 +116,43 @@ impl Shared {
     {
         if self.is_closed() {
             // SAFETY: a refused task's only reference is the handle's, of output type `T`.
-            return unsafe { JoinHandle::from_raw(raw::allocate_refused(func)) };
+            return unsafe { JoinHandle::from_raw(raw::allocate_refused(Once(func))) };
         }
-        let (job, handle) = raw::allocate(func, self);
+        let (job, handle) = raw::allocate(func, self, priority.lane());
         self.push(priority.lane(), job, true);
         // SAFETY: `allocate` returns the handle's reference to a task with output `T`.
         unsafe { JoinHandle::from_raw(handle) }
     }
 
-    /// Spawns a task that waits in the timer until `at` (`None`: never on its own; it can
-    /// still be cancelled). A deadline already past is an ordinary spawn.
-    pub(crate) fn spawn_at<F, T>(
+    /// Spawns a task with any body, to start at `at`: now (an instant already past), later
+    /// (it waits in the timer), or never on its own (`None`; it can still be cancelled).
+    pub(crate) fn spawn_body<B: Body>(
         &self,
         priority: Priority,
         at: Option<Instant>,
-        func: F,
-    ) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        if at.is_some_and(|at| at <= Instant::now()) {
-            return self.spawn(priority, func);
-        }
+        body: B,
+    ) -> JoinHandle<B::Output> {
         if self.is_closed() {
-            // SAFETY: as in `spawn`.
-            return unsafe { JoinHandle::from_raw(raw::allocate_refused(func)) };
+            // SAFETY: a refused task's only reference is the handle's, output `B::Output`.
+            return unsafe { JoinHandle::from_raw(raw::allocate_refused(body)) };
         }
-        let deadline = at.map_or(NEVER, |at| self.timer.tick_ceil(at));
-        let (job, handle) = raw::allocate_scheduled(func, self);
-        let counters = self.counters();
-        counters.bump(&counters.spawned);
-        self.timer.insert(deadline, job, priority.lane(), self);
-        // SAFETY: `allocate_scheduled` returns the handle's reference, output `T`.
+        let lane = priority.lane();
+        let handle = match at {
+            Some(at) if at <= Instant::now() => {
+                let (job, handle) = raw::allocate_body(body, State::new(), self, lane);
+                self.push(lane, job, true);
+                handle
+            }
+            _ => {
+                let deadline = at.map_or(NEVER, |at| self.timer.tick_ceil(at));
+                let (job, handle) = raw::allocate_body(body, State::new_scheduled(), self, lane);
+                let counters = self.counters();
+                counters.bump(&counters.spawned);
+                self.timer.insert(deadline, job, lane, self);
+                handle
+            }
+        };
+        // SAFETY: `allocate_body` returns the handle's reference, output `B::Output`.
         unsafe { JoinHandle::from_raw(handle) }
     }
 
@@ -299,7 +305,7 @@ mod tests {
 
             // A push as from a spawn that passed the `closed` check just before shutdown.
             let shared = pool.shared();
-            let (job, handle) = raw::allocate(|| 5, shared);
+            let (job, handle) = raw::allocate(|| 5, shared, 1);
             shared.push(1, job, true);
             // SAFETY: the handle's reference of a task with output `i32`.
             let h: JoinHandle<i32> = unsafe { JoinHandle::from_raw(handle) };

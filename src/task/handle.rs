@@ -80,6 +80,20 @@ impl<T> JoinHandle<T> {
         self.taken || self.header().state.load().is_complete()
     }
 
+    /// How many runs of the task have started: 0 before it runs, 1 for a plain task that
+    /// ran, up to the policy's attempts for a retrying task. Exact once the task finished.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool.spawn(|| ());
+    /// while !h.is_finished() { std::thread::yield_now(); }
+    /// assert_eq!(h.attempts(), 1);
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        // Relaxed: a count; once COMPLETE was seen (Acquire), the final value is visible.
+        self.header().attempts.load(crate::loom::Ordering::Relaxed)
+    }
+
     /// Cancels the task if it has not started. Returns true if it had not, and now never
     /// will: the handle then resolves to a cancelled [`JoinError`] at once. Returns false if
     /// the task is running or finished (it is not interrupted).

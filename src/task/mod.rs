@@ -3,6 +3,7 @@
 //! - `state.rs`: the atomic state word, its bit table and invariants, every RMW;
 //! - `raw.rs`: the allocation (header + stage), its vtable, and the harness that runs,
 //!   cancels, completes and frees a task;
+//! - `body.rs`: what a task runs: one `FnOnce` attempt, or a retrying `FnMut`;
 //! - `handle.rs`: [`JoinHandle`], the typed owner of the result;
 //! - `error.rs`: [`JoinError`].
 //!
@@ -13,10 +14,12 @@
 //! first resolves it as cancelled; the worker that pops it later loses the claim and only
 //! drops the queue's reference.
 
+pub(crate) mod body;
 mod error;
 mod handle;
 pub(crate) mod raw;
-mod state;
+pub(crate) mod state;
 
+pub use body::{RetryAny, ShouldRetry};
 pub use error::JoinError;
 pub use handle::JoinHandle;

@@ -1,30 +1,41 @@
 //! The task allocation: header, stage, vtable, and the harness that drives them.
 //!
 //! ```text
-//! Cell<F, T> (#[repr(C)], one heap allocation)
-//! ┌──────────────────────────── Header ───────────────────────────┐┌──── Stage ────┐
-//! │ job: JobHeader (vtable) │ state │ pool │ waker: Option<Waker> ││ F | T | panic │
-//! └───────────────────────────────────────────────────────────────┘└───────────────┘
+//! Cell<B> (#[repr(C)], one heap allocation)
+//! ┌──────────────────────────────── Header ─────────────────────────────────┐┌──── Stage ────┐
+//! │ job (vtable) │ state │ pool │ waker: Option<Waker> │ attempts │ priority ││ B | O | panic │
+//! └─────────────────────────────────────────────────────────────────────────┘└───────────────┘
 //! ```
 //!
 //! The stage is a union with no tag: the state word says which member is live (see
-//! `state.rs`): the closure while QUEUED, nothing while a claimer holds it, then the
-//! output, a boxed panic payload, or nothing (cancelled, shut down).
+//! `state.rs`): the body while QUEUED or SCHEDULED, nothing while a claimer holds it (for a
+//! retrying body: still the body), then the output, a boxed panic payload, or nothing
+//! (cancelled, shut down).
+//!
+//! A claimer runs one attempt of the body (`body.rs`). `Done` completes the task. `Retry`
+//! sends the task back to the timer: the worker first hands the timer its reference
+//! (inbox `Insert`), then moves RUNNING → SCHEDULED. So a canceller, which must see
+//! SCHEDULED before it sends `Cancel`, always sends it after that `Insert`; and whoever
+//! meets the task in the brief "RUNNING, not SCHEDULED" window (the driver firing it, or a
+//! shutdown discarding it) waits until RUNNING clears, then looks again.
 
 use std::any::Any;
 use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
+use super::body::{Attempt, Body, Once};
 use super::error::JoinError;
-use super::state::{Outcome, Snapshot, State, TransitionToRunning};
+use super::state::{Outcome, State, TransitionToRunning};
 use crate::job::{JobHeader, JobRef, JobVtable};
-use crate::loom::UnsafeCell;
+use crate::loom::{AtomicU32, Ordering, UnsafeCell};
 use crate::metrics::Counters;
 use crate::shared::Shared;
+use crate::time::wheel::NEVER;
 
 /// The fixed-layout start of every task.
 #[repr(C)]
@@ -33,10 +44,15 @@ pub(crate) struct Header {
     pub(crate) job: JobHeader,
     pub(crate) state: State,
     /// The pool that accepted the task (null for a refused spawn). Reached only by a
-    /// canceller that claimed a queued task (invariant 5 of `state.rs`).
+    /// claimer, while the task sits in a queue or the timer of that live pool
+    /// (invariants 5 and 6 of `state.rs`).
     pub(crate) pool: *const Shared,
     /// The joiner's waker (invariant 3 of `state.rs`).
     pub(crate) waker: UnsafeCell<Option<Waker>>,
+    /// Attempts started so far; written only by the claimer.
+    pub(crate) attempts: AtomicU32,
+    /// The lane the task waits in (a retry goes back to it).
+    pub(crate) lane: u8,
 }
 
 /// A task's functions. `#[repr(C)]` with the job table first, so the header's job vtable
@@ -44,11 +60,11 @@ pub(crate) struct Header {
 #[repr(C)]
 pub(crate) struct TaskVtable {
     pub(crate) job: JobVtable,
-    /// Moves the outcome into `*dst`, a `*mut Result<T, JoinError>`.
+    /// Moves the outcome into `*dst`, a `*mut Result<B::Output, JoinError>`.
     pub(crate) read_output: unsafe fn(NonNull<Header>, *mut ()),
     /// Drops the outcome in place.
     pub(crate) drop_output: unsafe fn(NonNull<Header>),
-    /// Claims a queued task and resolves it as cancelled; false if it had started.
+    /// Claims a waiting task and resolves it as cancelled; false if it had started.
     pub(crate) cancel: unsafe fn(NonNull<Header>) -> bool,
     /// Frees the allocation.
     pub(crate) dealloc: unsafe fn(NonNull<Header>),
@@ -57,61 +73,88 @@ pub(crate) struct TaskVtable {
 type Panic = Box<Box<dyn Any + Send>>;
 
 /// The member of the stage that is live depends on the state word (module docs).
-union Stage<F, T> {
-    closure: ManuallyDrop<F>,
-    output: ManuallyDrop<T>,
-    /// Boxed twice so the stage is one pointer wide when `F` and `T` are small.
+union Stage<B: Body> {
+    body: ManuallyDrop<B>,
+    output: ManuallyDrop<B::Output>,
+    /// Boxed twice so the stage is one pointer wide when the body and output are small.
     panic: ManuallyDrop<Panic>,
-    /// Nothing is live (claimed, cancelled, shut down, or the output was taken).
+    /// Nothing is live (cancelled, shut down, or the output was taken).
     empty: (),
 }
 
 #[repr(C)]
-struct Cell<F, T> {
+struct Cell<B: Body> {
     header: Header,
-    stage: UnsafeCell<Stage<F, T>>,
+    stage: UnsafeCell<Stage<B>>,
 }
 
 impl Header {
     /// The task's vtable.
     pub(crate) fn vtable(&self) -> &'static TaskVtable {
-        // SAFETY: every task header is built by `Cell::<F, T>::allocate` with a pointer to the
-        // `'static` `Cell::<F, T>::VTABLE`, a `#[repr(C)]` struct whose first field is the
-        // job table, and the pointer was derived from a reference to the whole struct.
+        // SAFETY: every task header is built by `Cell::<B>::header` with a pointer to the
+        // `'static` `Cell::<B>::VTABLE`, a `#[repr(C)]` struct whose first field is the job
+        // table, and the pointer was derived from a reference to the whole struct.
         unsafe { &*self.job.vtable.cast::<TaskVtable>() }
     }
 }
 
 /// Allocates a QUEUED task. Returns the queued reference and the handle's pointer (the two
 /// references of invariant 4).
-pub(crate) fn allocate<F, T>(func: F, pool: &Shared) -> (JobRef, NonNull<Header>)
+pub(crate) fn allocate<F, T>(func: F, pool: &Shared, lane: usize) -> (JobRef, NonNull<Header>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let ptr = Cell::<F, T>::allocate(func, State::new(), pool);
-    // SAFETY: a fresh task, live until both references are dropped; the queued reference
-    // is handed to the `JobRef`.
+    allocate_body(Once(func), State::new(), pool, lane)
+}
+
+/// Allocates a task with any body in `state` (QUEUED or SCHEDULED): the queue's (or
+/// timer's) reference and the handle's pointer.
+pub(crate) fn allocate_body<B: Body>(
+    body: B,
+    state: State,
+    pool: &Shared,
+    lane: usize,
+) -> (JobRef, NonNull<Header>) {
+    let ptr = Cell::<B>::allocate(
+        Stage {
+            body: ManuallyDrop::new(body),
+        },
+        state,
+        pool,
+        lane,
+    );
+    // SAFETY: a fresh task, live until both references are dropped; the first goes to the
+    // `JobRef`.
     (unsafe { JobRef::new(ptr.cast()) }, ptr)
 }
 
-/// Allocates a SCHEDULED task (invariant 6). Returns the timer's reference and the handle's
-/// pointer.
-pub(crate) fn allocate_scheduled<F, T>(func: F, pool: &Shared) -> (JobRef, NonNull<Header>)
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let ptr = Cell::<F, T>::allocate(func, State::new_scheduled(), pool);
-    // SAFETY: a fresh task; the timer's reference goes to the `JobRef`.
-    (unsafe { JobRef::new(ptr.cast()) }, ptr)
+/// Allocates a task that is already resolved as shut down (a spawn refused by a closed
+/// pool). `body` is dropped now; the only reference is the handle's.
+pub(crate) fn allocate_refused<B: Body>(body: B) -> NonNull<Header> {
+    drop_quietly(body);
+    Cell::<B>::allocate(
+        Stage { empty: () },
+        State::new_complete(Outcome::Shutdown),
+        std::ptr::null(),
+        0,
+    )
+}
+
+/// Runs `x`'s drop glue, swallowing a panic from it: a panicking `Drop` in user code must
+/// not unwind through the scheduler.
+pub(crate) fn drop_quietly<X>(x: X) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(x))) {
+        // Dropping the payload could panic again; leak it instead.
+        std::mem::forget(payload);
+    }
 }
 
 /// An owned reference to a task, of any type: dropping it releases the reference.
 pub(crate) struct TaskRef(NonNull<Header>);
 
 // SAFETY: a task reference only touches the atomic state word and, as the last reference,
-// frees a task whose closure and output are `Send`.
+// frees a task whose body and output are `Send`.
 unsafe impl Send for TaskRef {}
 
 impl TaskRef {
@@ -138,43 +181,27 @@ impl Drop for TaskRef {
     }
 }
 
-/// The timer's side of a SCHEDULED task, reached through a `JobRef` the timer holds.
+/// The driver fires a SCHEDULED task: true if it is now QUEUED (push `job`); false if a
+/// canceller claimed it first (then `job` must be discarded).
 ///
 /// # Safety
-/// `job` is a task's queued reference held by the timer (invariant 6).
+/// `job` is a task's reference held by the timer (invariant 6).
 pub(crate) unsafe fn fire(job: &JobRef) -> bool {
     // SAFETY: a task header sits at the job pointer (caller's promise), live while the
     // reference is held.
     let header = unsafe { job.as_ptr().cast::<Header>().as_ref() };
-    header.state.transition_scheduled_to_queued().is_ok()
-}
-
-/// Allocates a task that is already resolved as shut down (a spawn refused by a closed
-/// pool). `func` is dropped now; the only reference is the handle's.
-pub(crate) fn allocate_refused<F, T>(func: F) -> NonNull<Header>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    let ptr = Cell::<F, T>::allocate_without_closure(State::new_complete(Outcome::Shutdown));
-    drop_quietly(func);
-    ptr
-}
-
-/// Runs `f`'s drop glue, swallowing a panic from it: a panicking `Drop` in user code must
-/// not unwind through the scheduler.
-pub(crate) fn drop_quietly<X>(x: X) {
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(x))) {
-        // Dropping the payload could panic again; leak it instead.
-        std::mem::forget(payload);
+    let backoff = Backoff::new();
+    loop {
+        match header.state.transition_scheduled_to_queued() {
+            Ok(()) => return true,
+            // A retry still on its way from RUNNING to SCHEDULED: no user code runs there.
+            Err(s) if s.is_running() && !s.is_scheduled() => backoff.snooze(),
+            Err(_) => return false,
+        }
     }
 }
 
-impl<F, T> Cell<F, T>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
+impl<B: Body> Cell<B> {
     const VTABLE: TaskVtable = TaskVtable {
         job: JobVtable {
             execute: Self::execute,
@@ -186,82 +213,121 @@ where
         dealloc: Self::dealloc,
     };
 
-    fn header(state: State, pool: *const Shared) -> Header {
-        Header {
-            job: JobHeader {
-                vtable: (&Self::VTABLE as *const TaskVtable).cast(),
+    fn allocate(
+        stage: Stage<B>,
+        state: State,
+        pool: *const Shared,
+        lane: usize,
+    ) -> NonNull<Header> {
+        let cell = Box::new(Cell::<B> {
+            header: Header {
+                job: JobHeader {
+                    vtable: (&Self::VTABLE as *const TaskVtable).cast(),
+                },
+                state,
+                pool,
+                waker: UnsafeCell::new(None),
+                attempts: AtomicU32::new(0),
+                lane: lane as u8,
             },
-            state,
-            pool,
-            waker: UnsafeCell::new(None),
-        }
-    }
-
-    fn allocate(func: F, state: State, pool: &Shared) -> NonNull<Header> {
-        let cell = Box::new(Cell::<F, T> {
-            header: Self::header(state, pool),
-            stage: UnsafeCell::new(Stage::<F, T> {
-                closure: ManuallyDrop::new(func),
-            }),
-        });
-        NonNull::from(Box::leak(cell)).cast()
-    }
-
-    fn allocate_without_closure(state: State) -> NonNull<Header> {
-        let cell = Box::new(Cell::<F, T> {
-            header: Self::header(state, std::ptr::null()),
-            // The state is COMPLETE with no output: nothing is live.
-            stage: UnsafeCell::new(Stage { empty: () }),
+            stage: UnsafeCell::new(stage),
         });
         NonNull::from(Box::leak(cell)).cast()
     }
 
     /// # Safety
-    /// `ptr` is a live `Cell<F, T>`.
+    /// `ptr` is a live `Cell<B>`.
     unsafe fn from_header<'a>(ptr: NonNull<Header>) -> &'a Self {
         // SAFETY: the header is the first field of the `#[repr(C)]` cell.
         unsafe { ptr.cast::<Self>().as_ref() }
     }
 
-    /// Moves the closure out.
+    /// Moves the body out (to drop it).
     ///
     /// # Safety
-    /// The caller claimed the stage (invariant 1) and the closure is live.
-    unsafe fn take_closure(&self) -> F {
-        // SAFETY: the caller's claim gives exclusive access; the closure is the live member.
-        self.stage
-            .with_mut(|s| unsafe { ManuallyDrop::take(&mut (*s).closure) })
+    /// The caller claimed the stage (invariant 1) and the body is live.
+    unsafe fn take_body(&self) -> B {
+        let take = |s: *mut Stage<B>| {
+            // SAFETY: the caller's claim gives exclusive access; the body is live.
+            unsafe { ManuallyDrop::take(&mut (*s).body) }
+        };
+        self.stage.with_mut(take)
     }
 
-    /// Worker side: claim, run, store, complete. Consumes the queued reference.
+    /// Claims the task for its holder (a queue or the timer). If someone else holds the
+    /// claim, waits until RUNNING clears: a canceller then completes it (we drop our
+    /// reference and return false), a retry makes it SCHEDULED again (we claim it).
+    ///
+    /// # Safety
+    /// The caller owns the queued or timer reference.
+    unsafe fn claim_or_release(ptr: NonNull<Header>) -> bool {
+        // SAFETY: live while we hold the reference.
+        let header = unsafe { ptr.as_ref() };
+        let backoff = Backoff::new();
+        loop {
+            match header.state.try_claim() {
+                TransitionToRunning::Success(_) => return true,
+                TransitionToRunning::Failed(s) if s.is_complete() => {
+                    // SAFETY: we own the reference we drop.
+                    unsafe { Self::release(ptr) };
+                    return false;
+                }
+                // Between a claim and `complete`, or a retry between RUNNING and
+                // SCHEDULED: no user code runs there, so this wait is short unless the
+                // other thread was preempted.
+                TransitionToRunning::Failed(_) => backoff.snooze(),
+            }
+        }
+    }
+
+    /// Worker side: claim, run one attempt, then complete or reschedule. Consumes the
+    /// queued reference.
     ///
     /// # Safety
     /// `ptr` is a task of this type and the caller owns its queued reference.
     unsafe fn execute(ptr: NonNull<JobHeader>, counters: &Counters) {
         let ptr = ptr.cast::<Header>();
-        // SAFETY: live while we hold the queued reference.
-        let this = unsafe { Self::from_header(ptr) };
-        if let TransitionToRunning::Failed(s) = this.header.state.try_claim() {
-            // SAFETY: we own the queued reference.
-            unsafe { Self::lost_claim(ptr, s) };
+        // SAFETY: we own the queued reference.
+        if !unsafe { Self::claim_or_release(ptr) } {
             return;
         }
-        // SAFETY: we claimed it; the closure is live.
-        let func = unsafe { this.take_closure() };
-        let outcome = match panic::catch_unwind(AssertUnwindSafe(func)) {
-            Ok(value) => {
+        // SAFETY: live while we hold the queued reference.
+        let this = unsafe { Self::from_header(ptr) };
+        // Only the claimer writes `attempts`.
+        let attempt = this.header.attempts.load(Ordering::Relaxed) + 1;
+        this.header.attempts.store(attempt, Ordering::Relaxed);
+        let run = |s: *mut Stage<B>| {
+            // SAFETY: claimed: exclusive; the body is live.
+            panic::catch_unwind(AssertUnwindSafe(|| unsafe {
+                B::attempt(&mut (*s).body, attempt)
+            }))
+        };
+        let outcome = match this.stage.with_mut(run) {
+            Ok(Attempt::Done(value)) => {
                 counters.bump(&counters.completed);
-                // SAFETY: exclusive (claimed); the stage is empty now.
-                this.stage
-                    .with_mut(|s| unsafe { (*s).output = ManuallyDrop::new(value) });
+                let store = |s: *mut Stage<B>| {
+                    // SAFETY: exclusive (claimed); the body is gone.
+                    unsafe { (*s).output = ManuallyDrop::new(value) }
+                };
+                this.stage.with_mut(store);
                 Outcome::Value
+            }
+            Ok(Attempt::Retry(delay)) => {
+                // SAFETY: claimed, body live; we pass on the queued reference.
+                unsafe { Self::reschedule(ptr, delay, counters) };
+                return;
             }
             Err(payload) => {
                 counters.bump(&counters.panicked);
-                // SAFETY: as above.
-                this.stage.with_mut(|s| unsafe {
-                    (*s).panic = ManuallyDrop::new(Box::new(payload));
-                });
+                let store = |s: *mut Stage<B>| {
+                    // SAFETY: exclusive; `after_panic` drops what is left of the body, then
+                    // the stage holds the payload.
+                    unsafe {
+                        B::after_panic(&mut (*s).body);
+                        (*s).panic = ManuallyDrop::new(Box::new(payload));
+                    }
+                };
+                this.stage.with_mut(store);
                 Outcome::Panicked
             }
         };
@@ -269,30 +335,62 @@ where
         unsafe { Self::complete(ptr, outcome, true) };
     }
 
-    /// Shutdown side: resolve a queued task as shut down without running it. Consumes the
-    /// queued reference.
+    /// Sends a failed attempt back to the timer (module docs), or resolves it as shut down
+    /// if the pool is closing.
+    ///
+    /// # Safety
+    /// The caller claimed the task, its body is live, and it passes on the queued
+    /// reference.
+    unsafe fn reschedule(ptr: NonNull<Header>, delay: Duration, counters: &Counters) {
+        // SAFETY: live (we hold the reference).
+        let this = unsafe { Self::from_header(ptr) };
+        // SAFETY: we are running the task, so its pool is alive (a worker or a drainer
+        // holds it).
+        let pool = unsafe { &*this.header.pool };
+        let deadline = Instant::now()
+            .checked_add(delay)
+            .map_or(NEVER, |at| pool.timer.tick_ceil(at));
+        if !pool.is_closed() {
+            counters.bump(&counters.retried);
+            // SAFETY: we hand the timer the queued reference we own.
+            let job = unsafe { JobRef::new(ptr.cast()) };
+            let lane = this.header.lane as usize;
+            if pool.timer.reinsert(deadline, job, lane, pool).is_none() {
+                this.header.state.transition_running_to_scheduled();
+                return;
+            }
+            // The driver has exited: our reference came back (a `JobRef` owns nothing
+            // itself; the reference is passed on to `complete` below).
+        }
+        // SAFETY: claimed; the body is live.
+        let body = unsafe { this.take_body() };
+        counters.bump(&counters.cancelled);
+        // SAFETY: claimed, nothing to store; we pass on the queued reference.
+        unsafe { Self::complete(ptr, Outcome::Shutdown, true) };
+        drop_quietly(body);
+    }
+
+    /// Shutdown side: resolve a waiting task as shut down without running it. Consumes the
+    /// queued (or timer) reference.
     ///
     /// # Safety
     /// As for `execute`.
     unsafe fn discard(ptr: NonNull<JobHeader>, counters: &Counters) {
         let ptr = ptr.cast::<Header>();
-        // SAFETY: live while we hold the queued reference.
-        let this = unsafe { Self::from_header(ptr) };
-        if let TransitionToRunning::Failed(s) = this.header.state.try_claim() {
-            // SAFETY: we own the queued reference.
-            unsafe { Self::lost_claim(ptr, s) };
+        // SAFETY: we own the reference.
+        if !unsafe { Self::claim_or_release(ptr) } {
             return;
         }
-        // SAFETY: claimed; the closure is live.
-        let func = unsafe { this.take_closure() };
+        // SAFETY: live while we hold the reference; claimed, so the body is live.
+        let body = unsafe { Self::from_header(ptr).take_body() };
         counters.bump(&counters.cancelled);
-        // SAFETY: claimed, nothing to store; we pass on the queued reference.
+        // SAFETY: claimed, nothing to store; we pass on the reference.
         unsafe { Self::complete(ptr, Outcome::Shutdown, true) };
-        drop_quietly(func);
+        drop_quietly(body);
     }
 
-    /// Handle side: cancel a task that has not started. Does not touch the queued
-    /// reference, which its holder drops when it pops the task.
+    /// Handle side: cancel a task that has not started (or waits for its next attempt).
+    /// Does not touch the queued reference, which its holder drops when it meets the task.
     ///
     /// # Safety
     /// `ptr` is a task of this type; the caller holds the handle's reference.
@@ -302,10 +400,10 @@ where
         let TransitionToRunning::Success(before) = this.header.state.try_claim() else {
             return false;
         };
-        // SAFETY: claimed; the closure is live.
-        let func = unsafe { this.take_closure() };
-        // SAFETY: the task was queued (or in the timer) of a live pool, and whoever pops it
-        // waits for COMPLETE before letting the pool go (invariants 5 and 6).
+        // SAFETY: claimed; the body is live.
+        let body = unsafe { this.take_body() };
+        // SAFETY: the task waited in a queue or the timer of a live pool, and whoever holds
+        // its reference waits for COMPLETE before letting the pool go (invariants 5, 6).
         let pool = unsafe { &*this.header.pool };
         let counters = pool.counters();
         counters.bump(&counters.cancelled);
@@ -318,27 +416,8 @@ where
         }
         // SAFETY: claimed, nothing to store; the queued reference stays with its holder.
         unsafe { Self::complete(ptr, Outcome::Cancelled, false) };
-        drop_quietly(func);
+        drop_quietly(body);
         true
-    }
-
-    /// Someone else claimed the task: wait until they finished with it (invariant 5), then
-    /// drop the queued reference.
-    ///
-    /// # Safety
-    /// The caller owns the queued reference.
-    unsafe fn lost_claim(ptr: NonNull<Header>, mut s: Snapshot) {
-        // SAFETY: live while we hold the queued reference.
-        let header = unsafe { ptr.as_ref() };
-        let backoff = Backoff::new();
-        while !s.is_complete() {
-            // The canceller is between its claim and `complete`: no user code runs there,
-            // so this wait is a few instructions long unless it was preempted.
-            backoff.snooze();
-            s = header.state.load();
-        }
-        // SAFETY: we own the reference we drop.
-        unsafe { Self::release(ptr) };
     }
 
     /// Publishes the outcome, hands the output to the handle or drops it, wakes the joiner,
@@ -386,10 +465,10 @@ where
     ///
     /// # Safety
     /// COMPLETE, and the caller owns the output (invariant 2); called at most once.
-    unsafe fn take_outcome(&self) -> Result<T, JoinError> {
+    unsafe fn take_outcome(&self) -> Result<B::Output, JoinError> {
         match self.header.state.load().outcome() {
             Outcome::Value => {
-                let take = |s: *mut Stage<F, T>| {
+                let take = |s: *mut Stage<B>| {
                     // SAFETY: the outcome says the output is the live member; the caller
                     // owns it and moves it out once.
                     unsafe { ManuallyDrop::take(&mut (*s).output) }
@@ -397,7 +476,7 @@ where
                 Ok(self.stage.with_mut(take))
             }
             Outcome::Panicked => {
-                let take = |s: *mut Stage<F, T>| {
+                let take = |s: *mut Stage<B>| {
                     // SAFETY: as above, for the panic payload.
                     unsafe { ManuallyDrop::take(&mut (*s).panic) }
                 };
@@ -409,12 +488,12 @@ where
     }
 
     /// # Safety
-    /// As for `take_outcome`; `dst` is a valid, uninitialized `Result<T, JoinError>`.
+    /// As for `take_outcome`; `dst` is a valid, uninitialized `Result<B::Output, JoinError>`.
     unsafe fn read_output(ptr: NonNull<Header>, dst: *mut ()) {
         // SAFETY: live (the caller holds a reference); the output is the caller's.
         let result = unsafe { Self::from_header(ptr).take_outcome() };
         // SAFETY: the caller passes a valid, uninitialized slot of this type.
-        unsafe { dst.cast::<Result<T, JoinError>>().write(result) };
+        unsafe { dst.cast::<Result<B::Output, JoinError>>().write(result) };
     }
 
     /// # Safety
@@ -430,10 +509,10 @@ where
         // SAFETY: no reference is left, so we own the allocation made by `Box::new`.
         let cell = unsafe { Box::from_raw(ptr.cast::<Self>().as_ptr()) };
         if !cell.header.state.load().is_claimed() {
-            // Never claimed: the closure is still live. Only reachable if a queue were
-            // dropped with the task in it, which shutdown prevents; handled for safety.
-            // SAFETY: unclaimed, so the closure is the live member; exclusive.
-            drop_quietly(unsafe { cell.take_closure() });
+            // Never claimed: the body is still live. Only reachable if a queue or the timer
+            // were dropped with the task in it, which shutdown prevents; handled for safety.
+            // SAFETY: unclaimed, so the body is the live member; exclusive.
+            drop_quietly(unsafe { cell.take_body() });
         }
         drop_quietly(cell);
     }
@@ -445,10 +524,10 @@ mod tests {
     use std::mem;
 
     #[test]
-    fn header_is_five_words() {
-        assert_eq!(mem::size_of::<Header>(), 40);
-        // An empty closure with unit output costs one header and one pointer of stage.
-        assert_eq!(mem::size_of::<Cell<fn(), ()>>(), 40 + 8);
-        assert_eq!(mem::size_of::<Cell<(), ()>>(), 48);
+    fn header_is_six_words() {
+        assert_eq!(mem::size_of::<Header>(), 48);
+        // An empty closure with unit output costs one header and one pointer of stage:
+        // 56 bytes, the same 64-byte malloc chunk as 48.
+        assert_eq!(mem::size_of::<Cell<Once<fn()>>>(), 48 + 8);
     }
 }

@@ -7,7 +7,7 @@
 //! | 2 | `JOIN_INTEREST` | the `JoinHandle` is alive | `new` | handle drop (`drop_join_interest`) | |
 //! | 3 | `JOIN_WAKER` | a waker is stored; the task side may read it | `set_join_waker` | `unset_join_waker` | |
 //! | 4–5 | `OUTCOME` | value / panicked / cancelled / shut down; valid once `COMPLETE` | `complete` | never | |
-//! | 6 | `SCHEDULED` | waiting in the timer, not in a queue | `new_scheduled` | the driver's fire (`transition_scheduled_to_queued`) | |
+//! | 6 | `SCHEDULED` | waiting in the timer, not in a queue | `new_scheduled`, a retry (`transition_running_to_scheduled`) | the driver's fire (`transition_scheduled_to_queued`) | |
 //! | 7–11 | reserved | (cancel requests: later) | | | |
 //! | 12.. | `REF_COUNT` | references: the handle, and the one queued/running reference | `new` | `ref_dec` | |
 //!
@@ -290,6 +290,15 @@ impl State {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// A retry goes back to the timer: RUNNING → SCHEDULED. Only the claimer calls this,
+    /// after handing the timer its reference (see `raw.rs`).
+    pub(crate) fn transition_running_to_scheduled(&self) {
+        // Release: the body's state after this attempt is published to the next claimer
+        // (who acquires in `try_claim`).
+        let prev = self.val.fetch_xor(RUNNING | SCHEDULED, Ordering::Release);
+        debug_assert!(prev & RUNNING != 0 && prev & (SCHEDULED | COMPLETE) == 0);
     }
 
     /// Adds a reference (for a message that must keep the task alive).

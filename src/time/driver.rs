@@ -39,14 +39,12 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::CachePadded;
 
+pub(crate) use super::wheel::NEVER;
 use super::wheel::{Key, Wheel};
 use crate::job::{JobHeader, JobRef};
 use crate::loom::{fence, AtomicBool, AtomicU64, Ordering};
 use crate::shared::Shared;
 use crate::task::raw::{self, TaskRef};
-
-/// A deadline that never comes (the wheel's own "never").
-pub(crate) const NEVER: u64 = u64::MAX;
 
 /// `sleeping_until` while the driver is awake and will look at its inbox again.
 const AWAKE: u64 = 0;
@@ -131,6 +129,33 @@ impl Timer {
         );
     }
 
+    /// Hands a retrying task's reference back to the timer. The task is still RUNNING
+    /// (the caller moves it to SCHEDULED afterwards). If the driver has exited, the
+    /// reference comes back to the caller (and everything else in the inbox is resolved).
+    pub(crate) fn reinsert(
+        &self,
+        deadline: u64,
+        job: JobRef,
+        lane: usize,
+        pool: &Shared,
+    ) -> Option<JobRef> {
+        let ptr = job.as_ptr();
+        self.inbox.push(Msg::Insert {
+            deadline,
+            job,
+            lane,
+        });
+        // As in `send`.
+        fence(Ordering::SeqCst);
+        if self.gone.load(Ordering::Relaxed) {
+            return self.drain_after_exit(pool, Some(ptr));
+        }
+        if deadline < self.sleeping_until.load(Ordering::Relaxed) {
+            self.wake();
+        }
+        None
+    }
+
     /// Asks the driver to drop a cancelled task's wheel entry now.
     pub(crate) fn cancel(&self, task: TaskRef, pool: &Shared) {
         // Deadline 0: wake the driver unless it is awake anyway, so the memory goes now.
@@ -143,7 +168,7 @@ impl Timer {
         // drain at exit.
         fence(Ordering::SeqCst);
         if self.gone.load(Ordering::Relaxed) {
-            self.drain_after_exit(pool);
+            self.drain_after_exit(pool, None);
         } else if deadline < self.sleeping_until.load(Ordering::Relaxed) {
             self.wake();
         }
@@ -165,11 +190,17 @@ impl Timer {
         self.fired.load(Ordering::Relaxed)
     }
 
-    /// After the driver exited: resolve whatever a racing sender left in the inbox.
-    fn drain_after_exit(&self, pool: &Shared) {
+    /// After the driver exited: resolve whatever a racing sender left in the inbox. The
+    /// entry for `mine` (a retry that the calling thread still holds RUNNING) is returned
+    /// instead: discarding it here would wait for ourselves.
+    fn drain_after_exit(&self, pool: &Shared, mine: Option<NonNull<JobHeader>>) -> Option<JobRef> {
         let counters = pool.counters();
+        let mut found = None;
         loop {
             match self.inbox.steal() {
+                Steal::Success(Msg::Insert { job, .. }) if Some(job.as_ptr()) == mine => {
+                    found = Some(job);
+                }
                 Steal::Success(Msg::Insert { job, .. }) => job.discard(counters),
                 // The driver resolved the entry before exiting; drop the reference.
                 Steal::Success(Msg::Cancel(task)) => drop(task),
@@ -177,6 +208,7 @@ impl Timer {
                 Steal::Empty => break,
             }
         }
+        found
     }
 }
 
@@ -286,7 +318,7 @@ impl Driver {
         timer.gone.store(true, Ordering::Relaxed);
         // Pairs with the sender's fence: either it sees `gone`, or we see its message.
         fence(Ordering::SeqCst);
-        timer.drain_after_exit(shared);
+        timer.drain_after_exit(shared, None);
     }
 }
 
