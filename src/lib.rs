@@ -124,6 +124,7 @@ pub use pool::{
 pub use retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use scope::Scope;
 pub use task::{JoinError, JoinHandle, RetryAny, ShouldRetry};
+pub use time::periodic::Periodic;
 
 use worker::WorkerThread;
 

@@ -16,6 +16,7 @@ use crate::shared::{Hook, Shared};
 use crate::sleep::MAX_WORKERS;
 use crate::task::body::{Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
+use crate::time::periodic::{Periodic, PeriodicState};
 use crate::worker::WorkerThread;
 
 /// The environment variable read for the default worker count (like rayon's
@@ -278,14 +279,14 @@ enum When {
 /// Which pool a `TaskBuilder` spawns on.
 #[derive(Clone, Copy)]
 enum Target<'a> {
-    Pool(&'a Shared),
+    Pool(&'a Arc<Shared>),
     /// Decided at `spawn`: the current worker's pool, else the global pool. Nothing is
     /// borrowed, so the builder may move to another thread.
     Current,
 }
 
 impl<'a> TaskBuilder<'a> {
-    pub(crate) fn new(shared: &'a Shared) -> Self {
+    pub(crate) fn new(shared: &'a Arc<Shared>) -> Self {
         TaskBuilder {
             target: Target::Pool(shared),
             priority: Priority::Normal,
@@ -354,6 +355,50 @@ impl<'a> TaskBuilder<'a> {
         })
     }
 
+    /// Runs `f` every `period`, first after one period (or at the time set with
+    /// [`delay`](Self::delay) or [`at`](Self::at)), in this builder's lane, until the
+    /// returned [`Periodic`] is cancelled or dropped, or the pool shuts down. Periods are
+    /// measured from the previous scheduled time (no drift); a late tick is coalesced, not
+    /// queued twice, and counted in [`Periodic::missed`]. A zero period is taken as the
+    /// timer's resolution, 1 ms, never a busy loop. After shutdown the schedule is
+    /// refused: it comes back already cancelled and never runs.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let p = pool.task().every(Duration::ZERO, || {});
+    /// while p.runs() < 5 {
+    ///     std::thread::yield_now();
+    /// }
+    /// drop(p); // stops the schedule
+    /// ```
+    pub fn every<F>(self, period: Duration, f: F) -> Periodic
+    where
+        F: FnMut() + Send + 'static,
+    {
+        let (lane, when) = (self.priority.lane(), self.when);
+        self.with_shared(|shared| {
+            let ticks = u64::try_from(period.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            let schedule = Arc::new(PeriodicState::new(Box::new(f), ticks, lane));
+            if shared.is_closed() {
+                schedule.cancel();
+            } else {
+                let first = match when {
+                    When::Now => shared
+                        .timer
+                        .tick_ceil(Instant::now())
+                        .saturating_add(schedule.period),
+                    When::At(at) => shared.timer.tick_ceil(at),
+                    When::Never => crate::time::driver::NEVER,
+                };
+                shared
+                    .timer
+                    .insert_periodic(first, schedule.clone(), shared);
+            }
+            Periodic::new(schedule, shared.clone())
+        })
+    }
+
     /// Retries the task on `Err`, with `policy`'s backoff, until it returns `Ok`, the
     /// attempts run out, or the predicate set with
     /// [`retry_if`](RetryBuilder::retry_if) declines. See [`RetryBuilder::spawn`].
@@ -367,7 +412,7 @@ impl<'a> TaskBuilder<'a> {
 
     /// Runs `f` with the pool this builder spawns on (for `Current`: the calling worker's
     /// pool, else the global pool), without letting the borrow escape.
-    fn with_shared<R>(&self, f: impl FnOnce(&Shared) -> R) -> R {
+    fn with_shared<R>(&self, f: impl FnOnce(&Arc<Shared>) -> R) -> R {
         match self.target {
             Target::Pool(shared) => f(shared),
             Target::Current => match WorkerThread::current() {

@@ -1,9 +1,10 @@
 //! The scheduler thread: it owns the timing wheel, and turns deadlines into queued tasks.
 //!
 //! ## Actors and messages
-//! Any thread that spawns a delayed task, or cancels one, sends a [`Msg`] through the
-//! lock-free `inbox` (a crossbeam `Injector`: no lock is shared with the workers). The
-//! driver thread alone owns the [`Wheel`] and a map from task address to wheel key.
+//! Any thread that spawns a delayed task, cancels one, retries one, or starts or cancels a
+//! periodic schedule sends a [`Msg`] through the lock-free `inbox` (a crossbeam
+//! `Injector`: no lock is shared with the workers). The driver thread alone owns the
+//! [`Wheel`] and a map from entry address to wheel key.
 //!
 //! ## The driver's loop
 //! 1. publish AWAKE in `sleeping_until`; drain the inbox (insert entries; remove cancelled
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::CachePadded;
 
+use super::periodic::PeriodicState;
 pub(crate) use super::wheel::NEVER;
 use super::wheel::{Key, Wheel};
 use crate::job::{JobHeader, JobRef};
@@ -63,6 +65,42 @@ enum Msg {
     /// A canceller claimed this SCHEDULED task: drop its wheel entry (invariant 6 of
     /// `task/state.rs`).
     Cancel(TaskRef),
+    /// Start a periodic schedule, first due at `deadline`.
+    InsertPeriodic {
+        deadline: u64,
+        schedule: Arc<PeriodicState>,
+    },
+    /// A schedule was cancelled: drop its wheel entry.
+    CancelPeriodic(Arc<PeriodicState>),
+}
+
+/// A wheel entry.
+enum Entry {
+    /// A SCHEDULED task's timer reference, and its lane.
+    Task(JobRef, usize),
+    /// A periodic schedule and the tick it was scheduled for.
+    Periodic(Arc<PeriodicState>, u64),
+}
+
+impl Entry {
+    /// The key of the driver's map for this entry: the task's or the schedule's address.
+    fn id(&self) -> NonNull<()> {
+        match self {
+            Entry::Task(job, _) => job.as_ptr().cast(),
+            Entry::Periodic(s, _) => NonNull::from(&**s).cast(),
+        }
+    }
+
+    /// Resolves the entry without firing it: a task as shut down (or, if a canceller
+    /// claimed it, just drops the timer's reference), a schedule as cancelled.
+    fn discard(self, shared: &Shared) {
+        match self {
+            Entry::Task(job, _) => job.discard(shared.counters()),
+            Entry::Periodic(s, _) => {
+                s.cancel();
+            }
+        }
+    }
 }
 
 /// The senders' side of the timer, shared through the pool's `Shared`.
@@ -158,8 +196,23 @@ impl Timer {
 
     /// Asks the driver to drop a cancelled task's wheel entry now.
     pub(crate) fn cancel(&self, task: TaskRef, pool: &Shared) {
-        // Deadline 0: wake the driver unless it is awake anyway, so the memory goes now.
+        // Deadline 1: wake the driver unless it is awake anyway, so the memory goes now.
         self.send(Msg::Cancel(task), 1, pool);
+    }
+
+    /// Starts a periodic schedule, first due at `deadline`.
+    pub(crate) fn insert_periodic(
+        &self,
+        deadline: u64,
+        schedule: Arc<PeriodicState>,
+        pool: &Shared,
+    ) {
+        self.send(Msg::InsertPeriodic { deadline, schedule }, deadline, pool);
+    }
+
+    /// Asks the driver to drop a cancelled schedule's wheel entry now.
+    pub(crate) fn cancel_periodic(&self, schedule: Arc<PeriodicState>, pool: &Shared) {
+        self.send(Msg::CancelPeriodic(schedule), 1, pool);
     }
 
     fn send(&self, msg: Msg, deadline: u64, pool: &Shared) {
@@ -204,6 +257,10 @@ impl Timer {
                 Steal::Success(Msg::Insert { job, .. }) => job.discard(counters),
                 // The driver resolved the entry before exiting; drop the reference.
                 Steal::Success(Msg::Cancel(task)) => drop(task),
+                Steal::Success(Msg::InsertPeriodic { schedule, .. }) => {
+                    schedule.cancel();
+                }
+                Steal::Success(Msg::CancelPeriodic(_)) => {}
                 Steal::Retry => continue,
                 Steal::Empty => break,
             }
@@ -214,9 +271,9 @@ impl Timer {
 
 /// The driver thread's own state.
 struct Driver {
-    wheel: Wheel<(JobRef, usize)>,
-    keys: HashMap<NonNull<JobHeader>, Key>,
-    expired: Vec<(JobRef, usize)>,
+    wheel: Wheel<Entry>,
+    keys: HashMap<NonNull<()>, Key>,
+    expired: Vec<Entry>,
 }
 
 /// The scheduler thread's body. Returns when the pool shuts down.
@@ -267,19 +324,19 @@ impl Driver {
                     job,
                     lane,
                 }) => {
-                    let ptr = job.as_ptr();
-                    let key = self.wheel.insert(deadline, (job, lane));
-                    self.keys.insert(ptr, key);
+                    self.insert(deadline, Entry::Task(job, lane));
                 }
                 Steal::Success(Msg::Cancel(task)) => {
-                    if let Some(key) = self.keys.remove(&task.job_ptr()) {
-                        if let Some((job, _)) = self.wheel.cancel(key) {
-                            // Claimed by the canceller: this only waits for its COMPLETE
-                            // and drops the timer's reference.
-                            job.discard(shared.counters());
-                        }
-                    }
+                    // Claimed by the canceller: discarding only waits for its COMPLETE and
+                    // drops the timer's reference.
+                    self.remove(task.job_ptr().cast(), shared);
                     drop(task);
+                }
+                Steal::Success(Msg::InsertPeriodic { deadline, schedule }) => {
+                    self.insert(deadline, Entry::Periodic(schedule, deadline));
+                }
+                Steal::Success(Msg::CancelPeriodic(schedule)) => {
+                    self.remove(NonNull::from(&*schedule).cast(), shared);
                 }
                 Steal::Retry => continue,
                 Steal::Empty => break,
@@ -287,30 +344,61 @@ impl Driver {
         }
     }
 
-    fn fire_due(&mut self, shared: &Shared, now: Instant) {
-        self.wheel
-            .advance(shared.timer.tick_floor(now), &mut self.expired);
-        let counters = shared.counters();
-        for (job, lane) in self.expired.drain(..) {
-            self.keys.remove(&job.as_ptr());
-            // SAFETY: timer entries are SCHEDULED tasks' timer references.
-            if unsafe { raw::fire(&job) } {
-                shared.timer.fired.fetch_add(1, Ordering::Relaxed);
-                shared.push(lane, job, false);
-            } else {
-                job.discard(counters);
+    fn insert(&mut self, deadline: u64, entry: Entry) {
+        let id = entry.id();
+        let key = self.wheel.insert(deadline, entry);
+        self.keys.insert(id, key);
+    }
+
+    fn remove(&mut self, id: NonNull<()>, shared: &Shared) {
+        if let Some(key) = self.keys.remove(&id) {
+            if let Some(entry) = self.wheel.cancel(key) {
+                entry.discard(shared);
             }
         }
     }
 
-    /// Resolves every pending timer as shut down, then leaves.
+    fn fire_due(&mut self, shared: &Shared, now: Instant) {
+        let now = shared.timer.tick_floor(now);
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(now, &mut expired);
+        for entry in expired.drain(..) {
+            self.keys.remove(&entry.id());
+            match entry {
+                Entry::Task(job, lane) => {
+                    // SAFETY: task entries are SCHEDULED tasks' timer references.
+                    if unsafe { raw::fire(&job) } {
+                        shared.timer.fired.fetch_add(1, Ordering::Relaxed);
+                        shared.push(lane, job, false);
+                    } else {
+                        job.discard(shared.counters());
+                    }
+                }
+                Entry::Periodic(schedule, due) => {
+                    if schedule.is_cancelled() {
+                        continue;
+                    }
+                    if let Some(run) = schedule.try_queue_run() {
+                        shared.timer.fired.fetch_add(1, Ordering::Relaxed);
+                        shared.push(schedule.lane, run, false);
+                    }
+                    let (next, skipped) = next_due(due, schedule.period, now);
+                    schedule.add_missed(skipped);
+                    self.insert(next, Entry::Periodic(schedule, next));
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// Resolves every pending timer (tasks as shut down, schedules as cancelled), then
+    /// leaves.
     fn shut_down(mut self, shared: &Shared) {
         let timer = &shared.timer;
         self.drain_inbox(shared);
-        let counters = shared.counters();
         for (_, key) in self.keys.drain() {
-            if let Some((job, _)) = self.wheel.cancel(key) {
-                job.discard(counters);
+            if let Some(entry) = self.wheel.cancel(key) {
+                entry.discard(shared);
             }
         }
         debug_assert!(self.wheel.is_empty());
@@ -322,9 +410,29 @@ impl Driver {
     }
 }
 
+/// The next scheduled tick after `due`, skipping ticks at or before `now` (a late
+/// schedule does not queue a burst), and how many it skipped.
+fn next_due(due: u64, period: u64, now: u64) -> (u64, u64) {
+    let next = due.saturating_add(period);
+    if next > now {
+        return (next, 0);
+    }
+    let skipped = (now - next) / period + 1;
+    (next.saturating_add(skipped.saturating_mul(period)), skipped)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_due_keeps_the_grid_and_counts_skips() {
+        assert_eq!(next_due(10, 5, 12), (15, 0));
+        assert_eq!(next_due(10, 5, 15), (20, 1), "a tick at `now` has passed");
+        assert_eq!(next_due(10, 5, 31), (35, 4));
+        assert_eq!(next_due(0, 1, 0), (1, 0));
+        assert_eq!(next_due(u64::MAX - 2, 5, 0).0, u64::MAX);
+    }
 
     #[test]
     fn ticks_round_deadlines_up_and_now_down() {
