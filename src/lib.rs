@@ -128,6 +128,13 @@ pub use time::periodic::Periodic;
 
 use worker::WorkerThread;
 
+/// Internals exposed for weft's own benchmarks (`benches/timer.rs`). Not a stable API:
+/// anything here may change in any release.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::time::wheel::{Key, Wheel};
+}
+
 /// The README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

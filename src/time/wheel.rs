@@ -1,4 +1,3 @@
-#![cfg_attr(not(test), allow(dead_code))]
 //! A hierarchical timing wheel: a pure data structure, with no threads and no clock.
 //!
 //! Time is a `u64` count of 1 ms ticks since the wheel was created. The caller converts
@@ -149,6 +148,7 @@ fn slot_for(deadline: u64, level: usize) -> usize {
     ((deadline >> (SLOT_BITS * level as u32)) & SLOT_MASK) as usize
 }
 
+#[cfg(test)]
 /// Ticks covered by one slot of `level`: `SLOTS_PER_LEVEL^level`.
 fn slot_width(level: usize) -> u64 {
     1 << (SLOT_BITS * level as u32)
@@ -206,7 +206,7 @@ fn loc_for(elapsed: u64, deadline: u64) -> Loc {
 
 /// Names a live entry, for [`Wheel::cancel`]. Stale once the entry expires or is cancelled.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) struct Key {
+pub struct Key {
     index: usize,
     generation: u64,
 }
@@ -290,7 +290,7 @@ enum Event {
 
 /// A hierarchical timing wheel of entries `T`; see the module docs.
 #[derive(Debug)]
-pub(crate) struct Wheel<T> {
+pub struct Wheel<T> {
     /// The last tick `advance` moved to.
     elapsed: u64,
     /// The slab.
@@ -338,23 +338,23 @@ impl<T> Wheel<T> {
     }
 
     /// The last tick `advance` moved to.
-    pub(crate) fn elapsed(&self) -> u64 {
+    pub fn elapsed(&self) -> u64 {
         self.elapsed
     }
 
     /// Live entries, including those with deadline [`NEVER`].
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether there are no live entries.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Adds `entry`, due at tick `deadline`. A deadline `<= elapsed` is due at the next
     /// `advance`; [`NEVER`] never fires on its own. O(1).
-    pub(crate) fn insert(&mut self, deadline: u64, entry: T) -> Key {
+    pub fn insert(&mut self, deadline: u64, entry: T) -> Key {
         let seq = self.next_seq;
         self.next_seq += 1;
         let fresh = Entry {
@@ -389,7 +389,7 @@ impl<T> Wheel<T> {
     }
 
     /// Removes the entry `key` names and returns it; `None` if the key is stale. O(1).
-    pub(crate) fn cancel(&mut self, key: Key) -> Option<T> {
+    pub fn cancel(&mut self, key: Key) -> Option<T> {
         let entry = self.entries.get(key.index)?;
         if entry.generation != key.generation || entry.loc == Loc::Free {
             return None;
@@ -403,7 +403,7 @@ impl<T> Wheel<T> {
     /// be earlier otherwise (the start of the next occupied slot, or a lower bound of the
     /// due or overflow list), and earlier than `elapsed` when an entry was inserted already
     /// due. `None` when no entry can fire. O(`LEVELS`).
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         if !self.lists.due.is_empty() {
             return Some(self.due_min);
         }
@@ -416,7 +416,7 @@ impl<T> Wheel<T> {
 
     /// Moves time to `now` (or leaves it, if `now < elapsed`) and appends every entry with
     /// deadline `<= now` to `expired`, ordered by deadline, ties in insertion order.
-    pub(crate) fn advance(&mut self, now: u64, expired: &mut Vec<T>) {
+    pub fn advance(&mut self, now: u64, expired: &mut Vec<T>) {
         let now = cmp::max(now, self.elapsed);
         debug_assert!(self.batch.is_empty());
 
