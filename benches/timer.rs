@@ -1,1 +1,3 @@
+//! Timer benchmarks (being written).
+
 fn main() {}
