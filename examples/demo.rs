@@ -1,12 +1,12 @@
 //! A tour of weft on the built-in global pool: spawning, priorities, fork-join,
-//! cancellation, panics and metrics. Run it with
+//! cancellation, panics, delayed, periodic and retried tasks, and metrics. Run it with
 //! `cargo run --release --example demo`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft::{Pool, Priority};
+use weft::{Pool, Priority, RetryPolicy};
 
 fn busy(d: Duration) {
     let end = Instant::now() + d;
@@ -124,7 +124,55 @@ fn main() {
         weft::spawn(|| "ok").join().unwrap()
     );
 
-    // 6. Metrics: lifetime totals summed from per-worker counters.
+    // 6. Time: a delayed task, a periodic schedule and a retried task, on the timing wheel.
+    let t = Instant::now();
+    let delayed = weft::task()
+        .delay(Duration::from_millis(25))
+        .spawn(move || t.elapsed());
+    println!(
+        "delayed: asked for 25 ms, started after {:?}",
+        delayed.join().unwrap()
+    );
+
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let k = ticks.clone();
+    let every = weft::task().every(Duration::from_millis(5), move || {
+        k.fetch_add(1, Ordering::SeqCst);
+    });
+    let t = Instant::now();
+    while every.runs() < 10 {
+        std::thread::yield_now();
+    }
+    every.cancel();
+    println!(
+        "periodic: 10 runs every 5 ms took {:?} ({} missed), then cancelled",
+        t.elapsed(),
+        every.missed()
+    );
+
+    let mut calls = 0;
+    let t = Instant::now();
+    let flaky = weft::task()
+        .retry(RetryPolicy::exponential(Duration::from_millis(2)).max_attempts(5))
+        .spawn(move || {
+            calls += 1;
+            if calls < 4 {
+                Err(format!("attempt {calls}: service unavailable"))
+            } else {
+                Ok(format!("answered on attempt {calls}"))
+            }
+        });
+    while !flaky.is_finished() {
+        std::thread::yield_now();
+    }
+    let attempts = flaky.attempts();
+    println!(
+        "retry: {:?} after {attempts} attempts and {:?} of backoff (2 + 4 + 8 ms)",
+        flaky.join().unwrap(),
+        t.elapsed()
+    );
+
+    // 7. Metrics: lifetime totals summed from per-worker counters.
     println!("metrics: {:#?}", pool.metrics());
 }
 

@@ -2,8 +2,10 @@
 //!
 //! weft runs closures on a pool of worker threads, as rayon does, and gives every task a
 //! [`JoinHandle`] that can be joined, awaited or cancelled, with three priority lanes and
-//! a starvation guard. The free functions [`spawn`], [`join`] and [`scope`] use the
-//! current worker's pool, or a global pool built lazily on first use.
+//! a starvation guard. Tasks can wait for a deadline, repeat on a period, or be retried
+//! with backoff, all driven by one timer thread per pool over a hierarchical timing
+//! wheel. The free functions [`spawn`], [`join`], [`scope`] and [`task`] use the current
+//! worker's pool, or a global pool built lazily on first use.
 //!
 //! # A tour
 //!
@@ -47,6 +49,20 @@
 //! let h = pool.spawn(|| 1);
 //! let _fut: &dyn std::future::Future<Output = Result<i32, weft::JoinError>> = &h;
 //!
+//! // Time: delays, periodic schedules, retries with backoff.
+//! use std::time::Duration;
+//! let later = pool.task().delay(Duration::from_millis(5)).spawn(|| "later");
+//! assert_eq!(later.join().unwrap(), "later");
+//! let every = pool.task().every(Duration::from_millis(1), || {});
+//! while every.runs() < 2 { std::thread::yield_now(); }
+//! every.cancel();
+//! let mut n = 0;
+//! let retried = pool
+//!     .task()
+//!     .retry(weft::RetryPolicy::fixed(Duration::from_millis(1)))
+//!     .spawn(move || { n += 1; if n < 2 { Err("flaky") } else { Ok(n) } });
+//! assert_eq!(retried.join().unwrap(), Ok(2));
+//!
 //! // Metrics: lifetime counters summed from per-worker blocks, and queue depths.
 //! let m = pool.metrics();
 //! assert!(m.spawned >= 4 && m.panicked == 1);
@@ -84,6 +100,23 @@
 //!   running them. Dropping the last `Pool` handle is a `shutdown`. Called from one of the
 //!   pool's own workers, shutdown does not join any thread (that could deadlock).
 //! - **A full queue:** queues are unbounded; memory is the limit.
+//! - **A delayed task:** waits in the pool's timer and joins its lane once its deadline has
+//!   passed, never before (deadlines round up to the timer's 1 ms tick). Due tasks enter
+//!   their lane in deadline order. `cancel` while it waits removes it from the timer at
+//!   once. A delay past what an `Instant` can hold (`Duration::MAX`) never fires on its own.
+//! - **A retried task:** on `Err` it goes back to the timer for the policy's backoff, in the
+//!   same allocation and under the same handle; `cancel` wins while it waits. A panic is not
+//!   retried. The handle resolves to the first `Ok`, or to the last `Err` when the attempts
+//!   run out or the predicate declines.
+//! - **A periodic schedule:** runs every period, counted from the previous *scheduled* time
+//!   (no drift). A tick that comes while the previous run is still queued or running, or
+//!   that has already passed because the pool was busy, is skipped and counted in
+//!   [`Periodic::missed`]: a late schedule never piles up runs. A panicking run is counted
+//!   and the schedule goes on.
+//! - **Timers at shutdown:** `shutdown` (and `shutdown_now`) resolves every task still
+//!   waiting for its deadline or its next retry as shut down, and cancels every periodic
+//!   schedule; tasks already queued still run (`shutdown`) or are resolved too
+//!   (`shutdown_now`).
 //! - **Join on a worker:** the worker runs other queued work while it waits, so nested
 //!   joins cannot deadlock the pool, even with one worker.
 //!
