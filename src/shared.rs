@@ -159,15 +159,16 @@ impl Shared {
     /// Queues `job` in `lane`: on the current worker's deque if it is one of ours, else on
     /// the injector. Counts a spawn if `count_spawn`.
     pub(crate) fn push(&self, lane: usize, job: JobRef, count_spawn: bool) {
-        let worker = self.current_worker();
-        let counters = match worker {
+        match self.current_worker() {
             Some(w) => {
                 let c = w.counters();
                 if count_spawn {
                     c.bump(&c.spawned);
                 }
                 w.push_spawned(lane, job);
-                c
+                // With the fence: a task may block waiting for the one it spawned, so an
+                // idle worker must not miss it (sleep.rs, step 1).
+                self.after_push(c);
             }
             None => {
                 let c = self.counters.external();
@@ -175,10 +176,9 @@ impl Shared {
                     c.bump(&c.spawned);
                 }
                 self.lanes.inject(lane, job);
-                c
+                self.after_push(c);
             }
-        };
-        self.after_push(counters);
+        }
     }
 
     /// The pusher's side of the sleep protocol, plus the shutdown race (see `sleep.rs`).

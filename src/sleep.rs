@@ -23,6 +23,11 @@
 //!    pushes itself on the idle list and moves SEARCHING → SLEEPING; then `fence(SeqCst)`;
 //!    then checks every queue once more. If it finds work (or its wait condition holds) it
 //!    takes itself off the list; else it parks until a notifier takes it off.
+//!    A `join` half skips the fence ([`Sleep::notify_after_local_push`]), as rayon does
+//!    for internal jobs: it can never be lost, since its owner pops it back or waits for
+//!    it, and `join` promises parallelism only where it is free; a wake-up missed in that
+//!    race costs parallelism until the next push. A spawned task keeps the fence even from
+//!    a worker: its spawner may block waiting for it, so an idle worker must not miss it.
 //! 3. A searcher that finds work leaves SEARCHING. If it was the last searcher and someone
 //!    sleeps, it fences and checks the queues; if work is left it wakes one sleeper. So
 //!    parallelism ramps up one worker at a time, without a thundering herd.
@@ -150,6 +155,15 @@ impl Sleep {
             self.notify_one(counters);
         }
         s
+    }
+
+    /// Step 1 for a job on the pusher's own deque: no fence (see the module docs).
+    #[inline]
+    pub(crate) fn notify_after_local_push(&self, counters: &Counters) {
+        let s = Snapshot(self.state.load(Ordering::Relaxed));
+        if s.searching() == 0 && s.sleeping() > 0 {
+            self.notify_one(counters);
+        }
     }
 
     /// Wakes one sleeping worker, if any. It becomes SEARCHING.

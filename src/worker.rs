@@ -99,7 +99,7 @@ impl WorkerThread {
     #[inline]
     pub(crate) fn push_join(&self, job: JobRef) {
         self.local.push_join(self.lane.get(), job);
-        self.shared.after_push(self.counters());
+        self.shared.sleep.notify_after_local_push(self.counters());
     }
 
     /// Pops the newest `join` half of the current lane.
