@@ -268,3 +268,34 @@ fn pools_join_each_other_without_deadlock() {
     });
     assert_eq!(join_in_time(h).unwrap(), 6);
 }
+
+#[test]
+fn a_task_blocking_on_its_own_child_is_always_rescued_by_an_idle_worker() {
+    // The spawner blocks (not in `join`) until its child runs, so the child must be taken
+    // by the other worker, which is asleep when the spawn happens: the spawn must wake it.
+    // Each round starts from a quiet pool (both workers parked: every park so far was
+    // matched by no wake-up, as nothing else wakes workers in this test).
+    let pool = Pool::builder().workers(2).build().unwrap();
+    for _ in 0..200 {
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            let m = pool.metrics();
+            if m.parks - m.unparks == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool never went idle: {m:?}"
+            );
+            thread::yield_now();
+        }
+        let h = pool.spawn(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let child = weft::spawn(move || tx.send(1).unwrap());
+            let v: i32 = rx.recv_timeout(HANG).expect("the child never ran");
+            child.join().unwrap();
+            v
+        });
+        assert_eq!(join_in_time(h).unwrap(), 1);
+    }
+}
