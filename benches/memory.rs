@@ -1,0 +1,3 @@
+//! Memory benchmarks (being written).
+
+fn main() {}
