@@ -234,7 +234,11 @@ impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
         let header = self.header();
         let vtable = header.vtable();
-        if !self.taken && header.state.drop_join_interest().is_err() {
+        if !self.taken {
+            if header.state.drop_join_interest_and_ref().is_ok() {
+                // Detached: the task still runs and drops its own output.
+                return;
+            }
             // Complete while we held interest: the output is ours to drop (invariant 2).
             // SAFETY: as above; dropped once, since the handle goes away.
             unsafe { (vtable.drop_output)(self.raw) };

@@ -428,6 +428,23 @@ impl<B: Body> Cell<B> {
     unsafe fn complete(ptr: NonNull<Header>, outcome: Outcome, release: bool) {
         // SAFETY: the caller holds a reference.
         let header = unsafe { ptr.as_ref() };
+        if release {
+            if header.state.is_sole_owner() {
+                // Detached, and ours is the only reference: nobody can observe the task
+                // any more, so skip the transition: drop the output and free it.
+                // SAFETY: exclusive access; the stage holds `outcome`'s member, and
+                // `dealloc` sees a claimed task, so it leaves the (gone) body alone.
+                unsafe {
+                    Self::drop_outcome_in_place(ptr, outcome);
+                    Self::dealloc(ptr);
+                }
+                return;
+            }
+            if header.state.complete_and_release_if_unwatched(outcome) {
+                // Published, and our reference is gone with it: hands off.
+                return;
+            }
+        }
         let prev = header.state.complete(outcome);
         if !prev.is_join_interested() {
             // Invariant 2: the handle is gone, the output is ours to drop.
@@ -494,6 +511,32 @@ impl<B: Body> Cell<B> {
         let result = unsafe { Self::from_header(ptr).take_outcome() };
         // SAFETY: the caller passes a valid, uninitialized slot of this type.
         unsafe { dst.cast::<Result<B::Output, JoinError>>().write(result) };
+    }
+
+    /// Drops the stage's `outcome` member without a COMPLETE state (sole owner).
+    ///
+    /// # Safety
+    /// Exclusive access, and the stage holds `outcome`'s member.
+    unsafe fn drop_outcome_in_place(ptr: NonNull<Header>, outcome: Outcome) {
+        // SAFETY: live (caller's reference).
+        let this = unsafe { Self::from_header(ptr) };
+        match outcome {
+            Outcome::Value => {
+                let take = |s: *mut Stage<B>| {
+                    // SAFETY: the output is the live member; exclusive.
+                    unsafe { ManuallyDrop::take(&mut (*s).output) }
+                };
+                drop_quietly(this.stage.with_mut(take));
+            }
+            Outcome::Panicked => {
+                let take = |s: *mut Stage<B>| {
+                    // SAFETY: the panic payload is the live member; exclusive.
+                    unsafe { ManuallyDrop::take(&mut (*s).panic) }
+                };
+                drop_quietly(this.stage.with_mut(take));
+            }
+            Outcome::Cancelled | Outcome::Shutdown => {}
+        }
     }
 
     /// # Safety

@@ -26,7 +26,12 @@
 //!    `COMPLETE`. The handle clears it only while `COMPLETE` is clear.
 //! 4. *References.* A task starts with two references: its handle's and its queued one
 //!    (owned by the `JobRef` in a queue, then by whoever runs or discards it). The memory
-//!    is freed by whoever drops the last one.
+//!    is freed by whoever drops the last one. Fast paths fold steps together without
+//!    breaking this: a handle dropped early clears `JOIN_INTEREST` and its reference in
+//!    one CAS (`drop_join_interest_and_ref`); a claimer completing a task nobody waits on
+//!    publishes and drops its reference in one CAS (`complete_and_release_if_unwatched`);
+//!    a claimer that finds itself the sole owner (`is_sole_owner`: no handle, one
+//!    reference) frees the task without a transition, since no thread can observe it.
 //! 5. *Pool lifetime.* A task that is neither `RUNNING` nor `COMPLETE` sits in a queue of a
 //!    live pool. A canceller that claims it reaches the pool (to count) before `complete`;
 //!    a worker that pops a claimed task waits for `COMPLETE` before dropping its
@@ -219,19 +224,55 @@ impl State {
         Snapshot(prev)
     }
 
-    /// Handle side: clears `JOIN_INTEREST` unless the task is complete. `Err` means it is
-    /// complete and the handle owns the output (invariant 2).
-    pub(crate) fn drop_join_interest(&self) -> Result<(), Snapshot> {
+    /// Completes and, in the same step, drops the caller's reference, if nobody waits
+    /// (`JOIN_INTEREST` set, `JOIN_WAKER` clear): then there is nothing to wake and the
+    /// output goes to the handle, so the caller never touches the task again. Returns
+    /// false, changing nothing, otherwise. One RMW instead of `complete` plus `ref_dec`.
+    pub(crate) fn complete_and_release_if_unwatched(&self, outcome: Outcome) -> bool {
+        let mut cur = self.val.load(Ordering::Relaxed);
+        loop {
+            if cur & (JOIN_INTEREST | JOIN_WAKER) != JOIN_INTEREST {
+                return false;
+            }
+            debug_assert!(cur & RUNNING != 0 && cur & (COMPLETE | OUTCOME_MASK) == 0);
+            debug_assert!(cur >> REF_COUNT_SHIFT >= 2, "the handle holds a reference");
+            let next = (cur ^ (RUNNING | COMPLETE | outcome.bits())) - REF_ONE;
+            // AcqRel as in `complete` (Release publishes the output) and `ref_dec`.
+            match self
+                .val
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The completing claimer owns the whole task: the handle is gone and only the
+    /// caller's reference is left, so no other thread can reach the task again.
+    pub(crate) fn is_sole_owner(&self) -> bool {
+        // Acquire: pairs with the handle's release of its reference, so everything the
+        // handle did happens before we free the task (as in `Arc`'s drop).
+        let cur = self.val.load(Ordering::Acquire);
+        cur & JOIN_INTEREST == 0 && cur & REF_COUNT_MASK == REF_ONE
+    }
+
+    /// Handle side: clears `JOIN_INTEREST` and drops the handle's reference in one step,
+    /// unless the task is complete. `Err` means it is complete and the handle owns the
+    /// output (invariant 2): it drops it, then its reference with `ref_dec`. On `Ok` the
+    /// task still holds its queued (or timer) reference, so this was never the last.
+    pub(crate) fn drop_join_interest_and_ref(&self) -> Result<(), Snapshot> {
         let mut cur = self.val.load(Ordering::Acquire);
         loop {
             if cur & COMPLETE != 0 {
                 return Err(Snapshot(cur));
             }
-            // AcqRel: Acquire for the Err path on retry; Release orders nothing in
-            // particular but is cheap here and keeps the handle's earlier writes visible.
+            debug_assert!(cur >> REF_COUNT_SHIFT >= 2);
+            // AcqRel: Release hands the handle's accesses to whoever frees the task;
+            // Acquire for the Err path on retry.
             match self.val.compare_exchange_weak(
                 cur,
-                cur & !JOIN_INTEREST,
+                (cur & !JOIN_INTEREST) - REF_ONE,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -368,12 +409,37 @@ mod tests {
         let prev = s.complete(Outcome::Value);
         assert!(prev.is_join_waker_set() && prev.is_join_interested());
         assert!(s.unset_join_waker().is_err());
-        assert!(s.drop_join_interest().is_err());
+        assert!(s.drop_join_interest_and_ref().is_err());
 
         let s = State::new();
-        assert!(s.drop_join_interest().is_ok());
+        assert!(s.drop_join_interest_and_ref().is_ok());
+        assert_eq!(s.load().ref_count(), 1);
         assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
+        assert!(s.is_sole_owner());
+        assert!(
+            !s.complete_and_release_if_unwatched(Outcome::Value),
+            "no handle"
+        );
         assert!(!s.complete(Outcome::Value).is_join_interested());
+    }
+
+    #[test]
+    fn complete_and_release_in_one_step_only_when_nobody_waits() {
+        let s = State::new();
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
+        assert!(!s.is_sole_owner());
+        assert!(s.complete_and_release_if_unwatched(Outcome::Value));
+        let now = s.load();
+        assert!(now.is_complete() && !now.is_running() && now.ref_count() == 1);
+
+        let s = State::new();
+        assert!(s.set_join_waker().is_ok());
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
+        assert!(
+            !s.complete_and_release_if_unwatched(Outcome::Value),
+            "a joiner waits"
+        );
+        assert_eq!(s.load().ref_count(), 2, "unchanged");
     }
 
     #[test]
