@@ -273,3 +273,20 @@ fn a_delayed_task_from_a_worker_and_from_the_global_pool() {
         .spawn(move || start.elapsed());
     assert!(h.join().unwrap() >= Duration::from_millis(3));
 }
+
+#[test]
+fn delayed_tasks_fire_promptly_on_an_idle_pool() {
+    // Generous upper bound (it only catches a timer that oversleeps or polls slowly): the
+    // median lateness of 20 delayed tasks is under 50 ms. The real p50/p99 are in
+    // BENCHMARKS.md (benches/timer.rs).
+    let pool = pool(2);
+    let mut late = Vec::new();
+    for _ in 0..20 {
+        let at = Instant::now() + Duration::from_millis(2);
+        let started = pool.task().at(at).spawn(Instant::now).join().unwrap();
+        assert!(started >= at);
+        late.push(started - at);
+    }
+    late.sort();
+    assert!(late[10] < Duration::from_millis(50), "median lateness {:?}", late[10]);
+}
