@@ -642,19 +642,29 @@ impl Builder {
                 shared: shared.clone(),
             }),
         };
+        // Every thread the pool needs: the workers, then the timer (named with index `n`).
         let mut name = self.thread_name;
-        let mut threads = Vec::with_capacity(n);
+        let mut name_of = |index: usize, default: String| match &mut name {
+            Some(f) => f(index),
+            None => default,
+        };
+        let mut bodies: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::with_capacity(n + 1);
         for (index, local) in locals.into_iter().enumerate() {
-            let thread_name = match &mut name {
-                Some(f) => f(index),
-                None => format!("weft-worker-{index}"),
-            };
+            let s = shared.clone();
+            let body = Box::new(move || WorkerThread::run(index, s, local));
+            bodies.push((name_of(index, format!("weft-worker-{index}")), body));
+        }
+        let s = shared.clone();
+        let timer = Box::new(move || crate::time::driver::run(s));
+        bodies.push((name_of(n, "weft-timer".to_owned()), timer));
+
+        let mut threads = Vec::with_capacity(n + 1);
+        for (thread_name, body) in bodies {
             let mut b = thread::Builder::new().name(thread_name);
             if let Some(size) = self.stack_size {
                 b = b.stack_size(size);
             }
-            let s = shared.clone();
-            match b.spawn(move || WorkerThread::run(index, s, local)) {
+            match b.spawn(body) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     // Stop and join the threads already started; nothing was queued yet.
@@ -664,24 +674,6 @@ impl Builder {
                         kind: ErrorKind::Spawn(e),
                     });
                 }
-            }
-        }
-        let timer_name = match &mut name {
-            Some(f) => f(n),
-            None => "weft-timer".to_owned(),
-        };
-        let s = shared.clone();
-        match thread::Builder::new()
-            .name(timer_name)
-            .spawn(move || crate::time::driver::run(s))
-        {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                shared.set_threads(threads);
-                drop(pool);
-                return Err(BuildError {
-                    kind: ErrorKind::Spawn(e),
-                });
             }
         }
         shared.set_threads(threads);

@@ -6,9 +6,11 @@
 //! cancel must win until the `Open` step releases them; after that a cancel may win or
 //! lose, and the outcome must agree with what it returned.
 
+mod common;
+use common::block_all;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -49,19 +51,7 @@ struct Model {
 fn run(workers: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let pool = Pool::builder().workers(workers).build().unwrap();
     // Occupy every worker until `Open`.
-    let started = Arc::new(Barrier::new(workers + 1));
-    let mut gates: Vec<Sender<()>> = Vec::new();
-    let mut blockers = Vec::new();
-    for _ in 0..workers {
-        let (tx, rx) = channel::<()>();
-        let s = started.clone();
-        blockers.push(pool.spawn(move || {
-            s.wait();
-            let _ = rx.recv();
-        }));
-        gates.push(tx);
-    }
-    started.wait();
+    let (mut gates, blockers) = block_all(&pool);
     let mut open = false;
 
     let runs: Arc<Vec<AtomicUsize>> =

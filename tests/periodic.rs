@@ -1,31 +1,16 @@
 //! Periodic schedules through the public API: counting, cancel, drop and detach, no drift,
 //! coalescing of late ticks, panics, zero period, shutdown.
 
+mod common;
+use common::*;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use weft::Pool;
-
-const HANG: Duration = Duration::from_secs(60);
 const MS: Duration = Duration::from_millis(1);
-
-fn pool(workers: usize) -> Pool {
-    Pool::builder().workers(workers).build().unwrap()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached in {HANG:?}"
-        );
-        thread::yield_now();
-    }
-}
 
 /// Lets every job queued so far on a one-worker pool run (the lanes are FIFO).
 fn flush(pool: &Pool) {

@@ -1,54 +1,19 @@
 //! Integration tests of the public API: spawning, joining, priorities, cancellation,
 //! panics, metrics, builder options and shutdown.
 
+mod common;
+use common::*;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use weft::{JoinHandle, Pool, Priority};
-
-/// Generous: only catches hangs.
-const HANG: Duration = Duration::from_secs(60);
-
-fn pool(workers: usize) -> Pool {
-    Pool::builder().workers(workers).build().unwrap()
-}
-
-/// Occupies every worker of `pool` until the returned sender is dropped or sent to.
-/// Returns once all of them are running (so later spawns queue up).
-fn block_all(pool: &Pool) -> (Vec<Sender<()>>, Vec<JoinHandle<()>>) {
-    let n = pool.num_workers();
-    let started = Arc::new(Barrier::new(n + 1));
-    let mut gates = Vec::new();
-    let mut handles = Vec::new();
-    for _ in 0..n {
-        let (tx, rx): (Sender<()>, Receiver<()>) = channel();
-        let s = started.clone();
-        handles.push(pool.spawn(move || {
-            s.wait();
-            let _ = rx.recv();
-        }));
-        gates.push(tx);
-    }
-    started.wait();
-    (gates, handles)
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached in {HANG:?}"
-        );
-        thread::yield_now();
-    }
-}
+use weft::{Pool, Priority};
 
 #[test]
 fn spawn_and_join_values_of_any_type() {

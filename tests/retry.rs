@@ -2,29 +2,14 @@
 //! than the policy says, attempts capped, a predicate that declines, panics not retried,
 //! cancel and shutdown while a task waits for its next attempt.
 
+mod common;
+use common::*;
+
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use weft::{Pool, Priority, RetryPolicy};
-
-const HANG: Duration = Duration::from_secs(60);
+use weft::{Priority, RetryPolicy};
 const MS: Duration = Duration::from_millis(1);
-
-fn pool(workers: usize) -> Pool {
-    Pool::builder().workers(workers).build().unwrap()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached in {HANG:?}"
-        );
-        thread::yield_now();
-    }
-}
 
 #[test]
 fn fails_k_times_then_succeeds_after_k_plus_one_attempts() {

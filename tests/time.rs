@@ -2,30 +2,16 @@
 //! the timer, resolved on shutdown. Timing assertions are lower bounds ("never early") or
 //! generous upper bounds that only catch hangs.
 
+mod common;
+use common::*;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use weft::{Pool, Priority};
-
-const HANG: Duration = Duration::from_secs(60);
-
-fn pool(workers: usize) -> Pool {
-    Pool::builder().workers(workers).build().unwrap()
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached in {HANG:?}"
-        );
-        thread::yield_now();
-    }
-}
+use weft::Priority;
 
 #[test]
 fn delayed_tasks_never_start_early() {
@@ -288,5 +274,9 @@ fn delayed_tasks_fire_promptly_on_an_idle_pool() {
         late.push(started - at);
     }
     late.sort();
-    assert!(late[10] < Duration::from_millis(50), "median lateness {:?}", late[10]);
+    assert!(
+        late[10] < Duration::from_millis(50),
+        "median lateness {:?}",
+        late[10]
+    );
 }
