@@ -17,6 +17,26 @@
 //!     for zero by spinning briefly, then `yield_now`.
 //!   - `tokio`: a multi-thread runtime, `rt.spawn(async {})`, collect the `JoinHandle`s,
 //!     then `rt.block_on` awaiting each.
+//! - `spawn_worker`: submit 10_000 empty tasks from *inside* a running task (so the spawns
+//!   go to a worker's local queue, not through the injector), then wait for all of them.
+//!   Throughput is in tasks. Each iteration includes one round trip into the pool.
+//!   - `weft`: `pool.install(|| ..)` whose body spawns with `weft::spawn(|| ())`, collects
+//!     the `JoinHandle`s and joins each (a join on a worker runs other queued work).
+//!   - `rayon_scope`: `pool.install(|| rayon::scope(|s| for _ in 0..N { s.spawn(|_| ()) }))`.
+//!   - `rayon_spawn_latch`: `pool.install(|| for _ in 0..N { rayon::spawn(..) })`, each
+//!     task decrementing an `AtomicUsize` countdown. The wait for zero (spin, then
+//!     `yield_now`) happens on the benchmark thread after `install` returns, so no worker
+//!     is blocked waiting (which would deadlock with `BENCH_WORKERS=1`).
+//!   - `tokio`: `rt.block_on(rt.spawn(async { .. }))` whose body spawns with
+//!     `tokio::spawn(async {})`, collects the `JoinHandle`s and awaits each.
+//! - `chained_spawn`: a chain of 10_000 tasks in which each task spawns the next (from a
+//!   worker) and drops its handle; the last one sends on a `std::sync::mpsc` channel that
+//!   the benchmark thread waits on (same mechanism for all three). The first link is
+//!   submitted from the benchmark thread. Throughput is in tasks. Measures the
+//!   spawn-to-run hand-off when there is never more than one task queued.
+//!   - `weft`: `pool.spawn`, then `weft::spawn` recursively.
+//!   - `rayon`: `pool.spawn`, then `rayon::spawn` recursively.
+//!   - `tokio`: `rt.spawn`, then `tokio::spawn` recursively.
 //! - `fork_join_fib`: recursive `fib(25)` with `weft::join` inside `pool.install(..)`
 //!   against `rayon::join` inside `rayon_pool.install(..)`.
 //!   - `*_no_cutoff`: forks at every level down to `n < 2` (pure join overhead).
@@ -27,12 +47,16 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// Tasks per `spawn_outside` iteration.
+/// Tasks per `spawn_outside` and `spawn_worker` iteration.
 const N: usize = 10_000;
+
+/// Tasks in one `chained_spawn` chain (the first link included).
+const CHAIN: usize = 10_000;
 
 /// `fib` argument for `fork_join_fib`.
 const FIB_N: u64 = 25;
@@ -137,6 +161,143 @@ fn spawn_outside(c: &mut Criterion) {
     group.finish();
 }
 
+fn spawn_worker(c: &mut Criterion) {
+    let w = workers();
+    let param = format!("w{w}");
+    let weft = weft_pool(w);
+    let rayon = rayon_pool(w);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(w)
+        .build()
+        .expect("build tokio runtime");
+    let remaining: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+
+    let mut group = c.benchmark_group("spawn_worker");
+    group.throughput(Throughput::Elements(N as u64));
+
+    group.bench_function(BenchmarkId::new("weft", &param), |b| {
+        b.iter(|| {
+            weft.install(|| {
+                let handles: Vec<_> = (0..N).map(|_| weft::spawn(|| ())).collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+            })
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("rayon_scope", &param), |b| {
+        b.iter(|| {
+            rayon.install(|| {
+                rayon::scope(|s| {
+                    for _ in 0..N {
+                        s.spawn(|_| ());
+                    }
+                })
+            })
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("rayon_spawn_latch", &param), |b| {
+        b.iter(|| {
+            remaining.store(N, Ordering::Relaxed);
+            rayon.install(|| {
+                for _ in 0..N {
+                    rayon::spawn(move || {
+                        remaining.fetch_sub(1, Ordering::Release);
+                    });
+                }
+            });
+            wait_for_zero(remaining);
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("tokio", &param), |b| {
+        b.iter(|| {
+            tokio
+                .block_on(tokio.spawn(async {
+                    let handles: Vec<_> = (0..N).map(|_| tokio::spawn(async {})).collect();
+                    for h in handles {
+                        h.await.unwrap();
+                    }
+                }))
+                .unwrap()
+        })
+    });
+
+    group.finish();
+}
+
+/// One link of the weft chain: spawns the next link, or signals `done` as the last one.
+fn weft_chain(n: usize, done: mpsc::Sender<()>) {
+    if n == 0 {
+        done.send(()).unwrap();
+    } else {
+        drop(weft::spawn(move || weft_chain(n - 1, done)));
+    }
+}
+
+/// One link of the rayon chain (`rayon::spawn` uses the current worker's pool).
+fn rayon_chain(n: usize, done: mpsc::Sender<()>) {
+    if n == 0 {
+        done.send(()).unwrap();
+    } else {
+        rayon::spawn(move || rayon_chain(n - 1, done));
+    }
+}
+
+/// One link of the tokio chain (`tokio::spawn` uses the current runtime).
+fn tokio_chain(n: usize, done: mpsc::Sender<()>) {
+    if n == 0 {
+        done.send(()).unwrap();
+    } else {
+        drop(tokio::spawn(async move { tokio_chain(n - 1, done) }));
+    }
+}
+
+fn chained_spawn(c: &mut Criterion) {
+    let w = workers();
+    let param = format!("w{w}");
+    let weft = weft_pool(w);
+    let rayon = rayon_pool(w);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(w)
+        .build()
+        .expect("build tokio runtime");
+    // One channel for the whole group; each iteration moves a clone of the sender down
+    // its chain and waits for the single message the last link sends.
+    let (tx, rx) = mpsc::channel::<()>();
+
+    let mut group = c.benchmark_group("chained_spawn");
+    group.throughput(Throughput::Elements(CHAIN as u64));
+
+    group.bench_function(BenchmarkId::new("weft", &param), |b| {
+        b.iter(|| {
+            let done = tx.clone();
+            drop(weft.spawn(move || weft_chain(CHAIN - 1, done)));
+            rx.recv().unwrap();
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("rayon", &param), |b| {
+        b.iter(|| {
+            let done = tx.clone();
+            rayon.spawn(move || rayon_chain(CHAIN - 1, done));
+            rx.recv().unwrap();
+        })
+    });
+
+    group.bench_function(BenchmarkId::new("tokio", &param), |b| {
+        b.iter(|| {
+            let done = tx.clone();
+            drop(tokio.spawn(async move { tokio_chain(CHAIN - 1, done) }));
+            rx.recv().unwrap();
+        })
+    });
+
+    group.finish();
+}
+
 fn fib_seq(n: u64) -> u64 {
     if n < 2 {
         n
@@ -205,12 +366,12 @@ fn config() -> Criterion {
 /// Holds the generated group function, which is `pub`: in a private module it is not
 /// reachable from outside, so the crate's `missing_docs = "deny"` does not apply to it.
 mod group {
-    use super::{config, fork_join_fib, spawn_outside};
+    use super::{chained_spawn, config, fork_join_fib, spawn_outside, spawn_worker};
 
     criterion::criterion_group! {
         name = benches;
         config = config();
-        targets = spawn_outside, fork_join_fib
+        targets = spawn_outside, spawn_worker, chained_spawn, fork_join_fib
     }
 }
 criterion_main!(group::benches);
