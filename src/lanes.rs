@@ -227,12 +227,18 @@ impl Lanes {
         if let Some(job) = local.fifo[lane].pop().or_else(|| local.lifo[lane].pop()) {
             return Some((job, lane, Source::Local));
         }
+        // Emptiness is checked with plain loads first: a steal attempt pins crossbeam's
+        // epoch and writes shared state, which costs more than the whole pick when the
+        // queue is empty, and most queues of most lanes are empty most of the time.
         loop {
             let mut retry = false;
-            match self.injectors[lane].steal_batch_and_pop(&local.fifo[lane]) {
-                Steal::Success(job) => return Some((job, lane, Source::Injector)),
-                Steal::Retry => retry = true,
-                Steal::Empty => {}
+            let injector = &self.injectors[lane];
+            if !injector.is_empty() {
+                match injector.steal_batch_and_pop(&local.fifo[lane]) {
+                    Steal::Success(job) => return Some((job, lane, Source::Injector)),
+                    Steal::Retry => retry = true,
+                    Steal::Empty => {}
+                }
             }
             let n = self.stealers.len();
             if n > 1 {
@@ -242,10 +248,19 @@ impl Lanes {
                         continue;
                     }
                     let theirs = &self.stealers[victim];
-                    match theirs.lifo[lane]
-                        .steal()
-                        .or_else(|| theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane]))
-                    {
+                    let attempt = if !theirs.lifo[lane].is_empty() {
+                        theirs.lifo[lane].steal()
+                    } else {
+                        Steal::Empty
+                    }
+                    .or_else(|| {
+                        if theirs.fifo[lane].is_empty() {
+                            Steal::Empty
+                        } else {
+                            theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane])
+                        }
+                    });
+                    match attempt {
                         Steal::Success(job) => return Some((job, lane, Source::Stolen)),
                         Steal::Retry => retry = true,
                         Steal::Empty => {}
