@@ -23,9 +23,13 @@
 //! [`FAIRNESS_INTERVAL`] (32) per worker, and lower lanes together get at most two picks
 //! in 32 (one in 16) while a higher lane has work. `lanes::tests` checks these numbers.
 
+use std::sync::Arc;
+
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_utils::CachePadded;
 
 use crate::job::JobRef;
+use crate::loom::{AtomicU8, Ordering};
 use crate::util::XorShift64Star;
 
 /// The priority of a task: which lane it waits in.
@@ -93,32 +97,74 @@ pub(crate) struct LocalQueues {
     fifo: [Worker<JobRef>; LANES],
     /// `join` halves pushed by this worker, per lane, LIFO.
     lifo: [Worker<JobRef>; LANES],
+    /// The occupancy hint shared with thieves (see [`Stealers::occupied`]).
+    occupied: Arc<CachePadded<AtomicU8>>,
 }
 
 /// The stealing ends of one worker's queues, shared with every other thread.
 pub(crate) struct Stealers {
     fifo: [Stealer<JobRef>; LANES],
     lifo: [Stealer<JobRef>; LANES],
+    /// Bit `lane` is clear only while that lane's deques of this worker are empty.
+    ///
+    /// Only the owner writes it: it sets the bit *before* pushing into the lane, and clears
+    /// it when its own pops found both deques of the lane empty. Since only the owner
+    /// pushes, a clear bit means "empty" in the owner's program order; a thief reading a
+    /// stale clear bit merely skips a victim for one round: the exact, fenced check before
+    /// a worker parks (`Lanes::is_empty`) sees the job, whose push follows the bit's store,
+    /// and the worker searches again. So thieves skip empty lanes without the SeqCst fence
+    /// that each `Stealer::is_empty` costs.
+    occupied: Arc<CachePadded<AtomicU8>>,
 }
 
 impl LocalQueues {
     pub(crate) fn new() -> (LocalQueues, Stealers) {
         let fifo: [Worker<JobRef>; LANES] = std::array::from_fn(|_| Worker::new_fifo());
         let lifo: [Worker<JobRef>; LANES] = std::array::from_fn(|_| Worker::new_lifo());
+        let occupied = Arc::new(CachePadded::new(AtomicU8::new(0)));
         let stealers = Stealers {
             fifo: std::array::from_fn(|i| fifo[i].stealer()),
             lifo: std::array::from_fn(|i| lifo[i].stealer()),
+            occupied: occupied.clone(),
         };
-        (LocalQueues { fifo, lifo }, stealers)
+        (
+            LocalQueues {
+                fifo,
+                lifo,
+                occupied,
+            },
+            stealers,
+        )
+    }
+
+    /// Sets `lane`'s occupancy bit before a push (see `Stealers::occupied`).
+    #[inline]
+    fn mark_occupied(&self, lane: usize) {
+        let bits = self.occupied.load(Ordering::Relaxed);
+        if bits & (1 << lane) == 0 {
+            // Relaxed: the push that follows publishes it with its Release store.
+            self.occupied.store(bits | (1 << lane), Ordering::Relaxed);
+        }
+    }
+
+    /// Clears `lane`'s occupancy bit: the owner's pops just found the lane empty.
+    #[inline]
+    fn mark_empty(&self, lane: usize) {
+        let bits = self.occupied.load(Ordering::Relaxed);
+        if bits & (1 << lane) != 0 {
+            self.occupied.store(bits & !(1 << lane), Ordering::Relaxed);
+        }
     }
 
     #[inline]
     pub(crate) fn push_spawned(&self, lane: usize, job: JobRef) {
+        self.mark_occupied(lane);
         self.fifo[lane].push(job);
     }
 
     #[inline]
     pub(crate) fn push_join(&self, lane: usize, job: JobRef) {
+        self.mark_occupied(lane);
         self.lifo[lane].push(job);
     }
 
@@ -227,6 +273,7 @@ impl Lanes {
         if let Some(job) = local.fifo[lane].pop().or_else(|| local.lifo[lane].pop()) {
             return Some((job, lane, Source::Local));
         }
+        local.mark_empty(lane);
         // Emptiness is checked with plain loads first: a steal attempt pins crossbeam's
         // epoch and writes shared state, which costs more than the whole pick when the
         // queue is empty, and most queues of most lanes are empty most of the time.
@@ -234,6 +281,8 @@ impl Lanes {
             let mut retry = false;
             let injector = &self.injectors[lane];
             if !injector.is_empty() {
+                // The batch lands in our FIFO: mark it before it does (`occupied`).
+                local.mark_occupied(lane);
                 match injector.steal_batch_and_pop(&local.fifo[lane]) {
                     Steal::Success(job) => return Some((job, lane, Source::Injector)),
                     Steal::Retry => retry = true,
@@ -248,6 +297,9 @@ impl Lanes {
                         continue;
                     }
                     let theirs = &self.stealers[victim];
+                    if theirs.occupied.load(Ordering::Relaxed) & (1 << lane) == 0 {
+                        continue;
+                    }
                     let attempt = if !theirs.lifo[lane].is_empty() {
                         theirs.lifo[lane].steal()
                     } else {
@@ -257,6 +309,7 @@ impl Lanes {
                         if theirs.fifo[lane].is_empty() {
                             Steal::Empty
                         } else {
+                            local.mark_occupied(lane);
                             theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane])
                         }
                     });
