@@ -269,30 +269,52 @@ fn pools_join_each_other_without_deadlock() {
     assert_eq!(join_in_time(h).unwrap(), 6);
 }
 
+/// True when every thread of this process whose name starts with `prefix` is blocked
+/// (state `S` in `/proc/self/task/*/stat`), and there are `n` of them.
+#[cfg(target_os = "linux")]
+fn all_blocked(prefix: &str, n: usize) -> bool {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+        if state != Some('S') {
+            return false;
+        }
+        seen += 1;
+    }
+    seen == n
+}
+
+#[cfg(target_os = "linux")]
 #[test]
 fn a_task_blocking_on_its_own_child_is_always_rescued_by_an_idle_worker() {
     // The spawner blocks (not in `join`) until its child runs, so the child must be taken
     // by the other worker, which is asleep when the spawn happens: the spawn must wake it.
-    // Each round starts from a quiet pool: both workers parked, read as `parks - unparks`
-    // (nothing in this test wakes a worker except a notify, which counts an unpark).
-    let pool = Pool::builder().workers(2).build().unwrap();
+    // Each round starts from a quiet pool: both workers blocked, which for them means
+    // parked (they block nowhere else between rounds).
+    let pool = Pool::builder()
+        .workers(2)
+        .thread_name(|i| format!("rescue-{i}"))
+        .build()
+        .unwrap();
     for _ in 0..200 {
         let deadline = std::time::Instant::now() + HANG;
-        loop {
-            let m = pool.metrics();
-            if m.parks - m.unparks == 2 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pool never went idle: {m:?}"
-            );
+        while !all_blocked("rescue-", 3) {
+            // Two workers and the timer thread.
+            assert!(std::time::Instant::now() < deadline, "pool never went idle");
             thread::yield_now();
         }
         let h = pool.spawn(|| {
             let (tx, rx) = std::sync::mpsc::channel();
-            // Detached: joining it could park this worker in `join`, and that wake-up
-            // (by the child's completion, not a notify) would upset the quiet check.
             drop(weft::spawn(move || tx.send(1).unwrap()));
             let v: i32 = rx.recv_timeout(HANG).expect("the child never ran");
             v
