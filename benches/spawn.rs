@@ -38,7 +38,8 @@
 //!   - `rayon`: `pool.spawn`, then `rayon::spawn` recursively.
 //!   - `tokio`: `rt.spawn`, then `tokio::spawn` recursively.
 //! - `fork_join_fib`: recursive `fib(25)` with `weft::join` inside `pool.install(..)`
-//!   against `rayon::join` inside `rayon_pool.install(..)`.
+//!   against `rayon::join` inside `rayon_pool.install(..)`, and, for reference, tokio
+//!   spawning one half and awaiting it (`tokio_*`; tokio has no fork-join).
 //!   - `*_no_cutoff`: forks at every level down to `n < 2` (pure join overhead).
 //!   - `*_cutoff15`: forks only above `n = 15`; at `n <= 15` plain sequential recursion.
 //!
@@ -328,11 +329,34 @@ fn fib_rayon(n: u64, cutoff: u64) -> u64 {
     a + b
 }
 
+/// tokio has no fork-join: the reference is the async equivalent, spawning one half and
+/// awaiting it (one task allocation per split, as a tokio user would write it).
+fn fib_tokio(
+    n: u64,
+    cutoff: u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> {
+    Box::pin(async move {
+        if n < 2 {
+            return n;
+        }
+        if n <= cutoff {
+            return fib_seq(n);
+        }
+        let b = tokio::spawn(fib_tokio(n - 2, cutoff));
+        let a = fib_tokio(n - 1, cutoff).await;
+        a + b.await.expect("fib task")
+    })
+}
+
 fn fork_join_fib(c: &mut Criterion) {
     let w = workers();
     let param = format!("w{w}");
     let weft = weft_pool(w);
     let rayon = rayon_pool(w);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(w)
+        .build()
+        .expect("build tokio runtime");
     let expected = fib_seq(FIB_N);
 
     let mut group = c.benchmark_group("fork_join_fib");
@@ -348,6 +372,15 @@ fn fork_join_fib(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(format!("rayon_{variant}"), &param), |b| {
             b.iter(|| {
                 let r = rayon.install(|| fib_rayon(black_box(FIB_N), cutoff));
+                assert_eq!(r, expected);
+                r
+            })
+        });
+        group.bench_function(BenchmarkId::new(format!("tokio_{variant}"), &param), |b| {
+            b.iter(|| {
+                let r = tokio
+                    .block_on(tokio.spawn(fib_tokio(black_box(FIB_N), cutoff)))
+                    .unwrap();
                 assert_eq!(r, expected);
                 r
             })
