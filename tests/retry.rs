@@ -196,3 +196,23 @@ fn a_delayed_retrying_task_waits_first() {
         });
     assert!(h.join().unwrap().unwrap() >= 15 * MS);
 }
+
+#[test]
+fn cancel_racing_a_retry_reschedule_wins_and_leaves_no_timer() {
+    // Cancel as soon as it can win after the first attempt failed: right after the task
+    // became SCHEDULED, its `Cancel` may reach the driver before its `Insert`. Either way
+    // the cancel wins once, the task never runs again, and no timer entry is left behind.
+    let pool = pool(2);
+    for _ in 0..300 {
+        let h = pool
+            .task()
+            .retry(RetryPolicy::fixed(Duration::from_secs(3600)))
+            .spawn(|| Err::<(), _>(()));
+        wait_for(|| h.attempts() == 1);
+        wait_for(|| h.cancel() || h.is_finished());
+        assert_eq!(h.attempts(), 1);
+        assert!(h.join().unwrap_err().is_cancelled());
+    }
+    wait_for(|| pool.metrics().timers_pending == 0);
+    assert_eq!(pool.metrics().cancelled, 300);
+}

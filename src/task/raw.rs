@@ -13,11 +13,9 @@
 //! (cancelled, shut down).
 //!
 //! A claimer runs one attempt of the body (`body.rs`). `Done` completes the task. `Retry`
-//! sends the task back to the timer: the worker first hands the timer its reference
-//! (inbox `Insert`), then moves RUNNING → SCHEDULED. So a canceller, which must see
-//! SCHEDULED before it sends `Cancel`, always sends it after that `Insert`; and whoever
-//! meets the task in the brief "RUNNING, not SCHEDULED" window (the driver firing it, or a
-//! shutdown discarding it) waits until RUNNING clears, then looks again.
+//! sends the task back to the timer: the worker moves RUNNING → SCHEDULED (from then on a
+//! `cancel` wins), then hands the timer its reference (inbox `Insert`). A canceller's
+//! `Cancel` may overtake that `Insert`; the driver pairs them up (see `time/driver.rs`).
 
 use std::any::Any;
 use std::mem::ManuallyDrop;
@@ -190,15 +188,7 @@ pub(crate) unsafe fn fire(job: &JobRef) -> bool {
     // SAFETY: a task header sits at the job pointer (caller's promise), live while the
     // reference is held.
     let header = unsafe { job.as_ptr().cast::<Header>().as_ref() };
-    let backoff = Backoff::new();
-    loop {
-        match header.state.transition_scheduled_to_queued() {
-            Ok(()) => return true,
-            // A retry still on its way from RUNNING to SCHEDULED: no user code runs there.
-            Err(s) if s.is_running() && !s.is_scheduled() => backoff.snooze(),
-            Err(_) => return false,
-        }
-    }
+    header.state.transition_scheduled_to_queued().is_ok()
 }
 
 impl<B: Body> Cell<B> {
@@ -352,15 +342,14 @@ impl<B: Body> Cell<B> {
             .map_or(NEVER, |at| pool.timer.tick_ceil(at));
         if !pool.is_closed() {
             counters.bump(&counters.retried);
+            let lane = this.header.lane as usize;
+            // SCHEDULED first: from here a `cancel` wins (and sends the driver a `Cancel`,
+            // which may overtake the `Insert` below; the driver pairs them up).
+            this.header.state.transition_running_to_scheduled();
             // SAFETY: we hand the timer the queued reference we own.
             let job = unsafe { JobRef::new(ptr.cast()) };
-            let lane = this.header.lane as usize;
-            if pool.timer.reinsert(deadline, job, lane, pool).is_none() {
-                this.header.state.transition_running_to_scheduled();
-                return;
-            }
-            // The driver has exited: our reference came back (a `JobRef` owns nothing
-            // itself; the reference is passed on to `complete` below).
+            pool.timer.insert(deadline, job, lane, pool);
+            return;
         }
         // SAFETY: claimed; the body is live.
         let body = unsafe { this.take_body() };

@@ -37,10 +37,13 @@
 //!    a worker that pops a claimed task waits for `COMPLETE` before dropping its
 //!    reference, so the pool outlives the canceller's use of it.
 //! 6. *Timer.* A SCHEDULED task's queued reference is held by the timer (its inbox or its
-//!    wheel). The driver's fire clears `SCHEDULED` only if the task is unclaimed; a
-//!    canceller whose claim saw `SCHEDULED` sends the driver a message holding a fresh
-//!    reference (so the address cannot be reused meanwhile), before `complete`, so the
-//!    driver removes the entry from the wheel at once.
+//!    wheel), or, for a retry, briefly by the worker on its way to the inbox. The driver's
+//!    fire clears `SCHEDULED` only if the task is unclaimed. A canceller whose claim saw
+//!    `SCHEDULED` sends the driver a `Cancel` holding a fresh reference (so the address
+//!    cannot be reused meanwhile), before `complete`; the driver removes the entry from the
+//!    wheel at once, or pairs the `Cancel` with an `Insert` still to come, or with a fire
+//!    that already lost to the canceller. `SCHEDULED` stays set in a task completed by
+//!    such a canceller, which is how the driver knows a `Cancel` is on its way.
 
 use crate::loom::{AtomicUsize, Ordering};
 

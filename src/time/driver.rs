@@ -8,7 +8,10 @@
 //!
 //! ## The driver's loop
 //! 1. publish AWAKE in `sleeping_until`; drain the inbox (insert entries; remove cancelled
-//!    ones from the wheel at once, in O(1));
+//!    ones from the wheel at once, in O(1)). A `Cancel` can overtake its `Insert` (a retry
+//!    becomes SCHEDULED before it sends its `Insert`): it waits in `early_cancels` for
+//!    it. A fire that lost to a canceller leaves a tombstone for the `Cancel` still on its
+//!    way. Every `Cancel` holds a task reference, so no address is reused meanwhile;
 //! 2. advance the wheel to now; push every due task into its lane's injector, in deadline
 //!    order (ties in insertion order), unless a canceller claimed it first;
 //! 3. publish the next deadline in `sleeping_until`, `fence(SeqCst)`, look at the inbox
@@ -31,7 +34,7 @@
 //! sees `gone` after its own fence drains the inbox itself, so a delayed spawn racing
 //! shutdown still resolves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
@@ -43,7 +46,7 @@ use crossbeam_utils::CachePadded;
 use super::periodic::PeriodicState;
 pub(crate) use super::wheel::NEVER;
 use super::wheel::{Key, Wheel};
-use crate::job::{JobHeader, JobRef};
+use crate::job::JobRef;
 use crate::loom::{fence, AtomicBool, AtomicU64, Ordering};
 use crate::shared::Shared;
 use crate::task::raw::{self, TaskRef};
@@ -167,33 +170,6 @@ impl Timer {
         );
     }
 
-    /// Hands a retrying task's reference back to the timer. The task is still RUNNING
-    /// (the caller moves it to SCHEDULED afterwards). If the driver has exited, the
-    /// reference comes back to the caller (and everything else in the inbox is resolved).
-    pub(crate) fn reinsert(
-        &self,
-        deadline: u64,
-        job: JobRef,
-        lane: usize,
-        pool: &Shared,
-    ) -> Option<JobRef> {
-        let ptr = job.as_ptr();
-        self.inbox.push(Msg::Insert {
-            deadline,
-            job,
-            lane,
-        });
-        // As in `send`.
-        fence(Ordering::SeqCst);
-        if self.gone.load(Ordering::Relaxed) {
-            return self.drain_after_exit(pool, Some(ptr));
-        }
-        if deadline < self.sleeping_until.load(Ordering::Relaxed) {
-            self.wake();
-        }
-        None
-    }
-
     /// Asks the driver to drop a cancelled task's wheel entry now.
     pub(crate) fn cancel(&self, task: TaskRef, pool: &Shared) {
         // Deadline 1: wake the driver unless it is awake anyway, so the memory goes now.
@@ -221,7 +197,7 @@ impl Timer {
         // drain at exit.
         fence(Ordering::SeqCst);
         if self.gone.load(Ordering::Relaxed) {
-            self.drain_after_exit(pool, None);
+            self.drain_after_exit(pool);
         } else if deadline < self.sleeping_until.load(Ordering::Relaxed) {
             self.wake();
         }
@@ -243,17 +219,11 @@ impl Timer {
         self.fired.load(Ordering::Relaxed)
     }
 
-    /// After the driver exited: resolve whatever a racing sender left in the inbox. The
-    /// entry for `mine` (a retry that the calling thread still holds RUNNING) is returned
-    /// instead: discarding it here would wait for ourselves.
-    fn drain_after_exit(&self, pool: &Shared, mine: Option<NonNull<JobHeader>>) -> Option<JobRef> {
+    /// After the driver exited: resolve whatever a racing sender left in the inbox.
+    fn drain_after_exit(&self, pool: &Shared) {
         let counters = pool.counters();
-        let mut found = None;
         loop {
             match self.inbox.steal() {
-                Steal::Success(Msg::Insert { job, .. }) if Some(job.as_ptr()) == mine => {
-                    found = Some(job);
-                }
                 Steal::Success(Msg::Insert { job, .. }) => job.discard(counters),
                 // The driver resolved the entry before exiting; drop the reference.
                 Steal::Success(Msg::Cancel(task)) => drop(task),
@@ -265,7 +235,6 @@ impl Timer {
                 Steal::Empty => break,
             }
         }
-        found
     }
 }
 
@@ -274,6 +243,11 @@ struct Driver {
     wheel: Wheel<Entry>,
     keys: HashMap<NonNull<()>, Key>,
     expired: Vec<Entry>,
+    /// `Cancel`s that overtook their task's `Insert` (a retry cancelled right after it
+    /// became SCHEDULED); each holds its task reference, so the address stays unique.
+    early_cancels: HashMap<NonNull<()>, TaskRef>,
+    /// Tasks whose fire lost to a canceller: their `Cancel` is on its way.
+    tombstones: HashSet<NonNull<()>>,
 }
 
 /// The scheduler thread's body. Returns when the pool shuts down.
@@ -284,6 +258,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
         wheel: Wheel::new(),
         keys: HashMap::new(),
         expired: Vec::new(),
+        early_cancels: HashMap::new(),
+        tombstones: HashSet::new(),
     };
     loop {
         timer.sleeping_until.store(AWAKE, Ordering::SeqCst);
@@ -324,13 +300,29 @@ impl Driver {
                     job,
                     lane,
                 }) => {
-                    self.insert(deadline, Entry::Task(job, lane));
+                    match self.early_cancels.remove(&job.as_ptr().cast()) {
+                        // Cancelled already: discarding only waits for the canceller's
+                        // COMPLETE and drops the timer's reference.
+                        Some(task) => {
+                            job.discard(shared.counters());
+                            drop(task);
+                        }
+                        None => self.insert(deadline, Entry::Task(job, lane)),
+                    }
                 }
                 Steal::Success(Msg::Cancel(task)) => {
-                    // Claimed by the canceller: discarding only waits for its COMPLETE and
-                    // drops the timer's reference.
-                    self.remove(task.job_ptr().cast(), shared);
-                    drop(task);
+                    let id: NonNull<()> = task.job_ptr().cast();
+                    if self.keys.contains_key(&id) {
+                        // Claimed by the canceller: discarding only waits for its COMPLETE
+                        // and drops the timer's reference.
+                        self.remove(id, shared);
+                        drop(task);
+                    } else if self.tombstones.remove(&id) {
+                        drop(task);
+                    } else {
+                        // Its `Insert` is still to come.
+                        self.early_cancels.insert(id, task);
+                    }
                 }
                 Steal::Success(Msg::InsertPeriodic { deadline, schedule }) => {
                     self.insert(deadline, Entry::Periodic(schedule, deadline));
@@ -371,6 +363,8 @@ impl Driver {
                         shared.timer.fired.fetch_add(1, Ordering::Relaxed);
                         shared.push(lane, job, false);
                     } else {
+                        // A canceller claimed it while SCHEDULED: its `Cancel` is coming.
+                        self.tombstones.insert(job.as_ptr().cast());
                         job.discard(shared.counters());
                     }
                 }
@@ -402,11 +396,14 @@ impl Driver {
             }
         }
         debug_assert!(self.wheel.is_empty());
+        // The `Insert`s these wait for are resolved by the final drain below.
+        self.early_cancels.clear();
+        self.tombstones.clear();
         timer.pending.store(0, Ordering::Relaxed);
         timer.gone.store(true, Ordering::Relaxed);
         // Pairs with the sender's fence: either it sees `gone`, or we see its message.
         fence(Ordering::SeqCst);
-        timer.drain_after_exit(shared, None);
+        timer.drain_after_exit(shared);
     }
 }
 
