@@ -135,7 +135,7 @@ impl Sleep {
             .expect("worker registered its thread")
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn load(&self) -> Snapshot {
         Snapshot(self.state.load(Ordering::SeqCst))
     }
@@ -347,3 +347,7 @@ mod tests {
         assert_eq!(sleep.load().searching(), 1);
     }
 }
+
+#[cfg(all(test, loom))]
+#[path = "tests/loom_sleep.rs"]
+mod loom_sleep;

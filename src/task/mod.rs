@@ -17,6 +17,9 @@
 pub(crate) mod body;
 mod error;
 mod handle;
+#[cfg(all(test, loom))]
+#[path = "tests/loom_state.rs"]
+mod loom_state;
 pub(crate) mod raw;
 pub(crate) mod state;
 

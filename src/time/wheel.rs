@@ -148,7 +148,7 @@ fn slot_for(deadline: u64, level: usize) -> usize {
     ((deadline >> (SLOT_BITS * level as u32)) & SLOT_MASK) as usize
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 /// Ticks covered by one slot of `level`: `SLOTS_PER_LEVEL^level`.
 fn slot_width(level: usize) -> u64 {
     1 << (SLOT_BITS * level as u32)
@@ -583,7 +583,7 @@ impl<T> Wheel<T> {
     }
 
     /// Checks invariants 1 to 6 by walking every list. O(entries).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn check_invariants(&self) {
         let mut seen = vec![false; self.entries.len()];
         let mut live = 0;
