@@ -152,7 +152,8 @@ pub use join::join;
 pub use lanes::Priority;
 pub use metrics::Metrics;
 pub use pool::{
-    default_workers, BuildError, Builder, Pool, RetryBuilder, TaskBuilder, NUM_THREADS_ENV,
+    default_workers, BuildError, Builder, Pool, RetryBuilder, ShutdownReport, TaskBuilder,
+    NUM_THREADS_ENV,
 };
 pub use retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use scope::Scope;

@@ -230,6 +230,92 @@ impl Pool {
     pub fn shutdown_now(&self) {
         self.shared().shutdown(true);
     }
+
+    /// Shuts down gracefully, as [`shutdown`](Self::shutdown), but waits at most
+    /// `timeout` for queued work to finish. If time runs out, every task still queued is
+    /// resolved as shut down (as [`shutdown_now`](Self::shutdown_now) does) and counted in
+    /// the report; threads still busy with a running task are left to finish on their own
+    /// (a later `shutdown` joins them). Timers and retries waiting for their deadline are
+    /// resolved as shut down either way, and periodic schedules cancelled. Called from one
+    /// of the pool's own workers it waits for nothing (see `shutdown`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel::<()>();
+    /// let (started_tx, started_rx) = std::sync::mpsc::channel();
+    /// let busy = pool.spawn(move || { started_tx.send(()).unwrap(); rx.recv().unwrap() });
+    /// started_rx.recv().unwrap();
+    /// let queued = pool.spawn(|| "never");
+    /// let later = pool.task().delay(Duration::from_secs(3600)).spawn(|| "never");
+    ///
+    /// let report = pool.shutdown_timeout(Duration::from_millis(20));
+    /// assert_eq!(report.cancelled, 1);
+    /// assert_eq!(report.timers_dropped, 1);
+    /// assert!(report.threads_still_running >= 1); // the worker running `busy`
+    /// assert!(queued.join().unwrap_err().is_shutdown());
+    /// assert!(later.join().unwrap_err().is_shutdown());
+    ///
+    /// tx.send(()).unwrap();
+    /// busy.join().unwrap();
+    /// pool.shutdown(); // joins the last thread
+    /// ```
+    pub fn shutdown_timeout(&self, timeout: Duration) -> ShutdownReport {
+        let shared = self.shared();
+        let deadline = Instant::now().checked_add(timeout);
+        shared.close(false);
+        let on_own_worker = shared.current_worker().is_some();
+        let mut still_running = if on_own_worker {
+            shared.num_workers() + 1
+        } else {
+            shared.join_threads(deadline)
+        };
+        let mut cancelled = 0;
+        if still_running > 0 {
+            // Time ran out: resolve what is still queued instead of waiting for it.
+            let before = shared.metrics().cancelled;
+            shared.close(true);
+            cancelled = shared.metrics().cancelled - before;
+            if !on_own_worker {
+                still_running = shared.join_threads(Some(Instant::now()));
+            }
+        }
+        ShutdownReport {
+            metrics: shared.metrics(),
+            cancelled,
+            timers_dropped: shared.timer.dropped(),
+            threads_still_running: still_running,
+        }
+    }
+}
+
+/// What [`Pool::shutdown_timeout`] did.
+///
+/// ```
+/// let pool = weft::Pool::builder().workers(2).build().unwrap();
+/// pool.spawn(|| ()).join().unwrap();
+/// let report = pool.shutdown_timeout(std::time::Duration::from_secs(60));
+/// assert_eq!(report.threads_still_running, 0);
+/// assert_eq!(report.metrics.completed, 1);
+/// println!("{report:?}");
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// The pool's counters when the call returned (lifetime totals).
+    pub metrics: Metrics,
+    /// Queued tasks resolved as shut down because time ran out (0 if everything finished
+    /// in time). Counted from the pool's `cancelled` counter across the cancelling step,
+    /// so a concurrent `cancel()` elsewhere would be included.
+    pub cancelled: u64,
+    /// Delayed tasks, retries waiting for their next attempt, and periodic schedules that
+    /// were still waiting in the timer and were resolved (or cancelled) instead. Final once
+    /// the timer thread was joined (it is woken first and normally exits at once).
+    pub timers_dropped: u64,
+    /// Pool threads (workers and the timer thread) that had not exited when the call
+    /// returned: those still running a task when time ran out. 0 when every thread was
+    /// joined in time.
+    pub threads_still_running: usize,
 }
 
 impl fmt::Debug for Pool {

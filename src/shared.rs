@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use crossbeam_deque::Steal;
 use crossbeam_utils::CachePadded;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::job::JobRef;
 use crate::lanes::{Lanes, Priority, LANES};
@@ -48,6 +48,10 @@ pub(crate) struct Shared {
     /// Worker threads not yet joined. Whoever joins holds the lock until done, so a second
     /// `shutdown` waits for the first.
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// Pool threads (workers and timer) that have finished their work, and the condition
+    /// `shutdown_timeout` waits on.
+    exited: Mutex<usize>,
+    exited_cv: Condvar,
     start_hook: Option<Hook>,
     stop_hook: Option<Hook>,
     num_workers: usize,
@@ -68,6 +72,8 @@ impl Shared {
             closed: CachePadded::new(AtomicBool::new(false)),
             cancel_queued: CachePadded::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
+            exited: Mutex::new(0),
+            exited_cv: Condvar::new(),
             start_hook,
             stop_hook,
             num_workers,
@@ -212,6 +218,17 @@ impl Shared {
     /// Starts shutdown; see the module docs. Returns after the workers exited, unless called
     /// from one of them.
     pub(crate) fn shutdown(&self, cancel_queued: bool) {
+        self.close(cancel_queued);
+        if self.current_worker().is_some() {
+            // Joining our own thread (or peers that may wait on us) would deadlock.
+            return;
+        }
+        self.join_threads(None);
+        self.drain();
+    }
+
+    /// Steps 1 (and, with `cancel_queued`, the discarding) of the shutdown sequence.
+    pub(crate) fn close(&self, cancel_queued: bool) {
         if cancel_queued {
             self.cancel_queued.store(true, Ordering::Relaxed);
         }
@@ -223,17 +240,41 @@ impl Shared {
         if cancel_queued {
             self.drain();
         }
-        if self.current_worker().is_some() {
-            // Joining our own thread (or peers that may wait on us) would deadlock.
-            return;
+    }
+
+    /// Waits until every pool thread (workers and timer) has exited, or `deadline`
+    /// passes, then joins those that exited. Returns how many are still running. Threads
+    /// not joined stay listed, so a later `shutdown` joins them.
+    pub(crate) fn join_threads(&self, deadline: Option<Instant>) -> usize {
+        let total = self.num_workers + 1;
+        let mut exited = self.exited.lock();
+        while *exited < total {
+            match deadline {
+                None => self.exited_cv.wait(&mut exited),
+                Some(d) => {
+                    if self.exited_cv.wait_until(&mut exited, d).timed_out() {
+                        break;
+                    }
+                }
+            }
         }
+        let still_running = total - *exited;
+        drop(exited);
         let mut threads = self.threads.lock();
-        for t in threads.drain(..) {
-            // A worker thread never panics (user panics are caught), so this is Ok.
+        let (done, running): (Vec<_>, Vec<_>) = threads.drain(..).partition(|t| t.is_finished());
+        *threads = running;
+        drop(threads);
+        for t in done {
+            // A pool thread never panics (user panics are caught), so this is Ok.
             let _ = t.join();
         }
-        drop(threads);
-        self.drain();
+        still_running
+    }
+
+    /// Called by each pool thread as the last thing it does.
+    pub(crate) fn thread_exited(&self) {
+        *self.exited.lock() += 1;
+        self.exited_cv.notify_all();
     }
 
     pub(crate) fn metrics(&self) -> Metrics {

@@ -75,6 +75,7 @@ impl WorkerThread {
         std::mem::forget(abort);
         CURRENT.with(|c| c.set(ptr::null()));
         debug_assert!(worker.local.is_empty());
+        worker.shared.thread_exited();
     }
 
     /// This worker's own counter block.

@@ -603,3 +603,45 @@ fn dropping_the_last_handle_shuts_down_gracefully() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn shutdown_timeout_reports_a_clean_shutdown() {
+    let pool = pool(2);
+    let handles: Vec<_> = (0..500).map(|i| pool.spawn(move || i)).collect();
+    let p = pool.task().every(Duration::from_secs(3600), || {});
+    let report = pool.shutdown_timeout(HANG);
+    assert_eq!(report.threads_still_running, 0);
+    assert_eq!(report.cancelled, 0);
+    assert_eq!(report.timers_dropped, 1, "the periodic schedule");
+    assert!(p.is_cancelled());
+    assert_eq!(report.metrics.completed, 500);
+    assert!(format!("{report:?}").contains("threads_still_running: 0"));
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), i);
+    }
+}
+
+#[test]
+fn shutdown_timeout_cancels_what_is_queued_when_time_runs_out() {
+    let pool = pool(1);
+    let (gates, blockers) = block_all(&pool);
+    let queued: Vec<_> = (0..100).map(|_| pool.spawn(|| ())).collect();
+    let start = Instant::now();
+    let report = pool.shutdown_timeout(Duration::from_millis(30));
+    assert!(start.elapsed() >= Duration::from_millis(30), "never early");
+    assert_eq!(report.cancelled, 100);
+    assert!(
+        report.threads_still_running >= 1,
+        "the worker still running its task"
+    );
+    for h in queued {
+        assert!(h.join().unwrap_err().is_shutdown());
+    }
+    drop(gates);
+    for b in blockers {
+        b.join().unwrap();
+    }
+    pool.shutdown();
+    let again = pool.shutdown_timeout(HANG);
+    assert_eq!(again.threads_still_running, 0);
+}

@@ -119,6 +119,8 @@ pub(crate) struct Timer {
     pending: AtomicU64,
     /// Timers that came due and were handed to the lanes.
     fired: AtomicU64,
+    /// Timers (tasks and schedules) still waiting when the pool shut down.
+    dropped: AtomicU64,
 }
 
 impl Timer {
@@ -131,6 +133,7 @@ impl Timer {
             start: Instant::now(),
             pending: AtomicU64::new(0),
             fired: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -219,15 +222,24 @@ impl Timer {
         self.fired.load(Ordering::Relaxed)
     }
 
+    /// Timers the driver resolved at shutdown instead of firing them.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// After the driver exited: resolve whatever a racing sender left in the inbox.
     fn drain_after_exit(&self, pool: &Shared) {
         let counters = pool.counters();
         loop {
             match self.inbox.steal() {
-                Steal::Success(Msg::Insert { job, .. }) => job.discard(counters),
+                Steal::Success(Msg::Insert { job, .. }) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    job.discard(counters);
+                }
                 // The driver resolved the entry before exiting; drop the reference.
                 Steal::Success(Msg::Cancel(task)) => drop(task),
                 Steal::Success(Msg::InsertPeriodic { schedule, .. }) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     schedule.cancel();
                 }
                 Steal::Success(Msg::CancelPeriodic(_)) => {}
@@ -289,6 +301,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
     }
     driver.shut_down(&shared);
+    shared.thread_exited();
 }
 
 impl Driver {
@@ -392,6 +405,7 @@ impl Driver {
         self.drain_inbox(shared);
         for (_, key) in self.keys.drain() {
             if let Some(entry) = self.wheel.cancel(key) {
+                timer.dropped.fetch_add(1, Ordering::Relaxed);
                 entry.discard(shared);
             }
         }
@@ -400,7 +414,8 @@ impl Driver {
         self.early_cancels.clear();
         self.tombstones.clear();
         timer.pending.store(0, Ordering::Relaxed);
-        timer.gone.store(true, Ordering::Relaxed);
+        // Release: `wait_gone` (Acquire) then sees every count made above.
+        timer.gone.store(true, Ordering::Release);
         // Pairs with the sender's fence: either it sees `gone`, or we see its message.
         fence(Ordering::SeqCst);
         timer.drain_after_exit(shared);
