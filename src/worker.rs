@@ -8,11 +8,11 @@
 //! Only the current-worker pointer is thread-local; everything else is reached through it.
 
 use std::cell::Cell;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::job::JobRef;
+use crate::job::{JobHeader, JobRef};
 use crate::lanes::{LocalQueues, Source};
 use crate::latch::Probe;
 use crate::loom::{fence, Ordering};
@@ -37,6 +37,23 @@ pub(crate) struct WorkerThread {
     lane: Cell<usize>,
     /// True while this worker counts as SEARCHING in the sleep state.
     searching: Cell<bool>,
+    /// The innermost job this thread is executing (a chain through `execute` frames).
+    running: Cell<*const Running>,
+}
+
+/// One `execute` call on a worker's stack.
+struct Running {
+    job: NonNull<JobHeader>,
+    outer: *const Running,
+}
+
+/// Puts back the outer frame when an `execute` call ends.
+struct RestoreRunning<'a>(&'a Cell<*const Running>, *const Running);
+
+impl Drop for RestoreRunning<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
+    }
 }
 
 impl WorkerThread {
@@ -63,6 +80,7 @@ impl WorkerThread {
             picks: Cell::new(0),
             lane: Cell::new(1),
             searching: Cell::new(false),
+            running: Cell::new(ptr::null()),
         };
         worker.shared.sleep.register_thread(index);
         CURRENT.with(|c| c.set(&worker));
@@ -145,12 +163,36 @@ impl WorkerThread {
     /// Runs `job` found in `lane` (or resolves it as shut down after `shutdown_now`).
     pub(crate) fn execute(&self, job: JobRef, lane: usize) {
         let outer = self.lane.replace(lane);
+        let frame = Running {
+            job: job.as_ptr(),
+            outer: self.running.get(),
+        };
+        // Restores `running` even if `execute` unwinds, so it never points at a dead frame.
+        let _restore = RestoreRunning(&self.running, frame.outer);
+        self.running.set(&frame);
         if self.shared.is_cancelling_queued() {
             job.discard(self.counters());
         } else {
             job.execute(self.counters());
         }
         self.lane.set(outer);
+    }
+
+    /// True if `job` is being executed on this thread, by this call or one it is nested
+    /// in (a worker runs other jobs while it waits). Joining such a task's handle here
+    /// could never return.
+    pub(crate) fn is_running(&self, job: NonNull<JobHeader>) -> bool {
+        let mut frame = self.running.get();
+        // SAFETY: every frame in the chain lives in an `execute` call that is still on
+        // this thread's stack: each call links its frame in and unlinks it (by a drop
+        // guard) before returning, so the chain only holds live frames, newest first.
+        while let Some(f) = unsafe { frame.as_ref() } {
+            if f.job == job {
+                return true;
+            }
+            frame = f.outer;
+        }
+        false
     }
 
     /// Runs queued work until `probe` reports done or `deadline` passes; parks when there

@@ -645,3 +645,46 @@ fn shutdown_timeout_cancels_what_is_queued_when_time_runs_out() {
     let again = pool.shutdown_timeout(HANG);
     assert_eq!(again.threads_still_running, 0);
 }
+
+#[test]
+fn joining_a_handle_from_inside_its_own_task_is_an_error_not_a_deadlock() {
+    use std::sync::mpsc::channel;
+    type Slot = Arc<Mutex<Option<weft::JoinHandle<u32>>>>;
+    let pool = pool(1);
+
+    // Directly: the task joins its own handle.
+    let slot: Slot = Arc::default();
+    let (go_tx, go_rx) = channel::<()>();
+    let (res_tx, res_rx) = channel();
+    let s = slot.clone();
+    let h = pool.spawn(move || {
+        go_rx.recv().unwrap();
+        let me = s.lock().unwrap().take().unwrap();
+        let r = me.join_timeout(HANG).ok().unwrap();
+        res_tx.send(r.unwrap_err().is_self_join()).unwrap();
+        7
+    });
+    *slot.lock().unwrap() = Some(h);
+    go_tx.send(()).unwrap();
+    assert!(res_rx.recv_timeout(HANG).unwrap());
+
+    // Nested: A waits for B on the only worker, which runs B inside A's wait; B joins A.
+    let slot: Slot = Arc::default();
+    let (go_tx, go_rx) = channel::<()>();
+    let (res_tx, res_rx) = channel();
+    let s = slot.clone();
+    let p = pool.clone();
+    let a = pool.spawn(move || {
+        go_rx.recv().unwrap();
+        let b = p.spawn(move || {
+            let a = s.lock().unwrap().take().unwrap();
+            res_tx.send(a.join().unwrap_err().is_self_join()).unwrap();
+        });
+        b.join().unwrap();
+        1
+    });
+    *slot.lock().unwrap() = Some(a);
+    go_tx.send(()).unwrap();
+    assert!(res_rx.recv_timeout(HANG).unwrap());
+    pool.shutdown();
+}

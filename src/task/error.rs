@@ -25,6 +25,7 @@ enum Repr {
     },
     Cancelled,
     Shutdown,
+    SelfJoin,
 }
 
 /// Makes a `Send` value `Sync` by never handing out `&T`: the payload is reachable only
@@ -57,6 +58,36 @@ impl JoinError {
         JoinError {
             repr: Repr::Shutdown,
         }
+    }
+
+    pub(crate) fn self_join() -> JoinError {
+        JoinError {
+            repr: Repr::SelfJoin,
+        }
+    }
+
+    /// True if `join` was called from inside the task itself (directly, or from a task the
+    /// same thread runs while the first one waits): that join could never return, so it
+    /// fails at once instead of deadlocking. The task is not affected: it runs on, detached.
+    ///
+    /// ```
+    /// use std::sync::{mpsc::channel, Arc, Mutex};
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let slot: Arc<Mutex<Option<weft::JoinHandle<()>>>> = Arc::default();
+    /// let (go_tx, go_rx) = channel::<()>();
+    /// let (result_tx, result_rx) = channel();
+    /// let s = slot.clone();
+    /// let h = pool.spawn(move || {
+    ///     go_rx.recv().unwrap();
+    ///     let me = s.lock().unwrap().take().unwrap();
+    ///     result_tx.send(me.join().unwrap_err().is_self_join()).unwrap();
+    /// });
+    /// *slot.lock().unwrap() = Some(h); // the task gets its own handle
+    /// go_tx.send(()).unwrap();
+    /// assert!(result_rx.recv().unwrap());
+    /// ```
+    pub fn is_self_join(&self) -> bool {
+        matches!(self.repr, Repr::SelfJoin)
     }
 
     /// True if the task panicked. The panic was caught; the worker thread lives on.
@@ -127,6 +158,7 @@ impl fmt::Display for JoinError {
             Repr::Panicked { message: None, .. } => f.write_str("task panicked"),
             Repr::Cancelled => f.write_str("task was cancelled before it started"),
             Repr::Shutdown => f.write_str("the pool shut down before the task ran"),
+            Repr::SelfJoin => f.write_str("a task tried to join its own handle"),
         }
     }
 }
@@ -140,6 +172,7 @@ impl fmt::Debug for JoinError {
                 .finish(),
             Repr::Cancelled => f.write_str("JoinError::Cancelled"),
             Repr::Shutdown => f.write_str("JoinError::Shutdown"),
+            Repr::SelfJoin => f.write_str("JoinError::SelfJoin"),
         }
     }
 }

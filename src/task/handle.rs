@@ -130,8 +130,17 @@ impl<T> JoinHandle<T> {
     /// assert_eq!(outer.join().unwrap(), 2);
     /// ```
     pub fn join(mut self) -> Result<T, JoinError> {
+        if self.is_own_task() {
+            return Err(JoinError::self_join());
+        }
         self.wait(None);
         self.take_output()
+    }
+
+    /// True if this thread is running the task itself (see [`JoinError::is_self_join`]).
+    fn is_own_task(&self) -> bool {
+        !self.is_finished()
+            && WorkerThread::current().is_some_and(|w| w.is_running(self.raw.cast()))
     }
 
     /// Waits at most `timeout`. Gives the handle back if the task is not done by then.
@@ -149,6 +158,9 @@ impl<T> JoinHandle<T> {
         mut self,
         timeout: Duration,
     ) -> Result<Result<T, JoinError>, JoinHandle<T>> {
+        if self.is_own_task() {
+            return Ok(Err(JoinError::self_join()));
+        }
         let deadline = Instant::now().checked_add(timeout);
         if self.wait(deadline) {
             Ok(self.take_output())
