@@ -81,6 +81,13 @@ fn weft_pool(workers: usize) -> weft::Pool {
         .expect("build weft pool")
 }
 
+fn tokio_runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .build()
+        .expect("build tokio runtime")
+}
+
 fn rayon_pool(workers: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
@@ -107,10 +114,7 @@ fn spawn_outside(c: &mut Criterion) {
     let param = format!("w{w}");
     let weft = weft_pool(w);
     let rayon = rayon_pool(w);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(w)
-        .build()
-        .expect("build tokio runtime");
+    let tokio = tokio_runtime(w);
     // Shared by every iteration of `rayon_spawn_latch`; 'static so that tasks need no Arc.
     let remaining: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
 
@@ -167,10 +171,7 @@ fn spawn_worker(c: &mut Criterion) {
     let param = format!("w{w}");
     let weft = weft_pool(w);
     let rayon = rayon_pool(w);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(w)
-        .build()
-        .expect("build tokio runtime");
+    let tokio = tokio_runtime(w);
     let remaining: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
 
     let mut group = c.benchmark_group("spawn_worker");
@@ -261,10 +262,7 @@ fn chained_spawn(c: &mut Criterion) {
     let param = format!("w{w}");
     let weft = weft_pool(w);
     let rayon = rayon_pool(w);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(w)
-        .build()
-        .expect("build tokio runtime");
+    let tokio = tokio_runtime(w);
     // One channel for the whole group; each iteration moves a clone of the sender down
     // its chain and waits for the single message the last link sends.
     let (tx, rx) = mpsc::channel::<()>();
@@ -353,10 +351,7 @@ fn fork_join_fib(c: &mut Criterion) {
     let param = format!("w{w}");
     let weft = weft_pool(w);
     let rayon = rayon_pool(w);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(w)
-        .build()
-        .expect("build tokio runtime");
+    let tokio = tokio_runtime(w);
     let expected = fib_seq(FIB_N);
 
     let mut group = c.benchmark_group("fork_join_fib");

@@ -537,20 +537,13 @@ impl<T> Wheel<T> {
             self.entries[next].prev = prev;
         }
         if list.is_empty() {
-            match loc {
-                Loc::Slot { level, slot } => {
-                    self.lists.levels[level as usize].occupied &= !(1 << slot);
-                }
-                Loc::Due => self.due_min = NEVER,
-                Loc::Overflow => self.overflow_min = NEVER,
-                _ => {}
-            }
+            self.mark_empty(loc);
         }
     }
 
-    /// Empties the list `loc` and returns its old head; the entries keep their `next` links.
-    fn take_list(&mut self, loc: Loc) -> usize {
-        let head = mem::replace(self.lists.get_mut(loc), Slot::EMPTY).head;
+    /// Bookkeeping for a list that just became empty: its occupancy bit, or the lower
+    /// bound kept for the due and overflow lists.
+    fn mark_empty(&mut self, loc: Loc) {
         match loc {
             Loc::Slot { level, slot } => {
                 self.lists.levels[level as usize].occupied &= !(1 << slot);
@@ -559,6 +552,12 @@ impl<T> Wheel<T> {
             Loc::Overflow => self.overflow_min = NEVER,
             _ => {}
         }
+    }
+
+    /// Empties the list `loc` and returns its old head; the entries keep their `next` links.
+    fn take_list(&mut self, loc: Loc) -> usize {
+        let head = mem::replace(self.lists.get_mut(loc), Slot::EMPTY).head;
+        self.mark_empty(loc);
         head
     }
 
