@@ -28,6 +28,7 @@ use std::sync::Arc;
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use crossbeam_utils::CachePadded;
 
+use crate::bound::Bound;
 use crate::job::JobRef;
 use crate::loom::{AtomicU8, Ordering};
 use crate::util::XorShift64Star;
@@ -194,14 +195,17 @@ impl Stealers {
         self.fifo[lane].len() + self.lifo[lane].len()
     }
 
-    /// Steals every job out and hands it to `f` (shutdown).
-    pub(crate) fn drain(&self, mut f: impl FnMut(JobRef)) {
-        for s in self.fifo.iter().chain(self.lifo.iter()) {
-            loop {
-                match s.steal() {
-                    Steal::Success(job) => f(job),
-                    Steal::Retry => continue,
-                    Steal::Empty => break,
+    /// Steals every job out and hands it to `f` with its lane, and whether it came from a
+    /// FIFO deque (counted by a `Bound`) (shutdown).
+    pub(crate) fn drain(&self, mut f: impl FnMut(JobRef, usize, bool)) {
+        for (counted, deques) in [(true, &self.fifo), (false, &self.lifo)] {
+            for (lane, s) in deques.iter().enumerate() {
+                loop {
+                    match s.steal() {
+                        Steal::Success(job) => f(job, lane, counted),
+                        Steal::Retry => continue,
+                        Steal::Empty => break,
+                    }
                 }
             }
         }
@@ -212,6 +216,8 @@ impl Stealers {
 pub(crate) struct Lanes {
     pub(crate) injectors: [Injector<JobRef>; LANES],
     pub(crate) stealers: Box<[Stealers]>,
+    /// The per-lane limit (`Builder::max_queued`); `None` when unbounded.
+    pub(crate) bound: Option<Bound>,
 }
 
 /// Where a found job came from; thefts are counted.
@@ -223,10 +229,19 @@ pub(crate) enum Source {
 }
 
 impl Lanes {
-    pub(crate) fn new(stealers: Vec<Stealers>) -> Lanes {
+    pub(crate) fn new(stealers: Vec<Stealers>, bound: Option<Bound>) -> Lanes {
         Lanes {
             injectors: std::array::from_fn(|_| Injector::new()),
             stealers: stealers.into(),
+            bound,
+        }
+    }
+
+    /// A counted job (from an injector or a FIFO deque) left `lane`.
+    #[inline]
+    pub(crate) fn taken(&self, lane: usize) {
+        if let Some(b) = &self.bound {
+            b.release(lane);
         }
     }
 
@@ -270,7 +285,11 @@ impl Lanes {
         lane: usize,
         rng: &XorShift64Star,
     ) -> Option<(JobRef, usize, Source)> {
-        if let Some(job) = local.fifo[lane].pop().or_else(|| local.lifo[lane].pop()) {
+        if let Some(job) = local.fifo[lane].pop() {
+            self.taken(lane);
+            return Some((job, lane, Source::Local));
+        }
+        if let Some(job) = local.lifo[lane].pop() {
             return Some((job, lane, Source::Local));
         }
         local.mark_empty(lane);
@@ -284,7 +303,10 @@ impl Lanes {
                 // The batch lands in our FIFO: mark it before it does (`occupied`).
                 local.mark_occupied(lane);
                 match injector.steal_batch_and_pop(&local.fifo[lane]) {
-                    Steal::Success(job) => return Some((job, lane, Source::Injector)),
+                    Steal::Success(job) => {
+                        self.taken(lane);
+                        return Some((job, lane, Source::Injector));
+                    }
                     Steal::Retry => retry = true,
                     Steal::Empty => {}
                 }
@@ -301,7 +323,7 @@ impl Lanes {
                         continue;
                     }
                     let attempt = if !theirs.lifo[lane].is_empty() {
-                        theirs.lifo[lane].steal()
+                        tag(theirs.lifo[lane].steal(), false)
                     } else {
                         Steal::Empty
                     }
@@ -310,11 +332,19 @@ impl Lanes {
                             Steal::Empty
                         } else {
                             local.mark_occupied(lane);
-                            theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane])
+                            tag(
+                                theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane]),
+                                true,
+                            )
                         }
                     });
                     match attempt {
-                        Steal::Success(job) => return Some((job, lane, Source::Stolen)),
+                        Steal::Success((job, counted)) => {
+                            if counted {
+                                self.taken(lane);
+                            }
+                            return Some((job, lane, Source::Stolen));
+                        }
                         Steal::Retry => retry = true,
                         Steal::Empty => {}
                     }
@@ -324,6 +354,16 @@ impl Lanes {
                 return None;
             }
         }
+    }
+}
+
+/// Tags a steal's job with whether it is counted by a `Bound` (it came from a FIFO deque).
+#[inline]
+fn tag(steal: Steal<JobRef>, counted: bool) -> Steal<(JobRef, bool)> {
+    match steal {
+        Steal::Success(job) => Steal::Success((job, counted)),
+        Steal::Retry => Steal::Retry,
+        Steal::Empty => Steal::Empty,
     }
 }
 
@@ -362,7 +402,7 @@ mod tests {
             ops in proptest::collection::vec((0usize..3, 0u8..3), 1..300),
         ) {
             let (local, stealers) = LocalQueues::new();
-            let lanes = Lanes::new(vec![stealers]);
+            let lanes = Lanes::new(vec![stealers], None);
             let rng = XorShift64Star::new(3);
             let headers = fakes(ops.len());
             let id = |j: &JobRef| headers.iter().position(|h| NonNull::from(h) == j.as_ptr()).unwrap();
@@ -441,7 +481,7 @@ mod tests {
     #[test]
     fn high_flood_lets_lower_lanes_through_at_the_guard_rate() {
         let (local, stealers) = LocalQueues::new();
-        let lanes = Lanes::new(vec![stealers]);
+        let lanes = Lanes::new(vec![stealers], None);
         let rng = XorShift64Star::new(1);
         let headers = fakes(3 * 320);
         for (i, h) in headers.iter().enumerate() {
@@ -459,7 +499,7 @@ mod tests {
     #[test]
     fn fifo_within_a_lane_from_outside_and_from_the_worker() {
         let (local, stealers) = LocalQueues::new();
-        let lanes = Lanes::new(vec![stealers]);
+        let lanes = Lanes::new(vec![stealers], None);
         let rng = XorShift64Star::new(1);
         let headers = fakes(20);
         let mut model = VecDeque::new();
@@ -488,7 +528,7 @@ mod tests {
     fn join_halves_pop_lifo_and_thieves_take_the_oldest() {
         let (a_local, a_steal) = LocalQueues::new();
         let (b_local, b_steal) = LocalQueues::new();
-        let lanes = Lanes::new(vec![a_steal, b_steal]);
+        let lanes = Lanes::new(vec![a_steal, b_steal], None);
         let rng = XorShift64Star::new(7);
         let h = fakes(3);
         for x in &h {

@@ -131,6 +131,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![doc(test(attr(deny(warnings))))]
 
+mod bound;
 mod global;
 mod job;
 mod join;
@@ -153,7 +154,7 @@ pub use lanes::Priority;
 pub use metrics::Metrics;
 pub use pool::{
     default_workers, BuildError, Builder, Pool, RetryBuilder, ShutdownReport, TaskBuilder,
-    NUM_THREADS_ENV,
+    TrySpawnError, NUM_THREADS_ENV,
 };
 pub use retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use scope::Scope;

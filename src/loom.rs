@@ -19,6 +19,14 @@ pub(crate) use std::sync::atomic::{
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
+/// The blocking primitives of the rare slow paths (a submitter waiting for room in a
+/// bounded lane): `std`'s, so that loom can swap them too.
+#[cfg(loom)]
+pub(crate) use loom::sync::{Condvar, Mutex};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Condvar, Mutex};
+
 /// `std::cell::UnsafeCell` with loom's closure-based API, so code is written once.
 #[cfg(not(loom))]
 #[derive(Debug)]

@@ -25,6 +25,10 @@ pub(crate) struct Counters {
     pub(crate) cancelled: AtomicU64,
     pub(crate) stolen: AtomicU64,
     pub(crate) retried: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) blocked: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) drop_panics: AtomicU64,
     pub(crate) parks: AtomicU64,
     pub(crate) unparks: AtomicU64,
     /// True for a worker's own block (single writer), false for a shared stripe.
@@ -68,6 +72,10 @@ impl Counters {
         m.cancelled += r(&self.cancelled);
         m.stolen += r(&self.stolen);
         m.retries_scheduled += r(&self.retried);
+        m.refused += r(&self.refused);
+        m.blocked += r(&self.blocked);
+        m.timed_out += r(&self.timed_out);
+        m.drop_panics += r(&self.drop_panics);
         m.parks += r(&self.parks);
         m.unparks += r(&self.unparks);
     }
@@ -167,6 +175,17 @@ pub struct Metrics {
     pub timers_fired: u64,
     /// Failed attempts sent back to the timer for another try.
     pub retries_scheduled: u64,
+    /// Tasks whose run passed their [`time_limit`](crate::TaskBuilder::time_limit); their
+    /// handles resolve to a time-limit error.
+    pub timed_out: u64,
+    /// `try_spawn` calls refused because the lane was full (see
+    /// [`Builder::max_queued`](crate::Builder::max_queued)).
+    pub refused: u64,
+    /// `spawn` calls that had to wait for room in a full lane.
+    pub blocked: u64,
+    /// Panics caught from the `Drop` of a task's closure or output, on this pool's threads
+    /// or in `cancel` (see [`crate::drop_panics`] for those caught elsewhere).
+    pub drop_panics: u64,
 }
 
 impl Metrics {
@@ -198,6 +217,10 @@ impl fmt::Debug for Metrics {
             .field("timers_pending", &self.timers_pending)
             .field("timers_fired", &self.timers_fired)
             .field("retries_scheduled", &self.retries_scheduled)
+            .field("timed_out", &self.timed_out)
+            .field("refused", &self.refused)
+            .field("blocked", &self.blocked)
+            .field("drop_panics", &self.drop_panics)
             .finish()
     }
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::bound::Bound;
 use crate::job::StackJob;
 use crate::lanes::{LocalQueues, Priority};
 use crate::latch::ThreadLatch;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::scope::Scope;
-use crate::shared::{Hook, Shared};
+use crate::shared::{Hook, Refused, Shared};
 use crate::sleep::MAX_WORKERS;
 use crate::task::body::{Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
@@ -95,6 +96,26 @@ impl Pool {
         T: Send + 'static,
     {
         self.shared().spawn(Priority::Normal, f)
+    }
+
+    /// Spawns `f` in the normal lane unless the lane is full (see
+    /// [`Builder::max_queued`]) or the pool is shut down: then the error hands `f` back.
+    /// In an unbounded pool only shutdown refuses.
+    ///
+    /// ```
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// assert_eq!(pool.try_spawn(|| 3).unwrap().join().unwrap(), 3);
+    /// pool.shutdown();
+    /// let err = pool.try_spawn(|| 4).unwrap_err();
+    /// assert!(err.is_shutdown());
+    /// assert_eq!(err.into_inner()(), 4);
+    /// ```
+    pub fn try_spawn<F, T>(&self, f: F) -> Result<JoinHandle<T>, TrySpawnError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.task().try_spawn(f)
     }
 
     /// Options for the next task: `pool.task().priority(Priority::High).spawn(f)`.
@@ -441,6 +462,19 @@ impl<'a> TaskBuilder<'a> {
         })
     }
 
+    /// As [`spawn`](Self::spawn), but a full lane (see [`Builder::max_queued`]) or a shut
+    /// down pool refuses: the error hands `f` back. A delayed task is never refused for a
+    /// full lane (it waits in the timer).
+    pub fn try_spawn<F, T>(self, f: F) -> Result<JoinHandle<T>, TrySpawnError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (priority, start) = (self.priority, self.start());
+        self.with_shared(|shared| shared.try_spawn_body(priority, start, Once(f)))
+            .map_err(|(body, why)| TrySpawnError::new(body.0, why))
+    }
+
     /// Runs `f` every `period`, first after one period (or at the time set with
     /// [`delay`](Self::delay) or [`at`](Self::at)), in this builder's lane, until the
     /// returned [`Periodic`] is cancelled or dropped, or the pool shuts down. Periods are
@@ -590,22 +624,93 @@ impl<'a, P> RetryBuilder<'a, P> {
         T: Send + 'static,
         E: Send + 'static,
     {
-        static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seed = SEED
-            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
-            .wrapping_mul(0xBF58_476D_1CE4_E5B9)
-            | 1;
         let body = Retrying {
             f,
             should_retry: self.should_retry,
             policy: self.policy,
-            seed,
+            seed: retry_seed(),
         };
         let (priority, start) = (self.task.priority, self.task.start());
         self.task
             .with_shared(|shared| shared.spawn_body(priority, start, body))
     }
+
+    /// As [`spawn`](Self::spawn), but a full lane or a shut-down pool refuses: the error
+    /// hands `f` back (see [`TaskBuilder::try_spawn`]).
+    pub fn try_spawn<F, T, E>(self, f: F) -> Result<JoinHandle<Result<T, E>>, TrySpawnError<F>>
+    where
+        F: FnMut() -> Result<T, E> + Send + 'static,
+        P: ShouldRetry<E>,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let body = Retrying {
+            f,
+            should_retry: self.should_retry,
+            policy: self.policy,
+            seed: retry_seed(),
+        };
+        let (priority, start) = (self.task.priority, self.task.start());
+        self.task
+            .with_shared(|shared| shared.try_spawn_body(priority, start, body))
+            .map_err(|(body, why)| TrySpawnError::new(body.f, why))
+    }
 }
+
+/// A fresh seed for a retrying task's jitter.
+fn retry_seed() -> u64 {
+    static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEED.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        | 1
+}
+
+/// A spawn refused by [`try_spawn`](Pool::try_spawn): the lane was full, or the pool shut
+/// down. Nothing is lost: [`into_inner`](Self::into_inner) hands the closure back.
+pub struct TrySpawnError<F> {
+    f: F,
+    why: Refused,
+}
+
+impl<F> TrySpawnError<F> {
+    fn new(f: F, why: Refused) -> Self {
+        TrySpawnError { f, why }
+    }
+
+    /// The lane was at its [`max_queued`](Builder::max_queued) limit.
+    pub fn is_full(&self) -> bool {
+        self.why == Refused::Full
+    }
+
+    /// The pool is shut down.
+    pub fn is_shutdown(&self) -> bool {
+        self.why == Refused::Shutdown
+    }
+
+    /// The closure that was not spawned.
+    pub fn into_inner(self) -> F {
+        self.f
+    }
+}
+
+impl<F> fmt::Debug for TrySpawnError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrySpawnError")
+            .field("why", &self.why)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> fmt::Display for TrySpawnError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.why {
+            Refused::Full => "the task's lane is full (max_queued)",
+            Refused::Shutdown => "the pool is shut down",
+        })
+    }
+}
+
+impl<F> std::error::Error for TrySpawnError<F> {}
 
 impl<P> fmt::Debug for RetryBuilder<'_, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -643,6 +748,7 @@ pub struct Builder {
     workers: Option<usize>,
     thread_name: Option<NameFn>,
     stack_size: Option<usize>,
+    max_queued: Option<usize>,
     on_start: Option<Hook>,
     on_stop: Option<Hook>,
 }
@@ -661,6 +767,7 @@ impl Builder {
             workers: None,
             thread_name: None,
             stack_size: None,
+            max_queued: None,
             on_start: None,
             on_stop: None,
         }
@@ -682,6 +789,46 @@ impl Builder {
     /// The stack size of each worker thread, in bytes.
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Bounds each lane to `n` queued jobs (default: unbounded, like rayon and tokio).
+    ///
+    /// When a lane is full, [`Pool::try_spawn`] (and [`TaskBuilder::try_spawn`]) refuses
+    /// with a [`TrySpawnError`] that hands the closure back, and plain `spawn` waits for
+    /// room: off the pool it blocks the calling thread; on one of the pool's workers it
+    /// runs queued work meanwhile (blocking there could deadlock). A spawn waiting for room
+    /// when the pool shuts down is refused like any spawn after shutdown.
+    ///
+    /// Only new tasks that start now wait for room. Delayed tasks are admitted when they
+    /// are spawned (they wait in the timer, not in a lane); when they come due, as with
+    /// retries and periodic runs, they join their lane even if it is full, since they were
+    /// accepted already, and count toward its depth. So do scope jobs. `join` halves are
+    /// never counted. [`Metrics`] shows the depth of each lane
+    /// ([`queued_high`](Metrics::queued_high) etc.), and how often submitters were
+    /// [`refused`](Metrics::refused) or [`blocked`](Metrics::blocked).
+    ///
+    /// `n` must be at least 1 (else `build` fails).
+    ///
+    /// ```
+    /// use std::sync::mpsc::channel;
+    /// let pool = weft::Pool::builder().workers(1).max_queued(1).build().unwrap();
+    /// let (started_tx, started_rx) = channel();
+    /// let (go_tx, go_rx) = channel::<()>();
+    /// let busy = pool.spawn(move || { started_tx.send(()).unwrap(); go_rx.recv().unwrap() });
+    /// started_rx.recv().unwrap(); // the worker is busy, the lane is empty
+    /// let queued = pool.try_spawn(|| 1).unwrap();
+    /// let refused = pool.try_spawn(|| 2).unwrap_err();
+    /// assert!(refused.is_full());
+    /// let f = refused.into_inner(); // nothing is lost: the closure comes back
+    /// assert_eq!(f(), 2);
+    /// go_tx.send(()).unwrap();
+    /// busy.join().unwrap();
+    /// assert_eq!(queued.join().unwrap(), 1);
+    /// assert_eq!(pool.metrics().refused, 1);
+    /// ```
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = Some(n);
         self
     }
 
@@ -716,9 +863,14 @@ impl Builder {
                 kind: ErrorKind::TooManyWorkers(n),
             });
         }
+        if self.max_queued == Some(0) {
+            return Err(BuildError {
+                kind: ErrorKind::ZeroQueue,
+            });
+        }
         let (locals, stealers): (Vec<_>, Vec<_>) = (0..n).map(|_| LocalQueues::new()).unzip();
         let shared = Arc::new(Shared::new(
-            crate::lanes::Lanes::new(stealers),
+            crate::lanes::Lanes::new(stealers, self.max_queued.map(Bound::new)),
             n,
             self.on_start,
             self.on_stop,
@@ -788,6 +940,7 @@ impl fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("workers", &self.workers)
             .field("stack_size", &self.stack_size)
+            .field("max_queued", &self.max_queued)
             .finish_non_exhaustive()
     }
 }
@@ -816,6 +969,7 @@ pub struct BuildError {
 enum ErrorKind {
     ZeroWorkers,
     TooManyWorkers(usize),
+    ZeroQueue,
     Spawn(io::Error),
     GlobalAlreadyInitialized,
 }
@@ -842,6 +996,17 @@ impl BuildError {
         matches!(self.kind, ErrorKind::TooManyWorkers(_))
     }
 
+    /// The builder set [`max_queued(0)`](Builder::max_queued): no task could ever be
+    /// queued.
+    ///
+    /// ```
+    /// let err = weft::Pool::builder().max_queued(0).build().unwrap_err();
+    /// assert!(err.is_zero_queue());
+    /// ```
+    pub fn is_zero_queue(&self) -> bool {
+        matches!(self.kind, ErrorKind::ZeroQueue)
+    }
+
     /// The operating system refused to start a worker thread.
     pub fn is_spawn_failed(&self) -> bool {
         matches!(self.kind, ErrorKind::Spawn(_))
@@ -860,6 +1025,7 @@ impl fmt::Display for BuildError {
             ErrorKind::TooManyWorkers(n) => {
                 write!(f, "{n} workers requested; a pool has at most {MAX_WORKERS}")
             }
+            ErrorKind::ZeroQueue => f.write_str("max_queued must be at least 1"),
             ErrorKind::Spawn(e) => write!(f, "could not start a worker thread: {e}"),
             ErrorKind::GlobalAlreadyInitialized => {
                 f.write_str("the global pool was already initialized")

@@ -33,6 +33,15 @@ use crate::task::{raw, JoinHandle};
 use crate::time::driver::{Timer, NEVER};
 use crate::worker::WorkerThread;
 
+/// Why a submission was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The lane is at its `max_queued` limit (`try_spawn` only).
+    Full,
+    /// The pool is shut down (or shut down while the caller waited for room).
+    Shutdown,
+}
+
 /// A start or stop hook; gets the worker's index.
 pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
 
@@ -114,12 +123,16 @@ impl Shared {
         self.cancel_queued.load(Ordering::Relaxed)
     }
 
-    /// Spawns a task: one allocation, one push, one fence.
+    /// Spawns a task: one allocation, one push, one fence (in a bounded pool, first a slot:
+    /// the caller waits for one).
     pub(crate) fn spawn<F, T>(&self, priority: Priority, func: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        if self.lanes.bound.is_some() {
+            return self.spawn_body(priority, Some(Instant::now()), Once(func));
+        }
         if self.is_closed() {
             // SAFETY: a refused task's only reference is the handle's, of output type `T`.
             return unsafe { JoinHandle::from_raw(raw::allocate_refused(Once(func))) };
@@ -132,19 +145,47 @@ impl Shared {
 
     /// Spawns a task with any body, to start at `at`: now (an instant already past), later
     /// (it waits in the timer), or never on its own (`None`; it can still be cancelled).
+    /// In a bounded pool a task that starts now waits for room in its lane.
     pub(crate) fn spawn_body<B: Body>(
         &self,
         priority: Priority,
         at: Option<Instant>,
         body: B,
     ) -> JoinHandle<B::Output> {
-        if self.is_closed() {
+        match self.submit(priority, at, body, false) {
+            Ok(handle) => handle,
             // SAFETY: a refused task's only reference is the handle's, output `B::Output`.
-            return unsafe { JoinHandle::from_raw(raw::allocate_refused(body)) };
+            Err((body, _)) => unsafe { JoinHandle::from_raw(raw::allocate_refused(body)) },
+        }
+    }
+
+    /// As `spawn_body`, but a full lane refuses instead of waiting (`try_spawn`): the body
+    /// comes back with the reason. A closed pool also hands the body back.
+    pub(crate) fn try_spawn_body<B: Body>(
+        &self,
+        priority: Priority,
+        at: Option<Instant>,
+        body: B,
+    ) -> Result<JoinHandle<B::Output>, (B, Refused)> {
+        self.submit(priority, at, body, true)
+    }
+
+    fn submit<B: Body>(
+        &self,
+        priority: Priority,
+        at: Option<Instant>,
+        body: B,
+        try_only: bool,
+    ) -> Result<JoinHandle<B::Output>, (B, Refused)> {
+        if self.is_closed() {
+            return Err((body, Refused::Shutdown));
         }
         let lane = priority.lane();
         let handle = match at {
             Some(at) if at <= Instant::now() => {
+                if let Err(why) = self.admit(lane, try_only) {
+                    return Err((body, why));
+                }
                 let (job, handle) = raw::allocate_body(body, State::new(), self, lane);
                 self.push(lane, job, true);
                 handle
@@ -159,12 +200,66 @@ impl Shared {
             }
         };
         // SAFETY: `allocate_body` returns the handle's reference, output `B::Output`.
-        unsafe { JoinHandle::from_raw(handle) }
+        Ok(unsafe { JoinHandle::from_raw(handle) })
+    }
+
+    /// Takes a slot in `lane` of a bounded pool (anything goes in an unbounded one). When
+    /// full: refuses if `try_only`, else waits (a worker of this pool runs queued work
+    /// meanwhile), until there is room or the pool closes.
+    fn admit(&self, lane: usize, try_only: bool) -> Result<(), Refused> {
+        let Some(bound) = &self.lanes.bound else {
+            return Ok(());
+        };
+        if bound.try_acquire(lane) {
+            return Ok(());
+        }
+        let counters = self.counters();
+        if try_only {
+            counters.bump(&counters.refused);
+            return Err(Refused::Full);
+        }
+        counters.bump(&counters.blocked);
+        let admitted = match self.current_worker() {
+            Some(w) => {
+                // Waiting here without working could deadlock (the tasks that would free
+                // the lane may need this worker), so run queued work instead.
+                let backoff = crossbeam_utils::Backoff::new();
+                loop {
+                    if bound.try_acquire(lane) {
+                        break true;
+                    }
+                    if self.is_closed() {
+                        break false;
+                    }
+                    if w.run_one() {
+                        backoff.reset();
+                    } else {
+                        // The lane is full, so its jobs are on their way between queues.
+                        backoff.snooze();
+                    }
+                }
+            }
+            None => bound.acquire_blocking(lane, || self.is_closed()),
+        };
+        if admitted {
+            Ok(())
+        } else {
+            Err(Refused::Shutdown)
+        }
     }
 
     /// Queues `job` in `lane`: on the current worker's deque if it is one of ours, else on
     /// the injector. Counts a spawn if `count_spawn`.
+    ///
+    /// `count_spawn` is true exactly for new tasks from `spawn`, which took their slot in
+    /// a bounded lane already (`admit`); anything else is counted here, admitted or not
+    /// (see `bound.rs`), before it becomes visible to a popper.
     pub(crate) fn push(&self, lane: usize, job: JobRef, count_spawn: bool) {
+        if !count_spawn {
+            if let Some(bound) = &self.lanes.bound {
+                bound.force_acquire(lane);
+            }
+        }
         match self.current_worker() {
             Some(w) => {
                 let c = w.counters();
@@ -204,14 +299,22 @@ impl Shared {
         for lane in 0..LANES {
             loop {
                 match self.lanes.injectors[lane].steal() {
-                    Steal::Success(job) => job.discard(counters),
+                    Steal::Success(job) => {
+                        self.lanes.taken(lane);
+                        job.discard(counters);
+                    }
                     Steal::Retry => continue,
                     Steal::Empty => break,
                 }
             }
         }
         for stealers in self.lanes.stealers.iter() {
-            stealers.drain(|job| job.discard(counters));
+            stealers.drain(|job, lane, counted| {
+                if counted {
+                    self.lanes.taken(lane);
+                }
+                job.discard(counters);
+            });
         }
     }
 
@@ -237,6 +340,10 @@ impl Shared {
         self.sleep.close();
         // The driver resolves pending timers as shut down, then exits.
         self.timer.wake();
+        // Submitters waiting for room give up (their spawns are refused).
+        if let Some(bound) = &self.lanes.bound {
+            bound.wake_all();
+        }
         if cancel_queued {
             self.drain();
         }

@@ -143,6 +143,18 @@ impl WorkerThread {
         Some((job, lane))
     }
 
+    /// Runs one queued job if there is one (a submitter waiting for room in a bounded
+    /// lane keeps working this way).
+    pub(crate) fn run_one(&self) -> bool {
+        match self.find_work() {
+            Some((job, lane)) => {
+                self.execute(job, lane);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn start_searching(&self) {
         if !self.searching.replace(true) {
             self.shared.sleep.start_searching();
