@@ -35,6 +35,8 @@ pub(crate) struct JobVtable {
     /// # Safety
     /// As for `execute`.
     pub(crate) discard: unsafe fn(NonNull<JobHeader>, &Counters),
+    /// True for tasks (`task::raw`), whose header continues with a `task::raw::Header`.
+    pub(crate) is_task: bool,
 }
 
 /// The first field of every job.
@@ -131,6 +133,7 @@ where
     const VTABLE: JobVtable = JobVtable {
         execute: Self::execute,
         discard: Self::execute,
+        is_task: false,
     };
 
     pub(crate) fn new(func: F, latch: L) -> Self {
@@ -213,6 +216,7 @@ impl<F: FnOnce() + Send> HeapJob<F> {
     const VTABLE: JobVtable = JobVtable {
         execute: Self::execute,
         discard: Self::execute,
+        is_task: false,
     };
 
     /// Boxes `func` and returns the reference that owns it.

@@ -379,6 +379,7 @@ mod tests {
     static NOOP: JobVtable = JobVtable {
         execute: noop,
         discard: noop,
+        is_task: false,
     };
     unsafe fn noop(_: NonNull<JobHeader>, _: &Counters) {}
 

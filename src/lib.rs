@@ -158,7 +158,7 @@ pub use pool::{
 };
 pub use retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use scope::Scope;
-pub use task::{JoinError, JoinHandle, RetryAny, ShouldRetry};
+pub use task::{Cancelled, JoinError, JoinHandle, RetryAny, ShouldRetry};
 pub use time::periodic::Periodic;
 
 use worker::WorkerThread;
@@ -223,6 +223,64 @@ where
         Some(w) => scope::run(&w.shared, op),
         None => global::pool().scope(op),
     }
+}
+
+/// Asks whether the task running on this thread should stop: `Err` once its handle
+/// requested cancellation ([`JoinHandle::cancel`] on a running task) or its
+/// [`time_limit`](TaskBuilder::time_limit) passed. Call it now and then in long-running
+/// tasks and return early on `Err`; weft never interrupts a task by force.
+///
+/// Once it said so (or once cancellation was requested or the limit passed at all), the
+/// task's handle resolves to the cancelled or time-limit [`JoinError`] whatever the task
+/// returns; a cancellation or limit that comes after the task returned changes nothing.
+/// It answers for the innermost task this thread runs: inside a `join` half or scope job
+/// run by another worker it sees no task, and outside any pool it returns `Ok(())`.
+///
+/// ```
+/// use std::sync::mpsc::channel;
+/// let pool = weft::Pool::builder().workers(1).build().unwrap();
+/// let (started_tx, started_rx) = channel();
+/// let h = pool.spawn(move || {
+///     started_tx.send(()).unwrap();
+///     let mut rounds = 0u64;
+///     while weft::checkpoint().is_ok() {
+///         rounds += 1; // a slice of a long computation
+///         std::thread::yield_now();
+///     }
+///     rounds
+/// });
+/// started_rx.recv().unwrap();
+/// assert!(!h.cancel(), "already running: cancellation is requested instead");
+/// assert!(h.join().unwrap_err().is_cancelled());
+/// ```
+pub fn checkpoint() -> Result<(), Cancelled> {
+    match WorkerThread::current() {
+        Some(w) => w.checkpoint(),
+        None => Ok(()),
+    }
+}
+
+/// Panics caught from the `Drop` of task closures and outputs in this process, in every
+/// pool. weft drops user values where a panic must not escape (a worker, shutdown,
+/// `cancel`, a `JoinHandle` dropped with an unread output): such a panic is caught,
+/// printed by the panic hook, and counted here, and in the pool's
+/// [`Metrics::drop_panics`] where the pool is known to be alive. It never kills a worker
+/// or unwinds out of weft's API.
+///
+/// ```
+/// struct Loud;
+/// impl Drop for Loud {
+///     fn drop(&mut self) { panic!("drop"); }
+/// }
+/// let pool = weft::Pool::builder().workers(1).build().unwrap();
+/// let before = weft::drop_panics();
+/// let h = pool.spawn(|| Loud);
+/// while !h.is_finished() { std::thread::yield_now(); }
+/// drop(h); // drops the unread output: the panic is caught here
+/// assert_eq!(weft::drop_panics(), before + 1);
+/// ```
+pub fn drop_panics() -> u64 {
+    task::raw::drop_panics()
 }
 
 /// The index of the current worker thread in its pool (`0..workers`), or `None` when

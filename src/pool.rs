@@ -15,7 +15,7 @@ use crate::retry::RetryPolicy;
 use crate::scope::Scope;
 use crate::shared::{Hook, Refused, Shared};
 use crate::sleep::MAX_WORKERS;
-use crate::task::body::{Once, RetryAny, Retrying, ShouldRetry};
+use crate::task::body::{Limited, Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
 use crate::time::periodic::{Periodic, PeriodicState};
 use crate::worker::WorkerThread;
@@ -372,6 +372,7 @@ pub struct TaskBuilder<'a> {
     target: Target<'a>,
     priority: Priority,
     when: When,
+    time_limit: Option<Duration>,
 }
 
 /// When a task may start.
@@ -398,6 +399,7 @@ impl<'a> TaskBuilder<'a> {
             target: Target::Pool(shared),
             priority: Priority::Normal,
             when: When::Now,
+            time_limit: None,
         }
     }
 
@@ -406,6 +408,7 @@ impl<'a> TaskBuilder<'a> {
             target: Target::Current,
             priority: Priority::Normal,
             when: When::Now,
+            time_limit: None,
         }
     }
 
@@ -448,17 +451,39 @@ impl<'a> TaskBuilder<'a> {
         self
     }
 
+    /// A soft time limit for each run of the task (Celery's `soft_time_limit`), counted
+    /// from when the run starts (not while it waits in a queue); each retry attempt gets
+    /// the whole limit again. weft never interrupts a task: once the limit passed,
+    /// [`checkpoint`](crate::checkpoint) returns `Err` so the task can stop early, and a
+    /// run that ends after its limit (whatever it returns; a panic stays a panic) resolves
+    /// the handle to a [`JoinError`](crate::JoinError) with `is_time_limit()`, is not
+    /// retried, and counts in [`Metrics::timed_out`]. Applies to `spawn`, `try_spawn` and
+    /// retrying tasks; periodic runs ([`every`](Self::every)) have no time limit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let quick = pool.task().time_limit(Duration::from_secs(60)).spawn(|| 1);
+    /// assert_eq!(quick.join().unwrap(), 1);
+    /// ```
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
     /// Spawns the task with these options; see [`Pool::spawn`].
     pub fn spawn<F, T>(self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (priority, when) = (self.priority, self.when);
-        self.with_shared(|shared| match when {
-            When::Now => shared.spawn(priority, f),
-            When::At(at) => shared.spawn_body(priority, Some(at), Once(f)),
-            When::Never => shared.spawn_body(priority, None, Once(f)),
+        let (priority, when, limit) = (self.priority, self.when, self.time_limit);
+        self.with_shared(|shared| match (when, limit) {
+            (When::Now, None) => shared.spawn(priority, f),
+            (_, None) => shared.spawn_body(priority, self.start(), Once(f)),
+            (_, Some(limit)) => {
+                shared.spawn_body(priority, self.start(), Limited::new(Once(f), limit))
+            }
         })
     }
 
@@ -471,8 +496,16 @@ impl<'a> TaskBuilder<'a> {
         T: Send + 'static,
     {
         let (priority, start) = (self.priority, self.start());
-        self.with_shared(|shared| shared.try_spawn_body(priority, start, Once(f)))
-            .map_err(|(body, why)| TrySpawnError::new(body.0, why))
+        match self.time_limit {
+            None => self
+                .with_shared(|shared| shared.try_spawn_body(priority, start, Once(f)))
+                .map_err(|(body, why)| TrySpawnError::new(body.0, why)),
+            Some(limit) => self
+                .with_shared(|shared| {
+                    shared.try_spawn_body(priority, start, Limited::new(Once(f), limit))
+                })
+                .map_err(|(body, why)| TrySpawnError::new(body.into_inner().0, why)),
+        }
     }
 
     /// Runs `f` every `period`, first after one period (or at the time set with
@@ -556,6 +589,7 @@ impl fmt::Debug for TaskBuilder<'_> {
         f.debug_struct("TaskBuilder")
             .field("priority", &self.priority)
             .field("when", &self.when)
+            .field("time_limit", &self.time_limit)
             .finish()
     }
 }
@@ -631,8 +665,14 @@ impl<'a, P> RetryBuilder<'a, P> {
             seed: retry_seed(),
         };
         let (priority, start) = (self.task.priority, self.task.start());
-        self.task
-            .with_shared(|shared| shared.spawn_body(priority, start, body))
+        match self.task.time_limit {
+            None => self
+                .task
+                .with_shared(|shared| shared.spawn_body(priority, start, body)),
+            Some(limit) => self.task.with_shared(|shared| {
+                shared.spawn_body(priority, start, Limited::new(body, limit))
+            }),
+        }
     }
 
     /// As [`spawn`](Self::spawn), but a full lane or a shut-down pool refuses: the error
@@ -651,9 +691,18 @@ impl<'a, P> RetryBuilder<'a, P> {
             seed: retry_seed(),
         };
         let (priority, start) = (self.task.priority, self.task.start());
-        self.task
-            .with_shared(|shared| shared.try_spawn_body(priority, start, body))
-            .map_err(|(body, why)| TrySpawnError::new(body.f, why))
+        match self.task.time_limit {
+            None => self
+                .task
+                .with_shared(|shared| shared.try_spawn_body(priority, start, body))
+                .map_err(|(body, why)| TrySpawnError::new(body.f, why)),
+            Some(limit) => self
+                .task
+                .with_shared(|shared| {
+                    shared.try_spawn_body(priority, start, Limited::new(body, limit))
+                })
+                .map_err(|(body, why)| TrySpawnError::new(body.into_inner().f, why)),
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::job::{JobHeader, JobRef};
 use crate::lanes::{LocalQueues, Source};
@@ -19,6 +19,8 @@ use crate::loom::{fence, Ordering};
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::sleep::SEARCH_ROUNDS;
+use crate::task::raw::Header;
+use crate::task::Cancelled;
 use crate::util::{AbortOnPanic, XorShift64Star};
 
 thread_local! {
@@ -45,6 +47,10 @@ pub(crate) struct WorkerThread {
 struct Running {
     job: NonNull<JobHeader>,
     outer: *const Running,
+    /// The end of this run's time limit, set by a time-limited task's body.
+    deadline: Cell<Option<Instant>>,
+    /// `checkpoint()` reported the time limit to this run.
+    limit_seen: Cell<bool>,
 }
 
 /// Puts back the outer frame when an `execute` call ends.
@@ -178,6 +184,8 @@ impl WorkerThread {
         let frame = Running {
             job: job.as_ptr(),
             outer: self.running.get(),
+            deadline: Cell::new(None),
+            limit_seen: Cell::new(false),
         };
         // Restores `running` even if `execute` unwinds, so it never points at a dead frame.
         let _restore = RestoreRunning(&self.running, frame.outer);
@@ -205,6 +213,53 @@ impl WorkerThread {
             frame = f.outer;
         }
         false
+    }
+
+    /// The innermost `execute` frame on this thread, if any.
+    fn innermost(&self) -> Option<&Running> {
+        // SAFETY: frames in the chain are live (see `is_running`); the reference is used
+        // within the caller, which runs inside that frame's `execute` call.
+        unsafe { self.running.get().as_ref() }
+    }
+
+    /// Starts the time limit of the task running in the innermost frame (its body calls
+    /// this at the start of each attempt).
+    pub(crate) fn start_time_limit(&self, limit: Duration) {
+        if let Some(f) = self.innermost() {
+            // An `Instant` that cannot hold the end means no limit.
+            f.deadline.set(Instant::now().checked_add(limit));
+            f.limit_seen.set(false);
+        }
+    }
+
+    /// True if the innermost frame's time limit passed (or `checkpoint` reported it).
+    pub(crate) fn time_limit_passed(&self) -> bool {
+        self.innermost().is_some_and(|f| {
+            f.limit_seen.get() || f.deadline.get().is_some_and(|d| Instant::now() >= d)
+        })
+    }
+
+    /// `weft::checkpoint()` on this worker: about the job of the innermost frame.
+    pub(crate) fn checkpoint(&self) -> Result<(), Cancelled> {
+        let Some(frame) = self.innermost() else {
+            return Ok(());
+        };
+        // SAFETY: the frame's job is being executed by this thread, so it is live, and
+        // its header's vtable points at a `'static` table.
+        let vtable = unsafe { &*frame.job.as_ref().vtable };
+        if vtable.is_task {
+            // SAFETY: a task's job header is the start of its task header (`raw.rs`), live
+            // while its `execute` runs.
+            let header = unsafe { frame.job.cast::<Header>().as_ref() };
+            if header.state.load().is_cancel_requested() {
+                return Err(Cancelled::requested());
+            }
+        }
+        if frame.limit_seen.get() || frame.deadline.get().is_some_and(|d| Instant::now() >= d) {
+            frame.limit_seen.set(true);
+            return Err(Cancelled::time_limit());
+        }
+        Ok(())
     }
 
     /// Runs queued work until `probe` reports done or `deadline` passes; parks when there

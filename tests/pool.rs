@@ -162,9 +162,17 @@ fn cancel_wins_only_before_start() {
         1,
         "counted before the handle resolved"
     );
-    assert!(!blockers[0].cancel(), "a running task cannot be cancelled");
+    assert!(
+        !blockers[0].cancel(),
+        "a running task is only asked to stop"
+    );
     drop(gates);
     assert!(queued.join().unwrap_err().is_cancelled());
+    let mut blockers = blockers.into_iter();
+    assert!(
+        blockers.next().unwrap().join().unwrap_err().is_cancelled(),
+        "cancellation was requested before it finished"
+    );
     for b in blockers {
         b.join().unwrap();
     }

@@ -26,6 +26,7 @@ enum Repr {
     Cancelled,
     Shutdown,
     SelfJoin,
+    TimedOut,
 }
 
 /// Makes a `Send` value `Sync` by never handing out `&T`: the payload is reachable only
@@ -58,6 +59,32 @@ impl JoinError {
         JoinError {
             repr: Repr::Shutdown,
         }
+    }
+
+    pub(crate) fn timed_out() -> JoinError {
+        JoinError {
+            repr: Repr::TimedOut,
+        }
+    }
+
+    /// True if the task ran past its [`time_limit`](crate::TaskBuilder::time_limit). Its
+    /// result, if it returned one, was dropped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pool = weft::Pool::builder().workers(1).build().unwrap();
+    /// let h = pool.task().time_limit(Duration::from_millis(5)).spawn(|| {
+    ///     // A long computation that checks in now and then.
+    ///     while weft::checkpoint().is_ok() {
+    ///         std::thread::yield_now();
+    ///     }
+    ///     "gave up"
+    /// });
+    /// assert!(h.join().unwrap_err().is_time_limit());
+    /// assert_eq!(pool.metrics().timed_out, 1);
+    /// ```
+    pub fn is_time_limit(&self) -> bool {
+        matches!(self.repr, Repr::TimedOut)
     }
 
     pub(crate) fn self_join() -> JoinError {
@@ -95,8 +122,8 @@ impl JoinError {
         matches!(self.repr, Repr::Panicked { .. })
     }
 
-    /// True if the task was cancelled before it started (see
-    /// [`JoinHandle::cancel`](crate::JoinHandle::cancel)).
+    /// True if the task was cancelled (see [`JoinHandle::cancel`](crate::JoinHandle::cancel)):
+    /// before it started, or while it ran (then its result, if any, was dropped).
     ///
     /// ```
     /// let pool = weft::Pool::builder().workers(1).build().unwrap();
@@ -156,7 +183,8 @@ impl fmt::Display for JoinError {
                 message: Some(m), ..
             } => write!(f, "task panicked: {m}"),
             Repr::Panicked { message: None, .. } => f.write_str("task panicked"),
-            Repr::Cancelled => f.write_str("task was cancelled before it started"),
+            Repr::Cancelled => f.write_str("task was cancelled"),
+            Repr::TimedOut => f.write_str("task ran past its time limit"),
             Repr::Shutdown => f.write_str("the pool shut down before the task ran"),
             Repr::SelfJoin => f.write_str("a task tried to join its own handle"),
         }
@@ -173,11 +201,64 @@ impl fmt::Debug for JoinError {
             Repr::Cancelled => f.write_str("JoinError::Cancelled"),
             Repr::Shutdown => f.write_str("JoinError::Shutdown"),
             Repr::SelfJoin => f.write_str("JoinError::SelfJoin"),
+            Repr::TimedOut => f.write_str("JoinError::TimedOut"),
         }
     }
 }
 
 impl std::error::Error for JoinError {}
+
+/// What [`checkpoint`](crate::checkpoint) returns when the running task should stop: its
+/// handle asked for cancellation, or its time limit passed. The task decides how to stop
+/// (return early, clean up); whatever it returns then, its handle resolves to the matching
+/// [`JoinError`] (`is_cancelled` or `is_time_limit`).
+///
+/// Made to travel with `?`: it implements `std::error::Error`.
+///
+/// ```
+/// fn step() -> Result<u32, weft::Cancelled> {
+///     weft::checkpoint()?;
+///     Ok(1)
+/// }
+/// // Outside any task there is nothing to cancel.
+/// assert_eq!(step().unwrap(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    time_limit: bool,
+}
+
+impl Cancelled {
+    pub(crate) fn requested() -> Cancelled {
+        Cancelled { time_limit: false }
+    }
+
+    pub(crate) fn time_limit() -> Cancelled {
+        Cancelled { time_limit: true }
+    }
+
+    /// The task's time limit passed.
+    pub fn is_time_limit(&self) -> bool {
+        self.time_limit
+    }
+
+    /// The task's handle asked for cancellation.
+    pub fn is_cancel_requested(&self) -> bool {
+        !self.time_limit
+    }
+}
+
+impl fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.time_limit {
+            "the task's time limit passed"
+        } else {
+            "the task's cancellation was requested"
+        })
+    }
+}
+
+impl std::error::Error for Cancelled {}
 
 #[cfg(test)]
 mod tests {
@@ -188,7 +269,12 @@ mod tests {
         fn check<E: std::error::Error + Send + Sync + 'static>() {}
         check::<JoinError>();
         let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(JoinError::cancelled());
-        assert_eq!(boxed.to_string(), "task was cancelled before it started");
+        assert_eq!(boxed.to_string(), "task was cancelled");
+        assert_eq!(
+            JoinError::timed_out().to_string(),
+            "task ran past its time limit"
+        );
+        assert!(JoinError::timed_out().is_time_limit() && !JoinError::timed_out().is_cancelled());
     }
 
     #[test]

@@ -95,8 +95,13 @@ impl<T> JoinHandle<T> {
     }
 
     /// Cancels the task if it has not started. Returns true if it had not, and now never
-    /// will: the handle then resolves to a cancelled [`JoinError`] at once. Returns false if
-    /// the task is running or finished (it is not interrupted).
+    /// will: the handle then resolves to a cancelled [`JoinError`] at once.
+    ///
+    /// Returns false if the task is running or finished. A running task is not
+    /// interrupted, but asked to stop: [`checkpoint`](crate::checkpoint) returns `Err` in
+    /// it from now on, and when it ends the handle resolves to a cancelled `JoinError`
+    /// (its value, if it returns one, is dropped; a panic stays a panic). A retrying task
+    /// asked to stop is not retried. A finished task keeps its outcome.
     ///
     /// ```
     /// let pool = weft::Pool::builder().workers(1).build().unwrap();

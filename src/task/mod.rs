@@ -24,5 +24,5 @@ pub(crate) mod raw;
 pub(crate) mod state;
 
 pub use body::{RetryAny, ShouldRetry};
-pub use error::JoinError;
+pub use error::{Cancelled, JoinError};
 pub use handle::JoinHandle;

@@ -28,7 +28,7 @@ use crossbeam_utils::Backoff;
 
 use super::body::{Attempt, Body, Once};
 use super::error::JoinError;
-use super::state::{Outcome, State, TransitionToRunning};
+use super::state::{Outcome, Snapshot, State, TransitionToRunning};
 use crate::job::{JobHeader, JobRef, JobVtable};
 use crate::loom::{AtomicU32, Ordering, UnsafeCell};
 use crate::metrics::Counters;
@@ -139,12 +139,34 @@ pub(crate) fn allocate_refused<B: Body>(body: B) -> NonNull<Header> {
     )
 }
 
-/// Runs `x`'s drop glue, swallowing a panic from it: a panicking `Drop` in user code must
-/// not unwind through the scheduler.
-pub(crate) fn drop_quietly<X>(x: X) {
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(x))) {
-        // Dropping the payload could panic again; leak it instead.
-        std::mem::forget(payload);
+/// Panics caught from user `Drop`s in the whole process (see [`crate::drop_panics`]).
+/// A plain statistic, not part of any protocol, so not modelled by loom.
+static DROP_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Panics caught from user `Drop`s so far, in every pool.
+pub(crate) fn drop_panics() -> u64 {
+    DROP_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs `x`'s drop glue, catching a panic from it: a panicking `Drop` in user code must
+/// not unwind through the scheduler. Returns true (and counts it process-wide) if it
+/// panicked.
+pub(crate) fn drop_quietly<X>(x: X) -> bool {
+    match panic::catch_unwind(AssertUnwindSafe(move || drop(x))) {
+        Ok(()) => false,
+        Err(payload) => {
+            DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Dropping the payload could panic again; leak it instead.
+            std::mem::forget(payload);
+            true
+        }
+    }
+}
+
+/// `drop_quietly`, also counting a panic in the pool's `drop_panics`.
+pub(crate) fn drop_counted<X>(x: X, counters: &Counters) {
+    if drop_quietly(x) {
+        counters.bump(&counters.drop_panics);
     }
 }
 
@@ -196,6 +218,7 @@ impl<B: Body> Cell<B> {
         job: JobVtable {
             execute: Self::execute,
             discard: Self::discard,
+            is_task: true,
         },
         read_output: Self::read_output,
         drop_output: Self::drop_output,
@@ -244,23 +267,24 @@ impl<B: Body> Cell<B> {
         self.stage.with_mut(take)
     }
 
-    /// Claims the task for its holder (a queue or the timer). If someone else holds the
-    /// claim, waits until RUNNING clears: a canceller then completes it (we drop our
-    /// reference and return false), a retry makes it SCHEDULED again (we claim it).
+    /// Claims the task for its holder (a queue or the timer); returns the state before the
+    /// claim. If someone else holds the claim, waits until RUNNING clears: a canceller
+    /// then completes it (we drop our reference and return `None`), a retry makes it
+    /// SCHEDULED again (we claim it).
     ///
     /// # Safety
     /// The caller owns the queued or timer reference.
-    unsafe fn claim_or_release(ptr: NonNull<Header>) -> bool {
+    unsafe fn claim_or_release(ptr: NonNull<Header>) -> Option<Snapshot> {
         // SAFETY: live while we hold the reference.
         let header = unsafe { ptr.as_ref() };
         let backoff = Backoff::new();
         loop {
             match header.state.try_claim() {
-                TransitionToRunning::Success(_) => return true,
+                TransitionToRunning::Success(before) => return Some(before),
                 TransitionToRunning::Failed(s) if s.is_complete() => {
                     // SAFETY: we own the reference we drop.
                     unsafe { Self::release(ptr) };
-                    return false;
+                    return None;
                 }
                 // Between a claim and `complete`, or a retry between RUNNING and
                 // SCHEDULED: no user code runs there, so this wait is short unless the
@@ -278,7 +302,13 @@ impl<B: Body> Cell<B> {
     unsafe fn execute(ptr: NonNull<JobHeader>, counters: &Counters) {
         let ptr = ptr.cast::<Header>();
         // SAFETY: we own the queued reference.
-        if !unsafe { Self::claim_or_release(ptr) } {
+        let Some(before) = (unsafe { Self::claim_or_release(ptr) }) else {
+            return;
+        };
+        if before.is_cancel_requested() {
+            // A retry whose handle asked it to stop during its previous attempt.
+            // SAFETY: claimed, body live; we pass on the queued reference.
+            unsafe { Self::abandon(ptr, Outcome::Cancelled, counters) };
             return;
         }
         // SAFETY: live while we hold the queued reference.
@@ -289,22 +319,38 @@ impl<B: Body> Cell<B> {
         let run = |s: *mut Stage<B>| {
             // SAFETY: claimed: exclusive; the body is live.
             panic::catch_unwind(AssertUnwindSafe(|| unsafe {
-                B::attempt(&mut (*s).body, attempt)
+                B::attempt(&mut (*s).body, attempt, counters)
             }))
         };
         let outcome = match this.stage.with_mut(run) {
             Ok(Attempt::Done(value)) => {
-                counters.bump(&counters.completed);
-                let store = |s: *mut Stage<B>| {
-                    // SAFETY: exclusive (claimed); the body is gone.
-                    unsafe { (*s).output = ManuallyDrop::new(value) }
-                };
-                this.stage.with_mut(store);
-                Outcome::Value
+                if this.header.state.load().is_cancel_requested() {
+                    // Cancelled while it ran: the handle reports that, not the value.
+                    counters.bump(&counters.cancelled);
+                    drop_counted(value, counters);
+                    Outcome::Cancelled
+                } else {
+                    counters.bump(&counters.completed);
+                    let store = |s: *mut Stage<B>| {
+                        // SAFETY: exclusive (claimed); the body is gone.
+                        unsafe { (*s).output = ManuallyDrop::new(value) }
+                    };
+                    this.stage.with_mut(store);
+                    Outcome::Value
+                }
+            }
+            Ok(Attempt::TimedOut) => {
+                counters.bump(&counters.timed_out);
+                Outcome::TimedOut
             }
             Ok(Attempt::Retry(delay)) => {
-                // SAFETY: claimed, body live; we pass on the queued reference.
-                unsafe { Self::reschedule(ptr, delay, counters) };
+                if this.header.state.load().is_cancel_requested() {
+                    // SAFETY: claimed, body live; we pass on the queued reference.
+                    unsafe { Self::abandon(ptr, Outcome::Cancelled, counters) };
+                } else {
+                    // SAFETY: claimed, body live; we pass on the queued reference.
+                    unsafe { Self::reschedule(ptr, delay, counters) };
+                }
                 return;
             }
             Err(payload) => {
@@ -313,7 +359,7 @@ impl<B: Body> Cell<B> {
                     // SAFETY: exclusive; `after_panic` drops what is left of the body, then
                     // the stage holds the payload.
                     unsafe {
-                        B::after_panic(&mut (*s).body);
+                        B::after_panic(&mut (*s).body, counters);
                         (*s).panic = ManuallyDrop::new(Box::new(payload));
                     }
                 };
@@ -322,7 +368,22 @@ impl<B: Body> Cell<B> {
             }
         };
         // SAFETY: claimed, outcome stored; we pass on the queued reference.
-        unsafe { Self::complete(ptr, outcome, true) };
+        unsafe { Self::complete(ptr, outcome, true, counters) };
+    }
+
+    /// Resolves a claimed task without running it (again): drops the body and completes
+    /// with `outcome` (cancelled or shut down), counted as cancelled.
+    ///
+    /// # Safety
+    /// The caller claimed the task, its body is live, and it passes on the queued
+    /// reference.
+    unsafe fn abandon(ptr: NonNull<Header>, outcome: Outcome, counters: &Counters) {
+        // SAFETY: live (we hold the reference); claimed, so the body is live and ours.
+        let body = unsafe { Self::from_header(ptr).take_body() };
+        counters.bump(&counters.cancelled);
+        // SAFETY: claimed, nothing to store; we pass on the queued reference.
+        unsafe { Self::complete(ptr, outcome, true, counters) };
+        drop_counted(body, counters);
     }
 
     /// Sends a failed attempt back to the timer (module docs), or resolves it as shut down
@@ -337,26 +398,22 @@ impl<B: Body> Cell<B> {
         // SAFETY: we are running the task, so its pool is alive (a worker or a drainer
         // holds it).
         let pool = unsafe { &*this.header.pool };
+        if pool.is_closed() {
+            // SAFETY: as our caller's.
+            unsafe { Self::abandon(ptr, Outcome::Shutdown, counters) };
+            return;
+        }
         let deadline = Instant::now()
             .checked_add(delay)
             .map_or(NEVER, |at| pool.timer.tick_ceil(at));
-        if !pool.is_closed() {
-            counters.bump(&counters.retried);
-            let lane = this.header.lane as usize;
-            // SCHEDULED first: from here a `cancel` wins (and sends the driver a `Cancel`,
-            // which may overtake the `Insert` below; the driver pairs them up).
-            this.header.state.transition_running_to_scheduled();
-            // SAFETY: we hand the timer the queued reference we own.
-            let job = unsafe { JobRef::new(ptr.cast()) };
-            pool.timer.insert(deadline, job, lane, pool);
-            return;
-        }
-        // SAFETY: claimed; the body is live.
-        let body = unsafe { this.take_body() };
-        counters.bump(&counters.cancelled);
-        // SAFETY: claimed, nothing to store; we pass on the queued reference.
-        unsafe { Self::complete(ptr, Outcome::Shutdown, true) };
-        drop_quietly(body);
+        counters.bump(&counters.retried);
+        let lane = this.header.lane as usize;
+        // SCHEDULED first: from here a `cancel` wins (and sends the driver a `Cancel`,
+        // which may overtake the `Insert` below; the driver pairs them up).
+        this.header.state.transition_running_to_scheduled();
+        // SAFETY: we hand the timer the queued reference we own.
+        let job = unsafe { JobRef::new(ptr.cast()) };
+        pool.timer.insert(deadline, job, lane, pool);
     }
 
     /// Shutdown side: resolve a waiting task as shut down without running it. Consumes the
@@ -367,27 +424,29 @@ impl<B: Body> Cell<B> {
     unsafe fn discard(ptr: NonNull<JobHeader>, counters: &Counters) {
         let ptr = ptr.cast::<Header>();
         // SAFETY: we own the reference.
-        if !unsafe { Self::claim_or_release(ptr) } {
-            return;
+        if unsafe { Self::claim_or_release(ptr) }.is_some() {
+            // SAFETY: claimed, body live; we pass on the reference.
+            unsafe { Self::abandon(ptr, Outcome::Shutdown, counters) };
         }
-        // SAFETY: live while we hold the reference; claimed, so the body is live.
-        let body = unsafe { Self::from_header(ptr).take_body() };
-        counters.bump(&counters.cancelled);
-        // SAFETY: claimed, nothing to store; we pass on the reference.
-        unsafe { Self::complete(ptr, Outcome::Shutdown, true) };
-        drop_quietly(body);
     }
 
     /// Handle side: cancel a task that has not started (or waits for its next attempt).
     /// Does not touch the queued reference, which its holder drops when it meets the task.
+    /// A running task is asked to stop instead (`CANCEL_REQUESTED`), and false returned.
     ///
     /// # Safety
     /// `ptr` is a task of this type; the caller holds the handle's reference.
     unsafe fn cancel(ptr: NonNull<Header>) -> bool {
         // SAFETY: the handle's reference keeps it live.
         let this = unsafe { Self::from_header(ptr) };
-        let TransitionToRunning::Success(before) = this.header.state.try_claim() else {
-            return false;
+        let before = match this.header.state.try_claim() {
+            TransitionToRunning::Success(before) => before,
+            TransitionToRunning::Failed(now) => {
+                if !now.is_complete() {
+                    this.header.state.request_cancel();
+                }
+                return false;
+            }
         };
         // SAFETY: claimed; the body is live.
         let body = unsafe { this.take_body() };
@@ -403,9 +462,10 @@ impl<B: Body> Cell<B> {
             // SAFETY: we just added the reference that the `TaskRef` owns.
             pool.timer.cancel(unsafe { TaskRef::from_raw(ptr) }, pool);
         }
+        // The body goes before `complete`: after it, the pool may be gone (invariant 5).
+        drop_counted(body, counters);
         // SAFETY: claimed, nothing to store; the queued reference stays with its holder.
-        unsafe { Self::complete(ptr, Outcome::Cancelled, false) };
-        drop_quietly(body);
+        unsafe { Self::complete(ptr, Outcome::Cancelled, false, counters) };
         true
     }
 
@@ -413,8 +473,9 @@ impl<B: Body> Cell<B> {
     /// and drops the queued reference if `release`.
     ///
     /// # Safety
-    /// The caller claimed the stage and stored `outcome`'s member in it.
-    unsafe fn complete(ptr: NonNull<Header>, outcome: Outcome, release: bool) {
+    /// The caller claimed the stage and stored `outcome`'s member in it. `counters` stay
+    /// valid throughout (a worker's, or, with `release == false`, a live pool's).
+    unsafe fn complete(ptr: NonNull<Header>, outcome: Outcome, release: bool, counters: &Counters) {
         // SAFETY: the caller holds a reference.
         let header = unsafe { ptr.as_ref() };
         if release {
@@ -424,7 +485,7 @@ impl<B: Body> Cell<B> {
                 // SAFETY: exclusive access; the stage holds `outcome`'s member, and
                 // `dealloc` sees a claimed task, so it leaves the (gone) body alone.
                 unsafe {
-                    Self::drop_outcome_in_place(ptr, outcome);
+                    Self::drop_outcome_in_place(ptr, outcome, counters);
                     Self::dealloc(ptr);
                 }
                 return;
@@ -438,7 +499,7 @@ impl<B: Body> Cell<B> {
         if !prev.is_join_interested() {
             // Invariant 2: the handle is gone, the output is ours to drop.
             // SAFETY: COMPLETE with no handle: exclusive access to the stage.
-            unsafe { Self::drop_output(ptr) };
+            drop_counted(unsafe { Self::from_header(ptr).take_outcome() }, counters);
         } else if prev.is_join_waker_set() {
             // Invariant 3: the handle stored a waker before setting JOIN_WAKER and may not
             // change it now that COMPLETE is set. A panicking waker is swallowed.
@@ -490,6 +551,7 @@ impl<B: Body> Cell<B> {
             }
             Outcome::Cancelled => Err(JoinError::cancelled()),
             Outcome::Shutdown => Err(JoinError::shutdown()),
+            Outcome::TimedOut => Err(JoinError::timed_out()),
         }
     }
 
@@ -506,7 +568,7 @@ impl<B: Body> Cell<B> {
     ///
     /// # Safety
     /// Exclusive access, and the stage holds `outcome`'s member.
-    unsafe fn drop_outcome_in_place(ptr: NonNull<Header>, outcome: Outcome) {
+    unsafe fn drop_outcome_in_place(ptr: NonNull<Header>, outcome: Outcome, counters: &Counters) {
         // SAFETY: live (caller's reference).
         let this = unsafe { Self::from_header(ptr) };
         match outcome {
@@ -515,19 +577,21 @@ impl<B: Body> Cell<B> {
                     // SAFETY: the output is the live member; exclusive.
                     unsafe { ManuallyDrop::take(&mut (*s).output) }
                 };
-                drop_quietly(this.stage.with_mut(take));
+                drop_counted(this.stage.with_mut(take), counters);
             }
             Outcome::Panicked => {
                 let take = |s: *mut Stage<B>| {
                     // SAFETY: the panic payload is the live member; exclusive.
                     unsafe { ManuallyDrop::take(&mut (*s).panic) }
                 };
-                drop_quietly(this.stage.with_mut(take));
+                drop_counted(this.stage.with_mut(take), counters);
             }
-            Outcome::Cancelled | Outcome::Shutdown => {}
+            Outcome::Cancelled | Outcome::Shutdown | Outcome::TimedOut => {}
         }
     }
 
+    /// The handle's drop: the pool may be gone, so a panic is counted only process-wide.
+    ///
     /// # Safety
     /// As for `take_outcome`.
     unsafe fn drop_output(ptr: NonNull<Header>) {

@@ -6,9 +6,10 @@
 //! | 1 | `COMPLETE` | the outcome is final; the stage holds the output (or nothing) | `complete` | never | `RUNNING` |
 //! | 2 | `JOIN_INTEREST` | the `JoinHandle` is alive | `new` | handle drop (`drop_join_interest`) | |
 //! | 3 | `JOIN_WAKER` | a waker is stored; the task side may read it | `set_join_waker` | `unset_join_waker` | |
-//! | 4–5 | `OUTCOME` | value / panicked / cancelled / shut down; valid once `COMPLETE` | `complete` | never | |
-//! | 6 | `SCHEDULED` | waiting in the timer, not in a queue | `new_scheduled`, a retry (`transition_running_to_scheduled`) | the driver's fire (`transition_scheduled_to_queued`) | |
-//! | 7–11 | reserved | (cancel requests: later) | | | |
+//! | 4 | `SCHEDULED` | waiting in the timer, not in a queue | `new_scheduled`, a retry (`transition_running_to_scheduled`) | the driver's fire (`transition_scheduled_to_queued`) | |
+//! | 5 | `CANCEL_REQUESTED` | the handle asked a claimed (running) task to stop; seen by `checkpoint()` and by the claimer when it completes or retries | `request_cancel` | never | |
+//! | 6–8 | `OUTCOME` | value / panicked / cancelled / shut down / timed out; valid once `COMPLETE` | `complete` | never | |
+//! | 9–11 | reserved | | | | |
 //! | 12.. | `REF_COUNT` | references: the handle, and the one queued/running reference | `new` | `ref_dec` | |
 //!
 //! Lifecycle (the names of the design doc): SCHEDULED (in the timer); QUEUED = neither
@@ -51,20 +52,22 @@ pub(crate) const RUNNING: usize = 1 << 0;
 pub(crate) const COMPLETE: usize = 1 << 1;
 pub(crate) const JOIN_INTEREST: usize = 1 << 2;
 pub(crate) const JOIN_WAKER: usize = 1 << 3;
-pub(crate) const OUTCOME_SHIFT: u32 = 4;
-pub(crate) const OUTCOME_MASK: usize = 0b11 << OUTCOME_SHIFT;
-pub(crate) const SCHEDULED: usize = 1 << 6;
+pub(crate) const SCHEDULED: usize = 1 << 4;
+pub(crate) const CANCEL_REQUESTED: usize = 1 << 5;
+pub(crate) const OUTCOME_SHIFT: u32 = 6;
+pub(crate) const OUTCOME_MASK: usize = 0b111 << OUTCOME_SHIFT;
 pub(crate) const REF_COUNT_SHIFT: u32 = 12;
 pub(crate) const REF_ONE: usize = 1 << REF_COUNT_SHIFT;
 pub(crate) const REF_COUNT_MASK: usize = !(REF_ONE - 1);
 
-const FLAGS: [usize; 6] = [
+const FLAGS: [usize; 7] = [
     RUNNING,
     COMPLETE,
     JOIN_INTEREST,
     JOIN_WAKER,
-    OUTCOME_MASK,
     SCHEDULED,
+    CANCEL_REQUESTED,
+    OUTCOME_MASK,
 ];
 const _: () = {
     let mut i = 0;
@@ -91,6 +94,8 @@ pub(crate) enum Outcome {
     Panicked = 1,
     Cancelled = 2,
     Shutdown = 3,
+    /// The run passed its time limit (`TaskBuilder::time_limit`).
+    TimedOut = 4,
 }
 
 impl Outcome {
@@ -113,6 +118,9 @@ impl Snapshot {
     pub(crate) fn is_scheduled(self) -> bool {
         self.0 & SCHEDULED != 0
     }
+    pub(crate) fn is_cancel_requested(self) -> bool {
+        self.0 & CANCEL_REQUESTED != 0
+    }
     pub(crate) fn is_claimed(self) -> bool {
         self.0 & (RUNNING | COMPLETE) != 0
     }
@@ -131,7 +139,8 @@ impl Snapshot {
             0 => Outcome::Value,
             1 => Outcome::Panicked,
             2 => Outcome::Cancelled,
-            _ => Outcome::Shutdown,
+            3 => Outcome::Shutdown,
+            _ => Outcome::TimedOut,
         }
     }
 }
@@ -144,6 +153,7 @@ impl std::fmt::Debug for Snapshot {
             .field("join_interest", &self.is_join_interested())
             .field("join_waker", &self.is_join_waker_set())
             .field("scheduled", &self.is_scheduled())
+            .field("cancel_requested", &self.is_cancel_requested())
             .field("outcome", &self.outcome())
             .field("refs", &self.ref_count())
             .finish()
@@ -345,6 +355,13 @@ impl State {
         debug_assert!(prev & RUNNING != 0 && prev & (SCHEDULED | COMPLETE) == 0);
     }
 
+    /// Handle side: asks a claimed task to stop (its claimer sees it in `checkpoint()`,
+    /// and when the attempt ends). A no-op on a complete task, whose outcome is final.
+    pub(crate) fn request_cancel(&self) {
+        // Relaxed: a hint with nothing to publish; the claimer reads it with a plain load.
+        self.val.fetch_or(CANCEL_REQUESTED, Ordering::Relaxed);
+    }
+
     /// Adds a reference (for a message that must keep the task alive).
     pub(crate) fn ref_inc(&self) {
         // Relaxed: the caller already holds a reference, as in `Arc::clone`.
@@ -392,6 +409,7 @@ mod tests {
             Outcome::Panicked,
             Outcome::Cancelled,
             Outcome::Shutdown,
+            Outcome::TimedOut,
         ] {
             let s = State::new();
             assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
@@ -465,6 +483,28 @@ mod tests {
         assert!(s.transition_scheduled_to_queued().is_err());
         s.ref_inc();
         assert_eq!(s.load().ref_count(), 3);
+    }
+
+    #[test]
+    fn a_cancel_request_sticks_to_a_claimed_task() {
+        let s = State::new();
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
+        s.request_cancel();
+        assert!(s.load().is_cancel_requested() && s.load().is_running());
+        let prev = s.complete(Outcome::Cancelled);
+        assert!(prev.is_cancel_requested());
+        assert_eq!(s.load().outcome(), Outcome::Cancelled);
+
+        // A retry keeps the request across SCHEDULED; the next claim sees it.
+        let s = State::new();
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
+        s.transition_running_to_scheduled();
+        s.request_cancel();
+        assert!(s.transition_scheduled_to_queued().is_ok());
+        let TransitionToRunning::Success(before) = s.try_claim() else {
+            panic!("claim")
+        };
+        assert!(before.is_cancel_requested());
     }
 
     #[test]

@@ -89,6 +89,15 @@ impl PeriodicState {
     }
 }
 
+impl Drop for PeriodicState {
+    fn drop(&mut self) {
+        // The last reference may go on the driver thread, a worker or the handle's
+        // thread: a panicking `Drop` of the user's closure must not unwind there.
+        let body = std::mem::replace(self.body.get_mut(), Box::new(|| {}));
+        crate::task::raw::drop_quietly(body);
+    }
+}
+
 /// A queued run of a schedule; a job of its own kind (see `job.rs`): executing it runs the
 /// body once; discarding it (shutdown) skips the run.
 #[repr(C)]
@@ -101,6 +110,7 @@ impl RunJob {
     const VTABLE: JobVtable = JobVtable {
         execute: Self::execute,
         discard: Self::discard,
+        is_task: false,
     };
 
     fn into_job_ref(schedule: Arc<PeriodicState>) -> JobRef {
