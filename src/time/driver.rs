@@ -21,6 +21,9 @@
 //! A sender pushes its message, `fence(SeqCst)`, then reads `sleeping_until`, and unparks
 //! the driver only if its deadline is earlier. The fences pair as in `sleep.rs`: either the
 //! driver sees the message in step 3, or the sender sees the sleep target it must beat.
+//! A sender whose deadline is not earlier leaves the driver asleep: its timeout ends at or
+//! before that deadline, and it finds the message then. Both halves live in [`Handoff`],
+//! which the loom models (`tests/loom_timer.rs`) drive as the driver and senders do.
 //!
 //! ## Time
 //! A tick is 1 ms since the timer was created. Deadlines round *up* to a tick and "now"
@@ -56,6 +59,87 @@ const AWAKE: u64 = 0;
 
 /// The length of a tick.
 const TICK: Duration = Duration::from_millis(1);
+
+/// What a sender must do after pushing its message ([`Handoff::after_send`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterSend {
+    /// The driver has exited and may have drained for the last time: drain the inbox.
+    DrainAfterExit,
+    /// The driver sleeps (or is about to) past the message's deadline: unpark it.
+    Wake,
+    /// The driver will see the message in time.
+    Nothing,
+}
+
+/// The two words senders and the driver hand messages off with (module docs): the tick
+/// the driver sleeps until, and whether it has exited. Each side writes (the inbox, or
+/// one of these), `fence(SeqCst)`, then reads what the other side writes.
+///
+/// `FENCED` is `true` everywhere but in the loom models' negative control, which removes
+/// the fences to show they are what makes the hand-off work.
+struct Handoff<const FENCED: bool = true> {
+    /// The tick the driver sleeps until: `AWAKE`, a tick, or `NEVER` (until unparked).
+    sleeping_until: CachePadded<AtomicU64>,
+    /// Set once the driver exited; its final drain follows.
+    gone: AtomicBool,
+}
+
+impl<const FENCED: bool> Handoff<FENCED> {
+    fn new() -> Self {
+        Handoff {
+            sleeping_until: CachePadded::new(AtomicU64::new(AWAKE)),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// `fence(SeqCst)`, unless this is the negative control.
+    #[inline(always)]
+    fn fence() {
+        if FENCED {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// The driver, step 1: it is awake and drains the inbox next.
+    #[inline]
+    fn set_awake(&self) {
+        self.sleeping_until.store(AWAKE, Ordering::SeqCst);
+    }
+
+    /// The driver, step 3: publishes the tick it will sleep until, then fences. The caller
+    /// must look at the inbox once more afterwards, and park only if it is empty.
+    #[inline]
+    fn publish_and_fence(&self, next: u64) {
+        self.sleeping_until.store(next, Ordering::SeqCst);
+        // Pairs with the sender's fence in `after_send` (module docs).
+        Self::fence();
+    }
+
+    /// The driver, at exit: sets `gone`, then fences. The caller must drain the inbox once
+    /// more afterwards.
+    #[inline]
+    fn exit_and_fence(&self) {
+        // Release, though no reader relies on it: senders load `gone` after their fence.
+        self.gone.store(true, Ordering::Release);
+        // Pairs with the sender's fence: either it sees `gone`, or we see its message.
+        Self::fence();
+    }
+
+    /// A sender, right after pushing a message due at `deadline`: fences, then says what
+    /// is left to do.
+    #[inline]
+    fn after_send(&self, deadline: u64) -> AfterSend {
+        // Pairs with the driver's fence before it parks and before its final drain.
+        Self::fence();
+        if self.gone.load(Ordering::Relaxed) {
+            AfterSend::DrainAfterExit
+        } else if deadline < self.sleeping_until.load(Ordering::Relaxed) {
+            AfterSend::Wake
+        } else {
+            AfterSend::Nothing
+        }
+    }
+}
 
 /// A message to the driver.
 enum Msg {
@@ -109,10 +193,8 @@ impl Entry {
 /// The senders' side of the timer, shared through the pool's `Shared`.
 pub(crate) struct Timer {
     inbox: Injector<Msg>,
-    /// The tick the driver sleeps until: `AWAKE`, a tick, or `NEVER` (until unparked).
-    sleeping_until: CachePadded<AtomicU64>,
-    /// Set once the driver exited; its final drain follows.
-    gone: AtomicBool,
+    /// `sleeping_until` and `gone`.
+    handoff: Handoff,
     thread: OnceLock<Thread>,
     start: Instant,
     /// Entries in the wheel, as of the driver's last loop (a gauge for metrics).
@@ -127,8 +209,7 @@ impl Timer {
     pub(crate) fn new() -> Timer {
         Timer {
             inbox: Injector::new(),
-            sleeping_until: CachePadded::new(AtomicU64::new(AWAKE)),
-            gone: AtomicBool::new(false),
+            handoff: Handoff::new(),
             thread: OnceLock::new(),
             start: Instant::now(),
             pending: AtomicU64::new(0),
@@ -196,13 +277,10 @@ impl Timer {
 
     fn send(&self, msg: Msg, deadline: u64, pool: &Shared) {
         self.inbox.push(msg);
-        // Pairs with the driver's fence before it parks (module docs) and before its final
-        // drain at exit.
-        fence(Ordering::SeqCst);
-        if self.gone.load(Ordering::Relaxed) {
-            self.drain_after_exit(pool);
-        } else if deadline < self.sleeping_until.load(Ordering::Relaxed) {
-            self.wake();
+        match self.handoff.after_send(deadline) {
+            AfterSend::DrainAfterExit => self.drain_after_exit(pool),
+            AfterSend::Wake => self.wake(),
+            AfterSend::Nothing => {}
         }
     }
 
@@ -274,7 +352,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         tombstones: HashSet::new(),
     };
     loop {
-        timer.sleeping_until.store(AWAKE, Ordering::SeqCst);
+        timer.handoff.set_awake();
         driver.drain_inbox(&shared);
         if shared.sleep.is_closed() {
             break;
@@ -284,9 +362,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         timer
             .pending
             .store(driver.wheel.len() as u64, Ordering::Relaxed);
-        timer.sleeping_until.store(next, Ordering::SeqCst);
-        // Pairs with the sender's fence (module docs).
-        fence(Ordering::SeqCst);
+        timer.handoff.publish_and_fence(next);
         if !timer.inbox.is_empty() || shared.sleep.is_closed() {
             continue;
         }
@@ -414,10 +490,7 @@ impl Driver {
         self.early_cancels.clear();
         self.tombstones.clear();
         timer.pending.store(0, Ordering::Relaxed);
-        // Release: `wait_gone` (Acquire) then sees every count made above.
-        timer.gone.store(true, Ordering::Release);
-        // Pairs with the sender's fence: either it sees `gone`, or we see its message.
-        fence(Ordering::SeqCst);
+        timer.handoff.exit_and_fence();
         timer.drain_after_exit(shared);
     }
 }
@@ -467,3 +540,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+#[path = "tests/loom_timer.rs"]
+mod loom_timer;
