@@ -27,7 +27,15 @@ use std::sync::PoisonError;
 use crossbeam_utils::CachePadded;
 
 use crate::lanes::LANES;
+#[cfg(not(all(test, shuttle)))]
 use crate::loom::{AtomicUsize, Condvar, Mutex, Ordering};
+// The gate blocks on a mutex and condvar and never spins, so shuttle can drive it: under
+// `--cfg shuttle` its tests (`shuttle_bound.rs`) swap in shuttle's primitives here only.
+#[cfg(all(test, shuttle))]
+use shuttle::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Condvar, Mutex,
+};
 
 /// The per-lane limit and gates of a bounded pool.
 pub(crate) struct Bound {
@@ -60,7 +68,7 @@ impl Bound {
     }
 
     /// Jobs counted in `lane` now.
-    #[cfg(test)]
+    #[cfg(all(test, any(shuttle, not(loom))))]
     pub(crate) fn depth(&self, lane: usize) -> usize {
         self.gates[lane].depth.load(Ordering::Relaxed)
     }
@@ -135,6 +143,10 @@ impl Bound {
         }
     }
 }
+
+#[cfg(all(test, shuttle))]
+#[path = "tests/shuttle_bound.rs"]
+mod shuttle_bound;
 
 #[cfg(all(test, not(loom), not(shuttle)))]
 mod tests {

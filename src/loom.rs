@@ -21,10 +21,13 @@ pub(crate) use loom::cell::UnsafeCell;
 
 /// The blocking primitives of the rare slow paths (a submitter waiting for room in a
 /// bounded lane): `std`'s, so that loom can swap them too.
+/// (Unused when `--cfg shuttle` hands the gate shuttle's instead.)
 #[cfg(loom)]
+#[cfg_attr(all(test, shuttle), allow(unused_imports))]
 pub(crate) use loom::sync::{Condvar, Mutex};
 
 #[cfg(not(loom))]
+#[cfg_attr(all(test, shuttle), allow(unused_imports))]
 pub(crate) use std::sync::{Condvar, Mutex};
 
 /// `std::cell::UnsafeCell` with loom's closure-based API, so code is written once.
