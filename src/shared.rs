@@ -368,7 +368,17 @@ impl Shared {
         let still_running = total - *exited;
         drop(exited);
         let mut threads = self.threads.lock();
-        let (done, running): (Vec<_>, Vec<_>) = threads.drain(..).partition(|t| t.is_finished());
+        // A thread counts itself exited (`thread_exited`) before it ends: it still drops
+        // its worker state and its `Arc<Shared>` and runs its thread-local destructors, so
+        // `is_finished` can be false for a thread that has nothing left to wait for. Once
+        // every thread has counted itself out, join them all (none can block on a task),
+        // as `shutdown` promises; only when time ran out with some still busy, join just
+        // those already finished and leave the rest listed for a later `shutdown`.
+        let (done, running): (Vec<_>, Vec<_>) = if still_running == 0 {
+            (threads.drain(..).collect(), Vec::new())
+        } else {
+            threads.drain(..).partition(|t| t.is_finished())
+        };
         *threads = running;
         drop(threads);
         for t in done {

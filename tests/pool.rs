@@ -696,3 +696,45 @@ fn joining_a_handle_from_inside_its_own_task_is_an_error_not_a_deadlock() {
     assert!(res_rx.recv_timeout(HANG).unwrap());
     pool.shutdown();
 }
+
+#[test]
+fn shutdown_returns_only_after_every_pool_thread_ended() {
+    // Each worker's thread-local guard is dropped as its thread ends, after the worker has
+    // counted itself as exited: a joined thread has run it, an unjoined one may not have.
+    struct Guard(Arc<AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    thread_local! {
+        static GUARD: std::cell::RefCell<Option<Guard>> = const { std::cell::RefCell::new(None) };
+    }
+    for round in 0..200 {
+        let ended = Arc::new(AtomicUsize::new(0));
+        let e = ended.clone();
+        let pool = Pool::builder()
+            .workers(2)
+            .on_thread_start(move |_| GUARD.with(|g| *g.borrow_mut() = Some(Guard(e.clone()))))
+            .build()
+            .unwrap();
+        pool.spawn(|| ()).join().unwrap();
+        if round % 2 == 0 {
+            pool.shutdown();
+        } else {
+            assert_eq!(pool.shutdown_timeout(HANG).threads_still_running, 0);
+        }
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            2,
+            "round {round}: a worker was not joined"
+        );
+        drop(pool);
+        // The pool's last reference was ours: its hooks (and what they hold) are gone.
+        assert_eq!(
+            Arc::strong_count(&ended),
+            1,
+            "round {round}: the pool outlived its drop"
+        );
+    }
+}
