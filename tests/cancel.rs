@@ -314,3 +314,27 @@ fn panicking_drops_are_caught_and_counted_wherever_they_happen() {
     pool.shutdown();
     assert_eq!(drops.load(Ordering::SeqCst), 8);
 }
+
+#[test]
+fn extreme_time_limits_are_well_defined() {
+    let pool = pool(1);
+    // Zero: the limit has passed when the run starts.
+    let h = pool
+        .task()
+        .time_limit(Duration::ZERO)
+        .spawn(|| weft::checkpoint().map_err(|c| c.is_time_limit()));
+    assert!(h.join().unwrap_err().is_time_limit());
+    // Too far for an `Instant`: no limit at all.
+    let h = pool
+        .task()
+        .time_limit(Duration::MAX)
+        .spawn(weft::checkpoint);
+    assert_eq!(h.join().unwrap(), Ok(()));
+    // A huge bound on the lanes is just unbounded in practice.
+    let big = Pool::builder()
+        .workers(1)
+        .max_queued(usize::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(big.try_spawn(|| 1).unwrap().join().unwrap(), 1);
+}
