@@ -216,8 +216,9 @@ impl Stealers {
 pub(crate) struct Lanes {
     pub(crate) injectors: [Injector<JobRef>; LANES],
     pub(crate) stealers: Box<[Stealers]>,
-    /// The per-lane limit (`Builder::max_queued`); `None` when unbounded.
-    pub(crate) bound: Option<Bound>,
+    /// The per-lane limit (`Builder::max_queued`); `None` when unbounded. Boxed: one
+    /// read-only word here, so the unbounded fast path reads only a null check.
+    pub(crate) bound: Option<Box<Bound>>,
 }
 
 /// Where a found job came from; thefts are counted.
@@ -229,7 +230,7 @@ pub(crate) enum Source {
 }
 
 impl Lanes {
-    pub(crate) fn new(stealers: Vec<Stealers>, bound: Option<Bound>) -> Lanes {
+    pub(crate) fn new(stealers: Vec<Stealers>, bound: Option<Box<Bound>>) -> Lanes {
         Lanes {
             injectors: std::array::from_fn(|_| Injector::new()),
             stealers: stealers.into(),

@@ -93,13 +93,28 @@
 //!   by its handle as a [`JoinError`]; the worker thread carries on.
 //! - **A handle is dropped:** the task is detached; it still runs, and its output is dropped.
 //! - **`cancel` is called:** a task that has not started never will, and its handle resolves
-//!   to a cancelled error; a running task is not interrupted (`cancel` returns false).
+//!   to a cancelled error. A running task is not interrupted (`cancel` returns false) but
+//!   asked to stop: [`checkpoint`] returns `Err` inside it, and its handle resolves to the
+//!   cancelled error when it ends (a retrying task is not retried).
+//! - **A time limit passes** ([`TaskBuilder::time_limit`], per run): [`checkpoint`] returns
+//!   `Err` inside the task, and a run that ends after its limit resolves its handle to a
+//!   time-limit error ([`JoinError::is_time_limit`]). weft never kills a thread.
+//! - **A `Drop` panics** (a task's closure or output, dropped by weft): the panic is
+//!   caught and counted ([`drop_panics`], [`Metrics::drop_panics`]) wherever it happens
+//!   (a worker, the thread calling `cancel`, shutdown, the thread dropping a handle); it
+//!   never kills a worker, unwinds out of weft's API, or hangs shutdown.
 //! - **[`Pool::shutdown`]:** new spawns are refused (their handles resolve to a shut-down
 //!   error at once), queued tasks still run, the workers exit and are joined. Every handle
 //!   resolves. [`Pool::shutdown_now`] resolves queued tasks as shut down instead of
-//!   running them. Dropping the last `Pool` handle is a `shutdown`. Called from one of the
-//!   pool's own workers, shutdown does not join any thread (that could deadlock).
-//! - **A full queue:** queues are unbounded; memory is the limit.
+//!   running them; [`Pool::shutdown_timeout`] waits a bounded time, then does so, and
+//!   returns a [`ShutdownReport`]. Dropping the last `Pool` handle is a `shutdown`. Called
+//!   from one of the pool's own workers, shutdown does not join any thread (that could
+//!   deadlock).
+//! - **A full queue:** by default queues are unbounded (memory is the limit).
+//!   [`Builder::max_queued`] bounds each lane: [`Pool::try_spawn`] then refuses with a
+//!   [`TrySpawnError`] that hands the closure back, and `spawn` waits for room (a worker
+//!   runs queued work while it waits). Shutdown releases waiting submitters, whose spawns
+//!   are refused.
 //! - **A delayed task:** waits in the pool's timer and joins its lane once its deadline has
 //!   passed, never before (deadlines round up to the timer's 1 ms tick). Due tasks enter
 //!   their lane in deadline order. `cancel` while it waits removes it from the timer at

@@ -919,7 +919,7 @@ impl Builder {
         }
         let (locals, stealers): (Vec<_>, Vec<_>) = (0..n).map(|_| LocalQueues::new()).unzip();
         let shared = Arc::new(Shared::new(
-            crate::lanes::Lanes::new(stealers, self.max_queued.map(Bound::new)),
+            crate::lanes::Lanes::new(stealers, self.max_queued.map(|n| Box::new(Bound::new(n)))),
             n,
             self.on_start,
             self.on_stop,

@@ -131,7 +131,7 @@ impl Shared {
         T: Send + 'static,
     {
         if self.lanes.bound.is_some() {
-            return self.spawn_body(priority, Some(Instant::now()), Once(func));
+            return self.spawn_bounded(priority, func);
         }
         if self.is_closed() {
             // SAFETY: a refused task's only reference is the handle's, of output type `T`.
@@ -141,6 +141,18 @@ impl Shared {
         self.push(priority.lane(), job, true);
         // SAFETY: `allocate` returns the handle's reference to a task with output `T`.
         unsafe { JoinHandle::from_raw(handle) }
+    }
+
+    /// `spawn` in a bounded pool: kept out of line, so the unbounded fast path stays small
+    /// enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn spawn_bounded<F, T>(&self, priority: Priority, func: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn_body(priority, Some(Instant::now()), Once(func))
     }
 
     /// Spawns a task with any body, to start at `at`: now (an instant already past), later
