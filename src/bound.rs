@@ -97,6 +97,7 @@ impl Bound {
     /// A job left `lane`: frees its slot and wakes one waiting submitter, if any.
     pub(crate) fn release(&self, lane: usize) {
         let gate = &self.gates[lane];
+        crate::util::jitter();
         let prev = gate.depth.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(prev > 0, "lane depth underflow");
         // SeqCst: pairs with the waiter's registration (module docs).

@@ -278,6 +278,7 @@ impl Shared {
                 if count_spawn {
                     c.bump(&c.spawned);
                 }
+                crate::util::jitter();
                 w.push_spawned(lane, job);
                 // With the fence: a task may block waiting for the one it spawned, so an
                 // idle worker must not miss it (sleep.rs, step 1).
@@ -288,6 +289,7 @@ impl Shared {
                 if count_spawn {
                     c.bump(&c.spawned);
                 }
+                crate::util::jitter();
                 self.lanes.inject(lane, job);
                 self.after_push(c);
             }

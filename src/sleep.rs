@@ -149,6 +149,7 @@ impl Sleep {
     #[inline]
     pub(crate) fn notify_after_push(&self, counters: &Counters) -> Snapshot {
         // Pairs with the fence in `sleep` (Dekker; see the module docs).
+        crate::util::jitter();
         fence(Ordering::SeqCst);
         let s = Snapshot(self.state.load(Ordering::Relaxed));
         if s.searching() == 0 && s.sleeping() > 0 {
@@ -231,6 +232,7 @@ impl Sleep {
                 .fetch_add(SLEEPING_ONE.wrapping_sub(SEARCHING_ONE), Ordering::SeqCst);
         }
         // Pairs with the fence in `notify_after_push` (Dekker; see the module docs).
+        crate::util::jitter();
         fence(Ordering::SeqCst);
         if has_work() || stop() {
             self.take_off_idle_list(index);
@@ -286,6 +288,7 @@ impl Sleep {
         let prev = Snapshot(self.state.fetch_sub(ALIVE_ONE, Ordering::SeqCst));
         debug_assert!(prev.alive() > 0 && prev.is_closed(), "{prev:?}");
         // Pairs with the pusher's fence: either it sees ALIVE drop, or we see its job.
+        crate::util::jitter();
         fence(Ordering::SeqCst);
     }
 }

@@ -48,6 +48,55 @@ impl XorShift64Star {
     }
 }
 
+/// A scheduling point for weft's own stress tests. With the internal `__stress` feature
+/// (`cargo test --features __stress --test stress`), a thread passing here now and then
+/// yields or spins for a random while, at the points where the protocols race (before the
+/// fences of the sleep and timer hand-offs, between a claim and a completion, around a
+/// push): interleavings that real threads rarely hit get hit. Without the feature it is
+/// nothing.
+#[inline(always)]
+pub(crate) fn jitter() {
+    #[cfg(feature = "__stress")]
+    stress::jitter();
+}
+
+#[cfg(feature = "__stress")]
+mod stress {
+    use std::cell::Cell;
+
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn jitter() {
+        let r = STATE.with(|s| {
+            let mut x = s.get();
+            if x == 0 {
+                // Seeded per thread from its stack address and the clock.
+                let here = &x as *const u64 as u64;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64);
+                x = (here ^ now) | 1;
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.set(x);
+            x
+        });
+        match r % 16 {
+            0 => std::thread::yield_now(),
+            1 | 2 => {
+                for _ in 0..(r >> 8) % 256 {
+                    std::hint::spin_loop();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Extracts a readable message from a panic payload (`&str` or `String`), if it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
     if let Some(s) = payload.downcast_ref::<&'static str>() {

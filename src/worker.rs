@@ -171,6 +171,7 @@ impl WorkerThread {
         if self.searching.replace(false) && self.shared.sleep.stop_searching() {
             // Step 3 of the sleep protocol: the last searcher hands the search on if work
             // is left. Pairs with the pusher's fence.
+            crate::util::jitter();
             fence(Ordering::SeqCst);
             if !self.shared.lanes.is_empty() {
                 self.shared.sleep.notify_one(self.counters());

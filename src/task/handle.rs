@@ -251,6 +251,7 @@ impl<T> Drop for JoinHandle<T> {
     fn drop(&mut self) {
         let header = self.header();
         let vtable = header.vtable();
+        crate::util::jitter();
         if !self.taken {
             if header.state.drop_join_interest_and_ref().is_ok() {
                 // Detached: the task still runs and drops its own output.

@@ -305,6 +305,7 @@ impl<B: Body> Cell<B> {
         let Some(before) = (unsafe { Self::claim_or_release(ptr) }) else {
             return;
         };
+        crate::util::jitter();
         if before.is_cancel_requested() {
             // A retry whose handle asked it to stop during its previous attempt.
             // SAFETY: claimed, body live; we pass on the queued reference.
@@ -478,6 +479,7 @@ impl<B: Body> Cell<B> {
     unsafe fn complete(ptr: NonNull<Header>, outcome: Outcome, release: bool, counters: &Counters) {
         // SAFETY: the caller holds a reference.
         let header = unsafe { ptr.as_ref() };
+        crate::util::jitter();
         if release {
             if header.state.is_sole_owner() {
                 // Detached, and ours is the only reference: nobody can observe the task

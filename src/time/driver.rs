@@ -96,6 +96,7 @@ impl<const FENCED: bool> Handoff<FENCED> {
     #[inline(always)]
     fn fence() {
         if FENCED {
+            crate::util::jitter();
             fence(Ordering::SeqCst);
         }
     }
