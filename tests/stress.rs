@@ -127,8 +127,13 @@ fn cancel_racing_run_has_exactly_one_winner() {
                 assert!(r.unwrap_err().is_cancelled());
                 assert!(!did_run, "a cancelled task ran");
             } else {
-                assert_eq!(r.unwrap(), i);
+                // It had started: it ran once, and resolves to its value, or to cancelled
+                // if the request came while it ran.
                 assert!(did_run);
+                match r {
+                    Ok(v) => assert_eq!(v, i),
+                    Err(e) => assert!(e.is_cancelled(), "{e:?}"),
+                }
             }
         }
     }
@@ -164,10 +169,12 @@ fn cancel_from_another_thread_races_workers() {
             }
         }
     }
-    assert_eq!(seen_cancelled, cancelled);
+    // A cancel that lost to a running task requested a stop: such a task ran, yet may
+    // resolve as cancelled too.
+    assert!(seen_cancelled >= cancelled);
     assert_eq!(ran.load(Ordering::SeqCst) + cancelled, 5_000);
     pool.shutdown();
-    assert_eq!(pool.metrics().cancelled as usize, cancelled);
+    assert_eq!(pool.metrics().cancelled as usize, seen_cancelled);
 }
 
 #[test]
