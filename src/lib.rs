@@ -164,6 +164,9 @@ mod time;
 mod util;
 mod worker;
 
+#[cfg(feature = "service")]
+pub mod service;
+
 pub use join::join;
 pub use lanes::Priority;
 pub use metrics::Metrics;

@@ -1,0 +1,619 @@
+//! `weft`: the command-line client of a weft node (feature `cli`).
+//!
+//! Submits tasks, reads their state, cancels them, lists them, and shows the node's
+//! metrics, over the node's Unix socket (default) or TCP. Exit codes are in
+//! [`EXIT_CODES`] and `weft --help`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weft::service::client::{
+    parse_duration, ClientError, RetryOptions, State, SubmitOptions, TaskInfo,
+};
+use weft::service::{default_socket_path, Client};
+use weft::Priority;
+
+/// The exit codes, as `--help` prints them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the task failed (FAILURE) or was revoked (REVOKED)
+  2  usage error (bad options, bad --args JSON, bad --url)
+  3  node unreachable (connect failed, no socket, no answer in time)
+  4  the node refused the request (4xx: unknown task, bad args, bad token, 429 after
+     retries...; also 5xx and malformed answers); the reason is on stderr
+  5  --wait ran out before the task finished";
+
+const USAGE_ERROR: u8 = 2;
+const UNREACHABLE: u8 = 3;
+const REFUSED: u8 = 4;
+const WAIT_RAN_OUT: u8 = 5;
+const TASK_FAILED: u8 = 1;
+
+/// The longest `weft submit --wait` waits unless given `--timeout`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft",
+    version,
+    about = "Submit, inspect and cancel tasks on a weft node",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// The node's Unix socket [default: $XDG_RUNTIME_DIR/weft.sock, else
+    /// /tmp/weft-$UID/weft.sock]
+    #[arg(long, global = true, env = "WEFT_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Talk to the node over TCP instead of the socket: http://host:port
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// Bearer token for a node that requires one
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit a task; prints its id, or with --wait its result's JSON
+    #[command(after_help = EXIT_CODES)]
+    Submit {
+        /// The registered task name
+        name: String,
+        /// The task's arguments, as JSON
+        #[arg(long, value_name = "JSON", default_value = "null", value_parser = parse_json)]
+        args: serde_json::Value,
+        /// Run in this lane instead of the task's registered one
+        #[arg(long, value_enum)]
+        priority: Option<Lane>,
+        /// Start no sooner than this from now (2s, 500ms, 1m, plain seconds)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        delay: Option<Duration>,
+        /// Fail an attempt that runs longer than this
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        time_limit: Option<Duration>,
+        /// Attempts in all, retries included (the node's default backoff)
+        #[arg(long, value_name = "N")]
+        max_attempts: Option<u32>,
+        /// Wait for the task to finish; print its result's JSON alone on stdout and exit 0
+        /// only if it succeeded
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits [default: 60s]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "wait")]
+        timeout: Option<Duration>,
+    },
+    /// Print a task's state as JSON (exit 1 if it failed or was revoked)
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        /// The task id
+        id: String,
+        /// Long-poll up to this long for the task to finish (exit 5 if it has not)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
+    /// Cancel a task; prints {"id", "revoked", "state"}
+    Cancel {
+        /// The task id
+        id: String,
+    },
+    /// List recent tasks, newest first
+    Tasks {
+        /// How many (the node's default is 100, its maximum 1000)
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print the node's JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the task names the node can run
+    Registry,
+    /// Print the node's metrics (Prometheus text format)
+    Metrics,
+    /// Check that the node is up
+    Health,
+    /// Live view of queue depths and throughput, from the node's metrics
+    Watch {
+        /// Time between polls
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// Print one frame and exit
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+/// `--priority` values.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Lane {
+    High,
+    Normal,
+    Low,
+}
+
+impl From<Lane> for Priority {
+    fn from(l: Lane) -> Priority {
+        match l {
+            Lane::High => Priority::High,
+            Lane::Normal => Priority::Normal,
+            Lane::Low => Priority::Low,
+        }
+    }
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// A failed command: the exit code and what to print on stderr.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = if e.is_invalid_input() {
+            USAGE_ERROR
+        } else if e.is_unreachable() || e.is_timeout() {
+            UNREACHABLE
+        } else {
+            REFUSED
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("weft: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn client(cli: &Cli) -> Result<Client, Failure> {
+    let client = match (&cli.url, &cli.socket) {
+        (Some(url), _) => Client::tcp(url)?,
+        (None, Some(path)) => Client::unix(path),
+        (None, None) => Client::unix(default_socket_path()),
+    };
+    Ok(match cli.token.as_deref() {
+        Some(t) if !t.is_empty() => client.with_token(t),
+        _ => client,
+    })
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let client = client(&cli)?;
+    match cli.command {
+        Command::Submit {
+            name,
+            args,
+            priority,
+            delay,
+            time_limit,
+            max_attempts,
+            wait,
+            timeout,
+        } => {
+            let mut opts = SubmitOptions::new();
+            if let Some(p) = priority {
+                opts = opts.priority(p.into());
+            }
+            if let Some(d) = delay {
+                opts = opts.delay(d);
+            }
+            if let Some(d) = time_limit {
+                opts = opts.time_limit(d);
+            }
+            if let Some(n) = max_attempts {
+                opts = opts.retry(RetryOptions::new().max_attempts(n));
+            }
+            let task = client.submit(&name, args, opts)?;
+            if !wait {
+                println!("{}", task.id);
+                return Ok(());
+            }
+            let info = client
+                .wait(&task.id, timeout.unwrap_or(DEFAULT_WAIT))
+                .map_err(wait_failure)?;
+            finished(&info)?;
+            let result = info.result.unwrap_or(serde_json::Value::Null);
+            println!("{result}");
+            Ok(())
+        }
+        Command::Status { id, wait } => {
+            let info = client.status(&id, wait)?;
+            print_json(&info);
+            match info.state {
+                State::Failure | State::Revoked => Err(Failure {
+                    code: TASK_FAILED,
+                    message: describe_end(&info),
+                }),
+                s if wait.is_some() && !s.is_finished() => Err(Failure {
+                    code: WAIT_RAN_OUT,
+                    message: format!("task {id} still {s} after --wait"),
+                }),
+                _ => Ok(()),
+            }
+        }
+        Command::Cancel { id } => {
+            print_json(&client.cancel(&id)?);
+            Ok(())
+        }
+        Command::Tasks { limit, json } => {
+            let tasks = client.tasks(limit)?;
+            if json {
+                print_json(&serde_json::json!({ "tasks": tasks }));
+            } else {
+                for t in &tasks {
+                    println!("{}\t{}\t{}\t{}", t.id, t.name, t.state, t.attempts);
+                }
+            }
+            Ok(())
+        }
+        Command::Registry => {
+            for t in client.registry()? {
+                println!("{}\t{:?}", t.name, t.priority);
+            }
+            Ok(())
+        }
+        Command::Metrics => {
+            print!("{}", client.metrics()?);
+            Ok(())
+        }
+        Command::Health => {
+            client.health()?;
+            println!("ok");
+            Ok(())
+        }
+        Command::Watch { interval, once } => watch(&client, interval, once),
+    }
+}
+
+/// A [`Client::wait`] error: a timeout there means `--wait` ran out.
+fn wait_failure(e: ClientError) -> Failure {
+    if e.is_timeout() {
+        Failure {
+            code: WAIT_RAN_OUT,
+            message: e.to_string(),
+        }
+    } else {
+        e.into()
+    }
+}
+
+/// Exit 1 for a task that finished without a value.
+fn finished(info: &TaskInfo) -> Result<(), Failure> {
+    match info.state {
+        State::Success => Ok(()),
+        _ => Err(Failure {
+            code: TASK_FAILED,
+            message: describe_end(info),
+        }),
+    }
+}
+
+fn describe_end(info: &TaskInfo) -> String {
+    format!(
+        "task {} ({}) {}: {}",
+        info.id,
+        info.name,
+        info.state,
+        info.error.as_deref().unwrap_or("no reason given")
+    )
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    let text = serde_json::to_string_pretty(value).expect("serializable");
+    println!("{text}");
+}
+
+// ---- weft watch ----------------------------------------------------------------------
+
+/// The lanes, in the order shown.
+const LANES: [&str; 3] = ["high", "normal", "low"];
+
+/// One scrape of `/metrics`: `name{label="v",...}` (labels sorted) to value.
+#[derive(Debug, Default)]
+struct Sample {
+    values: BTreeMap<String, f64>,
+}
+
+impl Sample {
+    /// Reads Prometheus text format: comments and blank lines skipped, unreadable lines
+    /// ignored.
+    fn parse(text: &str) -> Sample {
+        let mut values = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((key, value)) = parse_line(line) {
+                values.insert(key, value);
+            }
+        }
+        Sample { values }
+    }
+
+    fn get(&self, key: &str) -> Option<f64> {
+        self.values.get(key).copied()
+    }
+
+    /// The sum of a metric over all its label sets.
+    fn sum(&self, name: &str) -> Option<f64> {
+        let mut found = None;
+        for (k, v) in &self.values {
+            let base = k.split('{').next().unwrap_or(k);
+            if base == name {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+        found
+    }
+
+    fn queued(&self, lane: &str) -> f64 {
+        self.get(&format!("weft_queued{{lane=\"{lane}\"}}"))
+            .unwrap_or(0.0)
+    }
+}
+
+/// One sample line: the key with its labels sorted, and the value.
+fn parse_line(line: &str) -> Option<(String, f64)> {
+    let (series, rest) = match line.find('{') {
+        Some(open) => {
+            let close = open + line[open..].find('}')?;
+            (&line[..=close], &line[close + 1..])
+        }
+        None => {
+            let end = line.find(char::is_whitespace)?;
+            (&line[..end], &line[end..])
+        }
+    };
+    let value: f64 = match rest.split_whitespace().next()? {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    let key = match series.find('{') {
+        None => series.to_owned(),
+        Some(open) => {
+            let mut labels: Vec<String> = series[open + 1..series.len() - 1]
+                .split(',')
+                .map(|l| l.trim().replace(' ', ""))
+                .filter(|l| !l.is_empty())
+                .collect();
+            labels.sort();
+            format!("{}{{{}}}", &series[..open], labels.join(","))
+        }
+    };
+    Some((key, value))
+}
+
+/// What one frame shows.
+struct Frame {
+    queued: [f64; 3],
+    workers: f64,
+    in_flight: f64,
+    completed: f64,
+    failed: f64,
+    submitted: f64,
+    rejected: f64,
+    /// Completed and submitted per second since the previous frame.
+    rates: Option<(f64, f64)>,
+}
+
+impl Frame {
+    fn new(now: &Sample, before: Option<(&Sample, Duration)>) -> Frame {
+        let total = |s: &Sample, n: &str| s.sum(n).unwrap_or(0.0);
+        let rates = before.map(|(prev, dt)| {
+            let secs = dt.as_secs_f64().max(1e-9);
+            let rate = |n: &str| ((total(now, n) - total(prev, n)) / secs).max(0.0);
+            (
+                rate("weft_tasks_completed_total"),
+                rate("weft_service_submitted_total"),
+            )
+        });
+        Frame {
+            queued: LANES.map(|l| now.queued(l)),
+            workers: total(now, "weft_workers"),
+            in_flight: total(now, "weft_service_in_flight"),
+            completed: total(now, "weft_tasks_completed_total"),
+            failed: total(now, "weft_tasks_panicked_total")
+                + total(now, "weft_tasks_timed_out_total"),
+            submitted: total(now, "weft_service_submitted_total"),
+            rejected: total(now, "weft_submissions_rejected_total"),
+            rates,
+        }
+    }
+
+    /// The plain one-line form, for pipes and `--once`.
+    fn line(&self) -> String {
+        let rate = |r: Option<f64>| match r {
+            Some(r) => format!(" ({r:.1}/s)"),
+            None => String::new(),
+        };
+        format!(
+            "queued high={} normal={} low={} | workers {} | in flight {} | submitted {}{} | completed {}{} | failed {} | rejected {}",
+            self.queued[0],
+            self.queued[1],
+            self.queued[2],
+            self.workers,
+            self.in_flight,
+            self.submitted,
+            rate(self.rates.map(|r| r.1)),
+            self.completed,
+            rate(self.rates.map(|r| r.0)),
+            self.failed,
+            self.rejected,
+        )
+    }
+}
+
+fn watch(client: &Client, interval: Duration, once: bool) -> Result<(), Failure> {
+    let mut prev: Option<(Sample, Instant)> = None;
+    let tty = std::io::stdout().is_terminal() && !once;
+    let bars = tty.then(Bars::new);
+    loop {
+        let sample = Sample::parse(&client.metrics()?);
+        let now = Instant::now();
+        let frame = Frame::new(
+            &sample,
+            prev.as_ref().map(|(s, at)| (s, now.duration_since(*at))),
+        );
+        match &bars {
+            Some(bars) => bars.draw(&frame),
+            None => {
+                let mut out = std::io::stdout().lock();
+                // A closed pipe ends the watch quietly.
+                if writeln!(out, "{}", frame.line()).is_err() || out.flush().is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if once {
+            return Ok(());
+        }
+        prev = Some((sample, now));
+        std::thread::sleep(interval);
+    }
+}
+
+/// The terminal view: a bar per lane (scaled to the deepest queue seen) and a status line.
+struct Bars {
+    lanes: Vec<indicatif::ProgressBar>,
+    status: indicatif::ProgressBar,
+    _multi: indicatif::MultiProgress,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        let multi = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template("{prefix:>7} [{bar:40}] {pos}")
+            .expect("valid template")
+            .progress_chars("=> ");
+        let lanes = LANES
+            .iter()
+            .map(|lane| {
+                let bar = multi.add(indicatif::ProgressBar::new(1));
+                bar.set_style(style.clone());
+                bar.set_prefix(*lane);
+                bar
+            })
+            .collect();
+        let status = multi.add(indicatif::ProgressBar::new_spinner());
+        status.set_style(indicatif::ProgressStyle::with_template("{msg}").expect("valid template"));
+        Bars {
+            lanes,
+            status,
+            _multi: multi,
+        }
+    }
+
+    fn draw(&self, frame: &Frame) {
+        for (bar, depth) in self.lanes.iter().zip(frame.queued) {
+            let depth = depth.max(0.0) as u64;
+            let len = bar.length().unwrap_or(1).max(depth).max(1);
+            bar.set_length(len);
+            bar.set_position(depth);
+        }
+        let rates = match frame.rates {
+            Some((done, sub)) => format!("{sub:.1} submitted/s, {done:.1} completed/s"),
+            None => "measuring...".to_owned(),
+        };
+        self.status.set_message(format!(
+            "workers {} | in flight {} | {rates} | completed {} | failed {} | rejected {}",
+            frame.workers, frame.in_flight, frame.completed, frame.failed, frame.rejected
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "\
+# HELP weft_queued Tasks queued per lane.
+# TYPE weft_queued gauge
+weft_queued{lane=\"high\"} 2
+weft_queued{lane=\"normal\"} 7
+weft_queued{lane=\"low\"} 0
+# TYPE weft_tasks_completed_total counter
+weft_tasks_completed_total 100
+weft_workers 4
+weft_submissions_rejected_total{reason=\"full\"} 3
+weft_submissions_rejected_total{ reason=\"unknown_task\" } 1
+weft_service_submitted_total 120 1700000000000
+garbage line
+";
+
+    #[test]
+    fn parses_samples() {
+        let s = Sample::parse(METRICS);
+        assert_eq!(s.queued("high"), 2.0);
+        assert_eq!(s.queued("normal"), 7.0);
+        assert_eq!(s.queued("low"), 0.0);
+        assert_eq!(s.get("weft_workers"), Some(4.0));
+        assert_eq!(s.sum("weft_submissions_rejected_total"), Some(4.0));
+        assert_eq!(s.get("weft_service_submitted_total"), Some(120.0));
+        assert_eq!(s.sum("weft_nothing"), None);
+    }
+
+    #[test]
+    fn labels_are_sorted() {
+        assert_eq!(
+            parse_line("m{b=\"2\",a=\"1\"} 5"),
+            Some(("m{a=\"1\",b=\"2\"}".to_owned(), 5.0))
+        );
+        assert_eq!(parse_line("m +Inf"), Some(("m".to_owned(), f64::INFINITY)));
+        assert_eq!(parse_line("m{a=\"1\"}"), None);
+    }
+
+    #[test]
+    fn frame_rates() {
+        let before =
+            Sample::parse("weft_tasks_completed_total 10\nweft_service_submitted_total 10\n");
+        let now = Sample::parse("weft_tasks_completed_total 30\nweft_service_submitted_total 50\n");
+        let f = Frame::new(&now, Some((&before, Duration::from_secs(2))));
+        assert_eq!(f.rates, Some((10.0, 20.0)));
+        assert!(f.line().contains("completed 30 (10.0/s)"));
+        let first = Frame::new(&now, None);
+        assert!(!first.line().contains("/s"));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeout_needs_wait() {
+        assert!(Cli::try_parse_from(["weft", "submit", "add", "--timeout", "5s"]).is_err());
+        assert!(
+            Cli::try_parse_from(["weft", "submit", "add", "--wait", "--timeout", "5s"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["weft", "submit", "add", "--args", "{nope"]).is_err());
+        assert!(Cli::try_parse_from(["weft", "submit", "add", "--delay", "soon"]).is_err());
+    }
+}

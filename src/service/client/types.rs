@@ -1,0 +1,395 @@
+//! The API's JSON shapes, typed: what the client sends and what the node answers.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Priority;
+
+/// A task's state, as Celery names them (`"PENDING"`, ..., `"REVOKED"` on the wire).
+///
+/// ```
+/// use weft::service::client::State;
+///
+/// let s: State = serde_json::from_str("\"SUCCESS\"").unwrap();
+/// assert_eq!(s, State::Success);
+/// assert!(s.is_finished());
+/// assert_eq!(s.to_string(), "SUCCESS");
+/// assert!(!State::Retry.is_finished());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    /// Accepted and queued.
+    Pending,
+    /// Waiting for its delay.
+    Scheduled,
+    /// Running.
+    Started,
+    /// Failed an attempt, waiting for the next.
+    Retry,
+    /// Finished with a value (in [`TaskInfo::result`]).
+    Success,
+    /// Finished with an error (in [`TaskInfo::error`]): the task's error, a panic message,
+    /// or "time limit exceeded".
+    Failure,
+    /// Cancelled, or the node shut down before it ran.
+    Revoked,
+}
+
+impl State {
+    /// True for the final states: `SUCCESS`, `FAILURE`, `REVOKED`.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Success | State::Failure | State::Revoked)
+    }
+
+    /// The wire name, e.g. `"PENDING"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Scheduled => "SCHEDULED",
+            State::Started => "STARTED",
+            State::Retry => "RETRY",
+            State::Success => "SUCCESS",
+            State::Failure => "FAILURE",
+            State::Revoked => "REVOKED",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the node knows about one task (`GET /v1/tasks/{id}`).
+///
+/// ```
+/// use weft::service::client::{State, TaskInfo};
+///
+/// let info: TaskInfo = serde_json::from_str(r#"{"id": "9b1d", "name": "add",
+///     "state": "SUCCESS", "result": 5, "attempts": 1,
+///     "submitted_at_ms": 1700000000000, "finished_at_ms": 1700000000002}"#).unwrap();
+/// assert_eq!(info.state, State::Success);
+/// assert_eq!(info.result, Some(serde_json::json!(5)));
+/// assert_eq!(info.error, None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The task's id (a UUID v4).
+    pub id: String,
+    /// The registered task name.
+    pub name: String,
+    /// The current state.
+    pub state: State,
+    /// The value, present only on `SUCCESS` (a task that returns JSON `null` reads `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed or was revoked, present on `FAILURE` and `REVOKED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the node accepted it, in Unix milliseconds.
+    pub submitted_at_ms: u64,
+    /// When it finished, in Unix milliseconds.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+}
+
+/// The node's answer to a submission (`202`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The new task's id (a UUID v4).
+    pub id: String,
+    /// The task name.
+    pub name: String,
+    /// `PENDING`, or `SCHEDULED` with a delay.
+    pub state: State,
+}
+
+/// The node's answer to a cancellation (`DELETE /v1/tasks/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    /// The task's id.
+    pub id: String,
+    /// True if the task will not run, or, running, its cancellation was requested (its
+    /// state then stays `STARTED` until it ends, then reads `REVOKED`).
+    pub revoked: bool,
+    /// The state after the request.
+    pub state: State,
+}
+
+/// One entry of the node's registry (`GET /v1/registry`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredTask {
+    /// The name to submit it under.
+    pub name: String,
+    /// Its default priority.
+    #[serde(with = "priority_name")]
+    pub priority: Priority,
+}
+
+/// `Priority` as the API writes it: `"high"`, `"normal"`, `"low"`.
+pub(crate) mod priority_name {
+    use super::Priority;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn as_str(p: Priority) -> &'static str {
+        match p {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub(crate) fn from_str(s: &str) -> Option<Priority> {
+        match s {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(p: &Priority, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(as_str(*p))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
+        let s = String::deserialize(d)?;
+        from_str(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown priority {s:?} (expected high, normal or low)"
+            ))
+        })
+    }
+}
+
+/// How to run a submitted task; every field is optional and the node's defaults apply.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::Priority;
+/// use weft::service::client::{RetryOptions, SubmitOptions};
+///
+/// let opts = SubmitOptions::new()
+///     .priority(Priority::High)
+///     .delay(Duration::from_secs(2))
+///     .time_limit(Duration::from_secs(5))
+///     .retry(RetryOptions::new().max_attempts(3).backoff(Duration::from_millis(100)));
+/// assert_eq!(opts.get_priority(), Some(Priority::High));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubmitOptions {
+    priority: Option<Priority>,
+    delay: Option<Duration>,
+    time_limit: Option<Duration>,
+    retry: Option<RetryOptions>,
+}
+
+impl SubmitOptions {
+    /// No options: the node's defaults.
+    pub fn new() -> SubmitOptions {
+        SubmitOptions::default()
+    }
+
+    /// Runs in this lane instead of the task's registered one.
+    pub fn priority(mut self, priority: Priority) -> SubmitOptions {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Starts no sooner than `delay` from now (the task reads `SCHEDULED` until then).
+    pub fn delay(mut self, delay: Duration) -> SubmitOptions {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Fails an attempt that runs longer than `limit` ("time limit exceeded").
+    pub fn time_limit(mut self, limit: Duration) -> SubmitOptions {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Retries failed attempts as `retry` says.
+    pub fn retry(mut self, retry: RetryOptions) -> SubmitOptions {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The priority set, if any.
+    pub fn get_priority(&self) -> Option<Priority> {
+        self.priority
+    }
+
+    /// The request body for `POST /v1/tasks/{name}`.
+    pub(crate) fn to_body(&self, args: serde_json::Value) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        body.insert("args".into(), args);
+        if let Some(p) = self.priority {
+            body.insert("priority".into(), priority_name::as_str(p).into());
+        }
+        if let Some(d) = self.delay {
+            body.insert("delay_ms".into(), millis(d).into());
+        }
+        if let Some(d) = self.time_limit {
+            body.insert("time_limit_ms".into(), millis(d).into());
+        }
+        if let Some(r) = &self.retry {
+            body.insert("retry".into(), r.to_body());
+        }
+        serde_json::Value::Object(body)
+    }
+}
+
+/// A retry policy for one submission; unset fields take the node's defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetryOptions {
+    max_attempts: Option<u32>,
+    backoff: Option<Duration>,
+    max_backoff: Option<Duration>,
+    multiplier: Option<f64>,
+    jitter: Option<f64>,
+}
+
+impl RetryOptions {
+    /// The node's default policy.
+    pub fn new() -> RetryOptions {
+        RetryOptions::default()
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(mut self, n: u32) -> RetryOptions {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// The wait before the first retry.
+    pub fn backoff(mut self, d: Duration) -> RetryOptions {
+        self.backoff = Some(d);
+        self
+    }
+
+    /// The longest wait between attempts.
+    pub fn max_backoff(mut self, d: Duration) -> RetryOptions {
+        self.max_backoff = Some(d);
+        self
+    }
+
+    /// The factor each wait grows by.
+    pub fn multiplier(mut self, m: f64) -> RetryOptions {
+        self.multiplier = Some(m);
+        self
+    }
+
+    /// Random spread of each wait, 0 to 1 (the node rejects anything else).
+    pub fn jitter(mut self, j: f64) -> RetryOptions {
+        self.jitter = Some(j);
+        self
+    }
+
+    fn to_body(&self) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        if let Some(n) = self.max_attempts {
+            body.insert("max_attempts".into(), n.into());
+        }
+        if let Some(d) = self.backoff {
+            body.insert("backoff_ms".into(), millis(d).into());
+        }
+        if let Some(d) = self.max_backoff {
+            body.insert("max_backoff_ms".into(), millis(d).into());
+        }
+        if let Some(m) = self.multiplier {
+            body.insert("multiplier".into(), m.into());
+        }
+        if let Some(j) = self.jitter {
+            body.insert("jitter".into(), j.into());
+        }
+        serde_json::Value::Object(body)
+    }
+}
+
+/// Whole milliseconds, saturating at `u64::MAX`.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn empty_options_send_only_args() {
+        assert_eq!(
+            SubmitOptions::new().to_body(json!([1, 2])),
+            json!({"args": [1, 2]})
+        );
+    }
+
+    #[test]
+    fn full_options_body() {
+        let opts = SubmitOptions::new()
+            .priority(Priority::Low)
+            .delay(Duration::from_millis(2500))
+            .time_limit(Duration::from_secs(5))
+            .retry(
+                RetryOptions::new()
+                    .max_attempts(4)
+                    .backoff(Duration::from_millis(10))
+                    .max_backoff(Duration::from_secs(1))
+                    .multiplier(2.0)
+                    .jitter(0.5),
+            );
+        assert_eq!(
+            opts.to_body(json!(null)),
+            json!({"args": null, "priority": "low", "delay_ms": 2500, "time_limit_ms": 5000,
+                   "retry": {"max_attempts": 4, "backoff_ms": 10, "max_backoff_ms": 1000,
+                             "multiplier": 2.0, "jitter": 0.5}})
+        );
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            State::Pending,
+            State::Scheduled,
+            State::Started,
+            State::Retry,
+            State::Success,
+            State::Failure,
+            State::Revoked,
+        ] {
+            let text = serde_json::to_string(&s).unwrap();
+            assert_eq!(text, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<State>(&text).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn task_info_optional_fields() {
+        let info: TaskInfo = serde_json::from_value(json!({
+            "id": "x", "name": "add", "state": "PENDING", "attempts": 0,
+            "submitted_at_ms": 1, "finished_at_ms": null}))
+        .unwrap();
+        assert_eq!(info.result, None);
+        assert_eq!(info.finished_at_ms, None);
+        let back = serde_json::to_value(&info).unwrap();
+        assert!(back.get("result").is_none());
+    }
+
+    #[test]
+    fn registry_priorities() {
+        let t: RegisteredTask =
+            serde_json::from_value(json!({"name": "add", "priority": "high"})).unwrap();
+        assert_eq!(t.priority, Priority::High);
+        assert!(serde_json::from_value::<RegisteredTask>(
+            json!({"name": "a", "priority": "urgent"})
+        )
+        .is_err());
+    }
+}
