@@ -931,7 +931,7 @@ mod tests {
         wheel.insert(4000, 2); // due
         assert_eq!(advance(&mut wheel, WHEEL_SPAN), vec![2, 0, 1]);
         wheel.insert(WHEEL_SPAN + 5000, 11); // level 2 again
-        assert_eq!(advance(&mut wheel, WHEEL_SPAN + 4999), vec![]);
+        assert_eq!(advance(&mut wheel, WHEEL_SPAN + 4999), Vec::<u32>::new());
         let mut out = vec![99];
         wheel.advance(5000 + WHEEL_SPAN, &mut out);
         assert_eq!(out, vec![99, 10, 11], "appends, in insertion order");
