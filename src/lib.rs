@@ -141,6 +141,10 @@
 //! # Cargo features
 //!
 //! The default build depends only on crossbeam-deque, crossbeam-utils and parking_lot.
+//!
+//! - `service`: `weft::service`, the node-local HTTP+JSON service: a [`Pool`] running
+//!   named tasks (`service::Registry`) behind a Unix socket (or TCP), with a result store, long
+//!   polls, cancellation and Prometheus metrics (axum, tokio, serde).
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -157,15 +161,14 @@ mod metrics;
 mod pool;
 mod retry;
 mod scope;
+#[cfg(feature = "service")]
+pub mod service;
 mod shared;
 mod sleep;
 mod task;
 mod time;
 mod util;
 mod worker;
-
-#[cfg(feature = "service")]
-pub mod service;
 
 pub use join::join;
 pub use lanes::Priority;

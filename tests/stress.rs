@@ -78,7 +78,7 @@ fn many_producers_inside_and_outside() {
                 for (i, h) in handles.into_iter().enumerate() {
                     let v = join_in_time(h).unwrap();
                     let i = i as u64;
-                    assert_eq!(v, if i % 10 == 0 { 2 * i } else { i });
+                    assert_eq!(v, if i.is_multiple_of(10) { 2 * i } else { i });
                     sum += v;
                 }
                 sum

@@ -153,7 +153,7 @@ fn cancel_racing_fire_has_one_winner() {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            if seed % 3 == 0 {
+            if seed.is_multiple_of(3) {
                 for _ in 0..(seed % 2000) {
                     std::hint::spin_loop();
                 }

@@ -1,10 +1,99 @@
-//! The node-local service: an HTTP/1.1 + JSON API over a Unix domain socket (or TCP on
-//! request), and its [`Client`].
+//! The node-local service (feature `service`): a [`Pool`](crate::Pool) running the named
+//! tasks of a [`Registry`], reachable over HTTP/1.1 + JSON on a Unix socket (or TCP), and
+//! its [`Client`] (the `weft` command-line client, feature `cli`, is built on it).
 //!
-//! Enabled by the `service` feature; the `weft` command-line client needs `cli`.
+//! # The API
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /v1/tasks/{name}` with `{"args": .., "priority": "high", "delay_ms": .., "time_limit_ms": .., "retry": {..}}` | `202 {"id", "name", "state"}` |
+//! | `GET /v1/tasks/{id}[?wait=5s]` | `200` [`TaskInfo`]; with `wait`, once finished or when the wait ends (at most 60 s) |
+//! | `DELETE /v1/tasks/{id}` | `200 {"id", "revoked", "state"}` |
+//! | `GET /v1/tasks?limit=N` | `200 {"tasks": [TaskInfo, ..]}`, newest first |
+//! | `GET /v1/registry` | `200 {"tasks": [{"name", "priority"}, ..]}` |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz` | `200 {"status": "ok"}` (no token needed) |
+//!
+//! Errors are `{"error": "<what is wrong>"}`: 400 for a malformed body, arguments that do
+//! not fit the task, a bad option; 404 for an unknown task name, an unknown or expired id;
+//! 413 for a body over the limit; 429 (with `Retry-After: 1`) when the task's lane is full
+//! or the node's in-flight limit is reached; 503 while shutting down; 401 for a missing or
+//! wrong bearer token when the node has one.
+//!
+//! # A task's life
+//!
+//! `PENDING` (queued) or `SCHEDULED` (waiting for its delay) → `STARTED` (an attempt runs)
+//! → `RETRY` (it failed and another attempt comes) → `STARTED` ... → `SUCCESS`,
+//! `FAILURE` (the task's error, a panic's message, or `"time limit exceeded"`) or
+//! `REVOKED` (cancelled, or shut down before it ran). Every accepted task reaches a final
+//! state; the node never drops one. Finished records are kept for the result TTL and up
+//! to a number ([`Node::result_ttl`], [`Node::max_results`]); then `GET` answers 404.
+//!
+//! ```
+//! use weft::service::{Node, Registry};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let registry = Registry::new().task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y));
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! rt.block_on(async {
+//!     let node = Node::new(registry).workers(1).tcp("127.0.0.1:0".parse().unwrap()).start().await.unwrap();
+//!     let weft::service::Endpoint::Tcp(addr) = node.endpoint().clone() else { unreachable!() };
+//!     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+//!     let body = r#"{"args": [2, 3]}"#;
+//!     s.write_all(format!("POST /v1/tasks/add HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+//!         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+//!     let mut answer = String::new();
+//!     s.read_to_string(&mut answer).await.unwrap();
+//!     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+//!     node.shutdown().await;
+//! });
+//! ```
 
+mod app;
 pub mod client;
-mod socket_path;
+mod http;
+mod node;
+mod prom;
+mod registry;
+mod store;
+mod wire;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 
 pub use client::Client;
-pub use socket_path::default_socket_path;
+pub use node::{
+    Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
+    DEFAULT_RESULT_TTL,
+};
+pub use registry::{Registry, TaskOptions};
+pub use wire::{State, TaskInfo};
+
+/// The environment variable naming the node's socket.
+pub const SOCKET_ENV: &str = "WEFT_SOCKET";
+
+/// Where the node listens and the client connects by default: `$WEFT_SOCKET` if set, else
+/// `$XDG_RUNTIME_DIR/weft.sock` if that is set, else `/tmp/weft-$UID/weft.sock`.
+///
+/// ```
+/// let p = weft::service::default_socket_path();
+/// assert!(p.ends_with("weft.sock") || std::env::var_os("WEFT_SOCKET").is_some());
+/// ```
+pub fn default_socket_path() -> PathBuf {
+    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(p) = set(SOCKET_ENV) {
+        return PathBuf::from(p);
+    }
+    if let Some(dir) = set("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("weft.sock");
+    }
+    PathBuf::from(format!("/tmp/weft-{}", current_uid())).join("weft.sock")
+}
+
+/// The real user id, without libc: the owner of `/proc/self` (Linux), else of `$HOME`.
+fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .or_else(|_| std::fs::metadata(std::env::var_os("HOME").unwrap_or_default()))
+        .map_or(0, |m| m.uid())
+}

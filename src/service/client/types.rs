@@ -1,104 +1,14 @@
 //! The API's JSON shapes, typed: what the client sends and what the node answers.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Priority;
 
-/// A task's state, as Celery names them (`"PENDING"`, ..., `"REVOKED"` on the wire).
-///
-/// ```
-/// use weft::service::client::State;
-///
-/// let s: State = serde_json::from_str("\"SUCCESS\"").unwrap();
-/// assert_eq!(s, State::Success);
-/// assert!(s.is_finished());
-/// assert_eq!(s.to_string(), "SUCCESS");
-/// assert!(!State::Retry.is_finished());
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
-    /// Accepted and queued.
-    Pending,
-    /// Waiting for its delay.
-    Scheduled,
-    /// Running.
-    Started,
-    /// Failed an attempt, waiting for the next.
-    Retry,
-    /// Finished with a value (in [`TaskInfo::result`]).
-    Success,
-    /// Finished with an error (in [`TaskInfo::error`]): the task's error, a panic message,
-    /// or "time limit exceeded".
-    Failure,
-    /// Cancelled, or the node shut down before it ran.
-    Revoked,
-}
-
-impl State {
-    /// True for the final states: `SUCCESS`, `FAILURE`, `REVOKED`.
-    pub fn is_finished(self) -> bool {
-        matches!(self, State::Success | State::Failure | State::Revoked)
-    }
-
-    /// The wire name, e.g. `"PENDING"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "PENDING",
-            State::Scheduled => "SCHEDULED",
-            State::Started => "STARTED",
-            State::Retry => "RETRY",
-            State::Success => "SUCCESS",
-            State::Failure => "FAILURE",
-            State::Revoked => "REVOKED",
-        }
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the node knows about one task (`GET /v1/tasks/{id}`).
-///
-/// ```
-/// use weft::service::client::{State, TaskInfo};
-///
-/// let info: TaskInfo = serde_json::from_str(r#"{"id": "9b1d", "name": "add",
-///     "state": "SUCCESS", "result": 5, "attempts": 1,
-///     "submitted_at_ms": 1700000000000, "finished_at_ms": 1700000000002}"#).unwrap();
-/// assert_eq!(info.state, State::Success);
-/// assert_eq!(info.result, Some(serde_json::json!(5)));
-/// assert_eq!(info.error, None);
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TaskInfo {
-    /// The task's id (a UUID v4).
-    pub id: String,
-    /// The registered task name.
-    pub name: String,
-    /// The current state.
-    pub state: State,
-    /// The value, present only on `SUCCESS` (a task that returns JSON `null` reads `None`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    /// Why it failed or was revoked, present on `FAILURE` and `REVOKED`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Attempts started so far.
-    #[serde(default)]
-    pub attempts: u32,
-    /// When the node accepted it, in Unix milliseconds.
-    pub submitted_at_ms: u64,
-    /// When it finished, in Unix milliseconds.
-    #[serde(default)]
-    pub finished_at_ms: Option<u64>,
-}
+// `State` and `TaskInfo` are the node's own wire types (`service::wire`), re-exported
+// here so client code finds every shape in one module.
+pub use crate::service::{State, TaskInfo};
 
 /// The node's answer to a submission (`202`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,103 @@
+//! A weft node with a few demo tasks, for trying the service and the `weft` CLI.
+//!
+//! ```sh
+//! cargo run --release --features service --example node                     # default socket
+//! cargo run --release --features service --example node -- --tcp 127.0.0.1:8080 [--token T]
+//! ```
+//!
+//! Tasks: `add` (`[x, y]` → their sum), `sleep_ms` (`[ms]` → sleeps, returns `ms`),
+//! `fail` (`[message]` → always fails with it), `flaky` (`[n]` → fails its first `n - 1`
+//! attempts, retried up to 5 times with a 100 ms backoff), `panic` (panics).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Number, Value};
+use weft::service::{Node, Registry, TaskOptions};
+use weft::RetryPolicy;
+
+/// `x + y`, as an integer when both are integers (and the sum fits), else as a float.
+fn add((x, y): (Number, Number)) -> Result<Value, String> {
+    if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
+        if let Some(s) = a.checked_add(b) {
+            return Ok(json!(s));
+        }
+    }
+    match (x.as_f64(), y.as_f64()) {
+        (Some(a), Some(b)) => Ok(json!(a + b)),
+        _ => Err(format!("cannot add {x} and {y}")),
+    }
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .task("add", add)
+        .task("sleep_ms", |(ms,): (u64,)| {
+            // Sleep in slices so a cancel or a time limit is noticed.
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            while std::time::Instant::now() < end {
+                if let Err(why) = weft::checkpoint() {
+                    return Err(why.to_string());
+                }
+                std::thread::sleep(Duration::from_millis(10).min(end - std::time::Instant::now()));
+            }
+            Ok(ms)
+        })
+        .task("fail", |(message,): (String,)| Err::<(), _>(message))
+        .task_with(
+            "flaky",
+            TaskOptions::new()
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(5)),
+            {
+                let calls = std::sync::Mutex::new(std::collections::HashMap::<u64, u32>::new());
+                move |(n,): (u32,)| {
+                    // Counts attempts per `n` (concurrent submissions with the same `n` share it).
+                    let key = n as u64;
+                    let mut calls = calls.lock().unwrap_or_else(|e| e.into_inner());
+                    let c = calls.entry(key).or_insert(0);
+                    *c += 1;
+                    if *c < n {
+                        Err(format!("attempt {c} of {n} failed"))
+                    } else {
+                        *c = 0;
+                        Ok(format!("succeeded on attempt {n}"))
+                    }
+                }
+            },
+        )
+        .task("panic", |(): ()| -> Result<(), String> {
+            panic!("the panic task panicked")
+        })
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut node = Node::new(registry());
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--tcp", Some(addr)) => match addr.parse() {
+                Ok(addr) => node = node.tcp(addr),
+                Err(e) => {
+                    eprintln!("bad --tcp address {addr:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            ("--token", Some(t)) => node = node.token(t),
+            ("--socket", Some(p)) => node = node.unix(p),
+            _ => {
+                eprintln!("usage: node [--socket PATH | --tcp ADDR [--token TOKEN]]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let ready = |at: &weft::service::Endpoint| {
+        println!("weft node listening on {at} (tasks: add, sleep_ms, fail, flaky, panic); Ctrl-C stops it");
+    };
+    match node.run_with(ready) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

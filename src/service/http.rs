@@ -1,0 +1,453 @@
+//! The HTTP routes: request parsing and validation, JSON errors, long-polls, auth.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::app::{App, Counters, Refused, Spawn};
+use super::wire::{priority_name, RetrySpec, SubmitRequest};
+use crate::RetryPolicy;
+
+/// The longest long-poll (`?wait=`).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Tasks listed when `?limit` is not given.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// The most tasks one list answers.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// An error answer: a status and `{"error": "..."}` (plus extra fields).
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/v1/tasks", get(list))
+        .route("/v1/tasks/{key}", get(status).post(submit).delete(cancel))
+        .route("/v1/registry", get(registry))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn auth(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn path_key(key: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    key.map(|Path(k)| k)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))
+}
+
+fn query(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
+}
+
+async fn submit(
+    AxState(app): AxState<Arc<App>>,
+    key: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult {
+    let result = submit_inner(&app, key, body).await;
+    if let Err(e) = &result {
+        let c = &app.counters;
+        match e.status {
+            StatusCode::NOT_FOUND => Counters::bump(&c.rejected_unknown_task),
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
+                Counters::bump(&c.rejected_bad_request)
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+async fn submit_inner(
+    app: &Arc<App>,
+    key: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult {
+    let name = path_key(key)?;
+    if app.closing.load(Ordering::Acquire) {
+        return Err(shutting_down());
+    }
+    let Some(entry) = app.registry.get(&name) else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            body: json!({
+                "error": format!("unknown task {name:?}"),
+                "tasks": app.registry.names().collect::<Vec<_>>(),
+            }),
+        });
+    };
+    let bytes = read_body(body, app.max_body_bytes).await?;
+    let req: SubmitRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let attempt = entry
+        .prepare(req.args)
+        .map_err(|e| ApiError::bad_request(format!("invalid args for task {name:?}: {e}")))?;
+    let defaults = entry.options;
+    let delay = match req.delay_ms {
+        Some(ms) => {
+            let d = Duration::from_millis(ms);
+            let fits = super::store::now_ms().checked_add(ms).is_some()
+                && Instant::now().checked_add(d).is_some();
+            if !fits {
+                return Err(ApiError::bad_request(format!(
+                    "delay_ms {ms} is too large (past what the node's clock can hold)"
+                )));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let retry = match req.retry {
+        Some(spec) => Some(retry_policy(spec)?),
+        None => defaults.get_retry(),
+    };
+    let priority = req.priority.map_or(defaults.get_priority(), Into::into);
+    let spawn = Spawn {
+        priority,
+        delay,
+        time_limit: req
+            .time_limit_ms
+            .map(Duration::from_millis)
+            .or(defaults.get_time_limit()),
+        retry,
+    };
+    match app.spawn(&name, attempt, spawn) {
+        Ok(record) => {
+            // The state it was accepted in: it may have run already.
+            let body = json!({ "id": record.id.to_string(), "name": record.name, "state": record.initial });
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+        Err(Refused::InFlight) => {
+            Counters::bump(&app.counters.rejected_in_flight);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the node's in-flight limit is reached; retry later",
+            ))
+        }
+        Err(Refused::Full) => {
+            Counters::bump(&app.counters.rejected_full);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("the {} lane is full; retry later", priority_name(priority)),
+            ))
+        }
+        Err(Refused::Closing) => Err(shutting_down()),
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+fn retry_policy(spec: RetrySpec) -> Result<RetryPolicy, ApiError> {
+    let backoff = Duration::from_millis(spec.backoff_ms.unwrap_or(1000));
+    let mut policy = match spec.multiplier {
+        None | Some(1.0) => RetryPolicy::fixed(backoff),
+        Some(2.0) => RetryPolicy::exponential(backoff),
+        Some(m) => {
+            return Err(ApiError::bad_request(format!(
+                "retry.multiplier {m} is not supported: use 1 (fixed backoff) or 2 (exponential)"
+            )))
+        }
+    };
+    if let Some(n) = spec.max_attempts {
+        policy = policy.max_attempts(n);
+    }
+    if let Some(max) = spec.max_backoff_ms {
+        policy = policy.max_delay(Duration::from_millis(max));
+    }
+    if let Some(j) = spec.jitter {
+        if !(0.0..=1.0).contains(&j) {
+            return Err(ApiError::bad_request(format!(
+                "retry.jitter {j} is out of range: it must be between 0 and 1"
+            )));
+        }
+        policy = policy.jitter(j);
+    }
+    Ok(policy)
+}
+
+fn unknown_id(app: &App, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "unknown task id {id:?} (results are kept for {})",
+            human_duration(app.store.ttl())
+        ),
+    )
+}
+
+fn find(app: &App, id: &str) -> Result<Arc<super::store::Record>, ApiError> {
+    Uuid::parse_str(id)
+        .ok()
+        .and_then(|u| app.store.get(&u))
+        .ok_or_else(|| unknown_id(app, id))
+}
+
+async fn status(
+    AxState(app): AxState<Arc<App>>,
+    key: Result<Path<String>, PathRejection>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let id = path_key(key)?;
+    let q = query(q)?;
+    let wait = match q.get("wait") {
+        Some(w) => Some(parse_wait(w).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "bad wait {w:?}: use seconds (5), or a duration such as 5s or 500ms"
+            ))
+        })?),
+        None => None,
+    };
+    let record = find(&app, &id)?;
+    if let Some(wait) = wait {
+        let _waiting = Waiting::new(&app);
+        let mut done = record.subscribe();
+        let mut stopping = app.stopping.subscribe();
+        tokio::select! {
+            _ = done.wait_for(|d| *d) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    Ok(Json(record.info()).into_response())
+}
+
+/// Counts a long-poll in progress (`weft_service_waiters`) while it lives; a client
+/// that hangs up drops it too.
+struct Waiting<'a>(&'a App);
+
+impl<'a> Waiting<'a> {
+    fn new(app: &'a App) -> Self {
+        app.waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting(app)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Parses `5`, `0.5`, `5s`, `500ms` (capped at [`MAX_WAIT`]).
+pub(crate) fn parse_wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    let secs = (v * scale).min(MAX_WAIT.as_secs_f64());
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// `1h`, `90s`, `1h30m`, `250ms`: for messages.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out += &format!("{h}h");
+    }
+    if m > 0 {
+        out += &format!("{m}m");
+    }
+    if s > 0 {
+        out += &format!("{s}s");
+    }
+    out
+}
+
+async fn cancel(
+    AxState(app): AxState<Arc<App>>,
+    key: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = path_key(key)?;
+    let record = find(&app, &id)?;
+    let revoked = match record.request_cancel().await {
+        // The resolver is gone: the task had finished.
+        None => false,
+        Some(reply) => reply.won || !reply.finished,
+    };
+    Ok(Json(json!({
+        "id": record.id.to_string(),
+        "revoked": revoked,
+        "state": record.state(),
+    }))
+    .into_response())
+}
+
+async fn list(
+    AxState(app): AxState<Arc<App>>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let limit = match q.get("limit") {
+        Some(l) => l.trim().parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "bad limit {l:?}: use a whole number (at most {MAX_LIST_LIMIT})"
+            ))
+        })?,
+        None => DEFAULT_LIST_LIMIT,
+    }
+    .min(MAX_LIST_LIMIT);
+    let tasks: Vec<_> = app.store.list(limit).iter().map(|r| r.info()).collect();
+    Ok(Json(json!({ "tasks": tasks })).into_response())
+}
+
+async fn registry(AxState(app): AxState<Arc<App>>) -> Response {
+    let tasks: Vec<_> = app
+        .registry
+        .entries()
+        .map(|(name, e)| json!({ "name": name, "priority": priority_name(e.options.get_priority()) }))
+        .collect();
+    Json(json!({ "tasks": tasks })).into_response()
+}
+
+async fn metrics(AxState(app): AxState<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        super::prom::render(&app),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse_and_cap() {
+        assert_eq!(parse_wait("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_wait("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("3600"), Some(MAX_WAIT));
+        assert_eq!(parse_wait("1e300"), Some(MAX_WAIT));
+        for bad in ["", "-1", "x", "5m", "NaN", "inf", "ms"] {
+            assert_eq!(parse_wait(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(human_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(61)), "1m1s");
+    }
+}

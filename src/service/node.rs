@@ -1,0 +1,640 @@
+//! [`Node`]: a pool and a registry served over HTTP; binding, start, and shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch, Notify};
+
+use super::app::{App, Counters};
+use super::store::Store;
+use super::{default_socket_path, Registry};
+use crate::Pool;
+
+/// Where a node listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// A Unix domain socket at this path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
+/// What shutdown does with work that has not run yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Run the queued tasks first (for at most the drain timeout; then they are revoked).
+    /// Delayed tasks and retries still waiting are revoked.
+    #[default]
+    Drain,
+    /// Revoke every task that has not started.
+    Cancel,
+}
+
+/// Why a node could not start.
+///
+/// ```
+/// use weft::service::{Node, Registry};
+/// let rt = tokio::runtime::Runtime::new().unwrap();
+/// let err = rt
+///     .block_on(Node::new(Registry::new()).tcp("0.0.0.0:0".parse().unwrap()).start())
+///     .unwrap_err();
+/// assert!(err.is_token_required());
+/// ```
+pub struct ServiceError {
+    kind: ErrorKind,
+    message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorKind {
+    InUse,
+    TokenRequired,
+    Config,
+    Io,
+}
+
+impl ServiceError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> ServiceError {
+        ServiceError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn io(what: impl fmt::Display, e: io::Error) -> ServiceError {
+        ServiceError::new(ErrorKind::Io, format!("{what}: {e}"))
+    }
+
+    /// Another node is listening on the socket already.
+    pub fn is_in_use(&self) -> bool {
+        self.kind == ErrorKind::InUse
+    }
+
+    /// A TCP bind to a non-loopback address was asked for without a token.
+    pub fn is_token_required(&self) -> bool {
+        self.kind == ErrorKind::TokenRequired
+    }
+
+    /// The configuration is unusable (a zero limit, a path that is not a socket, ...).
+    pub fn is_config(&self) -> bool {
+        self.kind == ErrorKind::Config
+    }
+
+    /// An I/O error (binding, the socket's directory, the runtime).
+    pub fn is_io(&self) -> bool {
+        self.kind == ErrorKind::Io
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+#[derive(Clone, Debug)]
+enum Listen {
+    /// `None`: [`default_socket_path`].
+    Unix(Option<PathBuf>),
+    Tcp(SocketAddr),
+}
+
+/// A node: a [`Pool`] running the tasks of a [`Registry`], served over HTTP/1.1 + JSON.
+///
+/// Configure it with the chained setters, then [`start`](Self::start) it on the current
+/// tokio runtime (a [`RunningNode`] comes back), or [`run`](Self::run) it in the
+/// foreground until SIGINT or SIGTERM. By default it listens on a Unix socket at
+/// [`default_socket_path`].
+///
+/// ```
+/// use weft::service::{Node, Registry};
+///
+/// let registry = Registry::new().task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y));
+/// let dir = std::env::temp_dir().join(format!("weft-doc-{}", std::process::id()));
+/// let rt = tokio::runtime::Runtime::new().unwrap();
+/// rt.block_on(async {
+///     let node = Node::new(registry).workers(1).unix(dir.join("node.sock")).start().await.unwrap();
+///     assert_eq!(node.endpoint().to_string(), format!("unix:{}", dir.join("node.sock").display()));
+///     node.shutdown().await;
+/// });
+/// assert!(!dir.join("node.sock").exists(), "the socket file is removed");
+/// # std::fs::remove_dir(&dir).unwrap();
+/// ```
+pub struct Node {
+    registry: Registry,
+    pool: Option<Pool>,
+    workers: Option<usize>,
+    max_queued: usize,
+    listen: Listen,
+    token: Option<String>,
+    result_ttl: Duration,
+    max_results: usize,
+    max_in_flight: usize,
+    max_body_bytes: usize,
+    shutdown_mode: ShutdownMode,
+    drain_timeout: Duration,
+}
+
+/// Default for [`Node::result_ttl`]: one hour (Celery's `result_expires`, a day there).
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
+/// Default for [`Node::max_results`].
+pub const DEFAULT_MAX_RESULTS: usize = 10_000;
+/// Default for [`Node::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Default for [`Node::max_queued`].
+pub const DEFAULT_MAX_QUEUED: usize = 1024;
+/// Default for [`Node::max_body_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Default for [`Node::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// A node serving `registry`, with the defaults: a pool of
+    /// [`default_workers`](crate::default_workers) workers whose lanes hold
+    /// [`DEFAULT_MAX_QUEUED`] tasks each, the default Unix socket, no token.
+    pub fn new(registry: Registry) -> Node {
+        Node {
+            registry,
+            pool: None,
+            workers: None,
+            max_queued: DEFAULT_MAX_QUEUED,
+            listen: Listen::Unix(None),
+            token: None,
+            result_ttl: DEFAULT_RESULT_TTL,
+            max_results: DEFAULT_MAX_RESULTS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_mode: ShutdownMode::Drain,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
+    /// Runs the tasks on `pool` instead of building one (`workers` and `max_queued` are
+    /// then ignored). Build it with [`Builder::max_queued`](crate::Builder::max_queued) so a
+    /// full lane answers 429 instead of queueing without bound. The node shuts it down when
+    /// it stops.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Worker threads of the node's pool.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Bounds each lane of the node's pool (default [`DEFAULT_MAX_QUEUED`]): a submission
+    /// to a full lane is answered 429.
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = n;
+        self
+    }
+
+    /// Listens on a Unix socket at `path` (mode 0600; missing directories are created with
+    /// mode 0700).
+    pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.listen = Listen::Unix(Some(path.into()));
+        self
+    }
+
+    /// Listens on TCP at `addr` (port 0: any free port; see [`RunningNode::endpoint`]). A
+    /// non-loopback address needs a [`token`](Self::token).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.listen = Listen::Tcp(addr);
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every request but `GET /healthz`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// How long a finished task's record is kept (default [`DEFAULT_RESULT_TTL`]).
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    /// The most finished records kept; beyond it the oldest go first (default
+    /// [`DEFAULT_MAX_RESULTS`]).
+    pub fn max_results(mut self, n: usize) -> Self {
+        self.max_results = n;
+        self
+    }
+
+    /// The most tasks accepted and not finished (delayed ones included); beyond it
+    /// submissions are answered 429 (default [`DEFAULT_MAX_IN_FLIGHT`]).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// The largest request body; a larger one is answered 413 (default
+    /// [`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+
+    /// What shutdown does with queued work (default [`ShutdownMode::Drain`]).
+    pub fn shutdown_mode(mut self, mode: ShutdownMode) -> Self {
+        self.shutdown_mode = mode;
+        self
+    }
+
+    /// How long shutdown waits for queued and running work (default
+    /// [`DEFAULT_DRAIN_TIMEOUT`]); then queued tasks are revoked and waiters answered with
+    /// the state at that moment.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// Binds and starts serving on the current tokio runtime (it needs the `net` and
+    /// `time` drivers: a runtime built with `enable_all`).
+    ///
+    /// Fails if the socket is in use by a live node (a stale socket file is replaced), if a
+    /// non-loopback TCP address has no token, if a limit is zero, or if binding fails.
+    pub async fn start(self) -> Result<RunningNode, ServiceError> {
+        for (what, n) in [
+            ("max_results", self.max_results),
+            ("max_in_flight", self.max_in_flight),
+            ("max_body_bytes", self.max_body_bytes),
+        ] {
+            if n == 0 {
+                return Err(ServiceError::new(
+                    ErrorKind::Config,
+                    format!("{what} must be at least 1"),
+                ));
+            }
+        }
+        if let Listen::Tcp(addr) = self.listen {
+            if !addr.ip().is_loopback() && self.token.is_none() {
+                return Err(ServiceError::new(
+                    ErrorKind::TokenRequired,
+                    format!("refusing to listen on {addr} without a token: a non-loopback address needs one"),
+                ));
+            }
+        }
+        let bound = match &self.listen {
+            Listen::Unix(path) => {
+                let path = path.clone().unwrap_or_else(default_socket_path);
+                Bound::Unix(bind_unix(&path)?)
+            }
+            Listen::Tcp(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|e| ServiceError::io(format!("cannot listen on {addr}"), e))?;
+                l.set_nonblocking(true)
+                    .map_err(|e| ServiceError::io("cannot set up the listener", e))?;
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| ServiceError::io("cannot set up the listener", e))?;
+                Bound::Tcp(l)
+            }
+        };
+        let pool = match self.pool {
+            Some(p) => p,
+            None => {
+                let mut b = Pool::builder().max_queued(self.max_queued.max(1));
+                if let Some(n) = self.workers {
+                    b = b.workers(n);
+                }
+                b.build().map_err(|e| {
+                    ServiceError::new(ErrorKind::Config, format!("cannot build the pool: {e}"))
+                })?
+            }
+        };
+        let app = Arc::new(App {
+            pool,
+            registry: self.registry,
+            store: Store::new(self.result_ttl, self.max_results, self.max_in_flight),
+            token: self.token,
+            max_body_bytes: self.max_body_bytes,
+            counters: Counters::default(),
+            closing: AtomicBool::new(false),
+            stopping: watch::Sender::new(false),
+            waiters: AtomicU64::new(0),
+            idle: Notify::new(),
+        });
+        let router = super::http::router(app.clone());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        let (endpoint, socket, server) = match bound {
+            Bound::Unix(s) => {
+                let endpoint = Endpoint::Unix(s.path.clone());
+                let l = s.listener;
+                let server = tokio::spawn(async move {
+                    axum::serve(l, router).with_graceful_shutdown(stop).await
+                });
+                (endpoint, Some(s.guard), server)
+            }
+            Bound::Tcp(l) => {
+                let addr = l
+                    .local_addr()
+                    .map_err(|e| ServiceError::io("cannot read the bound address", e))?;
+                let server = tokio::spawn(async move {
+                    axum::serve(l, router).with_graceful_shutdown(stop).await
+                });
+                (Endpoint::Tcp(addr), None, server)
+            }
+        };
+        Ok(RunningNode {
+            endpoint,
+            app,
+            stop_tx,
+            server: Some(server),
+            socket,
+            shutdown_mode: self.shutdown_mode,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+
+    /// Runs the node in the foreground on a runtime of its own until SIGINT or SIGTERM,
+    /// then shuts it down gracefully (see [`RunningNode::shutdown`]).
+    pub fn run(self) -> Result<(), ServiceError> {
+        self.run_with(|_| {})
+    }
+
+    /// As [`run`](Self::run), calling `on_ready` with the bound endpoint once it listens
+    /// (to print where it listens, for instance).
+    pub fn run_with(self, on_ready: impl FnOnce(&Endpoint)) -> Result<(), ServiceError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weft-service")
+            .enable_all()
+            .build()
+            .map_err(|e| ServiceError::io("cannot start the runtime", e))?;
+        rt.block_on(async move {
+            let node = self.start().await?;
+            on_ready(node.endpoint());
+            node.run_until(shutdown_signal()).await;
+            Ok(())
+        })
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("registry", &self.registry)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("result_ttl", &self.result_ttl)
+            .field("max_results", &self.max_results)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_mode", &self.shutdown_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+enum Bound {
+    Unix(UnixBound),
+    Tcp(tokio::net::TcpListener),
+}
+
+struct UnixBound {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+    guard: SocketGuard,
+}
+
+/// Removes the socket file at shutdown, if it is still the one this node bound.
+struct SocketGuard {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketGuard {
+    fn remove(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.dev() == self.dev && m.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds a Unix socket at `path`: creates missing directories (0700), replaces a stale
+/// socket, refuses a live one, and makes the socket 0600 before it appears at `path`
+/// (bound under a temporary name, then renamed).
+fn bind_unix(path: &Path) -> Result<UnixBound, ServiceError> {
+    let display = path.display();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if path.file_name().is_none() {
+        return Err(ServiceError::new(
+            ErrorKind::Config,
+            format!("the socket path {display} has no file name"),
+        ));
+    }
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| ServiceError::io(format!("cannot create {}", dir.display()), e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(ServiceError::new(
+                    ErrorKind::InUse,
+                    format!("another node is already listening on {display}; stop it first, or pick another socket (--socket / WEFT_SOCKET)"),
+                ))
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => {
+                std::fs::remove_file(path).map_err(|e| {
+                    ServiceError::io(format!("cannot remove the stale socket {display}"), e)
+                })?;
+            }
+            Err(e) => {
+                return Err(ServiceError::io(
+                    format!("cannot tell whether the socket {display} is in use"),
+                    e,
+                ))
+            }
+        },
+        Ok(_) => {
+            return Err(ServiceError::new(
+                ErrorKind::Config,
+                format!("{display} exists and is not a socket; refusing to replace it"),
+            ))
+        }
+        Err(_) => {}
+    }
+    let tmp = dir.join(format!(".w{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .map_err(|e| ServiceError::io(format!("cannot bind {}", tmp.display()), e))?;
+    let setup = || -> io::Result<std::fs::Metadata> {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::symlink_metadata(path)
+    };
+    let meta = setup().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ServiceError::io(format!("cannot set up the socket {display}"), e)
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ServiceError::io("cannot set up the listener", e))?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(|e| ServiceError::io("cannot set up the listener", e))?;
+    Ok(UnixBound {
+        path: path.to_path_buf(),
+        listener,
+        guard: SocketGuard {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    })
+}
+
+/// A node that is serving; made by [`Node::start`].
+///
+/// Call [`shutdown`](Self::shutdown) to stop it gracefully. Dropping it without that stops
+/// the listener and removes the socket file, but leaves the pool to finish on its own.
+pub struct RunningNode {
+    endpoint: Endpoint,
+    app: Arc<App>,
+    stop_tx: watch::Sender<bool>,
+    server: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    socket: Option<SocketGuard>,
+    shutdown_mode: ShutdownMode,
+    drain_timeout: Duration,
+}
+
+impl RunningNode {
+    /// Where the node listens (for TCP, with the port actually bound).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The pool running the tasks (for its [`metrics`](Pool::metrics), say).
+    pub fn pool(&self) -> &Pool {
+        &self.app.pool
+    }
+
+    /// Serves until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Shuts down gracefully: refuses new submissions (503) and stops accepting
+    /// connections; then, per the [`ShutdownMode`], runs or revokes the queued tasks
+    /// (delayed ones and retries still waiting are revoked) for at most the drain timeout;
+    /// answers every long-poll still waiting; waits for open requests; and removes the
+    /// socket file.
+    pub async fn shutdown(mut self) {
+        self.app.closing.store(true, Ordering::Release);
+        self.stop_tx.send_replace(true);
+        let deadline = Instant::now() + self.drain_timeout;
+        // The pool's shutdown blocks: run it on a thread of its own, not on the runtime
+        // (a blocking task would hold up the runtime's own drop if a task never ends).
+        let (tx, rx) = oneshot::channel();
+        let pool = self.app.pool.clone();
+        let (mode, timeout) = (self.shutdown_mode, self.drain_timeout);
+        let spawned = std::thread::Builder::new()
+            .name("weft-service-shutdown".into())
+            .spawn(move || {
+                match mode {
+                    ShutdownMode::Drain => {
+                        pool.shutdown_timeout(timeout);
+                    }
+                    ShutdownMode::Cancel => pool.shutdown_now(),
+                }
+                let _ = tx.send(());
+            });
+        if spawned.is_ok() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(left + Duration::from_secs(1), rx).await;
+        }
+        self.app.wait_idle(deadline).await;
+        self.app.stopping.send_replace(true);
+        if let Some(server) = self.server.take() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if let Some(s) = self.socket.take() {
+            s.remove();
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.app.closing.store(true, Ordering::Release);
+        self.stop_tx.send_replace(true);
+        self.app.stopping.send_replace(true);
+        if let Some(s) = self.socket.take() {
+            s.remove();
+        }
+    }
+}
+
+impl fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("endpoint", &self.endpoint)
+            .field("shutdown_mode", &self.shutdown_mode)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,241 @@
+//! [`Registry`]: named tasks, each a typed Rust function over serde values, with its
+//! per-task defaults ([`TaskOptions`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Priority, RetryPolicy};
+
+/// One run of a task, with its arguments already decoded: the value as JSON, or the
+/// error's message. Called once per attempt.
+pub(crate) type Attempt = Box<dyn FnMut() -> Result<Value, String> + Send>;
+
+/// Decodes a submission's arguments into an [`Attempt`], or says why they do not fit.
+type Prepare = dyn Fn(Value) -> Result<Attempt, serde_json::Error> + Send + Sync;
+
+/// Per-task defaults: the lane, a retry policy and a time limit. A submission may override
+/// each of them.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::service::TaskOptions;
+/// use weft::{Priority, RetryPolicy};
+///
+/// let opts = TaskOptions::new()
+///     .priority(Priority::High)
+///     .retry(RetryPolicy::exponential(Duration::from_millis(100)).max_attempts(5))
+///     .time_limit(Duration::from_secs(30));
+/// assert_eq!(opts.get_priority(), Priority::High);
+/// assert_eq!(opts.get_retry().map(|p| p.attempts()), Some(5));
+/// assert_eq!(opts.get_time_limit(), Some(Duration::from_secs(30)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TaskOptions {
+    priority: Priority,
+    retry: Option<RetryPolicy>,
+    time_limit: Option<Duration>,
+}
+
+impl TaskOptions {
+    /// Normal priority, no retries, no time limit.
+    pub fn new() -> TaskOptions {
+        TaskOptions::default()
+    }
+
+    /// The lane the task's submissions go to unless they say otherwise.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Retries a failing run (an `Err`, never a panic) with `policy`'s backoff.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// A soft time limit per run (see [`TaskBuilder::time_limit`](crate::TaskBuilder::time_limit)):
+    /// a run that ends after it is a `FAILURE` with the error `"time limit exceeded"`.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// The default lane.
+    pub fn get_priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The default retry policy, if any.
+    pub fn get_retry(&self) -> Option<RetryPolicy> {
+        self.retry
+    }
+
+    /// The default time limit, if any.
+    pub fn get_time_limit(&self) -> Option<Duration> {
+        self.time_limit
+    }
+}
+
+/// A registered task.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub options: TaskOptions,
+    prepare: Arc<Prepare>,
+}
+
+impl Entry {
+    /// Decodes `args` for this task: the attempt to run, or serde's reason.
+    pub fn prepare(&self, args: Value) -> Result<Attempt, serde_json::Error> {
+        (self.prepare)(args)
+    }
+}
+
+/// The named tasks a [`Node`](super::Node) serves.
+///
+/// A task is a function from a deserializable argument type to `Result<O, E>`, where `O` is
+/// serializable (the `result` on the wire) and `E: Display` (its message is the `error` of
+/// a `FAILURE`). Arguments arrive as JSON: `"args": [2, 3]` fits a tuple `(i64, i64)`, an
+/// object fits a struct with `#[derive(Deserialize)]`. A submission whose arguments do not
+/// fit is refused with a 400 before anything runs. A panic in the function is a `FAILURE`
+/// with the panic's message.
+///
+/// A later registration under the same name replaces the earlier one.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::service::{Registry, TaskOptions};
+/// use weft::RetryPolicy;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Resize { width: u32, height: u32 }
+///
+/// let registry = Registry::new()
+///     .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
+///     .task("resize", |r: Resize| {
+///         if r.width == 0 { Err("zero width") } else { Ok(r.width * r.height) }
+///     })
+///     .task_with(
+///         "fetch",
+///         TaskOptions::new().retry(RetryPolicy::fixed(Duration::from_millis(10))),
+///         |url: String| Err::<(), _>(format!("cannot reach {url}")),
+///     );
+/// assert_eq!(registry.names().collect::<Vec<_>>(), ["add", "fetch", "resize"]);
+/// assert!(registry.contains("add") && !registry.contains("nope"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<String, Entry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `f` under `name` with default options ([`TaskOptions::new`]).
+    pub fn task<A, O, E, F>(self, name: impl Into<String>, f: F) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        E: fmt::Display + 'static,
+        F: Fn(A) -> Result<O, E> + Send + Sync + 'static,
+    {
+        self.task_with(name, TaskOptions::new(), f)
+    }
+
+    /// Registers `f` under `name` with `options` as its defaults.
+    pub fn task_with<A, O, E, F>(
+        mut self,
+        name: impl Into<String>,
+        options: TaskOptions,
+        f: F,
+    ) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        E: fmt::Display + 'static,
+        F: Fn(A) -> Result<O, E> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let prepare = move |args: Value| -> Result<Attempt, serde_json::Error> {
+            // Decode once now, to refuse bad arguments before anything runs; a retry
+            // decodes the kept JSON again, so `A` need not be `Clone`.
+            let first: A = serde_json::from_value(args.clone())?;
+            let mut first = Some(first);
+            let f = f.clone();
+            Ok(Box::new(move || {
+                let a = match first.take() {
+                    Some(a) => a,
+                    None => serde_json::from_value(args.clone())
+                        .map_err(|e| format!("invalid arguments: {e}"))?,
+                };
+                let out = f(a).map_err(|e| e.to_string())?;
+                serde_json::to_value(out).map_err(|e| format!("cannot encode the result: {e}"))
+            }))
+        };
+        self.tasks.insert(
+            name.into(),
+            Entry {
+                options,
+                prepare: Arc::new(prepare),
+            },
+        );
+        self
+    }
+
+    /// True if a task is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.contains_key(name)
+    }
+
+    /// The registered names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
+    }
+
+    /// The defaults registered for `name`.
+    ///
+    /// ```
+    /// use weft::{service::Registry, Priority};
+    /// let r = Registry::new().task("id", |x: u8| Ok::<_, String>(x));
+    /// assert_eq!(r.options("id").unwrap().get_priority(), Priority::Normal);
+    /// assert!(r.options("other").is_none());
+    /// ```
+    pub fn options(&self, name: &str) -> Option<TaskOptions> {
+        self.tasks.get(name).map(|e| e.options)
+    }
+
+    /// The number of registered tasks.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// True if no task is registered.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Entry> {
+        self.tasks.get(name)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.tasks.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.tasks.iter().map(|(k, v)| (k, v.options)))
+            .finish()
+    }
+}

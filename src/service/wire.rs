@@ -1,0 +1,148 @@
+//! The JSON shapes on the wire: task states, [`TaskInfo`], and the body of a submission.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Priority;
+
+/// The state of a submitted task, as Celery names them (`"PENDING"`, `"STARTED"`, ...).
+///
+/// ```
+/// use weft::service::State;
+/// assert_eq!(serde_json::to_string(&State::Success).unwrap(), "\"SUCCESS\"");
+/// assert!(State::Revoked.is_finished() && !State::Retry.is_finished());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    /// Accepted and queued in its lane.
+    Pending,
+    /// Accepted, waiting for its delay to pass.
+    Scheduled,
+    /// Running (an attempt has started).
+    Started,
+    /// An attempt failed; another one will come after the backoff.
+    Retry,
+    /// Finished with a value.
+    Success,
+    /// Finished with an error: the task's `Err`, a panic, or its time limit.
+    Failure,
+    /// Cancelled, or shut down before it ran.
+    Revoked,
+}
+
+impl State {
+    /// True for the final states: `SUCCESS`, `FAILURE` and `REVOKED`.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Success | State::Failure | State::Revoked)
+    }
+
+    /// The name on the wire, such as `"PENDING"`.
+    ///
+    /// ```
+    /// assert_eq!(weft::service::State::Retry.as_str(), "RETRY");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Scheduled => "SCHEDULED",
+            State::Started => "STARTED",
+            State::Retry => "RETRY",
+            State::Success => "SUCCESS",
+            State::Failure => "FAILURE",
+            State::Revoked => "REVOKED",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `GET /v1/tasks/{id}` answers about one task.
+///
+/// ```
+/// use weft::service::{State, TaskInfo};
+/// let info: TaskInfo = serde_json::from_str(
+///     r#"{"id": "x", "name": "add", "state": "SUCCESS", "result": 5,
+///         "attempts": 1, "submitted_at_ms": 1, "finished_at_ms": 2}"#,
+/// ).unwrap();
+/// assert_eq!(info.state, State::Success);
+/// assert_eq!(info.result, Some(serde_json::json!(5)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// The task's id (a UUID v4).
+    pub id: String,
+    /// The registered task name.
+    pub name: String,
+    /// Where the task is now.
+    pub state: State,
+    /// The task's value; present only on `SUCCESS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed or was revoked; present only on `FAILURE` and `REVOKED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How many runs have started.
+    pub attempts: u32,
+    /// When the node accepted it, in milliseconds since the Unix epoch.
+    pub submitted_at_ms: u64,
+    /// When it finished, in milliseconds since the Unix epoch; `null` until then.
+    pub finished_at_ms: Option<u64>,
+}
+
+/// The body of `POST /v1/tasks/{name}`: every field is optional; unknown fields are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubmitRequest {
+    #[serde(default)]
+    pub args: Value,
+    pub priority: Option<PriorityName>,
+    pub delay_ms: Option<u64>,
+    pub time_limit_ms: Option<u64>,
+    pub retry: Option<RetrySpec>,
+}
+
+/// A lane, by its name on the wire.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PriorityName {
+    High,
+    Normal,
+    Low,
+}
+
+impl From<PriorityName> for Priority {
+    fn from(p: PriorityName) -> Priority {
+        match p {
+            PriorityName::High => Priority::High,
+            PriorityName::Normal => Priority::Normal,
+            PriorityName::Low => Priority::Low,
+        }
+    }
+}
+
+/// The lane's name on the wire.
+pub(crate) fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::High => "high",
+        Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+/// A retry policy given with one submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetrySpec {
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<f64>,
+}

@@ -1,0 +1,1271 @@
+//! The node-local service (feature `service`), driven through raw HTTP/1.1 on a Unix socket
+//! and on loopback TCP: submissions, long-polls, cancellation, retries, delays, priorities,
+//! result expiry, every kind of bad input, back-pressure (429), shutdown, and the socket's
+//! life cycle. Waits are on conditions with generous timeouts, never fixed sleeps.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use weft::service::{Endpoint, Node, Registry, RunningNode, ShutdownMode, TaskOptions};
+use weft::{Priority, RetryPolicy};
+
+/// Generous: only catches hangs.
+const HANG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- a tiny HTTP/1.1 client
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {:?} (status {})",
+                String::from_utf8_lossy(&self.body),
+                self.status
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `error` message of an error answer.
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {}", self.text()))
+            .to_owned()
+    }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole answer.
+async fn raw(at: &Endpoint, request: &[u8]) -> Resp {
+    match at {
+        Endpoint::Unix(p) => {
+            exchange(tokio::net::UnixStream::connect(p).await.unwrap(), request).await
+        }
+        Endpoint::Tcp(a) => {
+            exchange(tokio::net::TcpStream::connect(a).await.unwrap(), request).await
+        }
+        _ => unreachable!(),
+    }
+}
+
+async fn exchange(mut s: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> Resp {
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(HANG, s.read_to_end(&mut buf))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    parse(&buf)
+}
+
+fn parse(buf: &[u8]) -> Resp {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
+    let head = std::str::from_utf8(&buf[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+            rest = &rest[eol + 2 + n + 2..];
+        }
+        body = out;
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn build(method: &str, path: &str, body: Option<&[u8]>, token: Option<&str>) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nhost: weft\r\nconnection: close\r\n");
+    if let Some(t) = token {
+        r += &format!("authorization: Bearer {t}\r\n");
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || method == "POST" {
+        r += &format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+    }
+    r += "\r\n";
+    let mut r = r.into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A client bound to one node (and maybe a token).
+#[derive(Clone)]
+struct Http {
+    at: Endpoint,
+    token: Option<String>,
+}
+
+impl Http {
+    fn new(node: &RunningNode) -> Http {
+        Http {
+            at: node.endpoint().clone(),
+            token: None,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Resp {
+        raw(&self.at, &build(method, path, body, self.token.as_deref())).await
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, None).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Resp {
+        self.call("POST", path, Some(body.as_bytes())).await
+    }
+
+    /// Submits and expects a 202; returns the id.
+    async fn submit(&self, name: &str, body: Value) -> String {
+        let r = self
+            .post(&format!("/v1/tasks/{name}"), &body.to_string())
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        let v = r.json();
+        assert_eq!(v["name"], name);
+        assert!(v["state"] == "PENDING" || v["state"] == "SCHEDULED", "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn info(&self, id: &str) -> Value {
+        let r = self.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// Long-polls until the task is finished (fails after `HANG`).
+    async fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let r = self.get(&format!("/v1/tasks/{id}?wait=10s")).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let v = r.json();
+            if ["SUCCESS", "FAILURE", "REVOKED"].contains(&v["state"].as_str().unwrap()) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "task {id} not finished: {v}");
+        }
+    }
+
+    /// Polls (1 ms apart) until the task's state is `state`.
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        wait_for(|| async {
+            let v = self.info(id).await;
+            (v["state"] == state).then_some(v)
+        })
+        .await
+    }
+
+    /// Polls `/metrics` until it has the line `line`.
+    async fn wait_metric(&self, line: &str) {
+        wait_for(|| async {
+            let text = self.get("/metrics").await.text();
+            text.lines().any(|l| l == line).then_some(())
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: &str) -> Value {
+        let r = self.call("DELETE", &format!("/v1/tasks/{id}"), None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+}
+
+/// Re-checks `cond` (1 ms apart) until it gives a value; fails after `HANG`.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(mut cond: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + HANG;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {HANG:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// A fresh directory (not created: the node creates it, mode 0700).
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "weft-svc-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A gate tasks block on until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.0 .0.lock().unwrap();
+        while !*open {
+            open = self.0 .1.wait(open).unwrap();
+        }
+    }
+}
+
+/// The tasks the tests use; `block` waits for `gate`, `order` records its argument.
+fn registry(gate: &Gate, order: &Arc<Mutex<Vec<String>>>) -> Registry {
+    let g = gate.clone();
+    let o = order.clone();
+    let flaky_calls = Arc::new(AtomicUsize::new(0));
+    Registry::new()
+        .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
+        .task("fail", |msg: String| Err::<(), _>(msg))
+        .task("boom", |(): ()| -> Result<(), String> {
+            panic!("boom goes the task")
+        })
+        .task("block", move |(): ()| {
+            g.wait();
+            Ok::<_, String>("unblocked")
+        })
+        .task("order", move |tag: String| {
+            o.lock().unwrap().push(tag);
+            Ok::<_, String>(())
+        })
+        .task("spin", |(): ()| {
+            while weft::checkpoint().is_ok() {
+                std::thread::yield_now();
+            }
+            Ok::<_, String>("stopped")
+        })
+        .task_with(
+            "flaky",
+            TaskOptions::new().retry(RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(5)),
+            move |fails: usize| {
+                let n = flaky_calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n <= fails {
+                    Err(format!("attempt {n} failed"))
+                } else {
+                    Ok(n)
+                }
+            },
+        )
+        .task_with(
+            "urgent",
+            TaskOptions::new().priority(Priority::High),
+            |(): ()| Ok::<_, String>(1),
+        )
+        .task_with(
+            "limited",
+            TaskOptions::new().time_limit(Duration::from_millis(1)),
+            |(): ()| {
+                while weft::checkpoint().is_ok() {
+                    std::thread::yield_now();
+                }
+                Ok::<_, String>(())
+            },
+        )
+}
+
+struct Fixture {
+    node: RunningNode,
+    http: Http,
+    gate: Gate,
+    order: Arc<Mutex<Vec<String>>>,
+    dir: Option<PathBuf>,
+}
+
+impl Fixture {
+    async fn shutdown(self) {
+        self.gate.open();
+        self.node.shutdown().await;
+        if let Some(d) = self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A node on a fresh Unix socket, configured by `f`.
+async fn unix_node(f: impl FnOnce(Node) -> Node) -> Fixture {
+    let gate = Gate::default();
+    let order = Arc::default();
+    let dir = temp_dir();
+    let node = f(Node::new(registry(&gate, &order))
+        .workers(2)
+        .unix(dir.join("n.sock")))
+    .start()
+    .await
+    .unwrap();
+    Fixture {
+        http: Http::new(&node),
+        node,
+        gate,
+        order,
+        dir: Some(dir),
+    }
+}
+
+// ---------------------------------------------------------------- the happy paths
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_submit_and_wait() {
+    let fx = unix_node(|n| n).await;
+    let Endpoint::Unix(path) = fx.node.endpoint().clone() else {
+        panic!()
+    };
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "socket mode");
+    assert_eq!(mode(path.parent().unwrap()), 0o700, "directory mode");
+
+    let h = &fx.http;
+    assert_eq!(h.get("/healthz").await.json(), json!({"status": "ok"}));
+    let id = h.submit("add", json!({"args": [2, 3]})).await;
+    let v = h.wait(&id).await;
+    assert_eq!(v["state"], "SUCCESS");
+    assert_eq!(v["result"], 5);
+    assert_eq!(v["attempts"], 1);
+    assert!(v.get("error").is_none());
+    assert!(v["finished_at_ms"].as_u64().unwrap() >= v["submitted_at_ms"].as_u64().unwrap());
+
+    // Registry, list, metrics.
+    let reg = h.get("/v1/registry").await.json();
+    let names: Vec<_> = reg["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"add") && names.contains(&"flaky"));
+    let urgent = reg["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "urgent")
+        .unwrap();
+    assert_eq!(urgent["priority"], "high");
+    let id2 = h.submit("add", json!({"args": [1, 1]})).await;
+    h.wait(&id2).await;
+    let list = h.get("/v1/tasks?limit=1").await.json();
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(list["tasks"][0]["id"], id2, "newest first");
+    assert_eq!(
+        h.get("/v1/tasks").await.json()["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let m = h.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert_eq!(m.header("content-type"), Some("text/plain; version=0.0.4"));
+    let text = m.text();
+    for name in [
+        "weft_tasks_spawned_total 2",
+        "weft_tasks_completed_total 2",
+        "weft_queued{lane=\"high\"} 0",
+        "weft_workers 2",
+        "weft_service_submitted_total 2",
+        "weft_service_in_flight 0",
+        "weft_service_results_stored 2",
+        "weft_submissions_rejected_total{reason=\"full\"} 0",
+        "# TYPE weft_tasks_panicked_total counter",
+        "# HELP weft_timers_pending",
+    ] {
+        assert!(text.contains(name), "{name} missing in\n{text}");
+    }
+    fx.shutdown().await;
+    assert!(!path.exists(), "socket removed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_loopback_without_token() {
+    let node = Node::new(registry(&Gate::default(), &Arc::default()))
+        .workers(1)
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let Endpoint::Tcp(addr) = node.endpoint() else {
+        panic!()
+    };
+    assert_ne!(addr.port(), 0);
+    let h = Http::new(&node);
+    let id = h.submit("add", json!({"args": [40, 2]})).await;
+    assert_eq!(h.wait(&id).await["result"], 42);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_with_token() {
+    let node = Node::new(registry(&Gate::default(), &Arc::default()))
+        .workers(1)
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .token("s3cret")
+        .start()
+        .await
+        .unwrap();
+    let mut h = Http::new(&node);
+    assert_eq!(
+        h.get("/healthz").await.status,
+        200,
+        "healthz needs no token"
+    );
+    for path in ["/v1/registry", "/v1/tasks", "/metrics"] {
+        let r = h.get(path).await;
+        assert_eq!(r.status, 401, "{path}");
+        assert!(r.error().contains("token"));
+    }
+    assert_eq!(
+        h.post("/v1/tasks/add", r#"{"args": [1, 2]}"#).await.status,
+        401
+    );
+    h.token = Some("wrong".into());
+    assert_eq!(h.get("/v1/registry").await.status, 401);
+    h.token = Some("s3cret".into());
+    let id = h.submit("add", json!({"args": [1, 2]})).await;
+    assert_eq!(h.wait(&id).await["result"], 3);
+    node.shutdown().await;
+
+    // A non-loopback bind needs a token.
+    let err = Node::new(Registry::new())
+        .tcp("0.0.0.0:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.is_token_required(), "{err}");
+    assert!(err.to_string().contains("token"));
+    let ok = Node::new(Registry::new())
+        .workers(1)
+        .tcp("0.0.0.0:0".parse().unwrap())
+        .token("t")
+        .start()
+        .await
+        .unwrap();
+    ok.shutdown().await;
+}
+
+// ---------------------------------------------------------------- outcomes and states
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_panics_and_time_limits() {
+    let fx = unix_node(|n| n).await;
+    let h = &fx.http;
+    let v = h
+        .wait(&h.submit("fail", json!({"args": "disk full"})).await)
+        .await;
+    assert_eq!(
+        (v["state"].as_str(), v["error"].as_str()),
+        (Some("FAILURE"), Some("disk full"))
+    );
+    assert!(v.get("result").is_none());
+
+    let v = h.wait(&h.submit("boom", json!({})).await).await;
+    assert_eq!(v["state"], "FAILURE");
+    assert_eq!(v["error"], "boom goes the task");
+
+    // The registered time limit, and one given with the submission.
+    let v = h.wait(&h.submit("limited", json!({})).await).await;
+    assert_eq!(
+        (v["state"].as_str(), v["error"].as_str()),
+        (Some("FAILURE"), Some("time limit exceeded"))
+    );
+    let v = h
+        .wait(&h.submit("spin", json!({"time_limit_ms": 5})).await)
+        .await;
+    assert_eq!(v["error"], "time limit exceeded");
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_retry_state() {
+    let fx = unix_node(|n| n).await;
+    let h = &fx.http;
+    // The registered policy: fails twice, succeeds on the third attempt.
+    let v = h.wait(&h.submit("flaky", json!({"args": 2})).await).await;
+    assert_eq!(v["state"], "SUCCESS", "{v}");
+    assert_eq!(v["attempts"], 3);
+
+    // A policy given with the submission: attempts run out, the last error stays.
+    let v = h
+        .wait(&h.submit("fail", json!({"args": "nope", "retry": {"max_attempts": 3, "backoff_ms": 1, "multiplier": 2, "jitter": 0.5}})).await)
+        .await;
+    assert_eq!(
+        (v["state"].as_str(), v["attempts"].as_u64()),
+        (Some("FAILURE"), Some(3))
+    );
+    assert_eq!(v["error"], "nope");
+
+    // RETRY while it waits for its backoff; a cancel wins there.
+    let id = h
+        .submit(
+            "fail",
+            json!({"args": "again", "retry": {"max_attempts": 5, "backoff_ms": 3_600_000}}),
+        )
+        .await;
+    let v = h.wait_state(&id, "RETRY").await;
+    assert_eq!(v["attempts"], 1);
+    assert!(v.get("error").is_none());
+    let c = h.cancel(&id).await;
+    assert_eq!(c, json!({"id": id, "revoked": true, "state": "REVOKED"}));
+    let v = h.info(&id).await;
+    assert_eq!(
+        (v["state"].as_str(), v["error"].as_str()),
+        (Some("REVOKED"), Some("cancelled"))
+    );
+    // A second cancel: nothing to revoke.
+    assert_eq!(h.cancel(&id).await["revoked"], false);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_queued_running_and_finished() {
+    let fx = unix_node(|n| n.workers(1)).await;
+    let h = &fx.http;
+    let running = h.submit("block", json!({})).await;
+    h.wait_state(&running, "STARTED").await;
+    let queued = h.submit("add", json!({"args": [1, 2]})).await;
+    assert_eq!(h.info(&queued).await["state"], "PENDING");
+
+    assert_eq!(
+        h.cancel(&queued).await,
+        json!({"id": queued, "revoked": true, "state": "REVOKED"})
+    );
+    // Running: cancellation is requested; it stays STARTED until it ends.
+    assert_eq!(
+        h.cancel(&running).await,
+        json!({"id": running, "revoked": true, "state": "STARTED"})
+    );
+    fx.gate.open();
+    let v = h.wait(&running).await;
+    assert_eq!(v["state"], "REVOKED");
+
+    let done = h.submit("add", json!({"args": [1, 2]})).await;
+    h.wait(&done).await;
+    assert_eq!(
+        h.cancel(&done).await,
+        json!({"id": done, "revoked": false, "state": "SUCCESS"})
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_schedules() {
+    let fx = unix_node(|n| n).await;
+    let h = &fx.http;
+    let r = h
+        .post("/v1/tasks/add", r#"{"args": [1, 2], "delay_ms": 50}"#)
+        .await;
+    assert_eq!(r.status, 202);
+    let v = r.json();
+    assert_eq!(v["state"], "SCHEDULED");
+    let v = h.wait(v["id"].as_str().unwrap()).await;
+    assert_eq!(v["result"], 3);
+    let waited = v["finished_at_ms"].as_u64().unwrap() - v["submitted_at_ms"].as_u64().unwrap();
+    assert!(waited >= 49, "ran after {waited} ms");
+    // delay_ms 0 is no delay.
+    let r = h
+        .post("/v1/tasks/add", r#"{"args": [1, 2], "delay_ms": 0}"#)
+        .await;
+    assert_eq!(r.json()["state"], "PENDING");
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_order_queued_work() {
+    let fx = unix_node(|n| n.workers(1)).await;
+    let h = &fx.http;
+    let blocker = h.submit("block", json!({})).await;
+    h.wait_state(&blocker, "STARTED").await;
+    let mut ids = Vec::new();
+    for (tag, prio) in [
+        ("low", "low"),
+        ("normal", "normal"),
+        ("high", "high"),
+        ("low2", "low"),
+    ] {
+        ids.push(
+            h.submit("order", json!({"args": tag, "priority": prio}))
+                .await,
+        );
+    }
+    fx.gate.open();
+    for id in &ids {
+        assert_eq!(h.wait(id).await["state"], "SUCCESS");
+    }
+    assert_eq!(*fx.order.lock().unwrap(), ["high", "normal", "low", "low2"]);
+    fx.shutdown().await;
+}
+
+// ---------------------------------------------------------------- the result store
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_expire_after_ttl_and_capacity() {
+    let fx = unix_node(|n| n.result_ttl(Duration::from_millis(100))).await;
+    let h = &fx.http;
+    let id = h.submit("add", json!({"args": [1, 2]})).await;
+    assert_eq!(h.wait(&id).await["state"], "SUCCESS");
+    let r = wait_for(|| async {
+        let r = h.get(&format!("/v1/tasks/{id}")).await;
+        (r.status == 404).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        r.error(),
+        format!("unknown task id \"{id}\" (results are kept for 100ms)")
+    );
+    assert_eq!(
+        h.call("DELETE", &format!("/v1/tasks/{id}"), None)
+            .await
+            .status,
+        404
+    );
+    fx.shutdown().await;
+
+    // Capacity: the oldest finished record goes first; in-flight ones are never evicted.
+    let fx = unix_node(|n| n.max_results(2).workers(2)).await;
+    let h = &fx.http;
+    let blocked = h.submit("block", json!({})).await;
+    h.wait_state(&blocked, "STARTED").await;
+    let mut done = Vec::new();
+    for i in 0..3 {
+        let id = h.submit("add", json!({"args": [i, 0]})).await;
+        assert_eq!(h.wait(&id).await["result"], i);
+        done.push(id);
+    }
+    assert_eq!(
+        h.get(&format!("/v1/tasks/{}", done[0])).await.status,
+        404,
+        "oldest finished went"
+    );
+    let listed = h.get("/v1/tasks").await.json();
+    let ids: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [done[2].as_str(), done[1].as_str(), blocked.as_str()],
+        "in flight stays"
+    );
+    fx.gate.open();
+    assert_eq!(h.wait(&blocked).await["state"], "SUCCESS");
+    assert_eq!(h.get(&format!("/v1/tasks/{}", done[1])).await.status, 404);
+    assert!(h
+        .get("/metrics")
+        .await
+        .text()
+        .contains("weft_service_results_stored 2"));
+    fx.shutdown().await;
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_reason() {
+    let fx = unix_node(|n| n.max_body_bytes(1024)).await;
+    let h = &fx.http;
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/v1/tasks/add", "{", 400, "invalid request body"),
+        ("/v1/tasks/add", "", 400, "invalid request body"),
+        ("/v1/tasks/add", "[1, 2]", 400, "invalid request body"),
+        ("/v1/tasks/add", "null", 400, "invalid request body"),
+        (
+            "/v1/tasks/add",
+            r#"{"args": ["a", 1]}"#,
+            400,
+            "invalid args for task \"add\"",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1]}"#,
+            400,
+            "invalid args for task \"add\"",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "bogus": 1}"#,
+            400,
+            "unknown field `bogus`",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "priority": "urgent"}"#,
+            400,
+            "unknown variant `urgent`",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "priority": 1}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "delay_ms": -5}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "delay_ms": 1.5}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "delay_ms": 18446744073709551616}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "delay_ms": 1e30}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "delay_ms": 18446744073709551615}"#,
+            400,
+            "delay_ms 18446744073709551615 is too large",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "time_limit_ms": -1}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "retry": {"jitter": 2}}"#,
+            400,
+            "jitter",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "retry": {"multiplier": 3}}"#,
+            400,
+            "multiplier",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "retry": {"max_attempts": -1}}"#,
+            400,
+            "invalid request body",
+        ),
+        (
+            "/v1/tasks/add",
+            r#"{"args": [1, 2], "retry": {"tries": 1}}"#,
+            400,
+            "unknown field `tries`",
+        ),
+        ("/v1/tasks/nope", "{}", 404, "unknown task \"nope\""),
+    ];
+    for (path, body, status, msg) in cases {
+        let r = h.post(path, body).await;
+        assert_eq!(r.status, *status, "{path} {body}: {}", r.text());
+        assert!(
+            r.error().contains(msg),
+            "{path} {body}: {:?} lacks {msg:?}",
+            r.error()
+        );
+    }
+    let r = h.post("/v1/tasks/nope", "{}").await;
+    assert!(r.json()["tasks"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("add")));
+
+    // Over the body limit.
+    let big = format!(r#"{{"args": [1, 2], "pad": "{}"}}"#, "x".repeat(2000));
+    let r = h.post("/v1/tasks/add", &big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.error().contains("1024 bytes"));
+
+    // Ids, waits, limits, routes, methods.
+    let bad_gets: &[(&str, u16, &str)] = &[
+        (
+            "/v1/tasks/not-a-uuid",
+            404,
+            "unknown task id \"not-a-uuid\"",
+        ),
+        (
+            "/v1/tasks/00000000-0000-4000-8000-000000000000",
+            404,
+            "results are kept for 1h",
+        ),
+        (
+            "/v1/tasks/00000000-0000-4000-8000-000000000000?wait=abc",
+            400,
+            "bad wait",
+        ),
+        (
+            "/v1/tasks/00000000-0000-4000-8000-000000000000?wait=-1",
+            400,
+            "bad wait",
+        ),
+        ("/v1/tasks?limit=-1", 400, "bad limit"),
+        ("/v1/tasks?limit=x", 400, "bad limit"),
+        ("/v2/nothing", 404, "no such endpoint"),
+    ];
+    for (path, status, msg) in bad_gets {
+        let r = h.get(path).await;
+        assert_eq!(r.status, *status, "{path}: {}", r.text());
+        assert!(
+            r.error().contains(msg),
+            "{path}: {:?} lacks {msg:?}",
+            r.error()
+        );
+    }
+    let r = h.call("PUT", "/v1/tasks/add", Some(b"{}")).await;
+    assert_eq!(r.status, 405);
+    assert!(r.error().contains("PUT"));
+    assert_eq!(
+        h.get("/v1/tasks?limit=5000").await.status,
+        200,
+        "limits above the cap are capped"
+    );
+
+    // Nothing was accepted; every refusal was counted; the node still works.
+    assert_eq!(h.get("/v1/tasks").await.json()["tasks"], json!([]));
+    let text = h.get("/metrics").await.text();
+    assert!(
+        text.contains("weft_submissions_rejected_total{reason=\"unknown_task\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "weft_submissions_rejected_total{{reason=\"bad_request\"}} {}",
+            cases.len()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("weft_service_submitted_total 0"));
+    let id = h.submit("add", json!({"args": [2, 2]})).await;
+    assert_eq!(h.wait(&id).await["result"], 4);
+    fx.shutdown().await;
+}
+
+// ---------------------------------------------------------------- back-pressure
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lane_answers_429_and_loses_nothing() {
+    let fx = unix_node(|n| n.workers(1).max_queued(2)).await;
+    let h = &fx.http;
+    let blocker = h.submit("block", json!({})).await;
+    h.wait_state(&blocker, "STARTED").await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..50 {
+        let r = h
+            .post("/v1/tasks/add", &json!({"args": [i, 1]}).to_string())
+            .await;
+        match r.status {
+            202 => accepted.push((i, r.json()["id"].as_str().unwrap().to_owned())),
+            429 => {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                assert!(r.error().contains("normal lane is full"), "{}", r.error());
+                refused += 1;
+            }
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    assert_eq!(accepted.len(), 2, "max_queued(2)");
+    assert_eq!(refused, 48);
+    // Another lane still has room.
+    let hi = h
+        .submit("add", json!({"args": [0, 0], "priority": "high"}))
+        .await;
+    // Delayed work waits in the timer, not in the lane.
+    let later = h
+        .submit("add", json!({"args": [0, 0], "delay_ms": 1}))
+        .await;
+    fx.gate.open();
+    for (i, id) in &accepted {
+        let v = h.wait(id).await;
+        assert_eq!(v["result"], i + 1, "every accepted task ran");
+    }
+    assert_eq!(h.wait(&hi).await["state"], "SUCCESS");
+    assert_eq!(h.wait(&later).await["state"], "SUCCESS");
+    let text = h.get("/metrics").await.text();
+    assert!(
+        text.contains("weft_submissions_rejected_total{reason=\"full\"} 48"),
+        "{text}"
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_answers_429() {
+    let fx = unix_node(|n| n.workers(1).max_in_flight(2)).await;
+    let h = &fx.http;
+    let a = h.submit("block", json!({})).await;
+    let b = h
+        .submit("add", json!({"args": [1, 1], "delay_ms": 3_600_000}))
+        .await;
+    let r = h.post("/v1/tasks/add", r#"{"args": [1, 1]}"#).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.error().contains("in-flight limit"));
+    assert!(h
+        .get("/metrics")
+        .await
+        .text()
+        .contains("weft_service_in_flight 2"));
+    // A finished task frees its slot.
+    assert_eq!(h.cancel(&b).await["revoked"], true);
+    let c = h.submit("add", json!({"args": [1, 1]})).await;
+    fx.gate.open();
+    h.wait(&a).await;
+    assert_eq!(h.wait(&c).await["result"], 2);
+    fx.shutdown().await;
+}
+
+// ---------------------------------------------------------------- shutdown and sockets
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_and_answers_waiters() {
+    let fx = unix_node(|n| n.workers(1)).await;
+    let h = fx.http.clone();
+    let running = h.submit("block", json!({})).await;
+    h.wait_state(&running, "STARTED").await;
+    let queued = h.submit("add", json!({"args": [5, 5]})).await;
+    let delayed = h
+        .submit("add", json!({"args": [5, 5], "delay_ms": 3_600_000}))
+        .await;
+    let waiters: Vec<_> = [running.clone(), queued.clone(), delayed.clone()]
+        .into_iter()
+        .map(|id| {
+            let h = h.clone();
+            tokio::spawn(async move { h.get(&format!("/v1/tasks/{id}?wait=60s")).await.json() })
+        })
+        .collect();
+    // The listener closes at shutdown: let the waiters get in first.
+    h.wait_metric("weft_service_waiters 3").await;
+    let gate = fx.gate.clone();
+    let Endpoint::Unix(path) = fx.node.endpoint().clone() else {
+        panic!()
+    };
+    let stopper = tokio::spawn(fx.node.shutdown());
+    gate.open();
+    stopper.await.unwrap();
+    let answers: Vec<Value> = futures_all(waiters).await;
+    let state = |id: &str| {
+        answers
+            .iter()
+            .find(|v| v["id"] == id)
+            .map(|v| v["state"].clone())
+    };
+    assert_eq!(state(&running), Some(json!("SUCCESS")));
+    assert_eq!(
+        state(&queued),
+        Some(json!("SUCCESS")),
+        "drain runs queued work"
+    );
+    assert_eq!(
+        state(&delayed),
+        Some(json!("REVOKED")),
+        "delayed work is revoked"
+    );
+    assert!(!path.exists());
+    if let Some(d) = fx.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+async fn futures_all(hs: Vec<tokio::task::JoinHandle<Value>>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for h in hs {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancel_mode_revokes_queued_work() {
+    let fx = unix_node(|n| n.workers(1).shutdown_mode(ShutdownMode::Cancel)).await;
+    let h = fx.http.clone();
+    let running = h.submit("block", json!({})).await;
+    h.wait_state(&running, "STARTED").await;
+    let queued = h.submit("add", json!({"args": [5, 5]})).await;
+    let waiter = {
+        let (h, id) = (h.clone(), queued.clone());
+        tokio::spawn(async move { h.get(&format!("/v1/tasks/{id}?wait=60s")).await.json() })
+    };
+    h.wait_metric("weft_service_waiters 1").await;
+    let gate = fx.gate.clone();
+    let stopper = tokio::spawn(fx.node.shutdown());
+    let v = waiter.await.unwrap();
+    assert_eq!(v["state"], "REVOKED");
+    assert_eq!(v["error"], "the node shut down before the task ran");
+    gate.open();
+    stopper.await.unwrap();
+    if let Some(d) = fx.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_socket_replaced_live_socket_refused() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("n.sock");
+    // A stale socket: its listener is gone, the file stays.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let node = Node::new(Registry::new())
+        .workers(1)
+        .unix(&path)
+        .start()
+        .await
+        .unwrap();
+    let h = Http::new(&node);
+    assert_eq!(h.get("/healthz").await.status, 200);
+
+    // A live one.
+    let err = Node::new(Registry::new())
+        .workers(1)
+        .unix(&path)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.is_in_use(), "{err}");
+    assert!(err.to_string().contains("already listening"), "{err}");
+    assert_eq!(
+        h.get("/healthz").await.status,
+        200,
+        "the first node is untouched"
+    );
+    node.shutdown().await;
+    assert!(!path.exists());
+
+    // Not a socket.
+    std::fs::write(&path, "precious").unwrap();
+    let err = Node::new(Registry::new())
+        .workers(1)
+        .unix(&path)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `child_uses_weft_socket` in a child process with `WEFT_SOCKET` set (this process's
+/// environment is never changed: tests run on many threads).
+#[test]
+fn weft_socket_env_sets_the_default_path() {
+    let dir = temp_dir();
+    let path = dir.join("env.sock");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_uses_weft_socket",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("WEFT_SOCKET", &path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+    assert!(!path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "run by weft_socket_env_sets_the_default_path with WEFT_SOCKET set"]
+fn child_uses_weft_socket() {
+    let path = PathBuf::from(std::env::var_os("WEFT_SOCKET").expect("WEFT_SOCKET"));
+    assert_eq!(weft::service::default_socket_path(), path);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let node = Node::new(Registry::new()).workers(1).start().await.unwrap();
+        assert_eq!(node.endpoint(), &Endpoint::Unix(path.clone()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Http::new(&node).get("/healthz").await.status, 200);
+        node.shutdown().await;
+    });
+}
+
+// ---------------------------------------------------------------- fuzzing
+
+fn fuzz_node() -> &'static (tokio::runtime::Runtime, Endpoint) {
+    static NODE: std::sync::OnceLock<(tokio::runtime::Runtime, Endpoint)> =
+        std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = rt.block_on(async {
+            Node::new(registry(&Gate::default(), &Arc::default()))
+                .workers(2)
+                .max_body_bytes(4096)
+                .tcp("127.0.0.1:0".parse().unwrap())
+                .start()
+                .await
+                .unwrap()
+        });
+        let at = node.endpoint().clone();
+        // Kept running for the whole test binary.
+        std::mem::forget(node);
+        (rt, at)
+    })
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "[a-z]{0,8}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    let field = prop_oneof![
+        Just("args"),
+        Just("priority"),
+        Just("delay_ms"),
+        Just("time_limit_ms"),
+        Just("retry"),
+        Just("x"),
+    ];
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        json_value().prop_map(|v| v.to_string().into_bytes()),
+        prop::collection::btree_map(field, json_value(), 0..4).prop_map(|m| {
+            let mut m: serde_json::Map<String, Value> =
+                m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            // Keep the node's work bounded: no long delays or retries.
+            m.remove("delay_ms");
+            m.remove("retry");
+            Value::Object(m).to_string().into_bytes()
+        }),
+    ]
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop_oneof![
+            Just("add"),
+            Just("fail"),
+            Just("boom"),
+            Just("flaky"),
+            Just("nope"),
+            Just("%ff"),
+            Just("a%20b")
+        ]
+        .prop_map(|n| format!("/v1/tasks/{n}")),
+        "[a-z0-9/?=&%._-]{0,24}".prop_map(|p| format!("/{p}")),
+        "[0-9a-f-]{0,36}".prop_map(|id| format!("/v1/tasks/{id}?wait=0.01")),
+        Just("/v1/tasks?limit=99999999999999999999999".to_owned()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_requests_never_get_a_5xx(
+        method in prop_oneof![Just("GET"), Just("POST"), Just("DELETE"), Just("PUT")],
+        path in path(),
+        body in body(),
+    ) {
+        let (rt, at) = fuzz_node();
+        let r = rt.block_on(raw(at, &build(method, &path, Some(&body), None)));
+        prop_assert!(r.status < 500, "{method} {path} {:?} -> {} {}", String::from_utf8_lossy(&body), r.status, r.text());
+        if r.status >= 400 {
+            prop_assert!(r.json()["error"].is_string(), "{}", r.text());
+        }
+        let h = rt.block_on(raw(at, &build("GET", "/healthz", None, None)));
+        prop_assert_eq!(h.status, 200);
+    }
+}
