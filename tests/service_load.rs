@@ -1,11 +1,3 @@
-// PENDING: not compiled on branch `svc-client` (the node does not exist here).
-// To enable after merging the server branch:
-//   1. rename this file to tests/service_load.rs;
-//   2. add to Cargo.toml:  [[test]] name = "service_load"  required-features = ["service"]
-//   3. adjust the lines marked `NODE API` to the node's real constructor/registration calls
-//      (written against the expected `weft::service::{Node, Registry}`);
-//   4. run: WEFT_LOAD_TASKS=100000 cargo test --release --features service \
-//              --test service_load -- --ignored --nocapture
 //! Load test of the node-local service through `weft::service::Client` (ignored by default).
 //!
 //! Starts a node on a temporary Unix socket with one task, `add`, then has
@@ -43,15 +35,18 @@ fn hundred_thousand_tiny_tasks() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("weft.sock");
 
-    // NODE API: a registry with `add` taking `[a, b]` and returning `a + b`.
-    let mut registry = Registry::new();
-    registry.register("add", |(a, b): (u64, u64)| -> Result<u64, String> { Ok(a + b) });
-    // NODE API: a node on `socket`, started in the background; dropped (or shut down) at
-    // the end.
-    let node = Node::builder()
-        .registry(registry)
-        .unix(&socket)
-        .start()
+    let registry = Registry::new().task("add", |(a, b): (u64, u64)| Ok::<_, String>(a + b));
+    // The node serves from this runtime's threads while the test drives it from its own.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = rt
+        .block_on(
+            Node::new(registry)
+                .unix(&socket)
+                .max_in_flight(tasks.max(1))
+                // Every result must still be there when the test reads it back.
+                .max_results(tasks.max(1))
+                .start(),
+        )
         .expect("node starts");
 
     // Submit: each thread its share, timing every request.
@@ -132,6 +127,6 @@ fn hundred_thousand_tiny_tasks() {
         latencies.last().unwrap(),
     );
 
-    drop(node);
+    rt.block_on(node.shutdown());
     let _ = std::fs::remove_dir_all(&dir);
 }
