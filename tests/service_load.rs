@@ -20,6 +20,9 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// One client thread's work: (task id, expected sum) pairs, and its submit latencies.
+type Submissions = (Vec<(String, u64)>, Vec<Duration>);
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -51,7 +54,7 @@ fn hundred_thousand_tiny_tasks() {
 
     // Submit: each thread its share, timing every request.
     let started = Instant::now();
-    let per_thread: Vec<(Vec<(String, u64)>, Vec<Duration>)> = std::thread::scope(|s| {
+    let per_thread: Vec<Submissions> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let socket = &socket;
