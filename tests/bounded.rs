@@ -36,9 +36,10 @@ fn try_spawn_refuses_a_full_lane_and_hands_the_closure_back() {
         .try_spawn(|| 4)
         .unwrap();
     // A delayed task waits in the timer, not in the lane: never refused for a full lane.
+    // (A long delay: a short one could pass before `try_spawn`, making the task due now.)
     let later = pool
         .task()
-        .delay(std::time::Duration::from_millis(1))
+        .delay(std::time::Duration::from_secs(3600))
         .try_spawn(|| 5)
         .unwrap();
     let m = pool.metrics();
@@ -47,11 +48,10 @@ fn try_spawn_refuses_a_full_lane_and_hands_the_closure_back() {
     for h in busy {
         h.join().unwrap();
     }
-    let sum: i32 = [a, b, high, later]
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .sum();
-    assert_eq!(sum, 12);
+    assert!(later.cancel());
+    assert!(later.join().unwrap_err().is_cancelled());
+    let sum: i32 = [a, b, high].into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(sum, 7);
 }
 
 #[test]
