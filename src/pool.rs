@@ -15,7 +15,7 @@ use crate::retry::RetryPolicy;
 use crate::scope::Scope;
 use crate::shared::{Hook, Refused, Shared};
 use crate::sleep::MAX_WORKERS;
-use crate::task::body::{Limited, Once, RetryAny, Retrying, ShouldRetry};
+use crate::task::body::{Body, Limited, Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
 use crate::time::periodic::{Periodic, PeriodicState};
 use crate::worker::WorkerThread;
@@ -477,14 +477,12 @@ impl<'a> TaskBuilder<'a> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (priority, when, limit) = (self.priority, self.when, self.time_limit);
-        self.with_shared(|shared| match (when, limit) {
-            (When::Now, None) => shared.spawn(priority, f),
-            (_, None) => shared.spawn_body(priority, self.start(), Once(f)),
-            (_, Some(limit)) => {
-                shared.spawn_body(priority, self.start(), Limited::new(Once(f), limit))
-            }
-        })
+        if let (When::Now, None) = (self.when, self.time_limit) {
+            let priority = self.priority;
+            return self.with_shared(|shared| shared.spawn(priority, f));
+        }
+        self.submit(Once(f), false)
+            .unwrap_or_else(|(body, _)| Shared::refused(body))
     }
 
     /// As [`spawn`](Self::spawn), but a full lane (see [`Builder::max_queued`]) or a shut
@@ -495,17 +493,24 @@ impl<'a> TaskBuilder<'a> {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.submit(Once(f), true)
+            .map_err(|(body, why)| TrySpawnError::new(body.0, why))
+    }
+
+    /// Submits `body` with these options (a time limit wraps it in `Limited`); see
+    /// `Shared::submit`. A refused body comes back unwrapped.
+    fn submit<B: Body>(
+        &self,
+        body: B,
+        try_only: bool,
+    ) -> Result<JoinHandle<B::Output>, (B, Refused)> {
         let (priority, start) = (self.priority, self.start());
-        match self.time_limit {
-            None => self
-                .with_shared(|shared| shared.try_spawn_body(priority, start, Once(f)))
-                .map_err(|(body, why)| TrySpawnError::new(body.0, why)),
-            Some(limit) => self
-                .with_shared(|shared| {
-                    shared.try_spawn_body(priority, start, Limited::new(Once(f), limit))
-                })
-                .map_err(|(body, why)| TrySpawnError::new(body.into_inner().0, why)),
-        }
+        self.with_shared(|shared| match self.time_limit {
+            None => shared.submit(priority, start, body, try_only),
+            Some(limit) => shared
+                .submit(priority, start, Limited::new(body, limit), try_only)
+                .map_err(|(limited, why)| (limited.into_inner(), why)),
+        })
     }
 
     /// Runs `f` every `period`, first after one period (or at the time set with
@@ -658,21 +663,9 @@ impl<'a, P> RetryBuilder<'a, P> {
         T: Send + 'static,
         E: Send + 'static,
     {
-        let body = Retrying {
-            f,
-            should_retry: self.should_retry,
-            policy: self.policy,
-            seed: retry_seed(),
-        };
-        let (priority, start) = (self.task.priority, self.task.start());
-        match self.task.time_limit {
-            None => self
-                .task
-                .with_shared(|shared| shared.spawn_body(priority, start, body)),
-            Some(limit) => self.task.with_shared(|shared| {
-                shared.spawn_body(priority, start, Limited::new(body, limit))
-            }),
-        }
+        let (task, body) = self.into_body(f);
+        task.submit(body, false)
+            .unwrap_or_else(|(body, _)| Shared::refused(body))
     }
 
     /// As [`spawn`](Self::spawn), but a full lane or a shut-down pool refuses: the error
@@ -684,25 +677,20 @@ impl<'a, P> RetryBuilder<'a, P> {
         T: Send + 'static,
         E: Send + 'static,
     {
+        let (task, body) = self.into_body(f);
+        task.submit(body, true)
+            .map_err(|(body, why)| TrySpawnError::new(body.f, why))
+    }
+
+    /// The task's options and its retrying body.
+    fn into_body<F>(self, f: F) -> (TaskBuilder<'a>, Retrying<F, P>) {
         let body = Retrying {
             f,
             should_retry: self.should_retry,
             policy: self.policy,
             seed: retry_seed(),
         };
-        let (priority, start) = (self.task.priority, self.task.start());
-        match self.task.time_limit {
-            None => self
-                .task
-                .with_shared(|shared| shared.try_spawn_body(priority, start, body))
-                .map_err(|(body, why)| TrySpawnError::new(body.f, why)),
-            Some(limit) => self
-                .task
-                .with_shared(|shared| {
-                    shared.try_spawn_body(priority, start, Limited::new(body, limit))
-                })
-                .map_err(|(body, why)| TrySpawnError::new(body.into_inner().f, why)),
-        }
+        (self.task, body)
     }
 }
 

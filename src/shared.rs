@@ -164,25 +164,21 @@ impl Shared {
         at: Option<Instant>,
         body: B,
     ) -> JoinHandle<B::Output> {
-        match self.submit(priority, at, body, false) {
-            Ok(handle) => handle,
-            // SAFETY: a refused task's only reference is the handle's, output `B::Output`.
-            Err((body, _)) => unsafe { JoinHandle::from_raw(raw::allocate_refused(body)) },
-        }
+        self.submit(priority, at, body, false)
+            .unwrap_or_else(|(body, _)| Shared::refused(body))
     }
 
-    /// As `spawn_body`, but a full lane refuses instead of waiting (`try_spawn`): the body
-    /// comes back with the reason. A closed pool also hands the body back.
-    pub(crate) fn try_spawn_body<B: Body>(
-        &self,
-        priority: Priority,
-        at: Option<Instant>,
-        body: B,
-    ) -> Result<JoinHandle<B::Output>, (B, Refused)> {
-        self.submit(priority, at, body, true)
+    /// The handle of a spawn refused by a closed pool: resolved as shut down; `body` is
+    /// dropped now.
+    pub(crate) fn refused<B: Body>(body: B) -> JoinHandle<B::Output> {
+        // SAFETY: a refused task's only reference is the handle's, output `B::Output`.
+        unsafe { JoinHandle::from_raw(raw::allocate_refused(body)) }
     }
 
-    fn submit<B: Body>(
+    /// Submits a task with any body, to start at `at` (see `spawn_body`). A closed pool
+    /// hands the body back with the reason; so does a full lane if `try_only`, where
+    /// otherwise the caller waits for room.
+    pub(crate) fn submit<B: Body>(
         &self,
         priority: Priority,
         at: Option<Instant>,
