@@ -1,0 +1,361 @@
+//! Celery interop against a real Redis and the real Python Celery (no mocks).
+//!
+//! Redis is found through `WEFT_REDIS_URL`, Python (with `celery[redis]`) through
+//! `WEFT_CELERY_PYTHON`; `.ci/run` provides both. Outside CI a missing one skips the test
+//! with a loud message; in CI (`CI` set) it is a failure. Each test uses its own queue
+//! names, so the tests share one Redis database.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use weft::celery::{Client, SendOptions, TaskResult, Worker};
+use weft::registry::Registry;
+use weft::Priority;
+
+fn required(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set, and CI is"),
+        _ => {
+            eprintln!("\n!!!!!!!! SKIPPED: {var} is not set (run .ci/run, or set it) !!!!!!!!\n");
+            None
+        }
+    }
+}
+
+fn redis_url() -> Option<String> {
+    required("WEFT_REDIS_URL")
+}
+
+fn python() -> Option<String> {
+    required("WEFT_CELERY_PYTHON")
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}-{}", std::process::id(), t.as_nanos())
+}
+
+#[derive(serde::Deserialize)]
+struct Xy {
+    x: i64,
+    y: i64,
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
+        .task("add_kw", |a: Xy| Ok::<_, String>(a.x + a.y))
+        .task("fail", |_: Vec<i64>| Err::<(), _>("fail() always fails"))
+        .task("boom", |_: Vec<i64>| -> Result<(), String> {
+            panic!("boom!")
+        })
+}
+
+fn no_args() -> Map<String, Value> {
+    Map::new()
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn weft_client_to_weft_worker() {
+    let Some(url) = redis_url() else { return };
+    let q = unique("rt");
+    let worker = Worker::new(url.as_str(), registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .start()
+        .unwrap();
+    let client = Client::new(&url).unwrap();
+    let opts = |priority| SendOptions {
+        queue: Some(q.clone()),
+        priority,
+        ..SendOptions::default()
+    };
+    let sums: Vec<_> = (0..100)
+        .map(|i| {
+            client
+                .send_task(
+                    "add",
+                    vec![json!(i), json!(1)],
+                    no_args(),
+                    opts(i as u8 % 10),
+                )
+                .unwrap()
+        })
+        .collect();
+    for (i, r) in sums.iter().enumerate() {
+        assert_eq!(r.get_value(WAIT).unwrap(), json!(i + 1));
+    }
+    let mut kw = Map::new();
+    kw.insert("x".into(), json!(40));
+    kw.insert("y".into(), json!(2));
+    let r = client.send_task("add_kw", vec![], kw, opts(0)).unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(42));
+
+    let r = client
+        .send_task("fail", vec![], no_args(), opts(0))
+        .unwrap();
+    match r.get(WAIT).unwrap() {
+        TaskResult::Failure {
+            exc_type,
+            exc_message,
+            ..
+        } => assert_eq!(
+            (exc_type.as_str(), exc_message.as_str()),
+            ("RuntimeError", "fail() always fails")
+        ),
+        other => panic!("{other:?}"),
+    }
+    let r = client
+        .send_task("boom", vec![], no_args(), opts(0))
+        .unwrap();
+    assert!(
+        matches!(r.get(WAIT).unwrap(), TaskResult::Failure { exc_message, .. } if exc_message.contains("boom!"))
+    );
+    let r = client
+        .send_task("nope", vec![], no_args(), opts(0))
+        .unwrap();
+    assert_eq!(r.get(WAIT).unwrap(), TaskResult::not_registered("nope"));
+    let r = client
+        .send_task("add", vec![json!("x")], no_args(), opts(0))
+        .unwrap();
+    assert!(
+        matches!(r.get(WAIT).unwrap(), TaskResult::Failure { exc_type, .. } if exc_type == "TypeError")
+    );
+
+    // A countdown task runs after its countdown, not before.
+    let start = Instant::now();
+    let r = client
+        .send_task(
+            "add",
+            vec![json!(1), json!(2)],
+            no_args(),
+            SendOptions {
+                countdown: Some(Duration::from_millis(1500)),
+                ..opts(0)
+            },
+        )
+        .unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(3));
+    assert!(
+        start.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // An expired task is revoked, not run.
+    let r = client
+        .send_task(
+            "add",
+            vec![json!(1), json!(2)],
+            no_args(),
+            SendOptions {
+                expires: Some(std::time::SystemTime::now() - Duration::from_secs(1)),
+                ..opts(0)
+            },
+        )
+        .unwrap();
+    assert!(matches!(r.get(WAIT).unwrap(), TaskResult::Revoked(_)));
+    assert_eq!(worker.shutdown(), 0);
+}
+
+#[test]
+fn bad_messages_go_to_the_dead_letter_list_and_never_stop_the_worker() {
+    let Some(url) = redis_url() else { return };
+    let q = unique("bad");
+    let worker = Worker::new(url.as_str(), registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .start()
+        .unwrap();
+    let rc = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = rc.get_connection().unwrap();
+    let good = std::fs::read_to_string(fixtures().join("send_add.json")).unwrap();
+    let mut pickle: Value = serde_json::from_str(&good).unwrap();
+    let pickle_id = format!("pickle-{}", uuid_like());
+    pickle["content-type"] = json!("application/x-python-serialize");
+    pickle["headers"]["id"] = json!(pickle_id);
+    let mut bad_b64: Value = serde_json::from_str(&good).unwrap();
+    bad_b64["body"] = json!("%%% not base64");
+    bad_b64["headers"]["id"] = json!(format!("b64-{}", uuid_like()));
+    let marker = uuid_like();
+    for raw in [
+        format!("{{\"truncated\": \"{marker}"),
+        pickle.to_string(),
+        bad_b64.to_string(),
+    ] {
+        redis::cmd("LPUSH")
+            .arg(&q)
+            .arg(raw)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let client = Client::new(&url).unwrap();
+    let r = client
+        .send_task(
+            "add",
+            vec![json!(2), json!(2)],
+            no_args(),
+            SendOptions {
+                queue: Some(q.clone()),
+                ..SendOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(4));
+    match client.result(pickle_id).get(WAIT).unwrap() {
+        TaskResult::Failure { exc_type, .. } => assert_eq!(exc_type, "ContentDisallowed"),
+        other => panic!("{other:?}"),
+    }
+    let dead: Vec<String> = redis::cmd("LRANGE")
+        .arg(weft::celery::redis::DEAD_LETTER)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    let ours: Vec<Value> = dead
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|d| d["queue"] == json!(q))
+        .collect();
+    assert_eq!(ours.len(), 3, "{ours:#?}");
+    assert!(ours
+        .iter()
+        .any(|d| d["reason"].as_str().unwrap().contains("never pickle")));
+    assert!(ours
+        .iter()
+        .any(|d| d["reason"].as_str().unwrap().contains("base64")));
+    assert!(ours
+        .iter()
+        .any(|d| d["reason"].as_str().unwrap().contains("invalid JSON")));
+    worker.shutdown();
+}
+
+#[test]
+fn python_sends_weft_runs_python_reads() {
+    let (Some(url), Some(py)) = (redis_url(), python()) else {
+        return;
+    };
+    let q = unique("py2rs");
+    let worker = Worker::new(url.as_str(), registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .start()
+        .unwrap();
+    let out = Command::new(&py)
+        .arg(fixtures().join("interop_send.py"))
+        .arg(&url)
+        .arg(&q)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["add"], json!(5));
+    assert_eq!(seen["add_kwargs"], json!(9));
+    assert_eq!(
+        seen["many"],
+        json!((0..50).map(|i| i * 2).collect::<Vec<_>>())
+    );
+    assert_eq!(seen["fail"], json!(["RuntimeError", "fail() always fails"]));
+    assert_eq!(seen["unknown"][0], json!("NotRegistered"));
+    assert!(seen["unknown"][1]
+        .as_str()
+        .unwrap()
+        .contains("no.such.task"));
+    assert_eq!(worker.shutdown(), 0);
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    /// A warm shutdown (SIGTERM: Celery finishes and acknowledges what it holds), then
+    /// SIGKILL if it is still there after 10 s.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn weft_sends_python_worker_runs_weft_reads() {
+    let (Some(url), Some(py)) = (redis_url(), python()) else {
+        return;
+    };
+    let q = unique("rs2py");
+    let mut child = Command::new(&py)
+        .args(["-m", "celery", "-A", "pytasks", "worker", "--pool", "solo"])
+        .args(["-Q", q.as_str(), "--without-gossip", "--without-mingle"])
+        .args(["--without-heartbeat", "--loglevel", "WARNING"])
+        .current_dir(fixtures())
+        .env("WEFT_REDIS_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take();
+    let child = Killed(child);
+    let client = Client::new(&url).unwrap();
+    let opts = SendOptions {
+        queue: Some(q.clone()),
+        ..SendOptions::default()
+    };
+    let r = client
+        .send_task("py.mul", vec![json!(6), json!(7)], no_args(), opts.clone())
+        .unwrap();
+    let got = r.get(Duration::from_secs(60));
+    let r2 = client
+        .send_task("py.fail", vec![json!("from python")], no_args(), opts)
+        .unwrap();
+    let got2 = r2.get(Duration::from_secs(60));
+    drop(child);
+    let mut err = String::new();
+    if let Some(mut s) = stderr {
+        let _ = s.read_to_string(&mut err);
+    }
+    assert_eq!(
+        got.unwrap_or_else(|e| panic!("{e}\n{err}")),
+        TaskResult::Success(json!(42))
+    );
+    match got2.unwrap_or_else(|e| panic!("{e}\n{err}")) {
+        TaskResult::Failure {
+            exc_type,
+            exc_module,
+            exc_message,
+            ..
+        } => assert_eq!(
+            (exc_type.as_str(), exc_module.as_str(), exc_message.as_str()),
+            ("ValueError", "builtins", "from python")
+        ),
+        other => panic!("{other:?}"),
+    }
+}
