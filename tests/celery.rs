@@ -359,3 +359,124 @@ fn weft_sends_python_worker_runs_weft_reads() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Not a test by itself: the worker process of
+/// [`a_killed_worker_loses_no_task`], started by it as a child of this same test binary
+/// (with `WEFT_CELERY_CHILD_QUEUE` set); returns at once otherwise.
+#[test]
+fn child_worker_process() {
+    let Ok(q) = std::env::var("WEFT_CELERY_CHILD_QUEUE") else {
+        return;
+    };
+    let url = std::env::var("WEFT_REDIS_URL").unwrap();
+    let counter_url = url.clone();
+    let registry = Registry::new().task("slow_add", move |(x, y, key): (i64, i64, String)| {
+        // Counts runs, to report duplicates (delivery is at-least-once).
+        let mut c = redis::Client::open(counter_url.as_str())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| e.to_string())?;
+        redis::cmd("HINCRBY")
+            .arg(&key)
+            .arg(x)
+            .arg(1)
+            .query::<()>(&mut c)
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(100));
+        Ok::<_, String>(x + y)
+    });
+    let _worker = Worker::new(url.as_str(), registry)
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .prefetch(4)
+        .visibility_timeout(Duration::from_secs(2))
+        .restore_interval(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    println!("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn spawn_child_worker(url: &str, q: &str) -> Killed {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_worker_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("WEFT_CELERY_CHILD_QUEUE", q)
+        .env("WEFT_REDIS_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for "ready" (the worker is consuming).
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match out.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("the child worker ended: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    Killed(child)
+}
+
+#[test]
+fn a_killed_worker_loses_no_task() {
+    let Some(url) = redis_url() else { return };
+    let q = unique("kill9");
+    let runs = unique("runs");
+    let mut a = spawn_child_worker(&url, &q);
+    let _b = spawn_child_worker(&url, &q);
+    let client = Client::new(&url).unwrap();
+    let n = 40;
+    let results: Vec<_> = (0..n)
+        .map(|i| {
+            client
+                .send_task(
+                    "slow_add",
+                    vec![json!(i), json!(1000), json!(runs)],
+                    no_args(),
+                    SendOptions {
+                        queue: Some(q.clone()),
+                        ..SendOptions::default()
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
+    let held_here = held.iter().filter(|h| h.contains(&q)).count();
+    // kill -9: no shutdown, its unacked messages stay behind.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let start = Instant::now();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(
+            r.get_value(Duration::from_secs(30)).unwrap(),
+            json!(i + 1000),
+            "task {i}"
+        );
+    }
+    let counts: Vec<i64> = redis::cmd("HVALS").arg(&runs).query(&mut conn).unwrap();
+    let total: i64 = counts.iter().sum();
+    eprintln!(
+        "kill -9 test: {n} tasks, {held_here} unacknowledged when one worker was killed, \
+         every result in {:?} after the kill, {} duplicate run(s)",
+        start.elapsed(),
+        total - n as i64
+    );
+    assert!(held_here > 0, "nothing was held when the worker was killed");
+    assert_eq!(counts.len(), n, "every task ran");
+    assert!(total >= n as i64);
+}

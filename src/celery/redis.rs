@@ -135,6 +135,21 @@ pub fn append_unacked(
         .query(conn)
 }
 
+/// Refreshes the `unacked_index` score of each of `tags` still there (`ZADD XX`): the
+/// heartbeat of a live worker's held messages.
+pub fn heartbeat(conn: &mut Connection, tags: &[String]) -> RedisResult<()> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let now = now_secs();
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(UNACKED_INDEX).arg("XX");
+    for tag in tags {
+        cmd.arg(now).arg(tag);
+    }
+    cmd.query(conn)
+}
+
 /// Writes `result` for task `id` (`SETEX` with `expires`, then `PUBLISH` on the same name)
 /// and acknowledges `tag` (`ZREM unacked_index; HDEL unacked`), in one transaction.
 pub fn finish(

@@ -35,6 +35,11 @@ use crate::{Pool, Priority};
 ///   (`weft.dead_letter`) with its reason, and a `FAILURE` is written when its id is known.
 /// * **ETA / countdown**: the task waits in weft's timing wheel, not in Redis, and does
 ///   not count against the prefetch limit.
+/// * **Heartbeat.** While the worker holds a message (running, queued, or waiting for its
+///   ETA) it refreshes the message's `unacked_index` score every third of the visibility
+///   timeout, so the restore sweep never re-delivers the message of a live worker (kombu
+///   issue 337, duplicated ETA tasks), while a dead worker's messages come back after the
+///   visibility timeout.
 /// * **Shutdown** ([`RunningWorker::shutdown`]): stops taking messages, lets tasks already
 ///   taken finish, and puts back on their queue the messages whose tasks did not run
 ///   (waiting for their ETA).
@@ -268,22 +273,44 @@ fn consume(
     done: mpsc::Sender<Done>,
 ) {
     let mut last_sweep = Instant::now();
+    let mut last_beat = Instant::now();
+    // Held messages' `unacked_index` scores are refreshed this often, so that no sweep
+    // (ours or another worker's) restores a message whose worker is alive.
+    let beat = (cfg.visibility_timeout / 3).max(Duration::from_millis(50));
+    let wait = beat.min(Duration::from_secs(1));
     let mut backoff = Duration::from_millis(100);
     while !shared.stop.load(Ordering::Acquire) {
         {
             let mut n = shared.in_flight.lock();
             while *n >= cfg.prefetch && !shared.stop.load(Ordering::Acquire) {
-                shared.room.wait(&mut n);
+                // Woken to beat the held messages' heartbeat even while full.
+                if shared.room.wait_for(&mut n, wait).timed_out() {
+                    break;
+                }
+            }
+            if *n >= cfg.prefetch {
+                drop(n);
+                if last_beat.elapsed() >= beat {
+                    last_beat = Instant::now();
+                    let tags: Vec<String> = shared.held.lock().keys().cloned().collect();
+                    let _ = transport::heartbeat(&mut conn, &tags);
+                }
+                continue;
             }
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
         }
+        if last_beat.elapsed() >= beat {
+            last_beat = Instant::now();
+            let tags: Vec<String> = shared.held.lock().keys().cloned().collect();
+            let _ = transport::heartbeat(&mut conn, &tags);
+        }
         if last_sweep.elapsed() >= cfg.restore_interval {
             last_sweep = Instant::now();
             let _ = transport::restore_visible(&mut conn, cfg.visibility_timeout);
         }
-        let (list, raw) = match transport::brpop(&mut conn, &cfg.keys, Duration::from_secs(1)) {
+        let (list, raw) = match transport::brpop(&mut conn, &cfg.keys, wait) {
             Ok(Some(item)) => {
                 backoff = Duration::from_millis(100);
                 item
