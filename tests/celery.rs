@@ -480,3 +480,55 @@ fn a_killed_worker_loses_no_task() {
     assert_eq!(counts.len(), n, "every task ran");
     assert!(total >= n as i64);
 }
+
+#[test]
+fn python_remote_control_reaches_weft_workers() {
+    let (Some(url), Some(py)) = (redis_url(), python()) else {
+        return;
+    };
+    let q = unique("control");
+    let name = format!("weft-test-{}@here", uuid_like());
+    let worker = Worker::new(url.as_str(), registry())
+        .queue(q.as_str(), Priority::Normal)
+        .hostname(name.as_str())
+        .workers(1)
+        .start()
+        .unwrap();
+    assert_eq!(worker.hostname(), name);
+    let out = Command::new(&py)
+        .arg(fixtures().join("interop_control.py"))
+        .arg(&url)
+        .arg(&q)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let pings = seen["ping"].as_array().unwrap();
+    assert!(
+        pings.iter().any(|p| p[&name] == json!({"ok": "pong"})),
+        "{seen:#}"
+    );
+    assert_eq!(
+        seen["inspect_ping"][&name],
+        json!({"ok": "pong"}),
+        "{seen:#}"
+    );
+    assert!(
+        seen["revoke_reply"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r[&name]["ok"]
+                .as_str()
+                .is_some_and(|s| s.contains("revoked"))),
+        "{seen:#}"
+    );
+    assert_eq!(seen["revoked"][0], json!("TaskRevokedError"), "{seen:#}");
+    assert_eq!(seen["state"], json!("REVOKED"));
+    assert_eq!(worker.shutdown(), 0);
+}

@@ -7,6 +7,8 @@
 //!   as Celery's Redis result backend does (`celery-task-meta-<id>`).
 //! * [`Client`]: [`send_task`](Client::send_task) → an [`AsyncResult`] whose
 //!   [`get`](AsyncResult::get) waits by `SUBSCRIBE`.
+//! * [`control`]: Celery's remote control reaches weft workers: `app.control.ping()` and
+//!   `app.control.revoke(id)` (honoured for tasks not yet started).
 //! * [`protocol`]: the message envelope and result records; [`redis`]: kombu's key layout
 //!   (queues with priority sub-lists, `unacked`, `unacked_index`, `unacked_mutex`).
 //!
@@ -21,6 +23,7 @@
 use std::fmt;
 
 mod client;
+pub mod control;
 pub mod protocol;
 pub mod redis;
 mod worker;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
+use super::control::{self, Revoked};
 use super::protocol::{parse_iso8601, ProtocolError, TaskMessage, TaskResult};
 use super::redis as transport;
 use super::Error;
@@ -36,10 +37,13 @@ use crate::{Pool, Priority};
 /// * **ETA / countdown**: the task waits in weft's timing wheel, not in Redis, and does
 ///   not count against the prefetch limit.
 /// * **Heartbeat.** While the worker holds a message (running, queued, or waiting for its
-///   ETA) it refreshes the message's `unacked_index` score every third of the visibility
-///   timeout, so the restore sweep never re-delivers the message of a live worker (kombu
+///   ETA) it refreshes the message's `unacked_index` score every second (or every third of
+///   a visibility timeout under 3 s), so the restore sweep never re-delivers the message of a live worker (kombu
 ///   issue 337, duplicated ETA tasks), while a dead worker's messages come back after the
 ///   visibility timeout.
+/// * **Remote control** ([`control`](super::control)): answers `app.control.ping()` and
+///   honours `app.control.revoke(id)` for tasks not yet started (queued, or waiting for
+///   their ETA: they end `REVOKED` without running).
 /// * **Shutdown** ([`RunningWorker::shutdown`]): stops taking messages, lets tasks already
 ///   taken finish, and puts back on their queue the messages whose tasks did not run
 ///   (waiting for their ETA).
@@ -62,6 +66,7 @@ pub struct Worker {
     result_expires: Duration,
     visibility_timeout: Duration,
     restore_interval: Duration,
+    hostname: Option<String>,
 }
 
 impl Worker {
@@ -77,7 +82,15 @@ impl Worker {
             result_expires: transport::DEFAULT_RESULT_EXPIRES,
             visibility_timeout: transport::DEFAULT_VISIBILITY_TIMEOUT,
             restore_interval: Duration::from_secs(10),
+            hostname: None,
         }
+    }
+
+    /// The node name remote control sees (`celery inspect ping` lists it; a
+    /// `destination` selects it). Default: `weft-<pid>@<host>`.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
     }
 
     /// Consumes `queue`, running its tasks in `lane`. Call once per queue.
@@ -146,7 +159,34 @@ impl Worker {
             in_flight: Mutex::new(0),
             room: Condvar::new(),
             held: Mutex::new(HashMap::new()),
+            revoked: Arc::new(Revoked::new()),
         });
+        let hostname = self.hostname.take().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("weft-{}@{host}", std::process::id())
+        });
+        let (subscribed_tx, subscribed_rx) = mpsc::channel();
+        let control = {
+            let shared = shared.clone();
+            let client = client.clone();
+            let revoked = shared.revoked.clone();
+            let hostname = hostname.clone();
+            thread::Builder::new()
+                .name("weft-celery-control".into())
+                .spawn(move || {
+                    control::serve(
+                        client,
+                        hostname,
+                        revoked,
+                        || shared.stop.load(Ordering::Acquire),
+                        subscribed_tx,
+                    )
+                })?
+        };
+        // Remote control works once `start` returns (or after 5 s if Redis is slow).
+        let _ = subscribed_rx.recv_timeout(Duration::from_secs(5));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         let finisher = {
             let shared = shared.clone();
@@ -181,8 +221,10 @@ impl Worker {
             client,
             pool,
             shared,
+            hostname,
             consumer: Some(consumer),
             finisher: Some(finisher),
+            control: Some(control),
         })
     }
 }
@@ -192,11 +234,18 @@ pub struct RunningWorker {
     client: redis::Client,
     pool: Pool,
     shared: Arc<Shared>,
+    hostname: String,
     consumer: Option<thread::JoinHandle<()>>,
     finisher: Option<thread::JoinHandle<()>>,
+    control: Option<thread::JoinHandle<()>>,
 }
 
 impl RunningWorker {
+    /// The node name remote control sees.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
     /// Stops taking messages, lets the tasks already taken and due finish (their results
     /// written and acknowledged), and puts back on their queues the messages whose tasks
     /// did not run (waiting for an ETA). Returns how many were put back.
@@ -208,6 +257,9 @@ impl RunningWorker {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.room.notify_all();
         if let Some(c) = self.consumer.take() {
+            let _ = c.join();
+        }
+        if let Some(c) = self.control.take() {
             let _ = c.join();
         }
         // Finishes due work; ETA timers are resolved as shut down without running.
@@ -244,6 +296,8 @@ struct Shared {
     room: Condvar,
     /// Delivery tags this worker holds unacknowledged, with their task id.
     held: Mutex<HashMap<String, String>>,
+    /// Task ids revoked by remote control.
+    revoked: Arc<Revoked>,
 }
 
 struct Consume {
@@ -276,7 +330,9 @@ fn consume(
     let mut last_beat = Instant::now();
     // Held messages' `unacked_index` scores are refreshed this often, so that no sweep
     // (ours or another worker's) restores a message whose worker is alive.
-    let beat = (cfg.visibility_timeout / 3).max(Duration::from_millis(50));
+    // At most every second: other workers may sweep with a shorter visibility timeout.
+    let beat =
+        (cfg.visibility_timeout / 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let wait = beat.min(Duration::from_secs(1));
     let mut backoff = Duration::from_millis(100);
     while !shared.stop.load(Ordering::Acquire) {
@@ -372,6 +428,15 @@ fn consume(
             }
             shared.held.lock().insert(tag.clone(), msg.id.clone());
         }
+        if shared.revoked.contains(&msg.id) {
+            let _ = done.send(Done {
+                id: msg.id,
+                tag,
+                result: TaskResult::Revoked("revoked".into()),
+                counted: false,
+            });
+            continue;
+        }
         let now = SystemTime::now();
         if let Some(exp) = msg.expires.as_deref().and_then(parse_iso8601) {
             if exp <= now {
@@ -425,7 +490,17 @@ fn consume(
         let tx = done.clone();
         let id = msg.id;
         let mut attempt = attempt;
+        let revoked = shared.revoked.clone();
         let run = move || {
+            if revoked.contains(&id) {
+                let _ = tx.send(Done {
+                    id,
+                    tag,
+                    result: TaskResult::Revoked("revoked".into()),
+                    counted,
+                });
+                return;
+            }
             let result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
                 Ok(Ok(v)) => TaskResult::Success(v),
                 Ok(Err(e)) => TaskResult::error(e),
