@@ -175,6 +175,54 @@ fn weft_client_to_weft_worker() {
 }
 
 #[test]
+fn shutdown_puts_back_the_messages_whose_tasks_did_not_run() {
+    let Some(url) = redis_url() else { return };
+    let q = unique("requeue");
+    let worker = Worker::new(url.as_str(), registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .start()
+        .unwrap();
+    let client = Client::new(&url).unwrap();
+    let opts = SendOptions {
+        queue: Some(q.clone()),
+        ..SendOptions::default()
+    };
+    let later = client
+        .send_task(
+            "add",
+            vec![json!(20), json!(22)],
+            no_args(),
+            SendOptions {
+                countdown: Some(Duration::from_secs(3)),
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+    let now = client
+        .send_task("add", vec![json!(1), json!(1)], no_args(), opts)
+        .unwrap();
+    assert_eq!(now.get_value(WAIT).unwrap(), json!(2));
+    // The countdown task is held (unacknowledged, in the timing wheel): put back.
+    assert_eq!(worker.shutdown(), 1);
+    assert_eq!(later.try_get().unwrap(), None);
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let len: usize = redis::cmd("LLEN").arg(&q).query(&mut conn).unwrap();
+    assert_eq!(len, 1);
+    // Another worker runs it at its ETA.
+    let worker = Worker::new(url.as_str(), registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .start()
+        .unwrap();
+    assert_eq!(later.get_value(WAIT).unwrap(), json!(42));
+    assert_eq!(worker.shutdown(), 0);
+}
+
+#[test]
 fn bad_messages_go_to_the_dead_letter_list_and_never_stop_the_worker() {
     let Some(url) = redis_url() else { return };
     let q = unique("bad");
@@ -274,7 +322,7 @@ fn python_sends_weft_runs_python_reads() {
     assert_eq!(seen["add_kwargs"], json!(9));
     assert_eq!(
         seen["many"],
-        json!((0..50).map(|i| i * 2).collect::<Vec<_>>())
+        json!((0..1000).map(|i| i * 2).collect::<Vec<_>>())
     );
     assert_eq!(seen["fail"], json!(["RuntimeError", "fail() always fails"]));
     assert_eq!(seen["unknown"][0], json!("NotRegistered"));
@@ -530,5 +578,62 @@ fn python_remote_control_reaches_weft_workers() {
     );
     assert_eq!(seen["revoked"][0], json!("TaskRevokedError"), "{seen:#}");
     assert_eq!(seen["state"], json!("REVOKED"));
+    assert_eq!(worker.shutdown(), 0);
+}
+
+#[test]
+fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use weft::registry::TaskOptions;
+    use weft::RetryPolicy;
+
+    let Some(url) = redis_url() else { return };
+    let q = unique("retry");
+    let runs = Arc::new(AtomicU32::new(0));
+    let seen = runs.clone();
+    let policy = RetryPolicy::fixed(Duration::from_millis(200)).max_attempts(3);
+    let registry = Registry::new()
+        .task_with(
+            "flaky",
+            TaskOptions::new().retry(policy),
+            move |_: Vec<i64>| {
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                if n < 3 {
+                    Err(format!("run {n} failed"))
+                } else {
+                    Ok(n)
+                }
+            },
+        )
+        .task_with(
+            "hopeless",
+            TaskOptions::new().retry(policy),
+            |_: Vec<i64>| Err::<(), _>("never works"),
+        );
+    let worker = Worker::new(url.as_str(), registry)
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .start()
+        .unwrap();
+    let client = Client::new(&url).unwrap();
+    let opts = SendOptions {
+        queue: Some(q.clone()),
+        ..SendOptions::default()
+    };
+    let start = Instant::now();
+    let r = client
+        .send_task("flaky", vec![], no_args(), opts.clone())
+        .unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(3));
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    let r = client
+        .send_task("hopeless", vec![], no_args(), opts)
+        .unwrap();
+    match r.get(WAIT).unwrap() {
+        TaskResult::Failure { exc_message, .. } => assert_eq!(exc_message, "never works"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(worker.shutdown(), 0);
 }

@@ -417,6 +417,9 @@ pub enum TaskResult {
     },
     /// `REVOKED`: the task was cancelled or expired before it ran.
     Revoked(String),
+    /// `RETRY` (not final): the run failed with this message and the task was sent again
+    /// with `retries + 1` and a new ETA.
+    Retry(String),
 }
 
 impl TaskResult {
@@ -440,12 +443,13 @@ impl TaskResult {
         }
     }
 
-    /// The status word: `SUCCESS`, `FAILURE` or `REVOKED`.
+    /// The status word: `SUCCESS`, `FAILURE`, `REVOKED` or `RETRY`.
     pub fn status(&self) -> &'static str {
         match self {
             TaskResult::Success(_) => "SUCCESS",
             TaskResult::Failure { .. } => "FAILURE",
             TaskResult::Revoked(_) => "REVOKED",
+            TaskResult::Retry(_) => "RETRY",
         }
     }
 
@@ -464,6 +468,11 @@ impl TaskResult {
             ),
             TaskResult::Revoked(reason) => (
                 json!({"exc_type": "TaskRevokedError", "exc_message": [reason],
+                       "exc_module": "celery.exceptions"}),
+                Value::Null,
+            ),
+            TaskResult::Retry(reason) => (
+                json!({"exc_type": "Retry", "exc_message": [reason],
                        "exc_module": "celery.exceptions"}),
                 Value::Null,
             ),

@@ -176,6 +176,39 @@ pub fn finish(
     pipe.query(conn)
 }
 
+/// Celery's retry: sends `next` (the same task id, `retries + 1`, a new ETA and delivery
+/// tag), records `RETRY` for it and acknowledges `tag`, in one transaction.
+pub fn retry(
+    conn: &mut Connection,
+    next: &TaskMessage,
+    reason: &str,
+    expires: Duration,
+    tag: Option<&str>,
+) -> RedisResult<()> {
+    let key = result_key(&next.id);
+    let meta = TaskResult::Retry(reason.to_owned())
+        .to_meta(&next.id, SystemTime::now())
+        .to_string();
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .lpush(
+            queue_for_priority(&next.routing_key, next.priority),
+            next.encode(),
+        )
+        .ignore()
+        .set_ex(&key, &meta, expires.as_secs().max(1))
+        .ignore()
+        .publish(&key, &meta)
+        .ignore();
+    if let Some(tag) = tag {
+        pipe.zrem(UNACKED_INDEX, tag)
+            .ignore()
+            .hdel(UNACKED, tag)
+            .ignore();
+    }
+    pipe.query(conn)
+}
+
 /// Moves an unreadable message to the dead-letter list with the reason.
 pub fn dead_letter(
     conn: &mut Connection,

@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
 use super::control::{self, Revoked};
-use super::protocol::{parse_iso8601, ProtocolError, TaskMessage, TaskResult};
+use super::protocol::{format_iso8601, parse_iso8601, ProtocolError, TaskMessage, TaskResult};
 use super::redis as transport;
 use super::Error;
 use crate::registry::Registry;
@@ -41,6 +41,10 @@ use crate::{Pool, Priority};
 ///   a visibility timeout under 3 s), so the restore sweep never re-delivers the message of a live worker (kombu
 ///   issue 337, duplicated ETA tasks), while a dead worker's messages come back after the
 ///   visibility timeout.
+/// * **Retries** (Celery's semantics): a failed run of a task registered with a
+///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
+///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
+///   with `RETRY` recorded; Python's `AsyncResult.get()` keeps waiting for the final state.
 /// * **Remote control** ([`control`](super::control)): answers `app.control.ping()` and
 ///   honours `app.control.revoke(id)` for tasks not yet started (queued, or waiting for
 ///   their ETA: they end `REVOKED` without running).
@@ -317,6 +321,8 @@ struct Done {
     result: TaskResult,
     /// True if it counted against the prefetch limit.
     counted: bool,
+    /// The message to send again instead of a final result (Celery's retry).
+    retry: Option<TaskMessage>,
 }
 
 fn consume(
@@ -434,6 +440,7 @@ fn consume(
                 tag,
                 result: TaskResult::Revoked("revoked".into()),
                 counted: false,
+                retry: None,
             });
             continue;
         }
@@ -445,6 +452,7 @@ fn consume(
                     tag,
                     result: TaskResult::Revoked("expired".into()),
                     counted: false,
+                    retry: None,
                 });
                 continue;
             }
@@ -466,6 +474,7 @@ fn consume(
                 tag,
                 result,
                 counted,
+                retry: None,
             });
             continue;
         };
@@ -483,21 +492,24 @@ fn consume(
                     tag,
                     result,
                     counted,
+                    retry: None,
                 });
                 continue;
             }
         };
         let tx = done.clone();
-        let id = msg.id;
+        let policy = entry.options.get_retry();
         let mut attempt = attempt;
         let revoked = shared.revoked.clone();
         let run = move || {
+            let id = msg.id.clone();
             if revoked.contains(&id) {
                 let _ = tx.send(Done {
                     id,
                     tag,
                     result: TaskResult::Revoked("revoked".into()),
                     counted,
+                    retry: None,
                 });
                 return;
             }
@@ -511,11 +523,26 @@ fn consume(
                         .unwrap_or_else(|| "task panicked".into()),
                 ),
             };
+            // Celery's retry: a failed run of a task whose registry options allow
+            // more attempts is sent again with `retries + 1` and a new ETA.
+            let retry = match (&result, policy) {
+                (TaskResult::Failure { .. }, Some(p)) if msg.retries + 1 < p.attempts() => {
+                    let mut next = msg;
+                    next.retries += 1;
+                    next.eta = Some(format_iso8601(
+                        SystemTime::now() + p.delay_before(next.retries),
+                    ));
+                    next.delivery_tag = uuid::Uuid::new_v4().to_string();
+                    Some(next)
+                }
+                _ => None,
+            };
             let _ = tx.send(Done {
                 id,
                 tag,
                 result,
                 counted,
+                retry,
             });
         };
         let mut task = pool.task().priority(lane);
@@ -540,7 +567,13 @@ fn finisher(
         // Retried a few times: a result not written leaves the message unacknowledged,
         // to be restored and run again (at-least-once).
         for i in 0..3 {
-            if transport::finish(&mut conn, &d.id, &d.result, expires, d.tag.as_deref()).is_ok() {
+            let written = match (&d.retry, &d.result) {
+                (Some(next), TaskResult::Failure { exc_message, .. }) => {
+                    transport::retry(&mut conn, next, exc_message, expires, d.tag.as_deref())
+                }
+                _ => transport::finish(&mut conn, &d.id, &d.result, expires, d.tag.as_deref()),
+            };
+            if written.is_ok() {
                 break;
             }
             thread::sleep(Duration::from_millis(100 << i));
