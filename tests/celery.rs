@@ -637,3 +637,103 @@ fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
     }
     assert_eq!(worker.shutdown(), 0);
 }
+
+/// Sends `n` no-op tasks in one pipeline, then waits until every result is written:
+/// tasks per second from the first send to the last result.
+fn noop_throughput(url: &str, q: &str, n: usize) -> f64 {
+    let client = Client::new(url).unwrap();
+    let opts = SendOptions {
+        queue: Some(q.to_owned()),
+        ..SendOptions::default()
+    };
+    // Warm-up: the worker consumes.
+    client
+        .send_task("noop", vec![], no_args(), opts.clone())
+        .unwrap()
+        .get(Duration::from_secs(60))
+        .unwrap();
+    let msgs: Vec<weft::celery::TaskMessage> = (0..n)
+        .map(|_| {
+            let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
+            m.routing_key = q.to_owned();
+            m
+        })
+        .collect();
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let start = Instant::now();
+    let mut pipe = redis::pipe();
+    for m in &msgs {
+        pipe.lpush(q, m.encode()).ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+    // FIFO: once the last few are done, check every one.
+    for m in msgs.iter().rev().take(4) {
+        client
+            .result(m.id.clone())
+            .get(Duration::from_secs(300))
+            .unwrap();
+    }
+    for m in &msgs {
+        client
+            .result(m.id.clone())
+            .get(Duration::from_secs(300))
+            .unwrap();
+    }
+    let elapsed = start.elapsed();
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Throughput, weft worker vs a Python Celery worker (prefork), same concurrency, same
+/// Redis (ignored by default: `WEFT_CELERY_BENCH_TASKS=N cargo test --release
+/// --features redis --test celery throughput -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn throughput_weft_vs_python_celery() {
+    let (Some(url), Some(py)) = (redis_url(), python()) else {
+        return;
+    };
+    let n: usize = std::env::var("WEFT_CELERY_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let concurrency = 2;
+    let q = unique("bench-weft");
+    let worker = Worker::new(
+        url.as_str(),
+        Registry::new().task("noop", |_: Vec<i64>| Ok::<_, String>(())),
+    )
+    .queue(q.as_str(), Priority::Normal)
+    .workers(concurrency)
+    .start()
+    .unwrap();
+    let weft = noop_throughput(&url, &q, n);
+    worker.shutdown();
+
+    let q = unique("bench-py");
+    let child = Command::new(&py)
+        .args([
+            "-m", "celery", "-A", "pytasks", "worker", "--pool", "prefork",
+        ])
+        .args(["-c", &concurrency.to_string(), "-Q", q.as_str()])
+        .args([
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ])
+        .args(["--loglevel", "WARNING"])
+        .current_dir(fixtures())
+        .env("WEFT_REDIS_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    let python = noop_throughput(&url, &q, n);
+    drop(child);
+    eprintln!(
+        "no-op throughput over Redis, {n} tasks, concurrency {concurrency}: \
+         weft worker {weft:.0} tasks/s, Python Celery prefork worker {python:.0} tasks/s \
+         (ratio {:.1}x)",
+        weft / python
+    );
+}
