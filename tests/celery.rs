@@ -63,6 +63,13 @@ fn registry() -> Registry {
         .task("boom", |_: Vec<i64>| -> Result<(), String> {
             panic!("boom!")
         })
+        .task("spin", |_: Vec<i64>| {
+            // Runs until told to stop by its time limit.
+            while weft::checkpoint().is_ok() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok::<_, String>("stopped")
+        })
 }
 
 fn no_args() -> Map<String, Value> {
@@ -136,6 +143,22 @@ fn weft_client_to_weft_worker() {
         .unwrap();
     assert!(
         matches!(r.get(WAIT).unwrap(), TaskResult::Failure { exc_type, .. } if exc_type == "TypeError")
+    );
+
+    // The message's soft time limit stops a task that checks in.
+    let r = client
+        .send_task(
+            "spin",
+            vec![],
+            no_args(),
+            SendOptions {
+                time_limit: (Some(30.0), Some(0.2)),
+                ..opts(0)
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(r.get(WAIT).unwrap(), TaskResult::Failure { exc_type, .. } if exc_type == "TimeLimitExceeded")
     );
 
     // A countdown task runs after its countdown, not before.

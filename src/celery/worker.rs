@@ -45,6 +45,10 @@ use crate::{Pool, Priority};
 ///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
 ///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
 ///   with `RETRY` recorded; Python's `AsyncResult.get()` keeps waiting for the final state.
+/// * **Time limits**: the shortest of the message's `timelimit` (soft, hard) and the
+///   registry's [`TaskOptions::time_limit`](crate::registry::TaskOptions::time_limit) is
+///   the run's weft time limit: [`checkpoint`](crate::checkpoint) tells the task to stop,
+///   and a run that ends past it is `FAILURE` with Celery's `TimeLimitExceeded`.
 /// * **Remote control** ([`control`](super::control)): answers `app.control.ping()` and
 ///   honours `app.control.revoke(id)` for tasks not yet started (queued, or waiting for
 ///   their ETA: they end `REVOKED` without running).
@@ -499,6 +503,14 @@ fn consume(
         };
         let tx = done.clone();
         let policy = entry.options.get_retry();
+        // The shortest of the message's soft and hard limits and the registry's default.
+        let time_limit = [msg.timelimit.1, msg.timelimit.0]
+            .into_iter()
+            .flatten()
+            .filter(|s| *s > 0.0)
+            .filter_map(|s| Duration::try_from_secs_f64(s).ok())
+            .chain(entry.options.get_time_limit())
+            .min();
         let mut attempt = attempt;
         let revoked = shared.revoked.clone();
         let run = move || {
@@ -514,6 +526,15 @@ fn consume(
                 return;
             }
             let result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
+                // A run that ended past its time limit fails, whatever it returned.
+                Ok(_) if crate::checkpoint().is_err_and(|c| c.is_time_limit()) => {
+                    TaskResult::Failure {
+                        exc_type: "TimeLimitExceeded".into(),
+                        exc_module: "celery.exceptions".into(),
+                        exc_message: "time limit exceeded".into(),
+                        traceback: None,
+                    }
+                }
                 Ok(Ok(v)) => TaskResult::Success(v),
                 Ok(Err(e)) => TaskResult::error(e),
                 Err(p) => TaskResult::error(
@@ -548,6 +569,9 @@ fn consume(
         let mut task = pool.task().priority(lane);
         if let Some(d) = delay {
             task = task.delay(d);
+        }
+        if let Some(limit) = time_limit {
+            task = task.time_limit(limit);
         }
         // The handle is not kept: the task reports through `done`. A task the pool never
         // runs (shut down while waiting for its ETA) stays unacknowledged and is put back.
