@@ -601,6 +601,19 @@ fn python_remote_control_reaches_weft_workers() {
     );
     assert_eq!(seen["revoked"][0], json!("TaskRevokedError"), "{seen:#}");
     assert_eq!(seen["state"], json!("REVOKED"));
+    // The command line: `celery inspect ping` lists the weft worker.
+    let out = Command::new(&py)
+        .args(["-m", "celery", "-b", url.as_str(), "inspect", "ping"])
+        .args(["-d", name.as_str(), "--timeout", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&name) && text.contains("pong"), "{text}");
     assert_eq!(worker.shutdown(), 0);
 }
 
