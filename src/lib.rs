@@ -151,6 +151,8 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod bound;
+#[cfg(feature = "redis")]
+pub mod celery;
 mod global;
 mod job;
 mod join;
@@ -159,6 +161,8 @@ mod latch;
 mod loom;
 mod metrics;
 mod pool;
+#[cfg(any(feature = "service", feature = "redis"))]
+pub mod registry;
 mod retry;
 mod scope;
 #[cfg(feature = "service")]

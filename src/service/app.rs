@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::registry::Attempt;
 use super::store::{CancelReply, CancelRequest, Outcome, Record, Store};
 use super::wire::State;
 use super::Registry;
+use crate::registry::Attempt;
 use crate::{JoinError, JoinHandle, Pool, Priority, RetryPolicy};
 
 /// Counters of the service itself (the pool keeps its own).

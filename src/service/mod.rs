@@ -54,20 +54,19 @@ pub mod client;
 mod http;
 mod node;
 mod prom;
-mod registry;
 mod store;
 mod wire;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
+pub use crate::registry::{Registry, TaskOptions};
 pub use client::Client;
 pub use node::{
     Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
     DEFAULT_RESULT_TTL,
 };
-pub use registry::{Registry, TaskOptions};
 pub use wire::{State, TaskInfo};
 
 /// The environment variable naming the node's socket.

@@ -1,5 +1,7 @@
 //! [`Registry`]: named tasks, each a typed Rust function over serde values, with its
-//! per-task defaults ([`TaskOptions`]).
+//! per-task defaults ([`TaskOptions`]). Built with the `service` or the `redis` feature;
+//! shared by the node-local service (`weft::service`, which re-exports it) and the Celery
+//! worker (`weft::celery`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +26,7 @@ type Prepare = dyn Fn(Value) -> Result<Attempt, serde_json::Error> + Send + Sync
 ///
 /// ```
 /// use std::time::Duration;
-/// use weft::service::TaskOptions;
+/// use weft::registry::TaskOptions;
 /// use weft::{Priority, RetryPolicy};
 ///
 /// let opts = TaskOptions::new()
@@ -97,7 +99,8 @@ impl Entry {
     }
 }
 
-/// The named tasks a [`Node`](super::Node) serves.
+/// The named tasks a node serves: the service's `Node` (feature `service`) or a
+/// `celery::Worker` (feature `redis`).
 ///
 /// A task is a function from a deserializable argument type to `Result<O, E>`, where `O` is
 /// serializable (the `result` on the wire) and `E: Display` (its message is the `error` of
@@ -110,7 +113,7 @@ impl Entry {
 ///
 /// ```
 /// use std::time::Duration;
-/// use weft::service::{Registry, TaskOptions};
+/// use weft::registry::{Registry, TaskOptions};
 /// use weft::RetryPolicy;
 ///
 /// #[derive(serde::Deserialize)]
@@ -204,7 +207,7 @@ impl Registry {
     /// The defaults registered for `name`.
     ///
     /// ```
-    /// use weft::{service::Registry, Priority};
+    /// use weft::{registry::Registry, Priority};
     /// let r = Registry::new().task("id", |x: u8| Ok::<_, String>(x));
     /// assert_eq!(r.options("id").unwrap().get_priority(), Priority::Normal);
     /// assert!(r.options("other").is_none());
@@ -227,6 +230,7 @@ impl Registry {
         self.tasks.get(name)
     }
 
+    #[cfg_attr(not(feature = "service"), allow(dead_code))]
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
         self.tasks.iter().map(|(k, v)| (k.as_str(), v))
     }

@@ -1,0 +1,85 @@
+//! Celery protocol v2 (JSON only) over Redis (feature `redis`): weft workers run tasks
+//! that Python Celery sends, and weft sends tasks that Python Celery workers (or other weft
+//! workers) run.
+//!
+//! * [`Worker`]: consumes queues, runs the named tasks of a
+//!   [`Registry`](crate::registry::Registry) on a weft [`Pool`](crate::Pool), writes results
+//!   as Celery's Redis result backend does (`celery-task-meta-<id>`).
+//! * [`Client`]: [`send_task`](Client::send_task) → an [`AsyncResult`] whose
+//!   [`get`](AsyncResult::get) waits by `SUBSCRIBE`.
+//! * [`control`]: Celery's remote control reaches weft workers: `app.control.ping()` and
+//!   `app.control.revoke(id)` (honoured for tasks not yet started).
+//! * [`protocol`]: the message envelope and result records; [`redis`]: kombu's key layout
+//!   (queues with priority sub-lists, `unacked`, `unacked_index`, `unacked_mutex`).
+//!
+//! Delivery across processes is **at-least-once**: messages are acknowledged after their
+//! result is written, and a message whose worker died is delivered again after the
+//! visibility timeout. Only JSON messages are accepted; pickle is never deserialized.
+//!
+//! Python side: `app = Celery(broker=url, backend=url)` with the default JSON serializer;
+//! `app.send_task("add", args=[2, 3]).get()` is answered by a weft worker that registered
+//! `add`.
+
+use std::fmt;
+
+mod client;
+pub mod control;
+pub mod protocol;
+pub mod redis;
+mod worker;
+
+pub use client::{AsyncResult, Client, SendOptions};
+pub use protocol::{ProtocolError, TaskMessage, TaskResult};
+pub use worker::{RunningWorker, Worker};
+
+/// What can go wrong talking to the broker or waiting for a result.
+#[derive(Debug)]
+pub enum Error {
+    /// Redis refused, or the connection failed.
+    Redis(::redis::RedisError),
+    /// A message or result record that does not follow the protocol.
+    Protocol(ProtocolError),
+    /// No result within the time given.
+    Timeout,
+    /// The task ended in `FAILURE` or `REVOKED` (from [`AsyncResult::get_value`]).
+    Task(TaskResult),
+    /// A thread could not be started.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Redis(e) => write!(f, "redis: {e}"),
+            Error::Protocol(e) => write!(f, "protocol: {e}"),
+            Error::Timeout => f.write_str("timed out waiting for the result"),
+            Error::Task(TaskResult::Failure {
+                exc_type,
+                exc_message,
+                ..
+            }) => write!(f, "task failed: {exc_type}: {exc_message}"),
+            Error::Task(r) => write!(f, "task ended {}", r.status()),
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<::redis::RedisError> for Error {
+    fn from(e: ::redis::RedisError) -> Error {
+        Error::Redis(e)
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Error {
+        Error::Protocol(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e)
+    }
+}

@@ -1,0 +1,795 @@
+//! Celery's message protocol v2, JSON only, as the Redis transport carries it (kombu's
+//! envelope), and the result records of Celery's Redis result backend.
+//!
+//! # The envelope (one Redis list entry)
+//!
+//! ```text
+//! {"body": base64(JSON [args, kwargs, {"callbacks", "errbacks", "chain", "chord"}]),
+//!  "content-type": "application/json", "content-encoding": "utf-8",
+//!  "headers": {"lang", "task", "id", "root_id", "parent_id", "group", "eta", "expires",
+//!              "retries", "timelimit": [hard, soft], "argsrepr", "kwargsrepr", "origin", ..},
+//!  "properties": {"correlation_id", "reply_to", "delivery_mode", "priority",
+//!                 "delivery_info": {"exchange", "routing_key"}, "body_encoding": "base64",
+//!                 "delivery_tag"}}
+//! ```
+//!
+//! Only `application/json` bodies are accepted: any other content type (pickle, yaml,
+//! msgpack) is refused with [`ProtocolError::ContentType`] before the body is looked at, so
+//! pickle is never deserialized. Headers this module does not know are kept
+//! ([`TaskMessage::extra_headers`]) and ignored.
+//!
+//! The golden tests decode the list entries that the real Python Celery (5.7, kombu 5.7)
+//! wrote, kept in `tests/fixtures/celery/` with the script that captured them.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+/// The only content type weft reads or writes.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Why a list entry is not a task message weft can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The entry, or its body, is not valid JSON.
+    Json(String),
+    /// A content type other than JSON (pickle, yaml, msgpack...): refused unread.
+    ContentType(String),
+    /// A body encoding other than `base64`, or base64 that does not decode.
+    BodyEncoding(String),
+    /// A field the protocol requires is missing or has the wrong type.
+    Field(&'static str),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::Json(e) => write!(f, "invalid JSON: {e}"),
+            ProtocolError::ContentType(t) => write!(
+                f,
+                "refused content type {t:?}: weft accepts {CONTENT_TYPE_JSON} only (never pickle)"
+            ),
+            ProtocolError::BodyEncoding(e) => write!(f, "bad body encoding: {e}"),
+            ProtocolError::Field(name) => write!(f, "missing or malformed field {name:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// A task message (protocol v2), decoded; [`TaskMessage::encode`] writes it back as an
+/// envelope, [`TaskMessage::decode`] reads one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// The task id (`headers.id`, also `properties.correlation_id`).
+    pub id: String,
+    /// The task name (`headers.task`).
+    pub task: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// The body's third element: `callbacks`, `errbacks`, `chain`, `chord` (kept, unused).
+    pub embed: Value,
+    /// Do not run before this time (ISO 8601, `headers.eta`).
+    pub eta: Option<String>,
+    /// Do not run after this time (ISO 8601, `headers.expires`).
+    pub expires: Option<String>,
+    /// How many times the task was retried.
+    pub retries: u32,
+    /// `[hard, soft]` time limits in seconds.
+    pub timelimit: (Option<f64>, Option<f64>),
+    /// The first task of the workflow.
+    pub root_id: Option<String>,
+    /// The task that sent this one.
+    pub parent_id: Option<String>,
+    /// The group this task belongs to.
+    pub group: Option<String>,
+    /// A display form of the arguments.
+    pub argsrepr: Option<String>,
+    /// A display form of the keyword arguments.
+    pub kwargsrepr: Option<String>,
+    /// `pid@host` of the sender.
+    pub origin: Option<String>,
+    /// `lang` of the sender (`"py"` for Python Celery; weft writes `"rs"`).
+    pub lang: String,
+    /// The message priority (0..=255; on Redis 0 is served first).
+    pub priority: u8,
+    /// The sender's reply queue (unused by the Redis result backend).
+    pub reply_to: Option<String>,
+    /// `delivery_info.exchange` (`""` for the default exchange).
+    pub exchange: String,
+    /// `delivery_info.routing_key`: the queue.
+    pub routing_key: String,
+    /// kombu's delivery tag: the key of the message in `unacked`.
+    pub delivery_tag: String,
+    /// Headers not listed above, kept as they came.
+    pub extra_headers: Map<String, Value>,
+}
+
+/// The headers [`TaskMessage`] reads into its own fields.
+const KNOWN_HEADERS: &[&str] = &[
+    "id",
+    "task",
+    "eta",
+    "expires",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "group",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "lang",
+];
+
+impl TaskMessage {
+    /// A new message for `task` with a fresh id (UUID v4), as `send_task` makes it: routed
+    /// to the queue `celery`, priority 0, no eta, no expiry.
+    pub fn new(task: impl Into<String>, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
+        let argsrepr = Value::Array(args.clone()).to_string();
+        let kwargsrepr = Value::Object(kwargs.clone()).to_string();
+        TaskMessage {
+            root_id: Some(id.clone()),
+            id,
+            task: task.into(),
+            args,
+            kwargs,
+            embed: json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null}),
+            eta: None,
+            expires: None,
+            retries: 0,
+            timelimit: (None, None),
+            parent_id: None,
+            group: None,
+            argsrepr: Some(argsrepr),
+            kwargsrepr: Some(kwargsrepr),
+            origin: Some(origin()),
+            lang: "rs".into(),
+            priority: 0,
+            reply_to: None,
+            exchange: String::new(),
+            routing_key: "celery".into(),
+            delivery_tag: uuid::Uuid::new_v4().to_string(),
+            // The other headers Python Celery 5 writes, with its defaults.
+            extra_headers: match json!({
+                "shadow": null, "group_index": null, "ignore_result": false,
+                "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {},
+            }) {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+        }
+    }
+
+    /// Decodes a list entry (the envelope's JSON bytes).
+    pub fn decode(raw: &[u8]) -> Result<TaskMessage, ProtocolError> {
+        let envelope: Value =
+            serde_json::from_slice(raw).map_err(|e| ProtocolError::Json(e.to_string()))?;
+        TaskMessage::from_envelope(&envelope)
+    }
+
+    /// Decodes an envelope already parsed as JSON.
+    pub fn from_envelope(envelope: &Value) -> Result<TaskMessage, ProtocolError> {
+        let env = envelope
+            .as_object()
+            .ok_or(ProtocolError::Field("envelope"))?;
+        // The content type first: nothing else of a non-JSON message is read.
+        let content_type = env
+            .get("content-type")
+            .and_then(Value::as_str)
+            .ok_or(ProtocolError::Field("content-type"))?;
+        if content_type != CONTENT_TYPE_JSON {
+            return Err(ProtocolError::ContentType(content_type.to_owned()));
+        }
+        if let Some(enc) = env.get("content-encoding").and_then(Value::as_str) {
+            if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
+                return Err(ProtocolError::BodyEncoding(format!(
+                    "content-encoding {enc:?}"
+                )));
+            }
+        }
+        let empty = Map::new();
+        let props = match env.get("properties") {
+            Some(Value::Object(p)) => p,
+            None => &empty,
+            Some(_) => return Err(ProtocolError::Field("properties")),
+        };
+        let headers = env
+            .get("headers")
+            .and_then(Value::as_object)
+            .ok_or(ProtocolError::Field("headers"))?;
+        let body = env
+            .get("body")
+            .and_then(Value::as_str)
+            .ok_or(ProtocolError::Field("body"))?;
+        let body: Value = match props.get("body_encoding").and_then(Value::as_str) {
+            Some("base64") => {
+                let bytes = BASE64
+                    .decode(body.trim())
+                    .map_err(|e| ProtocolError::BodyEncoding(format!("base64: {e}")))?;
+                serde_json::from_slice(&bytes).map_err(|e| ProtocolError::Json(e.to_string()))?
+            }
+            None => serde_json::from_str(body).map_err(|e| ProtocolError::Json(e.to_string()))?,
+            Some(other) => {
+                return Err(ProtocolError::BodyEncoding(format!(
+                    "body_encoding {other:?}"
+                )))
+            }
+        };
+        let Value::Array(mut parts) = body else {
+            return Err(ProtocolError::Field("body"));
+        };
+        if parts.len() < 2 || parts.len() > 3 {
+            return Err(ProtocolError::Field("body"));
+        }
+        let embed = if parts.len() == 3 {
+            parts.pop().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        let kwargs = match parts.pop() {
+            Some(Value::Object(m)) => m,
+            Some(Value::Null) => Map::new(),
+            _ => return Err(ProtocolError::Field("kwargs")),
+        };
+        let args = match parts.pop() {
+            Some(Value::Array(a)) => a,
+            Some(Value::Null) => Vec::new(),
+            _ => return Err(ProtocolError::Field("args")),
+        };
+
+        let s = |k: &'static str| -> Result<Option<String>, ProtocolError> {
+            match headers.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(v)) => Ok(Some(v.clone())),
+                Some(_) => Err(ProtocolError::Field(k)),
+            }
+        };
+        let id = s("id")?.ok_or(ProtocolError::Field("id"))?;
+        let task = s("task")?.ok_or(ProtocolError::Field("task"))?;
+        let retries = match headers.get("retries") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or(ProtocolError::Field("retries"))?,
+        };
+        let limit = |v: Option<&Value>| -> Result<Option<f64>, ProtocolError> {
+            match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .map(Some)
+                    .ok_or(ProtocolError::Field("timelimit")),
+            }
+        };
+        let timelimit = match headers.get("timelimit") {
+            None | Some(Value::Null) => (None, None),
+            Some(Value::Array(a)) if a.len() == 2 => (limit(a.first())?, limit(a.get(1))?),
+            Some(_) => return Err(ProtocolError::Field("timelimit")),
+        };
+        let priority = match props.get("priority") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .map(|p| p.min(255) as u8)
+                .ok_or(ProtocolError::Field("priority"))?,
+        };
+        let info = props.get("delivery_info").and_then(Value::as_object);
+        let info_str = |k: &str| {
+            info.and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let prop_str = |k: &str| props.get(k).and_then(Value::as_str).map(str::to_owned);
+        let extra_headers = headers
+            .iter()
+            .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(TaskMessage {
+            eta: s("eta")?,
+            expires: s("expires")?,
+            root_id: s("root_id")?,
+            parent_id: s("parent_id")?,
+            group: s("group")?,
+            argsrepr: s("argsrepr")?,
+            kwargsrepr: s("kwargsrepr")?,
+            origin: s("origin")?,
+            lang: s("lang")?.unwrap_or_default(),
+            id,
+            task,
+            args,
+            kwargs,
+            embed,
+            retries,
+            timelimit,
+            priority,
+            reply_to: prop_str("reply_to"),
+            exchange: info_str("exchange"),
+            routing_key: info_str("routing_key"),
+            delivery_tag: prop_str("delivery_tag").unwrap_or_default(),
+            extra_headers,
+        })
+    }
+
+    /// The envelope as JSON, as Python Celery writes it.
+    pub fn to_envelope(&self) -> Value {
+        let body = json!([self.args, self.kwargs, self.embed]);
+        let mut headers = Map::new();
+        for (k, v) in &self.extra_headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let opt = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| json!(s));
+        let known = [
+            ("lang", json!(self.lang)),
+            ("task", json!(self.task)),
+            ("id", json!(self.id)),
+            ("eta", opt(&self.eta)),
+            ("expires", opt(&self.expires)),
+            ("group", opt(&self.group)),
+            ("retries", json!(self.retries)),
+            ("timelimit", json!([self.timelimit.0, self.timelimit.1])),
+            ("root_id", opt(&self.root_id)),
+            ("parent_id", opt(&self.parent_id)),
+            ("argsrepr", opt(&self.argsrepr)),
+            ("kwargsrepr", opt(&self.kwargsrepr)),
+            ("origin", opt(&self.origin)),
+        ];
+        for (k, v) in known {
+            headers.insert(k.to_owned(), v);
+        }
+        let mut props = Map::new();
+        props.insert("correlation_id".into(), json!(self.id));
+        if let Some(r) = &self.reply_to {
+            props.insert("reply_to".into(), json!(r));
+        }
+        props.insert("delivery_mode".into(), json!(2));
+        props.insert(
+            "delivery_info".into(),
+            json!({"exchange": self.exchange, "routing_key": self.routing_key}),
+        );
+        props.insert("priority".into(), json!(self.priority));
+        props.insert("body_encoding".into(), json!("base64"));
+        props.insert("delivery_tag".into(), json!(self.delivery_tag));
+        json!({
+            "body": BASE64.encode(body.to_string()),
+            "content-encoding": "utf-8",
+            "content-type": CONTENT_TYPE_JSON,
+            "headers": headers,
+            "properties": props,
+        })
+    }
+
+    /// The envelope's JSON text: what goes into the Redis list.
+    pub fn encode(&self) -> String {
+        self.to_envelope().to_string()
+    }
+
+    /// The arguments as one JSON value for a [`Registry`](crate::registry::Registry) task:
+    /// the positional arguments as an array (`add(2, 3)` → `[2, 3]`, which fits a tuple);
+    /// keyword arguments alone as an object (which fits a struct); both as the array with
+    /// the object appended as its last element.
+    pub fn registry_args(&self) -> Value {
+        match (self.args.is_empty(), self.kwargs.is_empty()) {
+            (_, true) => Value::Array(self.args.clone()),
+            (true, false) => Value::Object(self.kwargs.clone()),
+            (false, false) => {
+                let mut a = self.args.clone();
+                a.push(Value::Object(self.kwargs.clone()));
+                Value::Array(a)
+            }
+        }
+    }
+}
+
+/// `pid@host` of this process, as Celery's `origin` header.
+fn origin() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{}@{}", std::process::id(), host)
+}
+
+/// The final state of a task, as Celery's result backend stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskResult {
+    /// `SUCCESS` with the return value.
+    Success(Value),
+    /// `FAILURE`: an exception Python can rebuild from `exc_module.exc_type(*exc_message)`.
+    Failure {
+        /// The exception class name (`"ValueError"`, `"NotRegistered"`).
+        exc_type: String,
+        /// Its module (`"builtins"`, `"celery.exceptions"`).
+        exc_module: String,
+        /// Its message.
+        exc_message: String,
+        /// A traceback text, if any.
+        traceback: Option<String>,
+    },
+    /// `REVOKED`: the task was cancelled or expired before it ran.
+    Revoked(String),
+    /// `RETRY` (not final): the run failed with this message and the task was sent again
+    /// with `retries + 1` and a new ETA.
+    Retry(String),
+}
+
+impl TaskResult {
+    /// A failure of a Rust task: Python raises `RuntimeError(message)`.
+    pub fn error(message: impl Into<String>) -> TaskResult {
+        TaskResult::Failure {
+            exc_type: "RuntimeError".into(),
+            exc_module: "builtins".into(),
+            exc_message: message.into(),
+            traceback: None,
+        }
+    }
+
+    /// An unknown task name: Python raises `celery.exceptions.NotRegistered(name)`.
+    pub fn not_registered(name: &str) -> TaskResult {
+        TaskResult::Failure {
+            exc_type: "NotRegistered".into(),
+            exc_module: "celery.exceptions".into(),
+            exc_message: name.to_owned(),
+            traceback: None,
+        }
+    }
+
+    /// The status word: `SUCCESS`, `FAILURE`, `REVOKED` or `RETRY`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            TaskResult::Success(_) => "SUCCESS",
+            TaskResult::Failure { .. } => "FAILURE",
+            TaskResult::Revoked(_) => "REVOKED",
+            TaskResult::Retry(_) => "RETRY",
+        }
+    }
+
+    /// The record stored under `celery-task-meta-<id>` (and published on that channel).
+    pub fn to_meta(&self, task_id: &str, date_done: SystemTime) -> Value {
+        let (result, traceback) = match self {
+            TaskResult::Success(v) => (v.clone(), Value::Null),
+            TaskResult::Failure {
+                exc_type,
+                exc_module,
+                exc_message,
+                traceback,
+            } => (
+                json!({"exc_type": exc_type, "exc_message": [exc_message], "exc_module": exc_module}),
+                traceback.as_ref().map_or(Value::Null, |t| json!(t)),
+            ),
+            TaskResult::Revoked(reason) => (
+                json!({"exc_type": "TaskRevokedError", "exc_message": [reason],
+                       "exc_module": "celery.exceptions"}),
+                Value::Null,
+            ),
+            TaskResult::Retry(reason) => (
+                json!({"exc_type": "Retry", "exc_message": [reason],
+                       "exc_module": "celery.exceptions"}),
+                Value::Null,
+            ),
+        };
+        json!({
+            "status": self.status(),
+            "result": result,
+            "traceback": traceback,
+            "children": [],
+            "date_done": format_iso8601(date_done),
+            "task_id": task_id,
+        })
+    }
+
+    /// Reads a `celery-task-meta-<id>` record. `None` for a state that is not final
+    /// (`PENDING`, `STARTED`, `RETRY`...).
+    pub fn from_meta(meta: &[u8]) -> Result<Option<TaskResult>, ProtocolError> {
+        let v: Value =
+            serde_json::from_slice(meta).map_err(|e| ProtocolError::Json(e.to_string()))?;
+        let status = v
+            .get("status")
+            .and_then(Value::as_str)
+            .ok_or(ProtocolError::Field("status"))?;
+        let result = v.get("result").cloned().unwrap_or(Value::Null);
+        let exc = |r: &Value| {
+            let msg = match r.get("exc_message") {
+                Some(Value::Array(a)) if a.len() == 1 => a[0]
+                    .as_str()
+                    .map_or_else(|| a[0].to_string(), str::to_owned),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            let field = |k: &str| {
+                r.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("exc_type"), field("exc_module"), msg)
+        };
+        Ok(match status {
+            "SUCCESS" => Some(TaskResult::Success(result)),
+            "FAILURE" => {
+                let (exc_type, exc_module, exc_message) = exc(&result);
+                Some(TaskResult::Failure {
+                    exc_type,
+                    exc_module,
+                    exc_message,
+                    traceback: v
+                        .get("traceback")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                })
+            }
+            "REVOKED" => Some(TaskResult::Revoked(exc(&result).2)),
+            _ => None,
+        })
+    }
+}
+
+/// `2026-11-25T03:54:41.085914+00:00`: UTC with microseconds, as Python's `isoformat()`.
+pub fn format_iso8601(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// Parses an ISO 8601 date-time as Celery writes `eta` and `expires`
+/// (`YYYY-MM-DDTHH:MM:SS[.ffffff][+HH:MM|-HH:MM|Z]`; no offset means UTC).
+pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        if frac.is_empty() {
+            return None;
+        }
+        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+        nanos = digits.parse().ok()?;
+    }
+    let offset = match &s[i..] {
+        "" | "Z" | "z" => 0,
+        rest if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let sign = if rest.as_bytes()[0] == b'-' { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/celery/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn golden_python_send_task() {
+        let m = TaskMessage::decode(&fixture("send_add")).unwrap();
+        assert_eq!(m.task, "add");
+        assert_eq!(m.id, "11111111-1111-1111-1111-111111111111");
+        assert_eq!(m.args, vec![json!(2), json!(3)]);
+        assert!(m.kwargs.is_empty());
+        assert_eq!(m.registry_args(), json!([2, 3]));
+        assert_eq!((m.eta.as_deref(), m.expires.as_deref()), (None, None));
+        assert_eq!((m.retries, m.timelimit, m.priority), (0, (None, None), 0));
+        assert_eq!(m.lang, "py");
+        assert_eq!(m.root_id.as_deref(), Some(m.id.as_str()));
+        assert_eq!(
+            (m.exchange.as_str(), m.routing_key.as_str()),
+            ("", "celery")
+        );
+        assert_eq!(m.delivery_tag, "94a019fa-e5a1-43b2-aa48-045e115659b9");
+        assert!(m.extra_headers.contains_key("stamps"));
+    }
+
+    #[test]
+    fn golden_python_send_task_with_options() {
+        let m = TaskMessage::decode(&fixture("send_options")).unwrap();
+        assert_eq!(m.task, "tasks.mixed");
+        assert_eq!(m.args, vec![json!(1), json!("two"), json!([3.5, null])]);
+        assert_eq!(m.kwargs["flag"], json!(true));
+        assert_eq!(m.kwargs["name"], json!("é"));
+        assert_eq!(m.retries, 2);
+        assert_eq!(m.timelimit, (Some(60.0), Some(50.0)));
+        assert_eq!(m.priority, 6);
+        assert_eq!(m.routing_key, "bulk");
+        assert_eq!(m.expires.as_deref(), Some("2030-01-02T03:04:05+00:00"));
+        let eta = parse_iso8601(m.eta.as_deref().unwrap()).unwrap();
+        assert_eq!(format_iso8601(eta), m.eta.clone().unwrap());
+        assert_eq!(
+            parse_iso8601(m.expires.as_deref().unwrap()),
+            Some(UNIX_EPOCH + Duration::from_secs(1_893_553_445))
+        );
+        assert_eq!(
+            m.registry_args(),
+            json!([1, "two", [3.5, null], {"flag": true, "name": "é"}])
+        );
+    }
+
+    #[test]
+    fn encode_decode_round_trip_keeps_every_field() {
+        let mut m = TaskMessage::decode(&fixture("send_options")).unwrap();
+        m.reply_to = Some("r".into());
+        let again = TaskMessage::decode(m.encode().as_bytes()).unwrap();
+        assert_eq!(again, m);
+        let fresh = TaskMessage::new("add", vec![json!(1)], Map::new());
+        let env = fresh.to_envelope();
+        let python = serde_json::from_slice::<Value>(&fixture("send_add")).unwrap();
+        // The same header and property names as Python Celery's own message.
+        let keys = |v: &Value, k: &str| {
+            let mut ks: Vec<String> = v[k].as_object().unwrap().keys().cloned().collect();
+            ks.sort();
+            ks
+        };
+        assert_eq!(keys(&env, "headers"), keys(&python, "headers"));
+        let mut py_props = keys(&python, "properties");
+        py_props.retain(|k| k != "reply_to");
+        assert_eq!(keys(&env, "properties"), py_props);
+        assert_eq!(
+            TaskMessage::decode(fresh.encode().as_bytes()).unwrap(),
+            fresh
+        );
+    }
+
+    #[test]
+    fn refuses_pickle_and_malformed_messages() {
+        let mut env: Value = serde_json::from_slice(&fixture("send_add")).unwrap();
+        env["content-type"] = json!("application/x-python-serialize");
+        env["body"] = json!("gASVAAAAAAAAAACMCG9zLnN5c3RlbZSTlC4=");
+        let e = TaskMessage::from_envelope(&env).unwrap_err();
+        assert_eq!(
+            e,
+            ProtocolError::ContentType("application/x-python-serialize".into())
+        );
+        assert!(e.to_string().contains("never pickle"));
+        let good: Value = serde_json::from_slice(&fixture("send_add")).unwrap();
+        let bad = |f: &dyn Fn(&mut Value)| {
+            let mut v = good.clone();
+            f(&mut v);
+            TaskMessage::from_envelope(&v).unwrap_err()
+        };
+        assert!(matches!(
+            bad(&|v| v["body"] = json!("%%%")),
+            ProtocolError::BodyEncoding(_)
+        ));
+        assert!(matches!(
+            bad(&|v| v["body"] = json!(BASE64.encode("[1, 2"))),
+            ProtocolError::Json(_)
+        ));
+        assert_eq!(
+            bad(&|v| {
+                v["headers"].as_object_mut().unwrap().remove("task");
+            }),
+            ProtocolError::Field("task")
+        );
+        assert_eq!(
+            bad(&|v| v["body"] = json!(BASE64.encode("{}"))),
+            ProtocolError::Field("body")
+        );
+        assert!(matches!(
+            TaskMessage::decode(b"{\"body\": "),
+            Err(ProtocolError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn golden_results_match_python_backend() {
+        let ok = TaskResult::from_meta(&fixture("result_success")).unwrap();
+        assert_eq!(ok, Some(TaskResult::Success(json!(5))));
+        let fail = TaskResult::from_meta(&fixture("result_failure"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fail,
+            TaskResult::Failure {
+                exc_type: "ValueError".into(),
+                exc_module: "builtins".into(),
+                exc_message: "bad value".into(),
+                traceback: Some("Traceback ...".into()),
+            }
+        );
+        let nr = TaskResult::from_meta(&fixture("result_not_registered")).unwrap();
+        assert_eq!(nr, Some(TaskResult::not_registered("nope")));
+        // What weft writes has Python's shape: same keys, same failure encoding.
+        let python: Value = serde_json::from_slice(&fixture("result_not_registered")).unwrap();
+        let ours = TaskResult::not_registered("nope")
+            .to_meta("55555555-5555-5555-5555-555555555555", SystemTime::now());
+        let keys = |v: &Value| {
+            let mut k: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&ours), keys(&python));
+        assert_eq!(ours["result"], python["result"]);
+        assert_eq!(ours["status"], python["status"]);
+    }
+
+    #[test]
+    fn iso8601_round_trips() {
+        for s in [
+            "1970-01-01T00:00:00.000000+00:00",
+            "2000-02-29T12:34:56.789012+00:00",
+            "2026-11-25T03:54:41.085914+00:00",
+        ] {
+            assert_eq!(format_iso8601(parse_iso8601(s).unwrap()), s);
+        }
+        assert_eq!(
+            parse_iso8601("2026-01-01T02:00:00+02:00"),
+            parse_iso8601("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(parse_iso8601("2026-01-01"), None);
+        assert_eq!(parse_iso8601("2026-01-01T00:00:00+0"), None);
+    }
+}
