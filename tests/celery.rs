@@ -267,12 +267,16 @@ fn bad_messages_go_to_the_dead_letter_list_and_never_stop_the_worker() {
     let mut no_task: Value = serde_json::from_str(&good).unwrap();
     no_task["headers"].as_object_mut().unwrap().remove("task");
     no_task["headers"]["id"] = json!(format!("notask-{}", uuid_like()));
+    let mut unknown: Value = serde_json::from_str(&good).unwrap();
+    unknown["surprise"] = json!(1);
+    unknown["headers"]["id"] = json!(format!("unknown-{}", uuid_like()));
     let marker = uuid_like();
     for raw in [
         format!("{{\"truncated\": \"{marker}"),
         pickle.to_string(),
         bad_b64.to_string(),
         no_task.to_string(),
+        unknown.to_string(),
     ] {
         redis::cmd("LPUSH")
             .arg(&q)
@@ -308,7 +312,10 @@ fn bad_messages_go_to_the_dead_letter_list_and_never_stop_the_worker() {
         .map(|d| serde_json::from_str::<Value>(d).unwrap())
         .filter(|d| d["queue"] == json!(q))
         .collect();
-    assert_eq!(ours.len(), 4, "{ours:#?}");
+    assert_eq!(ours.len(), 5, "{ours:#?}");
+    assert!(ours
+        .iter()
+        .any(|d| d["reason"].as_str().unwrap().contains("\"surprise\"")));
     assert!(ours
         .iter()
         .any(|d| d["reason"].as_str().unwrap().contains("\"task\"")));

@@ -28,6 +28,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+/// The fields of a Redis envelope (kombu's `prepare_message`); any other is refused.
+const ENVELOPE_FIELDS: [&str; 5] = [
+    "body",
+    "content-encoding",
+    "content-type",
+    "headers",
+    "properties",
+];
+
 /// The only content type weft reads or writes.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
@@ -42,6 +51,10 @@ pub enum ProtocolError {
     BodyEncoding(String),
     /// A field the protocol requires is missing or has the wrong type.
     Field(&'static str),
+    /// The envelope has a field kombu's Redis transport never writes. (Unknown *headers*
+    /// are accepted: Celery adds new ones from version to version, and ignores those it
+    /// does not know.)
+    UnknownField(String),
 }
 
 impl fmt::Display for ProtocolError {
@@ -54,6 +67,11 @@ impl fmt::Display for ProtocolError {
             ),
             ProtocolError::BodyEncoding(e) => write!(f, "bad body encoding: {e}"),
             ProtocolError::Field(name) => write!(f, "missing or malformed field {name:?}"),
+            ProtocolError::UnknownField(name) => write!(
+                f,
+                "unknown envelope field {name:?} (expected body, content-type, \
+                 content-encoding, headers, properties)"
+            ),
         }
     }
 }
@@ -179,6 +197,9 @@ impl TaskMessage {
         let env = envelope
             .as_object()
             .ok_or(ProtocolError::Field("envelope"))?;
+        if let Some(unknown) = env.keys().find(|k| !ENVELOPE_FIELDS.contains(&k.as_str())) {
+            return Err(ProtocolError::UnknownField(unknown.clone()));
+        }
         // The content type first: nothing else of a non-JSON message is read.
         let content_type = env
             .get("content-type")
@@ -742,6 +763,15 @@ mod tests {
             TaskMessage::decode(b"{\"body\": "),
             Err(ProtocolError::Json(_))
         ));
+        assert_eq!(
+            bad(&|v| v["surprise"] = json!(1)),
+            ProtocolError::UnknownField("surprise".into())
+        );
+        // Unknown headers are Celery's own evolution: accepted.
+        let mut v = good.clone();
+        v["headers"]["stamps"] = json!({});
+        v["headers"]["some_future_header"] = json!("x");
+        assert!(TaskMessage::from_envelope(&v).is_ok());
     }
 
     #[test]
