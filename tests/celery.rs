@@ -72,21 +72,6 @@ fn registry() -> Registry {
         })
 }
 
-/// Waits (polling Redis, up to a generous minute) until some messages of queue `q` are
-/// held unacknowledged by a worker; returns how many.
-fn wait_until_held(conn: &mut redis::Connection, q: &str) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(conn).unwrap();
-        let here = held.iter().filter(|h| h.contains(q)).count();
-        if here > 0 {
-            return here;
-        }
-        assert!(Instant::now() < deadline, "no worker took a message of {q}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn no_args() -> Map<String, Value> {
     Map::new()
 }
@@ -550,12 +535,13 @@ fn a_killed_worker_loses_no_task() {
                 .unwrap()
         })
         .collect();
+    std::thread::sleep(Duration::from_millis(300));
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    // Kill only once the worker holds messages (a condition, not a fixed wait).
-    let held_here = wait_until_held(&mut conn, &q);
+    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
+    let held_here = held.iter().filter(|h| h.contains(&q)).count();
     // kill -9: no shutdown, its unacked messages stay behind.
     a.0.kill().unwrap();
     a.0.wait().unwrap();
@@ -827,12 +813,13 @@ fn a_python_worker_recovers_a_killed_weft_workers_tasks() {
                 .unwrap()
         })
         .collect();
+    std::thread::sleep(Duration::from_millis(300));
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    // Kill only once the worker holds messages (a condition, not a fixed wait).
-    let held_here = wait_until_held(&mut conn, &q);
+    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
+    let held_here = held.iter().filter(|h| h.contains(&q)).count();
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     // Only a Python worker is left on the queue; it restores what the weft worker held.
@@ -909,12 +896,13 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
                 .unwrap()
         })
         .collect();
+    std::thread::sleep(Duration::from_millis(500));
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    // Kill only once the worker holds messages (a condition, not a fixed wait).
-    let held_here = wait_until_held(&mut conn, &q);
+    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
+    let held_here = held.iter().filter(|h| h.contains(&q)).count();
     python.0.kill().unwrap();
     python.0.wait().unwrap();
     // Only a weft worker is left (visibility timeout 2 s, sweep every 0.5 s).
