@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use weft::celery::{Client, SendOptions, TaskResult, Worker};
+use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
 
@@ -70,6 +70,43 @@ fn registry() -> Registry {
             }
             Ok::<_, String>("stopped")
         })
+}
+
+/// Sends `n` tasks `slow_add(i, 1000, runs)` to queue `q` (each counts its runs in the
+/// hash `runs`).
+fn send_slow_adds(client: &Client, q: &str, runs: &str, n: usize) -> Vec<AsyncResult> {
+    let opts = SendOptions {
+        queue: Some(q.to_owned()),
+        ..SendOptions::default()
+    };
+    (0..n)
+        .map(|i| {
+            client
+                .send_task(
+                    "slow_add",
+                    vec![json!(i), json!(1000), json!(runs)],
+                    no_args(),
+                    opts.clone(),
+                )
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The kill tests kill a worker a while after it started taking messages. A fixed wait,
+/// not a condition, on purpose: the observable condition (a message held) is reached while
+/// the worker is still popping, and a worker killed between a pop and its unacked record
+/// loses that message: kombu's window, still open in weft (issue 8; tried this session: one
+/// run in six lost a task). Until it is closed, the tests kill a worker that has had time
+/// to fill its prefetch and stop popping. Replace this with a condition once it is.
+fn let_the_worker_fill_its_prefetch(wait: Duration) {
+    std::thread::sleep(wait);
+}
+
+/// Messages of queue `q` held unacknowledged right now.
+fn held_in(conn: &mut redis::Connection, q: &str) -> usize {
+    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(conn).unwrap();
+    held.iter().filter(|h| h.contains(q)).count()
 }
 
 fn no_args() -> Map<String, Value> {
@@ -478,8 +515,9 @@ fn child_worker_process() {
         .start()
         .unwrap();
     println!("ready");
+    // Serve until killed.
     loop {
-        std::thread::sleep(Duration::from_secs(60));
+        std::thread::park();
     }
 }
 
@@ -520,28 +558,13 @@ fn a_killed_worker_loses_no_task() {
     let _b = spawn_child_worker(&url, &q);
     let client = Client::new(&url).unwrap();
     let n = 40;
-    let results: Vec<_> = (0..n)
-        .map(|i| {
-            client
-                .send_task(
-                    "slow_add",
-                    vec![json!(i), json!(1000), json!(runs)],
-                    no_args(),
-                    SendOptions {
-                        queue: Some(q.clone()),
-                        ..SendOptions::default()
-                    },
-                )
-                .unwrap()
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let results = send_slow_adds(&client, &q, &runs, n);
+    let_the_worker_fill_its_prefetch(Duration::from_millis(300));
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
-    let held_here = held.iter().filter(|h| h.contains(&q)).count();
+    let held_here = held_in(&mut conn, &q);
     // kill -9: no shutdown, its unacked messages stay behind.
     a.0.kill().unwrap();
     a.0.wait().unwrap();
@@ -798,28 +821,13 @@ fn a_python_worker_recovers_a_killed_weft_workers_tasks() {
     let mut a = spawn_child_worker(&url, &q);
     let client = Client::new(&url).unwrap();
     let n = 20;
-    let results: Vec<_> = (0..n)
-        .map(|i| {
-            client
-                .send_task(
-                    "slow_add",
-                    vec![json!(i), json!(1000), json!(runs)],
-                    no_args(),
-                    SendOptions {
-                        queue: Some(q.clone()),
-                        ..SendOptions::default()
-                    },
-                )
-                .unwrap()
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let results = send_slow_adds(&client, &q, &runs, n);
+    let_the_worker_fill_its_prefetch(Duration::from_millis(300));
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
-    let held_here = held.iter().filter(|h| h.contains(&q)).count();
+    let held_here = held_in(&mut conn, &q);
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     // Only a Python worker is left on the queue; it restores what the weft worker held.
@@ -884,25 +892,13 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
         .unwrap();
     warm.get(Duration::from_secs(60)).unwrap();
     let n = 20;
-    let results: Vec<_> = (0..n)
-        .map(|i| {
-            client
-                .send_task(
-                    "slow_add",
-                    vec![json!(i), json!(1000), json!(runs)],
-                    no_args(),
-                    opts.clone(),
-                )
-                .unwrap()
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    let results = send_slow_adds(&client, &q, &runs, n);
+    let_the_worker_fill_its_prefetch(Duration::from_millis(500));
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    let held: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut conn).unwrap();
-    let held_here = held.iter().filter(|h| h.contains(&q)).count();
+    let held_here = held_in(&mut conn, &q);
     python.0.kill().unwrap();
     python.0.wait().unwrap();
     // Only a weft worker is left (visibility timeout 2 s, sweep every 0.5 s).

@@ -162,17 +162,8 @@ pub fn finish(
     let key = result_key(id);
     let meta = result.to_meta(id, SystemTime::now()).to_string();
     let mut pipe = redis::pipe();
-    pipe.atomic()
-        .set_ex(&key, &meta, expires.as_secs().max(1))
-        .ignore()
-        .publish(&key, &meta)
-        .ignore();
-    if let Some(tag) = tag {
-        pipe.zrem(UNACKED_INDEX, tag)
-            .ignore()
-            .hdel(UNACKED, tag)
-            .ignore();
-    }
+    pipe.atomic();
+    store_and_ack(&mut pipe, &key, &meta, expires, tag);
     pipe.query(conn)
 }
 
@@ -195,10 +186,23 @@ pub fn retry(
             queue_for_priority(&next.routing_key, next.priority),
             next.encode(),
         )
+        .ignore();
+    store_and_ack(&mut pipe, &key, &meta, expires, tag);
+    pipe.query(conn)
+}
+
+/// Adds to `pipe`: the result record (`SETEX` + `PUBLISH` on its key), and the ack of
+/// `tag` if the message was held unacknowledged.
+fn store_and_ack(
+    pipe: &mut redis::Pipeline,
+    key: &str,
+    meta: &str,
+    expires: Duration,
+    tag: Option<&str>,
+) {
+    pipe.set_ex(key, meta, expires.as_secs().max(1))
         .ignore()
-        .set_ex(&key, &meta, expires.as_secs().max(1))
-        .ignore()
-        .publish(&key, &meta)
+        .publish(key, meta)
         .ignore();
     if let Some(tag) = tag {
         pipe.zrem(UNACKED_INDEX, tag)
@@ -206,7 +210,6 @@ pub fn retry(
             .hdel(UNACKED, tag)
             .ignore();
     }
-    pipe.query(conn)
 }
 
 /// Moves an unreadable message to the dead-letter list with the reason.
