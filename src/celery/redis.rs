@@ -3,7 +3,7 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `<queue>` | list | messages of priority 0 (`LPUSH` by producers, `BRPOP` by workers) |
+//! | `<queue>` | list | messages of priority 0 (`LPUSH` by producers; kombu's workers `BRPOP`, weft's pop in a script, see [`pop_and_record`]) |
 //! | `<queue>\x06\x16<p>` | list | messages of priority step `p` in 3, 6, 9 (a priority is rounded down to its step; on Redis 0 is served first) |
 //! | `unacked` | hash | delivery tag → JSON `[envelope, exchange, routing_key]` of every message a worker holds |
 //! | `unacked_index` | sorted set | delivery tag scored by the time it was taken (seconds since the epoch) |
@@ -12,7 +12,8 @@
 //! | `weft.dead_letter` | list | weft's own: JSON `{"reason", "queue", "message"}` of each message that could not be read |
 //!
 //! Acks are late (kombu's ack emulation): a message is recorded in `unacked` as it is
-//! taken, and removed once its result is written. A worker that dies leaves its messages in
+//! taken (in the same script as the pop, [`pop_and_record`], so no kill can lose it between
+//! the two), and removed once its result is written. A worker that dies leaves its messages in
 //! `unacked`; the restore sweep ([`restore_visible`]) pushes back every message taken longer
 //! ago than the visibility timeout, whoever took it (a Python worker restores a dead weft
 //! worker's messages and the other way round). Delivery is therefore at-least-once.
@@ -71,9 +72,10 @@ pub fn queue_of_list(list: &str) -> &str {
     list.rsplit_once(PRIORITY_SEP).map_or(list, |(q, _)| q)
 }
 
-/// The lists to `BRPOP`, in kombu's order: every queue's priority-0 list, then every
-/// queue's step-3 list, and so on (Redis pops from the first non-empty one).
-pub fn brpop_keys<S: AsRef<str>>(queues: &[S]) -> Vec<String> {
+/// The lists a worker takes from, in the order kombu's `BRPOP` names them: every queue's
+/// priority-0 list, then every queue's step-3 list, and so on (the first non-empty one is
+/// served first).
+pub fn consume_keys<S: AsRef<str>>(queues: &[S]) -> Vec<String> {
     PRIORITY_STEPS
         .iter()
         .flat_map(|p| {
@@ -104,36 +106,84 @@ pub fn publish(conn: &mut Connection, msg: &TaskMessage) -> RedisResult<()> {
     )
 }
 
-/// Takes the next message from `keys` (see [`brpop_keys`]), waiting at most `timeout`
-/// (whole seconds, at least 1): the list it came from and its bytes.
-pub fn brpop(
+/// Takes up to `max` messages from `keys` (see [`consume_keys`]; `queues[i]` is the queue of
+/// `keys[i]`), in order, and records each as unacknowledged, all in one server-side script,
+/// so that no message is ever out of both its list and `unacked`: a worker killed at any
+/// moment leaves each message it took either on its list or in `unacked`, where the restore
+/// sweep finds it.
+///
+/// kombu's own consumer pops with `BRPOP` and records with a second command, so a Python
+/// worker killed between the two loses the message it had just popped; weft's does not.
+/// The entry written is kombu's (`[envelope, exchange, routing_key]`, the envelope
+/// verbatim), so either kind of worker can restore it. An entry that is not a kombu
+/// envelope with a delivery tag is returned without a record (it is dead-lettered).
+///
+/// Returns `(list, bytes)` of each message taken, oldest first within a list.
+pub fn pop_and_record(
     conn: &mut Connection,
     keys: &[String],
-    timeout: Duration,
-) -> RedisResult<Option<(String, Vec<u8>)>> {
-    redis::cmd("BRPOP")
-        .arg(keys)
-        .arg(timeout.as_secs_f64().max(0.01))
-        .query(conn)
+    queues: &[String],
+    max: usize,
+) -> RedisResult<Vec<(String, Vec<u8>)>> {
+    if max == 0 || keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut inv = POP_AND_RECORD.prepare_invoke();
+    inv.key(UNACKED_INDEX).key(UNACKED);
+    for k in keys {
+        inv.key(k);
+    }
+    inv.arg(max).arg(now_secs());
+    for q in queues {
+        inv.arg(q);
+    }
+    let flat: Vec<Vec<u8>> = inv.invoke(conn)?;
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(list), Some(raw)) = (it.next(), it.next()) {
+        out.push((String::from_utf8_lossy(&list).into_owned(), raw));
+    }
+    Ok(out)
 }
 
-/// Records a taken message as unacknowledged (`MULTI; ZADD unacked_index; HSET unacked`).
-pub fn append_unacked(
-    conn: &mut Connection,
-    tag: &str,
-    envelope: &Value,
-    exchange: &str,
-    routing_key: &str,
-) -> RedisResult<()> {
-    let entry = json!([envelope, exchange, routing_key]).to_string();
-    redis::pipe()
-        .atomic()
-        .zadd(UNACKED_INDEX, tag, now_secs())
-        .ignore()
-        .hset(UNACKED, tag, entry)
-        .ignore()
-        .query(conn)
-}
+/// KEYS: unacked_index, unacked, then the lists; ARGV: max, now, then each list's queue.
+static POP_AND_RECORD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local max = tonumber(ARGV[1])
+local out = {}
+local n = 0
+for i = 3, #KEYS do
+  while n < max do
+    local raw = redis.call('RPOP', KEYS[i])
+    if not raw then break end
+    local ok, m = pcall(cjson.decode, raw)
+    local tag, exchange, rk
+    if ok and type(m) == 'table' and type(m.properties) == 'table' then
+      tag = m.properties.delivery_tag
+      local info = m.properties.delivery_info
+      if type(info) == 'table' then
+        exchange = info.exchange
+        rk = info.routing_key
+      end
+    end
+    if type(tag) == 'string' and tag ~= '' then
+      if type(exchange) ~= 'string' then exchange = '' end
+      if type(rk) ~= 'string' or rk == '' then rk = ARGV[i] end
+      redis.call('ZADD', KEYS[1], ARGV[2], tag)
+      redis.call('HSET', KEYS[2], tag,
+        '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(rk) .. ']')
+    end
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = raw
+    n = n + 1
+  end
+  if n >= max then break end
+end
+return out
+"#,
+    )
+});
 
 /// Refreshes the `unacked_index` score of each of `tags` still there (`ZADD XX`): the
 /// heartbeat of a live worker's held messages.
@@ -159,36 +209,42 @@ pub fn finish(
     expires: Duration,
     tag: Option<&str>,
 ) -> RedisResult<()> {
-    let key = result_key(id);
-    let meta = result.to_meta(id, SystemTime::now()).to_string();
     let mut pipe = redis::pipe();
     pipe.atomic();
-    store_and_ack(&mut pipe, &key, &meta, expires, tag);
+    add_finish(&mut pipe, id, result, expires, tag);
     pipe.query(conn)
 }
 
-/// Celery's retry: sends `next` (the same task id, `retries + 1`, a new ETA and delivery
-/// tag), records `RETRY` for it and acknowledges `tag`, in one transaction.
-pub fn retry(
-    conn: &mut Connection,
+/// Adds [`finish`]'s commands to `pipe`.
+pub fn add_finish(
+    pipe: &mut redis::Pipeline,
+    id: &str,
+    result: &TaskResult,
+    expires: Duration,
+    tag: Option<&str>,
+) {
+    let meta = result.to_meta(id, SystemTime::now()).to_string();
+    store_and_ack(pipe, &result_key(id), &meta, expires, tag);
+}
+
+/// Adds Celery's retry to `pipe`: sends `next` (the same task id, `retries + 1`, a new ETA
+/// and delivery tag), records `RETRY` for it and acknowledges `tag`.
+pub fn add_retry(
+    pipe: &mut redis::Pipeline,
     next: &TaskMessage,
     reason: &str,
     expires: Duration,
     tag: Option<&str>,
-) -> RedisResult<()> {
-    let key = result_key(&next.id);
+) {
     let meta = TaskResult::Retry(reason.to_owned())
         .to_meta(&next.id, SystemTime::now())
         .to_string();
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .lpush(
-            queue_for_priority(&next.routing_key, next.priority),
-            next.encode(),
-        )
-        .ignore();
-    store_and_ack(&mut pipe, &key, &meta, expires, tag);
-    pipe.query(conn)
+    pipe.lpush(
+        queue_for_priority(&next.routing_key, next.priority),
+        next.encode(),
+    )
+    .ignore();
+    store_and_ack(pipe, &result_key(&next.id), &meta, expires, tag);
 }
 
 /// Adds to `pipe`: the result record (`SETEX` + `PUBLISH` on its key), and the ack of
@@ -212,19 +268,173 @@ fn store_and_ack(
     }
 }
 
-/// Moves an unreadable message to the dead-letter list with the reason.
+/// Moves an unreadable message to the dead-letter list with the reason, and acknowledges
+/// `tag` (if the message was recorded as unacknowledged), in one transaction.
 pub fn dead_letter(
     conn: &mut Connection,
     queue: &str,
     raw: &[u8],
     reason: &str,
+    tag: Option<&str>,
 ) -> RedisResult<()> {
     let entry = json!({
         "reason": reason,
         "queue": queue,
         "message": String::from_utf8_lossy(raw),
     });
-    conn.lpush(DEAD_LETTER, entry.to_string())
+    let mut pipe = redis::pipe();
+    pipe.atomic().lpush(DEAD_LETTER, entry.to_string()).ignore();
+    if let Some(tag) = tag {
+        pipe.zrem(UNACKED_INDEX, tag)
+            .ignore()
+            .hdel(UNACKED, tag)
+            .ignore();
+    }
+    pipe.query(conn)
+}
+
+/// How often a consumer looks at its lists when the server cannot wake it (Redis before
+/// 6.0, or a connection refused `CLIENT TRACKING`).
+pub const POLL_WITHOUT_TRACKING: Duration = Duration::from_millis(20);
+
+/// Tells a consumer that one of its lists may have a new message, without taking it.
+///
+/// A pop is atomic with its unacked record only inside a script ([`pop_and_record`]), and
+/// a script cannot block; so a consumer that finds its lists empty waits here instead of in
+/// `BRPOP`. A tracking thread ([`track`]) has Redis watch the lists (client-side caching
+/// invalidations, `CLIENT TRACKING ... REDIRECT`: Redis ≥ 6.0) and moves the generation on
+/// at every change. Where tracking is refused the consumer polls every
+/// [`POLL_WITHOUT_TRACKING`].
+///
+/// No wake-up is lost: the consumer reads the generation *before* it pops, and the tracker
+/// re-arms the watch on every list *before* it moves the generation on, so a message pushed
+/// after the consumer's pop either changes the generation the consumer waits on or is
+/// already on its list when the consumer reads the moved generation and pops again.
+pub struct Wake {
+    gen: parking_lot::Mutex<u64>,
+    cv: parking_lot::Condvar,
+    tracking: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Wake::new()
+    }
+}
+
+impl Wake {
+    /// A wake with no tracking yet (its waits poll until a tracker has armed the watch).
+    pub fn new() -> Wake {
+        Wake {
+            gen: parking_lot::Mutex::new(0),
+            cv: parking_lot::Condvar::new(),
+            tracking: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The current generation: read it before popping, then [`wait`](Self::wait) on it.
+    pub fn generation(&self) -> u64 {
+        *self.gen.lock()
+    }
+
+    /// Waits until the generation moves past `seen`, at most `timeout` (at most
+    /// [`POLL_WITHOUT_TRACKING`] while no tracker is armed).
+    pub fn wait(&self, seen: u64, timeout: Duration) {
+        let timeout = if self.is_tracking() {
+            timeout
+        } else {
+            timeout.min(POLL_WITHOUT_TRACKING)
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.gen.lock();
+        while *g == seen {
+            if self.cv.wait_until(&mut g, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+
+    /// True while a tracker is armed.
+    pub fn is_tracking(&self) -> bool {
+        self.tracking.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Moves the generation on and wakes every waiter.
+    pub fn bump(&self) {
+        *self.gen.lock() += 1;
+        self.cv.notify_all();
+    }
+
+    fn set_tracking(&self, on: bool) {
+        self.tracking
+            .store(on, std::sync::atomic::Ordering::Release);
+        self.bump();
+    }
+}
+
+/// The tracking thread's body: until `stop()`, has Redis report every change to `keys`
+/// and moves `wake`'s generation on at each. Reconnects after a connection error (the
+/// consumer polls meanwhile); returns for good if the server refuses `CLIENT TRACKING`.
+pub fn track(client: &redis::Client, keys: &[String], wake: &Wake, stop: impl Fn() -> bool) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop() {
+        match track_session(client, keys, wake, &stop) {
+            Ok(()) => return,
+            Err(e) => {
+                wake.set_tracking(false);
+                if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) {
+                    // Refused (Redis before 6.0, or an ACL): the consumer polls.
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn track_session(
+    client: &redis::Client,
+    keys: &[String],
+    wake: &Wake,
+    stop: &impl Fn() -> bool,
+) -> RedisResult<()> {
+    const CHANNEL: &str = "__redis__:invalidate";
+    let mut sub = client.get_connection()?;
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut sub)?;
+    let mut pubsub = sub.as_pubsub();
+    pubsub.subscribe(CHANNEL)?;
+    pubsub.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut cmd = client.get_connection()?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("REDIRECT")
+        .arg(id)
+        .query::<()>(&mut cmd)?;
+    // Reading a key is what arms its watch (default tracking mode: exactly these keys,
+    // one report per change, then read again).
+    let arm = |cmd: &mut Connection| -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.llen(k).ignore();
+        }
+        pipe.query(cmd)
+    };
+    arm(&mut cmd)?;
+    wake.set_tracking(true);
+    while !stop() {
+        match pubsub.get_message() {
+            Ok(_) => {
+                // Re-armed first, then the generation: see `Wake`.
+                arm(&mut cmd)?;
+                wake.bump();
+            }
+            Err(e) if e.is_timeout() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Puts the message of `tag` back on its queue (`RPUSH`, so it is taken next) and forgets

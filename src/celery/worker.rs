@@ -168,6 +168,7 @@ impl Worker {
             room: Condvar::new(),
             held: Mutex::new(HashMap::new()),
             revoked: Arc::new(Revoked::new()),
+            wake: transport::Wake::new(),
         });
         let hostname = self.hostname.take().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -203,18 +204,35 @@ impl Worker {
                 .name("weft-celery-ack".into())
                 .spawn(move || finisher(finish_conn, done_rx, shared, expires))?
         };
+        let keys = transport::consume_keys(
+            &self
+                .queues
+                .iter()
+                .map(|(q, _)| q.as_str())
+                .collect::<Vec<_>>(),
+        );
+        let tracker = {
+            let shared = shared.clone();
+            let client = client.clone();
+            let keys = keys.clone();
+            thread::Builder::new()
+                .name("weft-celery-track".into())
+                .spawn(move || {
+                    transport::track(&client, &keys, &shared.wake, || {
+                        shared.stop.load(Ordering::Acquire)
+                    })
+                })?
+        };
         let consumer = {
             let shared = shared.clone();
             let pool = pool.clone();
             let cfg = Consume {
                 registry: self.registry,
-                keys: transport::brpop_keys(
-                    &self
-                        .queues
-                        .iter()
-                        .map(|(q, _)| q.as_str())
-                        .collect::<Vec<_>>(),
-                ),
+                key_queues: keys
+                    .iter()
+                    .map(|k| transport::queue_of_list(k).to_owned())
+                    .collect(),
+                keys,
                 lanes: self.queues.into_iter().collect(),
                 prefetch: self.prefetch,
                 visibility_timeout: self.visibility_timeout,
@@ -231,6 +249,7 @@ impl Worker {
             shared,
             hostname,
             consumer: Some(consumer),
+            tracker: Some(tracker),
             finisher: Some(finisher),
             control: Some(control),
         })
@@ -244,6 +263,7 @@ pub struct RunningWorker {
     shared: Arc<Shared>,
     hostname: String,
     consumer: Option<thread::JoinHandle<()>>,
+    tracker: Option<thread::JoinHandle<()>>,
     finisher: Option<thread::JoinHandle<()>>,
     control: Option<thread::JoinHandle<()>>,
 }
@@ -264,8 +284,12 @@ impl RunningWorker {
     fn stop(&mut self) -> usize {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.room.notify_all();
+        self.shared.wake.bump();
         if let Some(c) = self.consumer.take() {
             let _ = c.join();
+        }
+        if let Some(t) = self.tracker.take() {
+            let _ = t.join();
         }
         if let Some(c) = self.control.take() {
             let _ = c.join();
@@ -306,11 +330,15 @@ struct Shared {
     held: Mutex<HashMap<String, String>>,
     /// Task ids revoked by remote control.
     revoked: Arc<Revoked>,
+    /// Moved on when a consumed list may have a new message.
+    wake: transport::Wake,
 }
 
 struct Consume {
     registry: Registry,
     keys: Vec<String>,
+    /// The queue of each of `keys`.
+    key_queues: Vec<String>,
     lanes: HashMap<String, Priority>,
     prefetch: usize,
     visibility_timeout: Duration,
@@ -376,19 +404,41 @@ fn consume(
             last_sweep = Instant::now();
             let _ = transport::restore_visible(&mut conn, cfg.visibility_timeout);
         }
-        let (list, raw) = match transport::brpop(&mut conn, &cfg.keys, wait) {
-            Ok(Some(item)) => {
+        let seen = shared.wake.generation();
+        let room = cfg.prefetch.saturating_sub(*shared.in_flight.lock()).max(1);
+        let batch = match transport::pop_and_record(&mut conn, &cfg.keys, &cfg.key_queues, room) {
+            Ok(batch) => {
                 backoff = Duration::from_millis(100);
-                item
+                batch
             }
-            Ok(None) => continue,
             Err(_) => {
                 thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        let queue = transport::queue_of_list(&list).to_owned();
+        if batch.is_empty() {
+            shared.wake.wait(seen, wait);
+            continue;
+        }
+        for (list, raw) in batch {
+            take(&mut conn, &cfg, &pool, &shared, &done, &list, raw);
+        }
+    }
+}
+
+/// Starts the task of one message taken (and recorded unacknowledged) from `list`.
+fn take(
+    conn: &mut redis::Connection,
+    cfg: &Consume,
+    pool: &Pool,
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+    list: &str,
+    raw: Vec<u8>,
+) {
+    {
+        let queue = transport::queue_of_list(list).to_owned();
         let lane = cfg.lanes.get(&queue).copied().unwrap_or_default();
         let envelope: Result<Value, ProtocolError> =
             serde_json::from_slice(&raw).map_err(|e| ProtocolError::Json(e.to_string()));
@@ -396,15 +446,20 @@ fn consume(
             .as_ref()
             .map_err(Clone::clone)
             .and_then(TaskMessage::from_envelope);
-        let (msg, envelope) = match (msg, envelope) {
-            (Ok(m), Ok(e)) => (m, e),
-            (Err(e), env) => {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
                 let reason = e.to_string();
-                let _ = transport::dead_letter(&mut conn, &queue, &raw, &reason);
-                let id = env
-                    .ok()
-                    .and_then(|v| v.pointer("/headers/id")?.as_str().map(str::to_owned));
-                if let Some(id) = id {
+                let envelope = envelope.ok();
+                let field = |ptr: &str| {
+                    envelope
+                        .as_ref()
+                        .and_then(|v| v.pointer(ptr)?.as_str().map(str::to_owned))
+                };
+                // Recorded unacknowledged by the pop if it had a delivery tag: acked here.
+                let tag = field("/properties/delivery_tag");
+                let _ = transport::dead_letter(conn, &queue, &raw, &reason, tag.as_deref());
+                if let Some(id) = field("/headers/id") {
                     let result = match e {
                         ProtocolError::ContentType(_) => TaskResult::Failure {
                             exc_type: "ContentDisallowed".into(),
@@ -414,28 +469,14 @@ fn consume(
                         },
                         _ => TaskResult::error(reason),
                     };
-                    let _ = transport::finish(&mut conn, &id, &result, cfg.result_expires, None);
+                    let _ = transport::finish(conn, &id, &result, cfg.result_expires, None);
                 }
-                continue;
+                return;
             }
-            (Ok(_), Err(_)) => continue, // unreachable: the message came from the envelope
         };
-        // Acks late: recorded as unacknowledged before anything runs.
+        // Acks late: the pop recorded it as unacknowledged before anything runs.
         let tag = (!msg.delivery_tag.is_empty()).then(|| msg.delivery_tag.clone());
         if let Some(tag) = &tag {
-            let rk = if msg.routing_key.is_empty() {
-                queue.as_str()
-            } else {
-                msg.routing_key.as_str()
-            };
-            if transport::append_unacked(&mut conn, tag, &envelope, &msg.exchange, rk).is_err() {
-                // Not recorded: put it back rather than risk losing it.
-                let _ = redis::cmd("RPUSH")
-                    .arg(&list)
-                    .arg(&raw)
-                    .query::<()>(&mut conn);
-                continue;
-            }
             shared.held.lock().insert(tag.clone(), msg.id.clone());
         }
         if shared.revoked.contains(&msg.id) {
@@ -446,7 +487,7 @@ fn consume(
                 counted: false,
                 retry: None,
             });
-            continue;
+            return;
         }
         let now = SystemTime::now();
         if let Some(exp) = msg.expires.as_deref().and_then(parse_iso8601) {
@@ -458,7 +499,7 @@ fn consume(
                     counted: false,
                     retry: None,
                 });
-                continue;
+                return;
             }
         }
         let delay = msg
@@ -480,7 +521,7 @@ fn consume(
                 counted,
                 retry: None,
             });
-            continue;
+            return;
         };
         let attempt = match entry.prepare(msg.registry_args()) {
             Ok(a) => a,
@@ -498,7 +539,7 @@ fn consume(
                     counted,
                     retry: None,
                 });
-                continue;
+                return;
             }
         };
         let tx = done.clone();
@@ -587,27 +628,48 @@ fn finisher(
     shared: Arc<Shared>,
     expires: Duration,
 ) {
-    for d in done {
+    // Whatever finished meanwhile is written in one transaction (one round trip).
+    const MAX_BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = done.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match done.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for d in &batch {
+            match (&d.retry, &d.result) {
+                (Some(next), TaskResult::Failure { exc_message, .. }) => {
+                    transport::add_retry(&mut pipe, next, exc_message, expires, d.tag.as_deref())
+                }
+                _ => transport::add_finish(&mut pipe, &d.id, &d.result, expires, d.tag.as_deref()),
+            }
+        }
         // Retried a few times: a result not written leaves the message unacknowledged,
         // to be restored and run again (at-least-once).
         for i in 0..3 {
-            let written = match (&d.retry, &d.result) {
-                (Some(next), TaskResult::Failure { exc_message, .. }) => {
-                    transport::retry(&mut conn, next, exc_message, expires, d.tag.as_deref())
-                }
-                _ => transport::finish(&mut conn, &d.id, &d.result, expires, d.tag.as_deref()),
-            };
-            if written.is_ok() {
+            if pipe.query::<()>(&mut conn).is_ok() {
                 break;
             }
             thread::sleep(Duration::from_millis(100 << i));
         }
-        if let Some(tag) = &d.tag {
-            shared.held.lock().remove(tag);
+        let mut counted = 0;
+        {
+            let mut held = shared.held.lock();
+            for d in batch.drain(..) {
+                if let Some(tag) = &d.tag {
+                    held.remove(tag);
+                }
+                counted += usize::from(d.counted);
+            }
         }
-        if d.counted {
+        if counted > 0 {
             let mut n = shared.in_flight.lock();
-            *n = n.saturating_sub(1);
+            *n = n.saturating_sub(counted);
             shared.room.notify_one();
         }
     }
