@@ -50,7 +50,9 @@ impl TaskOptions {
         TaskOptions::default()
     }
 
-    /// The lane the task's submissions go to unless they say otherwise.
+    /// The lane the task's submissions to a service node go to unless they say otherwise.
+    /// (A Celery worker, feature `redis`, runs a message in the lane of the queue it came
+    /// from, `Worker::queue`; this option is not used there.)
     pub fn priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
         self

@@ -55,10 +55,21 @@ struct Xy {
     y: i64,
 }
 
+/// Set by `spin_until_revoked` once it runs.
+static SPINNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn registry() -> Registry {
     Registry::new()
         .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
         .task("add_kw", |a: Xy| Ok::<_, String>(a.x + a.y))
+        .task("ping", |(): ()| Ok::<_, String>("pong"))
+        .task("spin_until_revoked", |(): ()| {
+            SPINNING.store(true, std::sync::atomic::Ordering::SeqCst);
+            while weft::checkpoint().is_ok() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok::<_, String>("stopped")
+        })
         .task("fail", |_: Vec<i64>| Err::<(), _>("fail() always fails"))
         .task("boom", |_: Vec<i64>| -> Result<(), String> {
             panic!("boom!")
@@ -188,6 +199,11 @@ fn weft_client_to_weft_worker() {
     kw.insert("y".into(), json!(2));
     let r = client.send_task("add_kw", vec![], kw, opts(0)).unwrap();
     assert_eq!(r.get_value(WAIT).unwrap(), json!(42));
+    // No arguments fit a task taking `()`.
+    let r = client
+        .send_task("ping", vec![], no_args(), opts(0))
+        .unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!("pong"));
 
     let r = client
         .send_task("fail", vec![], no_args(), opts(0))
@@ -734,14 +750,36 @@ fn python_remote_control_reaches_weft_workers() {
     let worker = Worker::new(url.as_str(), registry())
         .queue(q.as_str(), Priority::Normal)
         .hostname(name.as_str())
-        .workers(1)
+        .workers(2)
         .start()
         .unwrap();
     assert_eq!(worker.hostname(), name);
+    // A task that runs until it is revoked with terminate=True.
+    let spinning = Client::new(&url)
+        .unwrap()
+        .send_task(
+            "spin_until_revoked",
+            vec![],
+            no_args(),
+            SendOptions {
+                queue: Some(q.clone()),
+                ..SendOptions::default()
+            },
+        )
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !SPINNING.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "spin_until_revoked never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let out = Command::new(&py)
         .arg(fixtures().join("interop_control.py"))
         .arg(&url)
         .arg(&q)
+        .arg(spinning.id())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -773,6 +811,10 @@ fn python_remote_control_reaches_weft_workers() {
     );
     assert_eq!(seen["revoked"][0], json!("TaskRevokedError"), "{seen:#}");
     assert_eq!(seen["state"], json!("REVOKED"));
+    // Revoked at once, not at its ETA (120 s away; Python waited at most 30 s).
+    assert!(seen["revoked_after_s"].as_f64().unwrap() < 30.0, "{seen:#}");
+    assert_eq!(seen["terminated"][0], json!("TaskRevokedError"), "{seen:#}");
+    assert_eq!(seen["terminated_state"], json!("REVOKED"), "{seen:#}");
     // The command line: `celery inspect ping` lists the weft worker.
     let out = Command::new(&py)
         .args(["-m", "celery", "-b", url.as_str(), "inspect", "ping"])
@@ -908,7 +950,7 @@ fn throughput_weft_vs_python_celery() {
     let q = unique("bench-weft");
     let worker = Worker::new(
         url.as_str(),
-        Registry::new().task("noop", |_: Vec<i64>| Ok::<_, String>(())),
+        Registry::new().task("noop", |(): ()| Ok::<_, String>(())),
     )
     .queue(q.as_str(), Priority::Normal)
     .workers(concurrency)

@@ -1,6 +1,6 @@
 //! Celery's remote control (kombu's broadcast "pidbox") over Redis, for a weft
 //! [`Worker`](super::Worker): `app.control.ping()` / `celery inspect ping` and
-//! `app.control.revoke(id)`.
+//! `app.control.revoke(id)` (with `terminate=True`, a running task is asked to stop).
 //!
 //! Requests are published on the fanout channel `/<db>.celery.pidbox` as ordinary kombu
 //! envelopes whose body is `{"method", "arguments", "destination", "ticket", "reply_to":
@@ -10,7 +10,6 @@
 //! members `routing_key\x06\x16pattern\x06\x16queue`).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -173,12 +172,12 @@ fn reply(
 }
 
 /// The remote-control loop of a worker: subscribes to the pidbox channel and answers
-/// `ping`, `revoke` (adds to `revoked`); other methods are ignored. Ends when `stop` is set
-/// (checked every second).
+/// `ping` and `revoke` (handed to `revoke` with its `terminate` flag); other methods are
+/// ignored. Ends when `stop` is set (checked every second).
 pub(crate) fn serve(
     client: redis::Client,
     hostname: String,
-    revoked: Arc<Revoked>,
+    revoke: impl Fn(&[String], bool),
     stop: impl Fn() -> bool,
     subscribed: std::sync::mpsc::Sender<()>,
 ) {
@@ -229,9 +228,12 @@ pub(crate) fn serve(
                             .collect(),
                         _ => Vec::new(),
                     };
-                    for id in &ids {
-                        revoked.add(id);
-                    }
+                    let terminate = req
+                        .arguments
+                        .get("terminate")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    revoke(&ids, terminate);
                     json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
                 }
                 _ => continue,

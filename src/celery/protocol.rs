@@ -399,6 +399,8 @@ impl TaskMessage {
     /// the positional arguments as an array (`add(2, 3)` → `[2, 3]`, which fits a tuple);
     /// keyword arguments alone as an object (which fits a struct); both as the array with
     /// the object appended as its last element.
+    /// A call with no arguments is `[]`, which fits a task taking `Vec<T>`; the worker also
+    /// accepts it for a task taking `()` (tried as `null` when `[]` does not fit).
     pub fn registry_args(&self) -> Value {
         match (self.args.is_empty(), self.kwargs.is_empty()) {
             (_, true) => Value::Array(self.args.clone()),

@@ -51,7 +51,10 @@ use crate::{Pool, Priority};
 ///   and a run that ends past it is `FAILURE` with Celery's `TimeLimitExceeded`.
 /// * **Remote control** ([`control`](super::control)): answers `app.control.ping()` and
 ///   honours `app.control.revoke(id)` for tasks not yet started (queued, or waiting for
-///   their ETA: they end `REVOKED` without running).
+///   their ETA: they end `REVOKED` at once, without running, and a message of that id
+///   taken later is not run either); `revoke(id, terminate=True)` also asks a running task
+///   to stop ([`checkpoint`](crate::checkpoint) returns `Err` in it; weft cannot kill a
+///   thread, so a task that never checks runs to its end) and it ends `REVOKED`.
 /// * **Shutdown** ([`RunningWorker::shutdown`]): stops taking messages, lets tasks already
 ///   taken finish, and puts back on their queue the messages whose tasks did not run
 ///   (waiting for their ETA).
@@ -168,6 +171,7 @@ impl Worker {
             room: Condvar::new(),
             held: Mutex::new(HashMap::new()),
             revoked: Arc::new(Revoked::new()),
+            live: Mutex::new(HashMap::new()),
             wake: transport::Wake::new(),
         });
         let hostname = self.hostname.take().unwrap_or_else(|| {
@@ -176,19 +180,20 @@ impl Worker {
                 .unwrap_or_else(|_| "localhost".into());
             format!("weft-{}@{host}", std::process::id())
         });
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
         let (subscribed_tx, subscribed_rx) = mpsc::channel();
         let control = {
             let shared = shared.clone();
             let client = client.clone();
-            let revoked = shared.revoked.clone();
             let hostname = hostname.clone();
+            let done = done_tx.clone();
             thread::Builder::new()
                 .name("weft-celery-control".into())
                 .spawn(move || {
                     control::serve(
                         client,
                         hostname,
-                        revoked,
+                        |ids, terminate| shared.revoke(ids, terminate, &done),
                         || shared.stop.load(Ordering::Acquire),
                         subscribed_tx,
                     )
@@ -196,7 +201,6 @@ impl Worker {
         };
         // Remote control works once `start` returns (or after 5 s if Redis is slow).
         let _ = subscribed_rx.recv_timeout(Duration::from_secs(5));
-        let (done_tx, done_rx) = mpsc::channel::<Done>();
         let finisher = {
             let shared = shared.clone();
             let expires = self.result_expires;
@@ -330,8 +334,53 @@ struct Shared {
     held: Mutex<HashMap<String, String>>,
     /// Task ids revoked by remote control.
     revoked: Arc<Revoked>,
+    /// The tasks handed to the pool and maybe not finished, by task id, for revoke
+    /// (finished ones are pruned at each heartbeat).
+    live: Mutex<HashMap<String, Live>>,
     /// Moved on when a consumed list may have a new message.
     wake: transport::Wake,
+}
+
+/// A task handed to the pool.
+struct Live {
+    handle: crate::JoinHandle<()>,
+    /// Set by the task as it starts (before it looks at the revoked set).
+    started: Arc<AtomicBool>,
+    tag: Option<String>,
+    counted: bool,
+}
+
+impl Shared {
+    /// `app.control.revoke(ids, terminate=...)`: each id is remembered as revoked (a
+    /// message of it taken later ends `REVOKED` unrun). A task of this worker that has not
+    /// started (queued, or waiting for its ETA) is cancelled in the pool and ends `REVOKED`
+    /// now, not at its ETA. With `terminate`, a running task is asked to stop
+    /// ([`checkpoint`](crate::checkpoint) returns `Err` in it) and ends `REVOKED`
+    /// whatever it returns.
+    fn revoke(&self, ids: &[String], terminate: bool, done: &mpsc::Sender<Done>) {
+        for id in ids {
+            self.revoked.add(id);
+        }
+        let mut live = self.live.lock();
+        for id in ids {
+            let Some(task) = live.get(id) else { continue };
+            // `revoked` is set first: a task that starts after this load sees it and
+            // ends `REVOKED` unrun, so a cancel of a task just starting asks nothing of
+            // user code.
+            // Without `terminate` a running task is left alone; `cancel` returns true only
+            // for one that had not started, which is then never to run: settled here.
+            if (terminate || !task.started.load(Ordering::SeqCst)) && task.handle.cancel() {
+                let _ = done.send(Done {
+                    id: id.clone(),
+                    tag: task.tag.clone(),
+                    result: TaskResult::Revoked("revoked".into()),
+                    counted: task.counted,
+                    retry: None,
+                });
+                live.remove(id);
+            }
+        }
+    }
 }
 
 struct Consume {
@@ -388,6 +437,7 @@ fn consume(
                     last_beat = Instant::now();
                     let tags: Vec<String> = shared.held.lock().keys().cloned().collect();
                     let _ = transport::heartbeat(&mut conn, &tags);
+                    shared.live.lock().retain(|_, t| !t.handle.is_finished());
                 }
                 continue;
             }
@@ -399,6 +449,7 @@ fn consume(
             last_beat = Instant::now();
             let tags: Vec<String> = shared.held.lock().keys().cloned().collect();
             let _ = transport::heartbeat(&mut conn, &tags);
+            shared.live.lock().retain(|_, t| !t.handle.is_finished());
         }
         if last_sweep.elapsed() >= cfg.restore_interval {
             last_sweep = Instant::now();
@@ -523,7 +574,16 @@ fn take(
             });
             return;
         };
-        let attempt = match entry.prepare(msg.registry_args()) {
+        let args = msg.registry_args();
+        let no_args = args.as_array().is_some_and(Vec::is_empty);
+        // A call without arguments also fits a task that takes `()`.
+        let attempt = match entry.prepare(args).or_else(|e| {
+            if no_args {
+                entry.prepare(Value::Null).map_err(|_| e)
+            } else {
+                Err(e)
+            }
+        }) {
             Ok(a) => a,
             Err(e) => {
                 let result = TaskResult::Failure {
@@ -553,9 +613,14 @@ fn take(
             .chain(entry.options.get_time_limit())
             .min();
         let mut attempt = attempt;
+        let msg_id = msg.id.clone();
         let revoked = shared.revoked.clone();
+        let started = Arc::new(AtomicBool::new(false));
+        let started_here = started.clone();
+        let live_tag = tag.clone();
         let run = move || {
             let id = msg.id.clone();
+            started_here.store(true, Ordering::SeqCst);
             if revoked.contains(&id) {
                 let _ = tx.send(Done {
                     id,
@@ -567,6 +632,10 @@ fn take(
                 return;
             }
             let result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
+                // Revoked with `terminate` while it ran.
+                Ok(_) if crate::checkpoint().is_err_and(|c| c.is_cancel_requested()) => {
+                    TaskResult::Revoked("terminated".into())
+                }
                 // A run that ended past its time limit fails, whatever it returned.
                 Ok(_) if crate::checkpoint().is_err_and(|c| c.is_time_limit()) => {
                     TaskResult::Failure {
@@ -616,8 +685,21 @@ fn take(
         }
         // The handle is not kept: the task reports through `done`. A task the pool never
         // runs (shut down while waiting for its ETA) stays unacknowledged and is put back.
-        if task.try_spawn(run).is_err() && counted {
-            *shared.in_flight.lock() -= 1;
+        let id = msg_id;
+        match task.try_spawn(run) {
+            Ok(handle) => {
+                shared.live.lock().insert(
+                    id,
+                    Live {
+                        handle,
+                        started,
+                        tag: live_tag,
+                        counted,
+                    },
+                );
+            }
+            Err(_) if counted => *shared.in_flight.lock() -= 1,
+            Err(_) => {}
         }
     }
 }
