@@ -1,0 +1,1 @@
+//! Celery over AMQP against a real RabbitMQ and the real Python Celery.
