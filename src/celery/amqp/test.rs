@@ -46,7 +46,7 @@ fn typed_table(v: &Value) -> FieldTable {
 fn delivery(name: &str) -> (Vec<u8>, BasicProperties, String, String) {
     let f = fixture(name);
     let p = &f["properties"];
-    let s = |k: &str| p[k].as_str().map(|v| ShortString::from(v));
+    let s = |k: &str| p[k].as_str().map(ShortString::from);
     let mut props = BasicProperties::default()
         .with_headers(typed_table(&f["headers"]))
         .with_delivery_mode(p["delivery_mode"].as_u64().unwrap() as u8)
