@@ -57,12 +57,88 @@ impl Revoked {
 }
 
 /// A decoded control request.
-struct Request {
-    method: String,
-    arguments: Value,
-    destination: Option<Vec<String>>,
-    ticket: Option<String>,
-    reply_to: Option<(String, String)>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) arguments: Value,
+    pub(crate) destination: Option<Vec<String>>,
+    pub(crate) ticket: Option<String>,
+    pub(crate) reply_to: Option<(String, String)>,
+}
+
+impl Request {
+    /// Reads a request from the message body (`{"method", "arguments", "destination",
+    /// "ticket", "reply_to"}`), whatever the transport; `None` if it is not one.
+    pub(crate) fn from_body(body: &Value) -> Option<Request> {
+        let destination = match body.get("destination") {
+            Some(Value::Array(a)) => Some(
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let reply_to = body.get("reply_to").and_then(|r| {
+            Some((
+                r.get("exchange")?.as_str()?.to_owned(),
+                r.get("routing_key")?.as_str()?.to_owned(),
+            ))
+        });
+        Some(Request {
+            method: body.get("method")?.as_str()?.to_owned(),
+            arguments: body.get("arguments").cloned().unwrap_or(Value::Null),
+            destination,
+            ticket: body
+                .get("ticket")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            reply_to,
+        })
+    }
+
+    /// Whether the request is addressed to `hostname` (no destination: to every worker).
+    pub(crate) fn is_for(&self, hostname: &str) -> bool {
+        self.destination
+            .as_ref()
+            .is_none_or(|dest| dest.iter().any(|d| d == hostname))
+    }
+
+    /// The answer of a worker: `ping` → `{"ok": "pong"}`; `revoke` hands the ids and its
+    /// `terminate` flag to `revoke`; `None` for the methods weft does not serve.
+    pub(crate) fn answer(&self, revoke: &dyn Fn(&[String], bool)) -> Option<Value> {
+        match self.method.as_str() {
+            "ping" => Some(json!({"ok": "pong"})),
+            "revoke" => {
+                let ids: Vec<String> = match self.arguments.get("task_id") {
+                    Some(Value::String(s)) => vec![s.clone()],
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let terminate = self
+                    .arguments
+                    .get("terminate")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                revoke(&ids, terminate);
+                Some(json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))}))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether a request's `expires` header (seconds since the epoch; 0 or absent: never) has
+/// passed.
+pub(crate) fn has_expired(expires: Option<f64>) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    expires.is_some_and(|exp| exp > 0.0 && exp < now)
 }
 
 fn decode(raw: &[u8]) -> Option<Request> {
@@ -70,14 +146,8 @@ fn decode(raw: &[u8]) -> Option<Request> {
     if env.get("content-type")?.as_str()? != super::protocol::CONTENT_TYPE_JSON {
         return None;
     }
-    if let Some(exp) = env.pointer("/headers/expires").and_then(Value::as_f64) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        if exp < now {
-            return None;
-        }
+    if has_expired(env.pointer("/headers/expires").and_then(Value::as_f64)) {
+        return None;
     }
     let body = env.get("body")?.as_str()?;
     let body: Value = match env
@@ -87,31 +157,7 @@ fn decode(raw: &[u8]) -> Option<Request> {
         Some("base64") => serde_json::from_slice(&BASE64.decode(body).ok()?).ok()?,
         _ => serde_json::from_str(body).ok()?,
     };
-    let destination = match body.get("destination") {
-        Some(Value::Array(a)) => Some(
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-        ),
-        _ => None,
-    };
-    let reply_to = body.get("reply_to").and_then(|r| {
-        Some((
-            r.get("exchange")?.as_str()?.to_owned(),
-            r.get("routing_key")?.as_str()?.to_owned(),
-        ))
-    });
-    Some(Request {
-        method: body.get("method")?.as_str()?.to_owned(),
-        arguments: body.get("arguments").cloned().unwrap_or(Value::Null),
-        destination,
-        ticket: body
-            .get("ticket")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        reply_to,
-    })
+    Request::from_body(&body)
 }
 
 /// The lists bound to `routing_key` on the direct exchange `exchange` (kombu's binding
@@ -211,32 +257,11 @@ pub(crate) fn serve(
             let Some(req) = decode(&payload) else {
                 continue;
             };
-            if let Some(dest) = &req.destination {
-                if !dest.iter().any(|d| d == &hostname) {
-                    continue;
-                }
+            if !req.is_for(&hostname) {
+                continue;
             }
-            let answer = match req.method.as_str() {
-                "ping" => json!({"ok": "pong"}),
-                "revoke" => {
-                    let ids: Vec<String> = match req.arguments.get("task_id") {
-                        Some(Value::String(s)) => vec![s.clone()],
-                        Some(Value::Array(a)) => a
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    let terminate = req
-                        .arguments
-                        .get("terminate")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    revoke(&ids, terminate);
-                    json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
-                }
-                _ => continue,
+            let Some(answer) = req.answer(&revoke) else {
+                continue;
             };
             clock += 1;
             let _ = reply(&mut conn, &hostname, &req, answer, clock);

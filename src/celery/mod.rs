@@ -22,6 +22,8 @@
 
 use std::fmt;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 mod client;
 pub mod control;
 pub mod protocol;
@@ -37,6 +39,9 @@ pub use worker::{RunningWorker, Worker};
 pub enum Error {
     /// Redis refused, or the connection failed.
     Redis(::redis::RedisError),
+    /// RabbitMQ refused, or the AMQP connection or channel failed (feature `amqp`).
+    #[cfg(feature = "amqp")]
+    Amqp(lapin::Error),
     /// A message or result record that does not follow the protocol.
     Protocol(ProtocolError),
     /// No result within the time given.
@@ -51,6 +56,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Redis(e) => write!(f, "redis: {e}"),
+            #[cfg(feature = "amqp")]
+            Error::Amqp(e) => write!(f, "amqp: {e}"),
             Error::Protocol(e) => write!(f, "protocol: {e}"),
             Error::Timeout => f.write_str("timed out waiting for the result"),
             Error::Task(TaskResult::Failure {

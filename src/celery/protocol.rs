@@ -205,16 +205,10 @@ impl TaskMessage {
             .get("content-type")
             .and_then(Value::as_str)
             .ok_or(ProtocolError::Field("content-type"))?;
-        if content_type != CONTENT_TYPE_JSON {
-            return Err(ProtocolError::ContentType(content_type.to_owned()));
-        }
-        if let Some(enc) = env.get("content-encoding").and_then(Value::as_str) {
-            if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
-                return Err(ProtocolError::BodyEncoding(format!(
-                    "content-encoding {enc:?}"
-                )));
-            }
-        }
+        check_content_type(
+            content_type,
+            env.get("content-encoding").and_then(Value::as_str),
+        )?;
         let empty = Map::new();
         let props = match env.get("properties") {
             Some(Value::Object(p)) => p,
@@ -243,6 +237,20 @@ impl TaskMessage {
                 )))
             }
         };
+        TaskMessage::from_parts(headers, props, body)
+    }
+
+    /// The transport-independent part of decoding: a message from its headers, its
+    /// properties (kombu's names: `correlation_id`, `reply_to`, `priority`,
+    /// `delivery_info: {exchange, routing_key}`, `delivery_tag`) and its body, already
+    /// parsed as JSON. The caller has checked the content type ([`check_content_type`])
+    /// before parsing the body. Shared by the Redis envelope ([`TaskMessage::from_envelope`])
+    /// and AMQP (`weft::celery::amqp`).
+    pub fn from_parts(
+        headers: &Map<String, Value>,
+        props: &Map<String, Value>,
+        body: Value,
+    ) -> Result<TaskMessage, ProtocolError> {
         let Value::Array(mut parts) = body else {
             return Err(ProtocolError::Field("body"));
         };
@@ -342,14 +350,27 @@ impl TaskMessage {
         })
     }
 
-    /// The envelope as JSON, as Python Celery writes it.
-    pub fn to_envelope(&self) -> Value {
-        let body = json!([self.args, self.kwargs, self.embed]);
+    /// The body `[args, kwargs, embed]`, as every transport carries it.
+    pub fn body(&self) -> Value {
+        json!([self.args, self.kwargs, self.embed])
+    }
+
+    /// The Celery headers (`lang`, `task`, `id`, `eta`, ..., and [`extra_headers`]), as
+    /// every transport carries them.
+    ///
+    /// [`extra_headers`]: TaskMessage::extra_headers
+    pub fn headers(&self) -> Map<String, Value> {
         let mut headers = Map::new();
         for (k, v) in &self.extra_headers {
             headers.insert(k.clone(), v.clone());
         }
         let opt = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| json!(s));
+        // A whole number of seconds as an integer, as Python writes `time_limit=60` (on
+        // AMQP the type shows: `I`, not `d`).
+        let limit = |v: Option<f64>| match v {
+            Some(x) if x.fract() == 0.0 && (0.0..=i32::MAX as f64).contains(&x) => json!(x as i64),
+            other => json!(other),
+        };
         let known = [
             ("lang", json!(self.lang)),
             ("task", json!(self.task)),
@@ -358,7 +379,10 @@ impl TaskMessage {
             ("expires", opt(&self.expires)),
             ("group", opt(&self.group)),
             ("retries", json!(self.retries)),
-            ("timelimit", json!([self.timelimit.0, self.timelimit.1])),
+            (
+                "timelimit",
+                json!([limit(self.timelimit.0), limit(self.timelimit.1)]),
+            ),
             ("root_id", opt(&self.root_id)),
             ("parent_id", opt(&self.parent_id)),
             ("argsrepr", opt(&self.argsrepr)),
@@ -368,6 +392,13 @@ impl TaskMessage {
         for (k, v) in known {
             headers.insert(k.to_owned(), v);
         }
+        headers
+    }
+
+    /// The envelope as JSON, as Python Celery writes it.
+    pub fn to_envelope(&self) -> Value {
+        let body = self.body();
+        let headers = self.headers();
         let mut props = Map::new();
         props.insert("correlation_id".into(), json!(self.id));
         if let Some(r) = &self.reply_to {
@@ -412,6 +443,25 @@ impl TaskMessage {
             }
         }
     }
+}
+
+/// Refuses a message that is not JSON in UTF-8 (pickle, yaml, msgpack, other charsets),
+/// before anything else of it is read: `content_encoding` may be absent, `utf-8` or `utf8`.
+pub fn check_content_type(
+    content_type: &str,
+    content_encoding: Option<&str>,
+) -> Result<(), ProtocolError> {
+    if content_type != CONTENT_TYPE_JSON {
+        return Err(ProtocolError::ContentType(content_type.to_owned()));
+    }
+    if let Some(enc) = content_encoding {
+        if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
+            return Err(ProtocolError::BodyEncoding(format!(
+                "content-encoding {enc:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `pid@host` of this process, as Celery's `origin` header.
