@@ -42,6 +42,7 @@ pub struct TaskOptions {
     priority: Priority,
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
+    acks_late: Option<bool>,
 }
 
 impl TaskOptions {
@@ -69,6 +70,21 @@ impl TaskOptions {
     pub fn time_limit(mut self, limit: Duration) -> Self {
         self.time_limit = Some(limit);
         self
+    }
+
+    /// When a Celery worker (feature `redis`) acknowledges this task's messages: `true`
+    /// after the task has finished and its result is written (a worker that dies while it
+    /// runs leaves the message to be delivered again: at-least-once), `false` as it starts
+    /// (a worker that dies while it runs loses it: at-most-once). Unset, the worker's
+    /// default applies (`Worker::acks_late`, false as in Celery).
+    pub fn acks_late(mut self, late: bool) -> Self {
+        self.acks_late = Some(late);
+        self
+    }
+
+    /// The task's own acknowledgement choice, if set.
+    pub fn get_acks_late(&self) -> Option<bool> {
+        self.acks_late
     }
 
     /// The default lane.

@@ -567,6 +567,8 @@ fn child_worker_process() {
         .queue(q.as_str(), Priority::Normal)
         .workers(2)
         .prefetch(4)
+        // Acknowledged once finished: a killed worker's tasks come back.
+        .acks_late(true)
         .visibility_timeout(Duration::from_secs(2))
         .restore_interval(Duration::from_millis(500))
         .start()

@@ -78,6 +78,7 @@ use serde_json::{json, Map, Number, Value};
 
 use super::control::{has_expired, Request};
 use super::protocol::{check_content_type, parse_iso8601, CONTENT_TYPE_JSON};
+use super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
 use super::{Error, ProtocolError, TaskMessage};
 
 /// The exchange refused messages are published to (durable, fanout).
@@ -415,25 +416,43 @@ impl Broker {
     /// Starts consuming `queue` on a channel of its own that holds at most `prefetch`
     /// unacknowledged deliveries (`basic.qos`; 0 means no bound).
     pub fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, Error> {
-        let (channel, consumer) = self.block_on(async {
+        self.consume_queues(&[queue], prefetch)
+    }
+
+    /// Starts consuming every one of `queues` on one channel of its own, which holds at
+    /// most `prefetch` unacknowledged deliveries in all (`basic.qos` shared by the
+    /// channel's consumers; 0 means no bound). When several queues have deliveries
+    /// waiting, [`Consumer::next`] takes from the first of `queues` first.
+    pub fn consume_queues<S: AsRef<str>>(
+        &self,
+        queues: &[S],
+        prefetch: u16,
+    ) -> Result<Consumer, Error> {
+        let (channel, consumers) = self.block_on(async {
             let channel = self.conn.create_channel().await?;
             channel
-                .basic_qos(prefetch, BasicQosOptions::default())
+                .basic_qos(prefetch, BasicQosOptions { global: true })
                 .await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, lapin::Error>((channel, consumer))
+            let mut consumers = Vec::with_capacity(queues.len());
+            for q in queues {
+                consumers.push(
+                    channel
+                        .basic_consume(
+                            q.as_ref().into(),
+                            "".into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?,
+                );
+            }
+            Ok::<_, lapin::Error>((channel, consumers))
         })?;
         Ok(Consumer {
             rt: self.rt.clone(),
             channel,
-            consumer,
+            queues: queues.iter().map(|q| q.as_ref().to_owned()).collect(),
+            consumers,
         })
     }
 
@@ -560,7 +579,8 @@ impl Broker {
             consumer: Consumer {
                 rt: self.rt.clone(),
                 channel,
-                consumer,
+                queues: vec![queue],
+                consumers: vec![consumer],
             },
             hostname: hostname.to_owned(),
             clock: 0,
@@ -574,32 +594,37 @@ impl Broker {
     }
 }
 
-/// A consumer of one queue on its own channel (see [`Broker::consume`]).
+/// A consumer of one or more queues on a channel of its own (see [`Broker::consume`] and
+/// [`Broker::consume_queues`]).
 pub struct Consumer {
     rt: Runtime,
     channel: Channel,
-    consumer: lapin::Consumer,
+    queues: Vec<String>,
+    consumers: Vec<lapin::Consumer>,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("queue", &self.consumer.queue())
+            .field("queues", &self.queues)
             .finish()
     }
 }
 
 impl Consumer {
     /// The next delivery, waiting at most `timeout`: `Ok(None)` when none came in time.
+    /// With several queues, a waiting delivery of an earlier queue is taken first.
     /// An error when the channel or the connection is gone (or the consumer was
     /// cancelled by the broker, e.g. its queue was deleted).
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Delivery>, Error> {
         let rt = self.rt.clone();
-        let consumer = &mut self.consumer;
+        let consumers = &mut self.consumers;
         let mut sleep = pin!(rt.sleep(timeout));
         let got = rt.block_on(std::future::poll_fn(|cx| {
-            if let Poll::Ready(item) = std::pin::Pin::new(&mut *consumer).poll_next(cx) {
-                return Poll::Ready(Some(item));
+            for (i, c) in consumers.iter_mut().enumerate() {
+                if let Poll::Ready(item) = std::pin::Pin::new(c).poll_next(cx) {
+                    return Poll::Ready(Some((i, item)));
+                }
             }
             if sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
@@ -608,13 +633,23 @@ impl Consumer {
         }));
         match got {
             None => Ok(None),
-            Some(Some(Ok(d))) => Ok(Some(Delivery {
+            Some((i, Some(Ok(d)))) => Ok(Some(Delivery {
                 rt: self.rt.clone(),
+                queue: self.queues[i].clone(),
                 inner: d,
             })),
-            Some(Some(Err(e))) => Err(e.into()),
-            Some(None) => Err(refused("the consumer was cancelled")),
+            Some((_, Some(Err(e)))) => Err(e.into()),
+            Some((_, None)) => Err(refused("the consumer was cancelled")),
         }
+    }
+
+    /// Changes the channel's bound on unacknowledged deliveries (`basic.qos`).
+    pub fn set_prefetch(&self, prefetch: u16) -> Result<(), Error> {
+        self.rt.block_on(
+            self.channel
+                .basic_qos(prefetch, BasicQosOptions { global: true }),
+        )?;
+        Ok(())
     }
 
     /// Closes the channel: its unacknowledged deliveries go back to the queue.
@@ -629,6 +664,7 @@ impl Consumer {
 /// with this channel until it closes, then is redelivered).
 pub struct Delivery {
     rt: Runtime,
+    queue: String,
     inner: lapin::message::Delivery,
 }
 
@@ -643,6 +679,11 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
+    /// The queue it was consumed from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
     /// The raw body.
     pub fn body(&self) -> &[u8] {
         &self.inner.data
@@ -847,7 +888,6 @@ impl Pidbox {
     /// Serves one request, if one comes within `timeout`: `ping`, and `revoke` (the ids and
     /// the `terminate` flag go to `revoke`); other methods are ignored. Returns whether a
     /// request was answered.
-    #[allow(dead_code)] // For the AMQP worker (issue 9), which is not built yet.
     pub(crate) fn serve_one(
         &mut self,
         broker: &Broker,
@@ -867,6 +907,272 @@ impl Pidbox {
     /// Closes the mailbox's channel (its queue is deleted by the broker: auto-delete).
     pub fn close(self) -> Result<(), Error> {
         self.consumer.close()
+    }
+}
+
+
+// ---------------------------------------------------------------------------------------
+// The worker's and the client's transport over AMQP
+// ---------------------------------------------------------------------------------------
+
+/// How long a worker holds a delivery unacknowledged before it sends the message again and
+/// acknowledges the old delivery (see [`Worker::amqp_hold_limit`](super::Worker::amqp_hold_limit)):
+/// half of RabbitMQ's default `consumer_timeout` (30 minutes).
+pub const DEFAULT_HOLD_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// A [`Worker`](super::Worker)'s transport over AMQP, with results in Celery's Redis
+/// result backend.
+#[derive(Clone)]
+pub(crate) struct AmqpTransport {
+    pub url: String,
+    pub backend: redis::Client,
+    pub result_expires: Duration,
+    pub max_priority: Option<u8>,
+    pub hold_limit: Duration,
+}
+
+/// The consumer side: one channel consuming every queue.
+pub(crate) struct AmqpConsumer {
+    consumer: Consumer,
+    hold_limit: Duration,
+    prefetch: usize,
+}
+
+/// What a delivery holds for the worker.
+fn incoming(d: Delivery) -> Incoming<Delivery> {
+    let message = d.task().map_err(|error| Refused {
+        error,
+        raw: d.body().to_vec(),
+        id: d
+            .properties()
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("id"))
+            .and_then(|v| amqp_to_json(v).as_str().map(str::to_owned)),
+    });
+    Incoming {
+        queue: d.queue().to_owned(),
+        message,
+        tag: Some(d),
+    }
+}
+
+impl Consume for AmqpConsumer {
+    type Tag = Delivery;
+
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<Delivery>>, Error> {
+        let mut out = Vec::new();
+        let mut wait = wait;
+        while out.len() < max {
+            match self.consumer.next(wait)? {
+                Some(d) => out.push(incoming(d)),
+                None => break,
+            }
+            // The rest only if they are here already.
+            wait = Duration::ZERO;
+        }
+        Ok(out)
+    }
+
+    fn set_prefetch(&mut self, n: usize) {
+        if n != self.prefetch {
+            self.prefetch = n;
+            let _ = self
+                .consumer
+                .set_prefetch(u16::try_from(n).unwrap_or(u16::MAX));
+        }
+    }
+
+    fn hold_limit(&self) -> Option<Duration> {
+        Some(self.hold_limit)
+    }
+}
+
+/// The settling side: results in one Redis transaction per batch, then each delivery
+/// settled on its channel.
+pub(crate) struct AmqpSettler {
+    broker: Broker,
+    backend: redis::Client,
+    conn: Option<redis::Connection>,
+    expires: Duration,
+}
+
+impl AmqpSettler {
+    /// Writes the batch's results; true once Redis took them.
+    fn write_results(&mut self, batch: &[Settlement<Delivery>]) -> bool {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut any = false;
+        for s in batch {
+            let (id, result) = match s {
+                Settlement::Result { id, result, .. } => (id.as_str(), result.clone()),
+                Settlement::Retry { next, reason, .. } => {
+                    (next.id.as_str(), super::TaskResult::Retry(reason.clone()))
+                }
+                Settlement::Refuse {
+                    result: Some((id, result)),
+                    ..
+                } => (id.as_str(), result.clone()),
+                _ => continue,
+            };
+            super::redis::add_finish(&mut pipe, id, &result, self.expires, None);
+            any = true;
+        }
+        if !any {
+            return true;
+        }
+        for i in 0..3 {
+            let conn = match self.conn.take() {
+                Some(c) => Some(c),
+                None => self.backend.get_connection().ok(),
+            };
+            if let Some(mut conn) = conn {
+                if pipe.query::<()>(&mut conn).is_ok() {
+                    self.conn = Some(conn);
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100 << i));
+        }
+        false
+    }
+}
+
+impl Settle for AmqpSettler {
+    type Tag = Delivery;
+
+    fn settle(&mut self, batch: Vec<Settlement<Delivery>>) {
+        // A result Redis did not take: its delivery is left unsettled, to be delivered
+        // again when the channel closes (at-least-once).
+        let written = self.write_results(&batch);
+        for s in batch {
+            match s {
+                Settlement::Ack(d) => {
+                    let _ = d.ack();
+                }
+                Settlement::Result { tag: Some(d), .. } if written => {
+                    let _ = d.ack();
+                }
+                Settlement::Retry {
+                    next, tag: Some(d), ..
+                } if written => {
+                    // Sent again (confirmed) before the old one is acknowledged.
+                    if self.broker.publish_task(&next).is_ok() {
+                        let _ = d.ack();
+                    }
+                }
+                Settlement::Retry { next, tag: None, .. } if written => {
+                    let _ = self.broker.publish_task(&next);
+                }
+                Settlement::Refuse {
+                    reason, tag: Some(d), ..
+                } => {
+                    let _ = self.broker.dead_letter(&d, &reason);
+                }
+                Settlement::Republish { message, tag } => {
+                    if self.broker.publish_task(&message).is_ok() {
+                        let _ = tag.ack();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn requeue(&mut self, tags: Vec<Delivery>) -> usize {
+        tags.iter().filter(|d| d.reject(true).is_ok()).count()
+    }
+}
+
+impl Transport for AmqpTransport {
+    type Tag = Delivery;
+    type Consumer = AmqpConsumer;
+    type Settler = AmqpSettler;
+
+    fn open(&self, queues: &[String], prefetch: usize) -> Result<(AmqpConsumer, AmqpSettler), Error> {
+        let mut backend = self.backend.get_connection()?;
+        let _: () = redis::cmd("PING").query(&mut backend)?;
+        let broker = Broker::connect(&self.url)?;
+        for q in queues {
+            broker.declare_queue(q, self.max_priority)?;
+        }
+        let consumer =
+            broker.consume_queues(queues, u16::try_from(prefetch).unwrap_or(u16::MAX))?;
+        Ok((
+            AmqpConsumer {
+                consumer,
+                hold_limit: self.hold_limit,
+                prefetch,
+            },
+            AmqpSettler {
+                broker,
+                backend: self.backend.clone(),
+                conn: Some(backend),
+                expires: self.result_expires,
+            },
+        ))
+    }
+
+    fn serve_control(
+        self,
+        hostname: String,
+        revoke: &dyn Fn(&[String], bool),
+        stop: &dyn Fn() -> bool,
+        ready: std::sync::mpsc::Sender<()>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop() {
+            let session = (|| -> Result<(), Error> {
+                let broker = Broker::connect(&self.url)?;
+                let mut pidbox = broker.pidbox(&hostname)?;
+                let _ = ready.send(());
+                while !stop() {
+                    pidbox.serve_one(&broker, revoke, Duration::from_millis(500))?;
+                }
+                let _ = pidbox.close();
+                broker.close()
+            })();
+            if session.is_ok() {
+                return;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The client's side: declares a queue the first time it sends to it (as Celery's
+/// producer does: a message routed to a queue that does not exist would be dropped), then
+/// publishes with a publisher confirm.
+pub(crate) struct AmqpPublisher {
+    broker: Broker,
+    max_priority: Option<u8>,
+    declared: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+impl AmqpPublisher {
+    /// Connects now.
+    pub fn new(url: &str) -> Result<AmqpPublisher, Error> {
+        Ok(AmqpPublisher {
+            broker: Broker::connect(url)?,
+            max_priority: None,
+            declared: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+}
+
+impl Publish for AmqpPublisher {
+    fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
+        if msg.exchange.is_empty() && !self.declared.lock().contains(&msg.routing_key) {
+            self.broker
+                .declare_queue(&msg.routing_key, self.max_priority)?;
+            self.declared.lock().insert(msg.routing_key.clone());
+        }
+        self.broker.publish_task(msg)
+    }
+
+    fn set_max_priority(&mut self, n: u8) {
+        self.max_priority = Some(n);
     }
 }
 

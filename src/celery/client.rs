@@ -1,13 +1,13 @@
-//! [`Client`]: sends named tasks to Celery queues on Redis; [`AsyncResult`] waits for
-//! their results.
+//! [`Client`]: sends named tasks to Celery queues (on Redis, or on RabbitMQ with the
+//! feature `amqp`); [`AsyncResult`] waits for their results in the Redis result backend.
 
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
 use super::protocol::{format_iso8601, TaskMessage, TaskResult};
-use super::redis as transport;
+use super::redis::{self as transport, RedisPublisher};
+use super::transport::Publish;
 use super::Error;
 
 /// Options of one [`Client::send_task`]; the defaults are Celery's.
@@ -15,7 +15,8 @@ use super::Error;
 pub struct SendOptions {
     /// The queue (default `celery`).
     pub queue: Option<String>,
-    /// The message priority, 0..=9 (0, the default, is served first on Redis).
+    /// The message priority, 0..=9 (default 0). On Redis 0 is served first; on RabbitMQ
+    /// a higher priority is served first, on queues declared with `x-max-priority`.
     pub priority: u8,
     /// Run no sooner than this long after sending.
     pub countdown: Option<Duration>,
@@ -29,8 +30,10 @@ pub struct SendOptions {
     pub time_limit: (Option<f64>, Option<f64>),
 }
 
-/// Sends tasks over Celery's protocol v2 to the Redis at a URL: any Celery worker (Python,
-/// or a weft [`Worker`](super::Worker)) consuming the queue runs them.
+/// Sends tasks over Celery's protocol v2 to a broker: any Celery worker (Python, or a weft
+/// [`Worker`](super::Worker)) consuming the queue runs them. The broker is Redis
+/// ([`Client::new`]) or, with the feature `amqp`, RabbitMQ with a Redis result backend
+/// ([`Client::with_backend`]).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -43,23 +46,67 @@ pub struct SendOptions {
 /// assert_eq!(r.get_value(Duration::from_secs(10)).unwrap(), 5);
 /// ```
 pub struct Client {
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
+    publisher: Box<dyn Publish>,
+    backend: redis::Client,
 }
 
 impl Client {
-    /// A client of the Redis at `url` (`redis://host:port/db`); connects now.
+    /// A client of the Redis at `url` (`redis://host:port/db`), which is both the broker
+    /// and the result backend; connects now.
     pub fn new(url: &str) -> Result<Client, Error> {
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection()?;
-        Ok(Client {
-            client,
-            conn: Mutex::new(Some(conn)),
-        })
+        Client::with_backend(url, url)
     }
 
-    /// Sends task `name` with `args` and `kwargs` (`LPUSH` of a protocol v2 message on the
-    /// queue's list for its priority) and returns the handle of its result.
+    /// A client of the broker at `broker` (`redis://...`, or with the feature `amqp`
+    /// `amqp://user:password@host:port/vhost`) whose results are kept in the Redis at
+    /// `backend`; connects now. A Redis broker is its own backend: `backend` must be the
+    /// same URL.
+    ///
+    /// On RabbitMQ a queue is declared (durable, bound to a direct exchange of its name,
+    /// as Celery declares it) the first time a task is sent to it; see
+    /// [`max_priority`](Self::max_priority).
+    pub fn with_backend(broker: &str, backend: &str) -> Result<Client, Error> {
+        let scheme = broker.split_once("://").map_or("", |(s, _)| s);
+        let publisher: Box<dyn Publish> = match scheme {
+            "redis" | "rediss" | "unix" | "redis+unix" => {
+                if broker != backend {
+                    return Err(Error::Config(
+                        "a Redis broker is its own result backend: do not name another".into(),
+                    ));
+                }
+                Box::new(RedisPublisher::new(redis::Client::open(broker)?)?)
+            }
+            #[cfg(feature = "amqp")]
+            "amqp" | "amqps" => Box::new(super::amqp::AmqpPublisher::new(broker)?),
+            #[cfg(not(feature = "amqp"))]
+            "amqp" | "amqps" => {
+                return Err(Error::Config(
+                    "weft was built without the feature `amqp`".into(),
+                ))
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown broker URL scheme {other:?} (expected redis:// or amqp://)"
+                )))
+            }
+        };
+        let backend = redis::Client::open(backend)?;
+        // Fails now rather than at the first `get`.
+        let _: () = redis::cmd("PING").query(&mut backend.get_connection()?)?;
+        Ok(Client { publisher, backend })
+    }
+
+    /// RabbitMQ: the queues this client declares get `x-max-priority` = `n`, so that
+    /// message priorities order delivery; it must agree with how the workers declare them
+    /// ([`Worker::max_priority`](super::Worker::max_priority)). Ignored on Redis.
+    pub fn max_priority(mut self, n: u8) -> Self {
+        self.publisher.set_max_priority(n);
+        self
+    }
+
+    /// Sends task `name` with `args` and `kwargs` (a protocol v2 message on the queue: on
+    /// Redis an `LPUSH` on the queue's list for its priority, on RabbitMQ a publish
+    /// confirmed by the broker) and returns the handle of its result.
     pub fn send_task(
         &self,
         name: &str,
@@ -82,10 +129,10 @@ impl Client {
         msg.eta = eta.map(format_iso8601);
         msg.expires = options.expires.map(format_iso8601);
         msg.timelimit = options.time_limit;
-        self.with_conn(|c| transport::publish(c, &msg))?;
+        self.publisher.publish(&msg)?;
         Ok(AsyncResult {
             id: msg.id,
-            client: self.client.clone(),
+            client: self.backend.clone(),
         })
     }
 
@@ -93,22 +140,8 @@ impl Client {
     pub fn result(&self, id: impl Into<String>) -> AsyncResult {
         AsyncResult {
             id: id.into(),
-            client: self.client.clone(),
+            client: self.backend.clone(),
         }
-    }
-
-    fn with_conn<T>(
-        &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Error> {
-        let mut slot = self.conn.lock();
-        let mut conn = match slot.take() {
-            Some(c) => c,
-            None => self.client.get_connection()?,
-        };
-        let out = f(&mut conn)?;
-        *slot = Some(conn);
-        Ok(out)
     }
 }
 

@@ -223,8 +223,8 @@ fn reply(
 pub(crate) fn serve(
     client: redis::Client,
     hostname: String,
-    revoke: impl Fn(&[String], bool),
-    stop: impl Fn() -> bool,
+    revoke: &dyn Fn(&[String], bool),
+    stop: &dyn Fn() -> bool,
     subscribed: std::sync::mpsc::Sender<()>,
 ) {
     let db = client.get_connection_info().redis.db;
@@ -260,7 +260,7 @@ pub(crate) fn serve(
             if !req.is_for(&hostname) {
                 continue;
             }
-            let Some(answer) = req.answer(&revoke) else {
+            let Some(answer) = req.answer(revoke) else {
                 continue;
             };
             clock += 1;

@@ -28,6 +28,7 @@ mod client;
 pub mod control;
 pub mod protocol;
 pub mod redis;
+mod transport;
 mod worker;
 
 pub use client::{AsyncResult, Client, SendOptions};
@@ -50,6 +51,9 @@ pub enum Error {
     Task(TaskResult),
     /// A thread could not be started.
     Io(std::io::Error),
+    /// A setting that cannot work (a broker URL of an unknown kind, an AMQP broker without
+    /// a result backend, ...).
+    Config(String),
 }
 
 impl fmt::Display for Error {
@@ -67,6 +71,7 @@ impl fmt::Display for Error {
             }) => write!(f, "task failed: {exc_type}: {exc_message}"),
             Error::Task(r) => write!(f, "task ended {}", r.status()),
             Error::Io(e) => write!(f, "{e}"),
+            Error::Config(e) => write!(f, "configuration: {e}"),
         }
     }
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::{Commands, Connection, RedisResult};
 use serde_json::{json, Value};
 
-use super::protocol::{TaskMessage, TaskResult};
+use super::protocol::{ProtocolError, TaskMessage, TaskResult};
+use super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
+use super::Error;
 
 /// kombu's separator between a queue's name and its priority step.
 pub const PRIORITY_SEP: &str = "\x06\x16";
@@ -187,7 +189,7 @@ return out
 
 /// Refreshes the `unacked_index` score of each of `tags` still there (`ZADD XX`): the
 /// heartbeat of a live worker's held messages.
-pub fn heartbeat(conn: &mut Connection, tags: &[String]) -> RedisResult<()> {
+pub fn heartbeat<S: AsRef<str>>(conn: &mut Connection, tags: &[S]) -> RedisResult<()> {
     if tags.is_empty() {
         return Ok(());
     }
@@ -195,7 +197,7 @@ pub fn heartbeat(conn: &mut Connection, tags: &[String]) -> RedisResult<()> {
     let mut cmd = redis::cmd("ZADD");
     cmd.arg(UNACKED_INDEX).arg("XX");
     for tag in tags {
-        cmd.arg(now).arg(tag);
+        cmd.arg(now).arg(tag.as_ref());
     }
     cmd.query(conn)
 }
@@ -261,10 +263,7 @@ fn store_and_ack(
         .publish(key, meta)
         .ignore();
     if let Some(tag) = tag {
-        pipe.zrem(UNACKED_INDEX, tag)
-            .ignore()
-            .hdel(UNACKED, tag)
-            .ignore();
+        add_ack(pipe, tag);
     }
 }
 
@@ -277,20 +276,32 @@ pub fn dead_letter(
     reason: &str,
     tag: Option<&str>,
 ) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    add_dead_letter(&mut pipe, queue, raw, reason);
+    if let Some(tag) = tag {
+        add_ack(&mut pipe, tag);
+    }
+    pipe.query(conn)
+}
+
+/// Adds to `pipe` the dead-letter record (`LPUSH weft.dead_letter` of JSON `{"reason",
+/// "queue", "message"}`).
+pub fn add_dead_letter(pipe: &mut redis::Pipeline, queue: &str, raw: &[u8], reason: &str) {
     let entry = json!({
         "reason": reason,
         "queue": queue,
         "message": String::from_utf8_lossy(raw),
     });
-    let mut pipe = redis::pipe();
-    pipe.atomic().lpush(DEAD_LETTER, entry.to_string()).ignore();
-    if let Some(tag) = tag {
-        pipe.zrem(UNACKED_INDEX, tag)
-            .ignore()
-            .hdel(UNACKED, tag)
-            .ignore();
-    }
-    pipe.query(conn)
+    pipe.lpush(DEAD_LETTER, entry.to_string()).ignore();
+}
+
+/// Adds to `pipe` the acknowledgement of `tag` (`ZREM unacked_index; HDEL unacked`).
+pub fn add_ack(pipe: &mut redis::Pipeline, tag: &str) {
+    pipe.zrem(UNACKED_INDEX, tag)
+        .ignore()
+        .hdel(UNACKED, tag)
+        .ignore();
 }
 
 /// How often a consumer looks at its lists when the server cannot wake it (Redis before
@@ -520,4 +531,253 @@ pub fn restore_visible(conn: &mut Connection, visibility_timeout: Duration) -> R
     );
     let _: i64 = release.key(UNACKED_MUTEX).arg(&token).invoke(conn)?;
     swept
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker's and the client's transport over Redis
+// ---------------------------------------------------------------------------------------
+
+/// A [`Worker`](super::Worker)'s transport over Redis: kombu's layout, acks emulated with
+/// `unacked`, a heartbeat of held messages and the restore sweep.
+#[derive(Clone)]
+pub(crate) struct RedisTransport {
+    pub client: redis::Client,
+    pub visibility_timeout: Duration,
+    pub restore_interval: Duration,
+    pub result_expires: Duration,
+}
+
+/// The consumer side: pops with [`pop_and_record`], waits on a [`Wake`] moved by a
+/// tracking thread it owns.
+pub(crate) struct RedisConsumer {
+    conn: Connection,
+    keys: Vec<String>,
+    key_queues: Vec<String>,
+    wake: std::sync::Arc<Wake>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tracker: Option<std::thread::JoinHandle<()>>,
+    visibility_timeout: Duration,
+    restore_interval: Duration,
+    last_sweep: std::time::Instant,
+}
+
+impl Drop for RedisConsumer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.tracker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one popped list entry: the task, or why not, and its delivery tag.
+fn incoming(list: &str, raw: Vec<u8>) -> Incoming<String> {
+    let queue = queue_of_list(list).to_owned();
+    let envelope: Result<Value, ProtocolError> =
+        serde_json::from_slice(&raw).map_err(|e| ProtocolError::Json(e.to_string()));
+    let field = |ptr: &str| {
+        envelope
+            .as_ref()
+            .ok()
+            .and_then(|v| v.pointer(ptr)?.as_str().map(str::to_owned))
+    };
+    // Recorded unacknowledged by the pop when it has a delivery tag.
+    let tag = field("/properties/delivery_tag").filter(|t| !t.is_empty());
+    let message = match envelope.as_ref().map_err(Clone::clone) {
+        Ok(env) => TaskMessage::from_envelope(env),
+        Err(e) => Err(e),
+    };
+    let message = match message {
+        Ok(m) => Ok(m),
+        Err(error) => Err(Refused {
+            error,
+            id: field("/headers/id"),
+            raw,
+        }),
+    };
+    Incoming {
+        queue,
+        message,
+        tag,
+    }
+}
+
+impl Consume for RedisConsumer {
+    type Tag = String;
+
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<String>>, Error> {
+        let seen = self.wake.generation();
+        let batch = pop_and_record(&mut self.conn, &self.keys, &self.key_queues, max)?;
+        if batch.is_empty() {
+            self.wake.wait(seen, wait);
+        }
+        Ok(batch
+            .into_iter()
+            .map(|(list, raw)| incoming(&list, raw))
+            .collect())
+    }
+
+    /// A third of the visibility timeout, between 50 ms and 1 s (at most every second:
+    /// other workers may sweep with a shorter visibility timeout).
+    fn upkeep_interval(&self) -> Duration {
+        (self.visibility_timeout / 3).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// The heartbeat of held messages (so that no sweep restores a message whose worker
+    /// is alive), and the restore sweep every `restore_interval`.
+    fn upkeep(&mut self, held: &[&String]) {
+        let _ = heartbeat(&mut self.conn, held);
+        if self.last_sweep.elapsed() >= self.restore_interval {
+            self.last_sweep = std::time::Instant::now();
+            let _ = restore_visible(&mut self.conn, self.visibility_timeout);
+        }
+    }
+}
+
+/// The settling side: every batch in one `MULTI`.
+pub(crate) struct RedisSettler {
+    conn: Connection,
+    expires: Duration,
+}
+
+impl Settle for RedisSettler {
+    type Tag = String;
+
+    fn settle(&mut self, batch: Vec<Settlement<String>>) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let expires = self.expires;
+        for s in &batch {
+            match s {
+                Settlement::Ack(tag) => add_ack(&mut pipe, tag),
+                Settlement::Result { id, result, tag } => {
+                    add_finish(&mut pipe, id, result, expires, tag.as_deref())
+                }
+                Settlement::Retry { next, reason, tag } => {
+                    add_retry(&mut pipe, next, reason, expires, tag.as_deref())
+                }
+                Settlement::Refuse {
+                    queue,
+                    raw,
+                    reason,
+                    result,
+                    tag,
+                } => {
+                    add_dead_letter(&mut pipe, queue, raw, reason);
+                    if let Some((id, result)) = result {
+                        add_finish(&mut pipe, id, result, expires, None);
+                    }
+                    if let Some(tag) = tag {
+                        add_ack(&mut pipe, tag);
+                    }
+                }
+                Settlement::Republish { message, tag } => {
+                    pipe.lpush(
+                        queue_for_priority(&message.routing_key, message.priority),
+                        message.encode(),
+                    )
+                    .ignore();
+                    add_ack(&mut pipe, tag);
+                }
+            }
+        }
+        // Retried a few times: what is not written stays unacknowledged, to be restored
+        // and run again (at-least-once).
+        for i in 0..3 {
+            if pipe.query::<()>(&mut self.conn).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100 << i));
+        }
+    }
+
+    fn requeue(&mut self, tags: Vec<String>) -> usize {
+        tags.iter()
+            .filter(|t| restore_by_tag(&mut self.conn, t).unwrap_or(false))
+            .count()
+    }
+}
+
+impl Transport for RedisTransport {
+    type Tag = String;
+    type Consumer = RedisConsumer;
+    type Settler = RedisSettler;
+
+    fn open(&self, queues: &[String], _prefetch: usize) -> Result<(RedisConsumer, RedisSettler), Error> {
+        let mut conn = self.client.get_connection()?;
+        let _: () = redis::cmd("PING").query(&mut conn)?;
+        let settle_conn = self.client.get_connection()?;
+        let keys = consume_keys(queues);
+        let wake = std::sync::Arc::new(Wake::new());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tracker = {
+            let (client, keys, wake, stop) =
+                (self.client.clone(), keys.clone(), wake.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("weft-celery-track".into())
+                .spawn(move || {
+                    track(&client, &keys, &wake, || {
+                        stop.load(std::sync::atomic::Ordering::Acquire)
+                    })
+                })?
+        };
+        Ok((
+            RedisConsumer {
+                conn,
+                key_queues: keys.iter().map(|k| queue_of_list(k).to_owned()).collect(),
+                keys,
+                wake,
+                stop,
+                tracker: Some(tracker),
+                visibility_timeout: self.visibility_timeout,
+                restore_interval: self.restore_interval,
+                last_sweep: std::time::Instant::now(),
+            },
+            RedisSettler {
+                conn: settle_conn,
+                expires: self.result_expires,
+            },
+        ))
+    }
+
+    fn serve_control(
+        self,
+        hostname: String,
+        revoke: &dyn Fn(&[String], bool),
+        stop: &dyn Fn() -> bool,
+        ready: std::sync::mpsc::Sender<()>,
+    ) {
+        super::control::serve(self.client, hostname, revoke, stop, ready);
+    }
+}
+
+/// The client's side: `LPUSH` on the queue's list for the message's priority.
+pub(crate) struct RedisPublisher {
+    client: redis::Client,
+    conn: parking_lot::Mutex<Option<Connection>>,
+}
+
+impl RedisPublisher {
+    /// Connects now.
+    pub fn new(client: redis::Client) -> Result<RedisPublisher, Error> {
+        let conn = client.get_connection()?;
+        Ok(RedisPublisher {
+            client,
+            conn: parking_lot::Mutex::new(Some(conn)),
+        })
+    }
+}
+
+impl Publish for RedisPublisher {
+    fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
+        let mut slot = self.conn.lock();
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => self.client.get_connection()?,
+        };
+        publish(&mut conn, msg)?;
+        // Kept only after a success: a broken connection is replaced next time.
+        *slot = Some(conn);
+        Ok(())
+    }
 }

@@ -1,0 +1,142 @@
+//! The transport under the protocol layer: what a [`Worker`](super::Worker) needs from a
+//! broker, so that one worker (and one [`Client`](super::Client)) runs over Redis
+//! ([`redis`](super::redis)) and over AMQP ([`amqp`](super::amqp), feature `amqp`).
+//!
+//! A transport takes messages ([`Consume::fetch`]) on the worker's consumer thread and
+//! settles them ([`Settle`], in batches) on its finisher thread: results go to the result
+//! backend (Celery's Redis backend for both transports), and each message is acknowledged,
+//! re-sent (Celery's retry), dead-lettered or put back. What the message means, how a task
+//! runs, prefetch, ETA, revoke and shutdown are the worker's, shared by both.
+
+use std::time::Duration;
+
+use super::protocol::{ProtocolError, TaskMessage, TaskResult};
+use super::Error;
+
+/// A message taken from a queue.
+pub(crate) struct Incoming<T> {
+    /// The queue it was taken from (its lane).
+    pub queue: String,
+    /// The task, or why it cannot be one.
+    pub message: Result<TaskMessage, Refused>,
+    /// What acknowledges it; `None` when there is nothing to acknowledge.
+    pub tag: Option<T>,
+}
+
+/// A message that is not a task weft can run.
+pub(crate) struct Refused {
+    pub error: ProtocolError,
+    /// Its bytes, for the dead-letter record.
+    pub raw: Vec<u8>,
+    /// Its task id, when that much could be read (a `FAILURE` is written for it).
+    pub id: Option<String>,
+}
+
+/// One thing the finisher writes.
+pub(crate) enum Settlement<T> {
+    /// Acknowledge now (acks early: the task is starting).
+    Ack(T),
+    /// The task's final result, and the acknowledgement if it is still held.
+    Result {
+        id: String,
+        result: TaskResult,
+        tag: Option<T>,
+    },
+    /// Celery's retry: send `next`, record `RETRY` with `reason`, acknowledge.
+    Retry {
+        next: TaskMessage,
+        reason: String,
+        tag: Option<T>,
+    },
+    /// A message refused unread: to the dead-letter place with the reason, a `FAILURE` for
+    /// its id if known, acknowledged.
+    Refuse {
+        queue: String,
+        raw: Vec<u8>,
+        reason: String,
+        result: Option<(String, TaskResult)>,
+        tag: Option<T>,
+    },
+    /// Send the message of a held delivery again and acknowledge the old one (an ETA
+    /// task held as long as the broker allows, see [`Consume::hold_limit`]).
+    Republish { message: TaskMessage, tag: T },
+}
+
+/// The consumer side of a transport (the worker's consumer thread).
+pub(crate) trait Consume: Send + 'static {
+    /// What acknowledges a message.
+    type Tag: Send + 'static;
+
+    /// Takes up to `max` messages, waiting at most `wait` for the first (an empty batch
+    /// when none came).
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<Self::Tag>>, Error>;
+
+    /// How often [`upkeep`](Self::upkeep) must run.
+    fn upkeep_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// Periodic care of the messages held (`held`: every one taken and not settled).
+    fn upkeep(&mut self, _held: &[&Self::Tag]) {}
+
+    /// The broker-side bound on messages held unacknowledged (AMQP's `basic.qos`): the
+    /// worker raises it by one per task waiting for its ETA, as Celery does, so that ETA
+    /// tasks never stop delivery.
+    fn set_prefetch(&mut self, _n: usize) {}
+
+    /// How long the broker lets a message stay unacknowledged (RabbitMQ's
+    /// `consumer_timeout`); `None` when there is no such limit (Redis, whose held messages
+    /// are kept alive by [`upkeep`](Self::upkeep)).
+    fn hold_limit(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The settling side of a transport (the worker's finisher thread).
+pub(crate) trait Settle: Send + 'static {
+    /// What acknowledges a message.
+    type Tag: Send + 'static;
+
+    /// Writes `batch` in order: every result before any acknowledgement of its message.
+    /// Failures are retried here as far as they safely can be; what is left unsettled is
+    /// delivered again (at-least-once).
+    fn settle(&mut self, batch: Vec<Settlement<Self::Tag>>);
+
+    /// Puts held messages back on their queues (shutdown); returns how many.
+    fn requeue(&mut self, tags: Vec<Self::Tag>) -> usize;
+}
+
+/// A broker a worker can run on: opens its consumer and settler, and serves remote control.
+pub(crate) trait Transport: Clone + Send + 'static {
+    /// What acknowledges a message.
+    type Tag: Send + 'static;
+    /// The consumer side.
+    type Consumer: Consume<Tag = Self::Tag>;
+    /// The settling side.
+    type Settler: Settle<Tag = Self::Tag>;
+
+    /// Connects a worker consuming `queues` (highest lane first) holding at most
+    /// `prefetch` messages.
+    fn open(&self, queues: &[String], prefetch: usize)
+        -> Result<(Self::Consumer, Self::Settler), Error>;
+
+    /// Serves Celery's remote control for the worker `hostname` until `stop()`: `ping`,
+    /// and `revoke` (ids and `terminate`, handed to `revoke`). Sends on `ready` once
+    /// requests are being received.
+    fn serve_control(
+        self,
+        hostname: String,
+        revoke: &dyn Fn(&[String], bool),
+        stop: &dyn Fn() -> bool,
+        ready: std::sync::mpsc::Sender<()>,
+    );
+}
+
+/// Sends task messages (the [`Client`](super::Client)'s side of a transport).
+pub(crate) trait Publish: Send + Sync {
+    /// Sends `msg` to its queue (`msg.routing_key`).
+    fn publish(&self, msg: &TaskMessage) -> Result<(), Error>;
+
+    /// The `x-max-priority` of the queues this publisher declares (AMQP only).
+    fn set_max_priority(&mut self, _n: u8) {}
+}
