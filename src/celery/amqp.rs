@@ -413,6 +413,60 @@ impl Broker {
         self.publish(&msg.exchange, &msg.routing_key, &body, props)
     }
 
+    /// Publishes every one of `msgs` (as [`publish_task`](Self::publish_task)), then waits
+    /// for all their publisher confirms: one wait for the batch instead of one per message.
+    pub fn publish_tasks(&self, msgs: &[TaskMessage]) -> Result<(), Error> {
+        let confirms = self.block_on(async {
+            let mut confirms = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                let (body, props) = encode_task(msg);
+                confirms.push(
+                    self.channel
+                        .basic_publish(
+                            msg.exchange.as_str().into(),
+                            msg.routing_key.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props,
+                        )
+                        .await?,
+                );
+            }
+            let mut nacked = 0;
+            for c in confirms {
+                if c.await?.is_nack() {
+                    nacked += 1;
+                }
+            }
+            Ok::<_, lapin::Error>(nacked)
+        })?;
+        if confirms > 0 {
+            return Err(refused("the broker refused messages (publisher nack)"));
+        }
+        Ok(())
+    }
+
+    /// How many messages wait in `queue`, ready for delivery (not counting those
+    /// delivered and not yet acknowledged): a passive `queue.declare`.
+    pub fn queue_len(&self, queue: &str) -> Result<u32, Error> {
+        let q = self.block_on(async {
+            let channel = self.conn.create_channel().await?;
+            let q = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "bye".into()).await;
+            Ok::<_, lapin::Error>(q)
+        })?;
+        Ok(q.message_count())
+    }
+
     /// Starts consuming `queue` on a channel of its own that holds at most `prefetch`
     /// unacknowledged deliveries (`basic.qos`; 0 means no bound).
     pub fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, Error> {
@@ -910,7 +964,6 @@ impl Pidbox {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------
 // The worker's and the client's transport over AMQP
 // ---------------------------------------------------------------------------------------
@@ -1061,11 +1114,15 @@ impl Settle for AmqpSettler {
                         let _ = d.ack();
                     }
                 }
-                Settlement::Retry { next, tag: None, .. } if written => {
+                Settlement::Retry {
+                    next, tag: None, ..
+                } if written => {
                     let _ = self.broker.publish_task(&next);
                 }
                 Settlement::Refuse {
-                    reason, tag: Some(d), ..
+                    reason,
+                    tag: Some(d),
+                    ..
                 } => {
                     let _ = self.broker.dead_letter(&d, &reason);
                 }
@@ -1089,7 +1146,11 @@ impl Transport for AmqpTransport {
     type Consumer = AmqpConsumer;
     type Settler = AmqpSettler;
 
-    fn open(&self, queues: &[String], prefetch: usize) -> Result<(AmqpConsumer, AmqpSettler), Error> {
+    fn open(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
         let mut backend = self.backend.get_connection()?;
         let _: () = redis::cmd("PING").query(&mut backend)?;
         let broker = Broker::connect(&self.url)?;

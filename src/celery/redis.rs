@@ -703,7 +703,11 @@ impl Transport for RedisTransport {
     type Consumer = RedisConsumer;
     type Settler = RedisSettler;
 
-    fn open(&self, queues: &[String], _prefetch: usize) -> Result<(RedisConsumer, RedisSettler), Error> {
+    fn open(
+        &self,
+        queues: &[String],
+        _prefetch: usize,
+    ) -> Result<(RedisConsumer, RedisSettler), Error> {
         let mut conn = self.client.get_connection()?;
         let _: () = redis::cmd("PING").query(&mut conn)?;
         let settle_conn = self.client.get_connection()?;
@@ -711,8 +715,12 @@ impl Transport for RedisTransport {
         let wake = std::sync::Arc::new(Wake::new());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tracker = {
-            let (client, keys, wake, stop) =
-                (self.client.clone(), keys.clone(), wake.clone(), stop.clone());
+            let (client, keys, wake, stop) = (
+                self.client.clone(),
+                keys.clone(),
+                wake.clone(),
+                stop.clone(),
+            );
             std::thread::Builder::new()
                 .name("weft-celery-track".into())
                 .spawn(move || {

@@ -117,8 +117,11 @@ pub(crate) trait Transport: Clone + Send + 'static {
 
     /// Connects a worker consuming `queues` (highest lane first) holding at most
     /// `prefetch` messages.
-    fn open(&self, queues: &[String], prefetch: usize)
-        -> Result<(Self::Consumer, Self::Settler), Error>;
+    fn open(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<(Self::Consumer, Self::Settler), Error>;
 
     /// Serves Celery's remote control for the worker `hostname` until `stop()`: `ping`,
     /// and `revoke` (ids and `terminate`, handed to `revoke`). Sends on `ready` once

@@ -327,9 +327,7 @@ impl Worker {
             };
             thread::Builder::new()
                 .name("weft-celery-consume".into())
-                .spawn(move || {
-                    consume(consumer, cfg, pool, shared, held, done_tx, parked_tx)
-                })?
+                .spawn(move || consume(consumer, cfg, pool, shared, held, done_tx, parked_tx))?
         };
         Ok(RunningWorker {
             pool,
@@ -378,9 +376,7 @@ impl RunningWorker {
         self.pool.shutdown();
         // Every sender of `Done` is gone: the finisher drains, puts back what is still
         // held, and ends.
-        self.finisher
-            .take()
-            .map_or(0, |f| f.join().unwrap_or(0))
+        self.finisher.take().map_or(0, |f| f.join().unwrap_or(0))
     }
 }
 
@@ -545,7 +541,15 @@ fn consume<C: Consume>(
                 held.lock().insert(next_key, tag);
                 next_key
             });
-            take(&cfg, &pool, &shared, &done, incoming.queue, incoming.message, key);
+            take(
+                &cfg,
+                &pool,
+                &shared,
+                &done,
+                incoming.queue,
+                incoming.message,
+                key,
+            );
         }
     }
     // Kept open until the finisher has settled and put back what it holds (on AMQP,
@@ -577,7 +581,9 @@ fn upkeep<C: Consume>(
         .map(|(id, _)| id.clone())
         .collect();
     for id in due {
-        let Some(task) = live.remove(&id) else { continue };
+        let Some(task) = live.remove(&id) else {
+            continue;
+        };
         // Only a task that has not started is sent again (`cancel` says so).
         if task.started.load(Ordering::SeqCst) || !task.handle.cancel() {
             live.insert(id, task);
@@ -618,9 +624,7 @@ fn take(
     let msg = match message {
         Ok(m) => m,
         Err(refused) => {
-            let result = refused
-                .id
-                .map(|id| (id, refusal_result(&refused.error)));
+            let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
             let _ = done.send(Done::Refuse {
                 queue,
                 raw: refused.raw,
@@ -712,11 +716,18 @@ fn take(
             eta_waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let id = msg.id.clone();
-        if revoked.contains(&id) {
+        // Revoked meanwhile, or expired while it waited for its ETA: not run.
+        let expired = msg
+            .expires
+            .as_deref()
+            .and_then(parse_iso8601)
+            .is_some_and(|exp| exp <= SystemTime::now());
+        if expired || revoked.contains(&id) {
+            let why = if expired { "expired" } else { "revoked" };
             let _ = tx.send(Done::End {
                 id,
                 key,
-                result: TaskResult::Revoked("revoked".into()),
+                result: TaskResult::Revoked(why.into()),
                 counted,
                 retry: None,
             });
@@ -736,14 +747,12 @@ fn take(
                 TaskResult::Revoked("terminated".into())
             }
             // A run that ended past its time limit fails, whatever it returned.
-            Ok(_) if crate::checkpoint().is_err_and(|c| c.is_time_limit()) => {
-                TaskResult::Failure {
-                    exc_type: "TimeLimitExceeded".into(),
-                    exc_module: "celery.exceptions".into(),
-                    exc_message: "time limit exceeded".into(),
-                    traceback: None,
-                }
-            }
+            Ok(_) if crate::checkpoint().is_err_and(|c| c.is_time_limit()) => TaskResult::Failure {
+                exc_type: "TimeLimitExceeded".into(),
+                exc_module: "celery.exceptions".into(),
+                exc_message: "time limit exceeded".into(),
+                traceback: None,
+            },
             Ok(Ok(v)) => TaskResult::Success(v),
             Ok(Err(e)) => TaskResult::error(e),
             Err(p) => TaskResult::error(
@@ -866,8 +875,9 @@ fn finisher<S: Settle>(
                         result,
                         tag: tag(key),
                     }),
-                    Done::Republish { message, key } => tag(Some(key))
-                        .map(|tag| Settlement::Republish { message, tag }),
+                    Done::Republish { message, key } => {
+                        tag(Some(key)).map(|tag| Settlement::Republish { message, tag })
+                    }
                 })
                 .collect()
         };
