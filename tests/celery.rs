@@ -105,15 +105,10 @@ impl Env {
         pipe.query::<()>(&mut self.redis()).unwrap();
     }
 
-    /// A Python Celery worker (`pytasks.py`) consuming `q`, under a name of its own (on
-    /// RabbitMQ a worker's pidbox queue is exclusive to its name).
-    fn python_worker(
-        &self,
-        py: &str,
-        q: &str,
-        pool: &[&str],
-        extra_env: &[(&str, &str)],
-    ) -> Killed {
+    /// The command of a Python Celery worker (`pytasks.py`, `pool` e.g. `--pool solo`)
+    /// consuming `q` under a name of its own (on RabbitMQ a worker's pidbox queue is
+    /// exclusive to its name), output discarded.
+    fn python_worker(&self, py: &str, q: &str, pool: &[&str]) -> Command {
         let mut cmd = Command::new(py);
         cmd.args(["-m", "celery", "-A", "pytasks", "worker"])
             .args(pool)
@@ -129,10 +124,7 @@ impl Env {
             .env("WEFT_CELERY_BROKER", &self.broker)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        Killed(cmd.spawn().unwrap())
+        cmd
     }
 }
 
@@ -697,14 +689,8 @@ fn weft_sends_python_worker_runs_weft_reads() {
         return;
     };
     let q = unique("rs2py");
-    let mut child = Command::new(&py)
-        .args(["-m", "celery", "-A", "pytasks", "worker", "--pool", "solo"])
-        .args(["-Q", q.as_str(), "--without-gossip", "--without-mingle"])
-        .args(["--without-heartbeat", "--loglevel", "WARNING"])
-        .current_dir(fixtures())
-        .env("WEFT_REDIS_URL", &env.backend)
-        .env("WEFT_CELERY_BROKER", &env.broker)
-        .stdout(Stdio::null())
+    let mut child = env
+        .python_worker(&py, &q, &["--pool", "solo"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -1163,22 +1149,12 @@ fn throughput_weft_vs_python_celery() {
     worker.shutdown();
 
     let q = unique("bench-py");
-    let child = Command::new(&py)
-        .args([
-            "-m", "celery", "-A", "pytasks", "worker", "--pool", "prefork",
-        ])
-        .args(["-c", &concurrency.to_string(), "-Q", q.as_str()])
-        .args([
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ])
-        .args(["--loglevel", "WARNING"])
-        .current_dir(fixtures())
-        .env("WEFT_REDIS_URL", &env.backend)
-        .env("WEFT_CELERY_BROKER", &env.broker)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let child = env
+        .python_worker(
+            &py,
+            &q,
+            &["--pool", "prefork", "-c", &concurrency.to_string()],
+        )
         .spawn()
         .unwrap();
     let child = Killed(child);
@@ -1208,16 +1184,9 @@ fn a_python_worker_recovers_a_killed_weft_workers_tasks() {
     let results = send_slow_adds(&client, &q, &runs, n);
     let ran = kill_while_running(&mut conn, &runs, &mut a, &mut rng, 300, 0);
     // Only a Python worker is left on the queue; it restores what the weft worker held.
-    let python = Command::new(&py)
-        .args(["-m", "celery", "-A", "pytasks", "worker", "--pool", "solo"])
-        .args(["-Q", q.as_str(), "--without-gossip", "--without-mingle"])
-        .args(["--without-heartbeat", "--loglevel", "WARNING"])
-        .current_dir(fixtures())
-        .env("WEFT_REDIS_URL", &env.backend)
-        .env("WEFT_CELERY_BROKER", &env.broker)
+    let python = env
+        .python_worker(&py, &q, &["--pool", "solo"])
         .env("WEFT_VISIBILITY_TIMEOUT", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let _python = Killed(python);
@@ -1247,15 +1216,8 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
     };
     let q = unique("kill9-rs");
     let runs = unique("runs");
-    let python = Command::new(&py)
-        .args(["-m", "celery", "-A", "pytasks", "worker", "--pool", "solo"])
-        .args(["-Q", q.as_str(), "--without-gossip", "--without-mingle"])
-        .args(["--without-heartbeat", "--loglevel", "WARNING"])
-        .current_dir(fixtures())
-        .env("WEFT_REDIS_URL", &env.backend)
-        .env("WEFT_CELERY_BROKER", &env.broker)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let python = env
+        .python_worker(&py, &q, &["--pool", "solo"])
         .spawn()
         .unwrap();
     let mut python = Killed(python);
