@@ -159,6 +159,9 @@ struct Xy {
     y: i64,
 }
 
+/// Counts the runs of `tick`.
+static TICKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Set by `spin_until_revoked` once it runs.
 static SPINNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -167,6 +170,9 @@ fn registry() -> Registry {
         .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
         .task("add_kw", |a: Xy| Ok::<_, String>(a.x + a.y))
         .task("ping", |(): ()| Ok::<_, String>("pong"))
+        .task("tick", |(): ()| {
+            Ok::<_, String>(TICKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+        })
         .task("spin_until_revoked", |(): ()| {
             SPINNING.store(true, std::sync::atomic::Ordering::SeqCst);
             while weft::checkpoint().is_ok() {
@@ -575,6 +581,115 @@ fn dead_letters(env: &Env, q: &str, n: usize) -> Vec<String> {
         }
     }
     reasons
+}
+
+/// Tasks waiting for their ETA hold messages but never stop the worker from taking more
+/// (on RabbitMQ the channel's `basic.qos` grows with them, as Celery's does).
+#[test]
+fn eta_tasks_never_stop_delivery() {
+    let Some(env) = env() else { return };
+    let q = unique("eta-prefetch");
+    let worker = env
+        .worker(registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .prefetch(2)
+        .start()
+        .unwrap();
+    let client = env.client();
+    let opts = SendOptions {
+        queue: Some(q.clone()),
+        ..SendOptions::default()
+    };
+    for i in 0..6 {
+        client
+            .send_task(
+                "add",
+                vec![json!(i), json!(0)],
+                no_args(),
+                SendOptions {
+                    countdown: Some(Duration::from_secs(120)),
+                    ..opts.clone()
+                },
+            )
+            .unwrap();
+    }
+    // Behind six ETA tasks, three times the prefetch: still taken and run.
+    let r = client
+        .send_task("add", vec![json!(1), json!(2)], no_args(), opts)
+        .unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(3));
+    // The six were held, not run: put back at shutdown.
+    assert_eq!(worker.shutdown(), 6);
+    assert_eq!(env.queued(&q), 6);
+}
+
+/// RabbitMQ: a task still waiting for its ETA after the hold limit is sent again and its
+/// old delivery acknowledged (so that the broker's consumer_timeout never closes the
+/// channel); it still runs once, at its ETA.
+#[test]
+fn an_eta_task_held_past_the_hold_limit_is_sent_again_and_runs_once() {
+    let Some(env) = env() else { return };
+    if !env.amqp {
+        return; // Redis has no hold limit: its held messages have a heartbeat.
+    }
+    let q = unique("hold-limit");
+    let worker = env
+        .worker(registry())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .amqp_hold_limit(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let before = TICKS.load(std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    let r = env
+        .client()
+        .send_task(
+            "tick",
+            vec![],
+            no_args(),
+            SendOptions {
+                queue: Some(q.clone()),
+                countdown: Some(Duration::from_secs(2)),
+                ..SendOptions::default()
+            },
+        )
+        .unwrap();
+    r.get_value(WAIT).unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        start.elapsed()
+    );
+    // Sent around about six times, run once.
+    assert_eq!(TICKS.load(std::sync::atomic::Ordering::SeqCst) - before, 1);
+    assert_eq!(worker.shutdown(), 0);
+    assert_eq!(env.queued(&q), 0);
+}
+
+/// Settings that cannot work are refused with a clear error before anything connects.
+#[test]
+fn bad_settings_are_clear_errors() {
+    let err = |r: Result<weft::celery::RunningWorker, weft::celery::Error>| match r {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started"),
+    };
+    let e = err(Worker::new("ftp://localhost", Registry::new()).start());
+    assert!(e.contains("unknown broker URL scheme \"ftp\""), "{e}");
+    let e = err(Worker::new("amqp://localhost", Registry::new()).start());
+    assert!(
+        e.contains("Redis result backend") || e.contains("without the feature `amqp`"),
+        "{e}"
+    );
+    let e = err(Worker::new("redis://127.0.0.1:1/0", Registry::new())
+        .backend("redis://127.0.0.1:2/0")
+        .start());
+    assert!(e.contains("its own result backend"), "{e}");
+    match Client::with_backend("ftp://localhost", "redis://127.0.0.1:1/0") {
+        Err(e) => assert!(e.to_string().contains("unknown broker URL scheme"), "{e}"),
+        Ok(_) => panic!("connected"),
+    }
 }
 
 #[test]

@@ -968,11 +968,6 @@ impl Pidbox {
 // The worker's and the client's transport over AMQP
 // ---------------------------------------------------------------------------------------
 
-/// How long a worker holds a delivery unacknowledged before it sends the message again and
-/// acknowledges the old delivery (see [`Worker::amqp_hold_limit`](super::Worker::amqp_hold_limit)):
-/// half of RabbitMQ's default `consumer_timeout` (30 minutes).
-pub const DEFAULT_HOLD_LIMIT: Duration = Duration::from_secs(15 * 60);
-
 /// A [`Worker`](super::Worker)'s transport over AMQP, with results in Celery's Redis
 /// result backend.
 #[derive(Clone)]
@@ -984,11 +979,31 @@ pub(crate) struct AmqpTransport {
     pub hold_limit: Duration,
 }
 
-/// The consumer side: one channel consuming every queue.
+/// The consumer side: one channel consuming every queue, on a connection of its own;
+/// reconnects after the connection or the channel failed (its unsettled deliveries are
+/// then redelivered by the broker).
 pub(crate) struct AmqpConsumer {
-    consumer: Consumer,
+    url: String,
+    queues: Vec<String>,
+    max_priority: Option<u8>,
+    /// The connection and its consumer; `None` after a failure, until the next fetch.
+    live: Option<(Broker, Consumer)>,
     hold_limit: Duration,
     prefetch: usize,
+}
+
+impl AmqpConsumer {
+    fn connect(&self) -> Result<(Broker, Consumer), Error> {
+        let broker = Broker::connect(&self.url)?;
+        for q in &self.queues {
+            broker.declare_queue(q, self.max_priority)?;
+        }
+        let consumer = broker.consume_queues(
+            &self.queues,
+            u16::try_from(self.prefetch).unwrap_or(u16::MAX),
+        )?;
+        Ok((broker, consumer))
+    }
 }
 
 /// What a delivery holds for the worker.
@@ -1014,12 +1029,23 @@ impl Consume for AmqpConsumer {
     type Tag = Delivery;
 
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<Delivery>>, Error> {
+        if self.live.is_none() {
+            self.live = Some(self.connect()?);
+        }
+        let Some((_, consumer)) = self.live.as_mut() else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         let mut wait = wait;
         while out.len() < max {
-            match self.consumer.next(wait)? {
-                Some(d) => out.push(incoming(d)),
-                None => break,
+            match consumer.next(wait) {
+                Ok(Some(d)) => out.push(incoming(d)),
+                Ok(None) => break,
+                Err(e) if out.is_empty() => {
+                    self.live = None;
+                    return Err(e);
+                }
+                Err(_) => break, // the next fetch sees it again
             }
             // The rest only if they are here already.
             wait = Duration::ZERO;
@@ -1030,9 +1056,9 @@ impl Consume for AmqpConsumer {
     fn set_prefetch(&mut self, n: usize) {
         if n != self.prefetch {
             self.prefetch = n;
-            let _ = self
-                .consumer
-                .set_prefetch(u16::try_from(n).unwrap_or(u16::MAX));
+            if let Some((_, consumer)) = &self.live {
+                let _ = consumer.set_prefetch(u16::try_from(n).unwrap_or(u16::MAX));
+            }
         }
     }
 
@@ -1044,6 +1070,7 @@ impl Consume for AmqpConsumer {
 /// The settling side: results in one Redis transaction per batch, then each delivery
 /// settled on its channel.
 pub(crate) struct AmqpSettler {
+    url: String,
     broker: Broker,
     backend: redis::Client,
     conn: Option<redis::Connection>,
@@ -1051,6 +1078,24 @@ pub(crate) struct AmqpSettler {
 }
 
 impl AmqpSettler {
+    /// Publishes `msg` (confirmed), on a new connection if the current one failed.
+    fn publish(&mut self, msg: &TaskMessage) -> Result<(), Error> {
+        if self.broker.publish_task(msg).is_ok() {
+            return Ok(());
+        }
+        self.broker = Broker::connect(&self.url)?;
+        self.broker.publish_task(msg)
+    }
+
+    /// Dead-letters `d` (then acks it), on a new connection if the current one failed.
+    fn dead_letter(&mut self, d: &Delivery, reason: &str) -> Result<(), Error> {
+        if self.broker.dead_letter(d, reason).is_ok() {
+            return Ok(());
+        }
+        self.broker = Broker::connect(&self.url)?;
+        self.broker.dead_letter(d, reason)
+    }
+
     /// Writes the batch's results; true once Redis took them.
     fn write_results(&mut self, batch: &[Settlement<Delivery>]) -> bool {
         let mut pipe = redis::pipe();
@@ -1096,7 +1141,8 @@ impl Settle for AmqpSettler {
 
     fn settle(&mut self, batch: Vec<Settlement<Delivery>>) {
         // A result Redis did not take: its delivery is left unsettled, to be delivered
-        // again when the channel closes (at-least-once).
+        // again when the channel closes (at-least-once). A message that could not be
+        // sent on (a retry, a dead letter, an ETA held too long) goes back to its queue.
         let written = self.write_results(&batch);
         for s in batch {
             match s {
@@ -1110,25 +1156,29 @@ impl Settle for AmqpSettler {
                     next, tag: Some(d), ..
                 } if written => {
                     // Sent again (confirmed) before the old one is acknowledged.
-                    if self.broker.publish_task(&next).is_ok() {
+                    if self.publish(&next).is_ok() {
                         let _ = d.ack();
+                    } else {
+                        let _ = d.reject(true);
                     }
                 }
                 Settlement::Retry {
                     next, tag: None, ..
                 } if written => {
-                    let _ = self.broker.publish_task(&next);
+                    let _ = self.publish(&next);
                 }
                 Settlement::Refuse {
                     reason,
                     tag: Some(d),
                     ..
-                } => {
-                    let _ = self.broker.dead_letter(&d, &reason);
+                } if self.dead_letter(&d, &reason).is_err() => {
+                    let _ = d.reject(true);
                 }
                 Settlement::Republish { message, tag } => {
-                    if self.broker.publish_task(&message).is_ok() {
+                    if self.publish(&message).is_ok() {
                         let _ = tag.ack();
+                    } else {
+                        let _ = tag.reject(true);
                     }
                 }
                 _ => {}
@@ -1153,20 +1203,21 @@ impl Transport for AmqpTransport {
     ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
         let mut backend = self.backend.get_connection()?;
         let _: () = redis::cmd("PING").query(&mut backend)?;
-        let broker = Broker::connect(&self.url)?;
-        for q in queues {
-            broker.declare_queue(q, self.max_priority)?;
-        }
-        let consumer =
-            broker.consume_queues(queues, u16::try_from(prefetch).unwrap_or(u16::MAX))?;
+        let mut consumer = AmqpConsumer {
+            url: self.url.clone(),
+            queues: queues.to_vec(),
+            max_priority: self.max_priority,
+            live: None,
+            hold_limit: self.hold_limit,
+            prefetch,
+        };
+        // Connected now, so that a bad URL or a refused declaration fails `start`.
+        consumer.live = Some(consumer.connect()?);
         Ok((
-            AmqpConsumer {
-                consumer,
-                hold_limit: self.hold_limit,
-                prefetch,
-            },
+            consumer,
             AmqpSettler {
-                broker,
+                url: self.url.clone(),
+                broker: Broker::connect(&self.url)?,
                 backend: self.backend.clone(),
                 conn: Some(backend),
                 expires: self.result_expires,

@@ -550,6 +550,7 @@ pub(crate) struct RedisTransport {
 /// The consumer side: pops with [`pop_and_record`], waits on a [`Wake`] moved by a
 /// tracking thread it owns.
 pub(crate) struct RedisConsumer {
+    client: redis::Client,
     conn: Connection,
     keys: Vec<String>,
     key_queues: Vec<String>,
@@ -607,7 +608,16 @@ impl Consume for RedisConsumer {
 
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<String>>, Error> {
         let seen = self.wake.generation();
-        let batch = pop_and_record(&mut self.conn, &self.keys, &self.key_queues, max)?;
+        let batch = match pop_and_record(&mut self.conn, &self.keys, &self.key_queues, max) {
+            Ok(batch) => batch,
+            Err(e) => {
+                // A new connection for the next try (the worker backs off meanwhile).
+                if let Ok(conn) = self.client.get_connection() {
+                    self.conn = conn;
+                }
+                return Err(e.into());
+            }
+        };
         if batch.is_empty() {
             self.wake.wait(seen, wait);
         }
@@ -636,6 +646,7 @@ impl Consume for RedisConsumer {
 
 /// The settling side: every batch in one `MULTI`.
 pub(crate) struct RedisSettler {
+    client: redis::Client,
     conn: Connection,
     expires: Duration,
 }
@@ -688,6 +699,9 @@ impl Settle for RedisSettler {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100 << i));
+            if let Ok(conn) = self.client.get_connection() {
+                self.conn = conn;
+            }
         }
     }
 
@@ -731,6 +745,7 @@ impl Transport for RedisTransport {
         };
         Ok((
             RedisConsumer {
+                client: self.client.clone(),
                 conn,
                 key_queues: keys.iter().map(|k| queue_of_list(k).to_owned()).collect(),
                 keys,
@@ -742,6 +757,7 @@ impl Transport for RedisTransport {
                 last_sweep: std::time::Instant::now(),
             },
             RedisSettler {
+                client: self.client.clone(),
                 conn: settle_conn,
                 expires: self.result_expires,
             },
