@@ -1,7 +1,10 @@
-"""Interop in both directions between Python Celery and weft, on one Redis.
+"""Interop between Python Celery and a weft worker, on Redis (or RabbitMQ plus Redis).
 
 1. Start the weft worker:    cargo run --features redis --example celery_worker
-2. Run this script:          python examples/celery_client.py [redis://127.0.0.1:6379/0]
+2. Run this script:          python examples/celery_client.py [redis://127.0.0.1:6379/0 [BROKER]]
+
+With a second argument (e.g. amqp://guest:guest@127.0.0.1:5672//) that is the broker and the
+first is the result backend; start the worker with the same BROKER_URL and REDIS_URL.
 
 Python sends `add` and `fail` to the default queue `celery`; the weft worker runs them.
 To have weft send tasks that a Python worker runs, see `weft::celery::Client` (and
@@ -12,7 +15,8 @@ import sys
 from celery import Celery
 
 url = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
-app = Celery("client", broker=url, backend=url)
+broker = sys.argv[2] if len(sys.argv) > 2 else url
+app = Celery("client", broker=broker, backend=url)
 
 print("add(2, 3) =", app.send_task("add", args=[2, 3]).get(timeout=10))
 print("urgent add(40, 2) =", app.send_task("add", args=[40, 2], priority=0).get(timeout=10))

@@ -145,6 +145,11 @@
 //! - `service`: `weft::service`, the node-local HTTP+JSON service: a [`Pool`] running
 //!   named tasks (`service::Registry`) behind a Unix socket (or TCP), with a result store, long
 //!   polls, cancellation and Prometheus metrics (axum, tokio, serde).
+//! - `cli`: the `weft` command-line client of a node (adds clap and indicatif to `service`).
+//! - `redis`: `weft::celery`, Celery's protocol v2 over Redis: workers and a client that
+//!   interoperate with Python Celery (redis, serde, base64, uuid).
+//! - `amqp`: the same over RabbitMQ / AMQP 0-9-1, results in Redis (adds lapin, driven by
+//!   its async-global-executor runtime; no tokio).
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -1,6 +1,7 @@
-//! Celery protocol v2 (JSON only) over Redis (feature `redis`): weft workers run tasks
-//! that Python Celery sends, and weft sends tasks that Python Celery workers (or other weft
-//! workers) run.
+//! Celery protocol v2 (JSON only) over Redis (feature `redis`) and over RabbitMQ / AMQP
+//! 0-9-1 (feature `amqp`, with results in Celery's Redis result backend): weft workers run
+//! tasks that Python Celery sends, and weft sends tasks that Python Celery workers (or
+//! other weft workers) run.
 //!
 //! * [`Worker`]: consumes queues, runs the named tasks of a
 //!   [`Registry`](crate::registry::Registry) on a weft [`Pool`](crate::Pool), writes results
@@ -8,15 +9,27 @@
 //! * [`Client`]: [`send_task`](Client::send_task) → an [`AsyncResult`] whose
 //!   [`get`](AsyncResult::get) waits by `SUBSCRIBE`.
 //! * [`control`]: Celery's remote control reaches weft workers: `app.control.ping()` and
-//!   `app.control.revoke(id)` (honoured for tasks not yet started).
-//! * [`protocol`]: the message envelope and result records; [`redis`]: kombu's key layout
-//!   (queues with priority sub-lists, `unacked`, `unacked_index`, `unacked_mutex`).
+//!   `app.control.revoke(id)` (honoured for tasks not yet started; with `terminate=True`,
+//!   a running task is asked to stop).
+//! * [`protocol`]: the message and result records; [`redis`]: kombu's Redis key layout
+//!   (queues with priority sub-lists, `unacked`, `unacked_index`, `unacked_mutex`);
+//!   `amqp` (feature `amqp`): the AMQP wire format, topology and a blocking lapin client.
 //!
-//! Delivery across processes is **at-least-once**: messages are acknowledged after their
-//! result is written, and a message whose worker died is delivered again after the
-//! visibility timeout. Only JSON messages are accepted; pickle is never deserialized.
+//! One worker and one client serve both brokers: a crate-private transport trait sits
+//! under the protocol layer (a consumer that takes messages, a settler that writes results
+//! and acknowledges, remote control), with a Redis and an AMQP implementation. The URL's
+//! scheme (`redis://`, `amqp://`) picks one.
 //!
-//! Python side: `app = Celery(broker=url, backend=url)` with the default JSON serializer;
+//! Delivery is **at-most-once** for a task acknowledged as it starts (Celery's default)
+//! and **at-least-once** with late acknowledgement
+//! ([`TaskOptions::acks_late`](crate::registry::TaskOptions::acks_late)): its message is
+//! acknowledged after its result is written, and a message whose worker died is delivered
+//! again (on Redis after the visibility timeout, on RabbitMQ when the connection drops).
+//! Messages not yet started are never acknowledged early. Only JSON messages are accepted;
+//! pickle is never deserialized.
+//!
+//! Python side: `app = Celery(broker=url, backend=url)` (or `broker="amqp://..."`,
+//! `backend="redis://..."`) with the default JSON serializer;
 //! `app.send_task("add", args=[2, 3]).get()` is answered by a weft worker that registered
 //! `add`.
 
