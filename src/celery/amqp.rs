@@ -282,6 +282,28 @@ pub fn decode_task(
 // The connection
 // ---------------------------------------------------------------------------------------
 
+/// Runs every one of `futs` to completion, concurrently, in one future (so that a batch of
+/// acknowledgements or publishes is handed to lapin at once, not one round trip each).
+fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut left = futs.len();
+    std::future::poll_fn(move |cx| {
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                    *o = Some(v);
+                    left -= 1;
+                }
+            }
+        }
+        if left > 0 {
+            return Poll::Pending;
+        }
+        Poll::Ready(out.iter_mut().filter_map(Option::take).collect())
+    })
+}
+
 /// A blocking connection to RabbitMQ: one AMQP connection with one channel (in publisher
 /// confirm mode) for declarations and publishing; each [`Consumer`] and [`Pidbox`] has a
 /// channel of its own. `Broker` is `Send + Sync`; calls from several threads are
@@ -416,31 +438,30 @@ impl Broker {
     /// Publishes every one of `msgs` (as [`publish_task`](Self::publish_task)), then waits
     /// for all their publisher confirms: one wait for the batch instead of one per message.
     pub fn publish_tasks(&self, msgs: &[TaskMessage]) -> Result<(), Error> {
-        let confirms = self.block_on(async {
+        let encoded: Vec<(Vec<u8>, BasicProperties)> = msgs.iter().map(encode_task).collect();
+        let nacked = self.block_on(async {
+            let sends = msgs.iter().zip(&encoded).map(|(msg, (body, props))| {
+                self.channel.basic_publish(
+                    msg.exchange.as_str().into(),
+                    msg.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props.clone(),
+                )
+            });
             let mut confirms = Vec::with_capacity(msgs.len());
-            for msg in msgs {
-                let (body, props) = encode_task(msg);
-                confirms.push(
-                    self.channel
-                        .basic_publish(
-                            msg.exchange.as_str().into(),
-                            msg.routing_key.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &body,
-                            props,
-                        )
-                        .await?,
-                );
+            for sent in join_all(sends.collect()).await {
+                confirms.push(sent?);
             }
             let mut nacked = 0;
-            for c in confirms {
-                if c.await?.is_nack() {
+            for confirm in join_all(confirms).await {
+                if confirm?.is_nack() {
                     nacked += 1;
                 }
             }
             Ok::<_, lapin::Error>(nacked)
         })?;
-        if confirms > 0 {
+        if nacked > 0 {
             return Err(refused("the broker refused messages (publisher nack)"));
         }
         Ok(())
@@ -804,6 +825,22 @@ impl Delivery {
     }
 }
 
+/// Acknowledges every one of `deliveries` in one go; true if all were acknowledged.
+pub fn ack_all(deliveries: &[Delivery]) -> bool {
+    let Some(first) = deliveries.first() else {
+        return true;
+    };
+    let acks = deliveries
+        .iter()
+        .map(|d| d.inner.acker.ack(BasicAckOptions::default()))
+        .collect();
+    first
+        .rt
+        .block_on(join_all(acks))
+        .iter()
+        .all(|r| matches!(r, Ok(true)))
+}
+
 // ---------------------------------------------------------------------------------------
 // Remote control
 // ---------------------------------------------------------------------------------------
@@ -1144,14 +1181,12 @@ impl Settle for AmqpSettler {
         // again when the channel closes (at-least-once). A message that could not be
         // sent on (a retry, a dead letter, an ETA held too long) goes back to its queue.
         let written = self.write_results(&batch);
+        // Plain acknowledgements, the common case, all at once.
+        let mut acks = Vec::new();
         for s in batch {
             match s {
-                Settlement::Ack(d) => {
-                    let _ = d.ack();
-                }
-                Settlement::Result { tag: Some(d), .. } if written => {
-                    let _ = d.ack();
-                }
+                Settlement::Ack(d) => acks.push(d),
+                Settlement::Result { tag: Some(d), .. } if written => acks.push(d),
                 Settlement::Retry {
                     next, tag: Some(d), ..
                 } if written => {
@@ -1184,6 +1219,7 @@ impl Settle for AmqpSettler {
                 _ => {}
             }
         }
+        ack_all(&acks);
     }
 
     fn requeue(&mut self, tags: Vec<Delivery>) -> usize {
