@@ -75,8 +75,8 @@ impl TaskOptions {
     /// When a Celery worker (feature `redis`) acknowledges this task's messages: `true`
     /// after the task has finished and its result is written (a worker that dies while it
     /// runs leaves the message to be delivered again: at-least-once), `false` as it starts
-    /// (a worker that dies while it runs loses it: at-most-once). Unset, the worker's
-    /// default applies (`Worker::acks_late`, false as in Celery).
+    /// (a worker that dies while it runs loses it). Unset, the worker's default applies
+    /// (`Worker::acks_late`, false as in Celery).
     pub fn acks_late(mut self, late: bool) -> Self {
         self.acks_late = Some(late);
         self

@@ -79,7 +79,7 @@ use serde_json::{json, Map, Number, Value};
 use super::control::{has_expired, Request};
 use super::protocol::{check_content_type, parse_iso8601, CONTENT_TYPE_JSON};
 use super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
-use super::{Error, ProtocolError, TaskMessage};
+use super::{Error, ProtocolError, TaskMessage, TaskResult};
 
 /// The exchange refused messages are published to (durable, fanout).
 pub const DEAD_LETTER_EXCHANGE: &str = "weft.dead_letter";
@@ -282,6 +282,26 @@ pub fn decode_task(
 // The connection
 // ---------------------------------------------------------------------------------------
 
+/// How long a publish waits for the broker's confirm (a broker under a memory or disk
+/// alarm blocks publishers) before it is an error.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fut`'s output, or `None` if it takes longer than `limit`.
+async fn within<F: Future>(rt: &Runtime, limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut sleep = pin!(rt.sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Runs every one of `futs` to completion, concurrently, in one future (so that a batch of
 /// acknowledgements or publishes is handed to lapin at once, not one round trip each).
 fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
@@ -410,7 +430,7 @@ impl Broker {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), Error> {
-        let confirm = self.block_on(async {
+        let confirm = self.block_on(within(&self.rt, CONFIRM_TIMEOUT, async {
             self.channel
                 .basic_publish(
                     exchange.into(),
@@ -421,8 +441,13 @@ impl Broker {
                 )
                 .await?
                 .await
-        })?;
-        if confirm.is_nack() {
+        }));
+        let Some(confirm) = confirm else {
+            return Err(refused(
+                "no publisher confirm within 30 s (is the broker blocked?)",
+            ));
+        };
+        if confirm?.is_nack() {
             return Err(refused("the broker refused the message (publisher nack)"));
         }
         Ok(())
@@ -718,6 +743,20 @@ impl Consumer {
         }
     }
 
+    /// Stops the broker from delivering more (`basic.cancel` of each queue's consumer);
+    /// deliveries already received stay held until settled or until the channel closes.
+    pub fn cancel(&self) -> Result<(), Error> {
+        self.rt.block_on(async {
+            for c in &self.consumers {
+                self.channel
+                    .basic_cancel(c.tag(), lapin::options::BasicCancelOptions::default())
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        })?;
+        Ok(())
+    }
+
     /// Changes the channel's bound on unacknowledged deliveries (`basic.qos`).
     pub fn set_prefetch(&self, prefetch: u16) -> Result<(), Error> {
         self.rt.block_on(
@@ -813,6 +852,16 @@ impl Delivery {
         self.rt
             .block_on(self.inner.acker.reject(BasicRejectOptions { requeue }))?;
         Ok(())
+    }
+
+    /// Puts it back on its queue (`basic.reject` with requeue): `Ok(false)` if it was
+    /// settled already or its channel is gone (the broker then has it back anyway).
+    pub fn requeue(&self) -> Result<bool, Error> {
+        Ok(self.rt.block_on(
+            self.inner
+                .acker
+                .reject(BasicRejectOptions { requeue: true }),
+        )?)
     }
 
     /// Negatively acknowledges it (`basic.nack`, one message), requeued or not.
@@ -1025,6 +1074,8 @@ pub(crate) struct AmqpConsumer {
     max_priority: Option<u8>,
     /// The connection and its consumer; `None` after a failure, until the next fetch.
     live: Option<(Broker, Consumer)>,
+    /// How many times it connected.
+    generation: u64,
     hold_limit: Duration,
     prefetch: usize,
 }
@@ -1068,6 +1119,7 @@ impl Consume for AmqpConsumer {
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<Delivery>>, Error> {
         if self.live.is_none() {
             self.live = Some(self.connect()?);
+            self.generation += 1;
         }
         let Some((_, consumer)) = self.live.as_mut() else {
             return Ok(Vec::new());
@@ -1102,6 +1154,16 @@ impl Consume for AmqpConsumer {
     fn hold_limit(&self) -> Option<Duration> {
         Some(self.hold_limit)
     }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn stop_consuming(&mut self) {
+        if let Some((_, consumer)) = &self.live {
+            let _ = consumer.cancel();
+        }
+    }
 }
 
 /// The settling side: results in one Redis transaction per batch, then each delivery
@@ -1133,33 +1195,21 @@ impl AmqpSettler {
         self.broker.dead_letter(d, reason)
     }
 
-    /// Writes the batch's results; true once Redis took them.
-    fn write_results(&mut self, batch: &[Settlement<Delivery>]) -> bool {
+    /// Writes `results` to the Redis backend in one transaction; true once Redis took
+    /// them (or there were none).
+    fn write_results(&mut self, results: &[(String, TaskResult)]) -> bool {
+        if results.is_empty() {
+            return true;
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut any = false;
-        for s in batch {
-            let (id, result) = match s {
-                Settlement::Result { id, result, .. } => (id.as_str(), result.clone()),
-                Settlement::Retry { next, reason, .. } => {
-                    (next.id.as_str(), super::TaskResult::Retry(reason.clone()))
-                }
-                Settlement::Refuse {
-                    result: Some((id, result)),
-                    ..
-                } => (id.as_str(), result.clone()),
-                _ => continue,
-            };
-            super::redis::add_finish(&mut pipe, id, &result, self.expires, None);
-            any = true;
-        }
-        if !any {
-            return true;
+        for (id, result) in results {
+            super::redis::add_finish(&mut pipe, id, result, self.expires, None);
         }
         for i in 0..3 {
             let conn = match self.conn.take() {
                 Some(c) => Some(c),
-                None => self.backend.get_connection().ok(),
+                None => super::redis::connect(&self.backend).ok(),
             };
             if let Some(mut conn) = conn {
                 if pipe.query::<()>(&mut conn).is_ok() {
@@ -1176,31 +1226,47 @@ impl AmqpSettler {
 impl Settle for AmqpSettler {
     type Tag = Delivery;
 
+    /// Results first (one Redis transaction), then each delivery: acknowledged (all the
+    /// plain ones at once), or, when its result could not be written, put back on its
+    /// queue to run again (at-least-once). A retry or an ETA copy is sent (confirmed)
+    /// before the old delivery is acknowledged; a retry that cannot be sent makes the
+    /// failure final; a dead letter or ETA copy that cannot be sent goes back to its queue.
     fn settle(&mut self, batch: Vec<Settlement<Delivery>>) {
-        // A result Redis did not take: its delivery is left unsettled, to be delivered
-        // again when the channel closes (at-least-once). A message that could not be
-        // sent on (a retry, a dead letter, an ETA held too long) goes back to its queue.
-        let written = self.write_results(&batch);
-        // Plain acknowledgements, the common case, all at once.
+        let results: Vec<(String, TaskResult)> = batch
+            .iter()
+            .filter_map(|s| match s {
+                Settlement::Result { id, result, .. } => Some((id.clone(), result.clone())),
+                Settlement::Retry { next, failure, .. } => {
+                    let reason = match failure {
+                        TaskResult::Failure { exc_message, .. } => exc_message.clone(),
+                        _ => String::new(),
+                    };
+                    Some((next.id.clone(), TaskResult::Retry(reason)))
+                }
+                Settlement::Refuse {
+                    result: Some(r), ..
+                } => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let written = self.write_results(&results);
         let mut acks = Vec::new();
+        let mut final_failures = Vec::new();
         for s in batch {
             match s {
                 Settlement::Ack(d) => acks.push(d),
                 Settlement::Result { tag: Some(d), .. } if written => acks.push(d),
-                Settlement::Retry {
-                    next, tag: Some(d), ..
-                } if written => {
-                    // Sent again (confirmed) before the old one is acknowledged.
-                    if self.publish(&next).is_ok() {
-                        let _ = d.ack();
-                    } else {
-                        let _ = d.reject(true);
-                    }
+                Settlement::Result { tag: Some(d), .. } => {
+                    let _ = d.reject(true);
                 }
-                Settlement::Retry {
-                    next, tag: None, ..
-                } if written => {
-                    let _ = self.publish(&next);
+                Settlement::Retry { tag: Some(d), .. } if !written => {
+                    let _ = d.reject(true);
+                }
+                Settlement::Retry { next, failure, tag } => {
+                    if self.publish(&next).is_err() {
+                        final_failures.push((next.id.clone(), failure));
+                    }
+                    acks.extend(tag);
                 }
                 Settlement::Refuse {
                     reason,
@@ -1211,7 +1277,7 @@ impl Settle for AmqpSettler {
                 }
                 Settlement::Republish { message, tag } => {
                     if self.publish(&message).is_ok() {
-                        let _ = tag.ack();
+                        acks.push(tag);
                     } else {
                         let _ = tag.reject(true);
                     }
@@ -1219,11 +1285,14 @@ impl Settle for AmqpSettler {
                 _ => {}
             }
         }
+        let _ = self.write_results(&final_failures);
         ack_all(&acks);
     }
 
     fn requeue(&mut self, tags: Vec<Delivery>) -> usize {
-        tags.iter().filter(|d| d.reject(true).is_ok()).count()
+        tags.iter()
+            .filter(|d| matches!(d.requeue(), Ok(true)))
+            .count()
     }
 }
 
@@ -1237,13 +1306,14 @@ impl Transport for AmqpTransport {
         queues: &[String],
         prefetch: usize,
     ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
-        let mut backend = self.backend.get_connection()?;
+        let mut backend = super::redis::connect(&self.backend)?;
         let _: () = redis::cmd("PING").query(&mut backend)?;
         let mut consumer = AmqpConsumer {
             url: self.url.clone(),
             queues: queues.to_vec(),
             max_priority: self.max_priority,
             live: None,
+            generation: 1,
             hold_limit: self.hold_limit,
             prefetch,
         };
@@ -1293,7 +1363,8 @@ impl Transport for AmqpTransport {
 /// producer does: a message routed to a queue that does not exist would be dropped), then
 /// publishes with a publisher confirm.
 pub(crate) struct AmqpPublisher {
-    broker: Broker,
+    url: String,
+    broker: parking_lot::Mutex<Broker>,
     max_priority: Option<u8>,
     declared: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
@@ -1302,7 +1373,8 @@ impl AmqpPublisher {
     /// Connects now.
     pub fn new(url: &str) -> Result<AmqpPublisher, Error> {
         Ok(AmqpPublisher {
-            broker: Broker::connect(url)?,
+            url: url.to_owned(),
+            broker: parking_lot::Mutex::new(Broker::connect(url)?),
             max_priority: None,
             declared: parking_lot::Mutex::new(std::collections::HashSet::new()),
         })
@@ -1310,13 +1382,22 @@ impl AmqpPublisher {
 }
 
 impl Publish for AmqpPublisher {
+    /// Declares the queue the first time, then publishes (confirmed); on a failure,
+    /// once more on a new connection.
     fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
-        if msg.exchange.is_empty() && !self.declared.lock().contains(&msg.routing_key) {
-            self.broker
-                .declare_queue(&msg.routing_key, self.max_priority)?;
-            self.declared.lock().insert(msg.routing_key.clone());
+        let mut broker = self.broker.lock();
+        let send = |broker: &Broker| -> Result<(), Error> {
+            if msg.exchange.is_empty() && !self.declared.lock().contains(&msg.routing_key) {
+                broker.declare_queue(&msg.routing_key, self.max_priority)?;
+                self.declared.lock().insert(msg.routing_key.clone());
+            }
+            broker.publish_task(msg)
+        };
+        if send(&broker).is_ok() {
+            return Ok(());
         }
-        self.broker.publish_task(msg)
+        *broker = Broker::connect(&self.url)?;
+        send(&broker)
     }
 
     fn set_max_priority(&mut self, n: u8) {

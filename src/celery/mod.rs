@@ -20,13 +20,15 @@
 //! and acknowledges, remote control), with a Redis and an AMQP implementation. The URL's
 //! scheme (`redis://`, `amqp://`) picks one.
 //!
-//! Delivery is **at-most-once** for a task acknowledged as it starts (Celery's default)
-//! and **at-least-once** with late acknowledgement
-//! ([`TaskOptions::acks_late`](crate::registry::TaskOptions::acks_late)): its message is
+//! A task acknowledged as it starts (Celery's default) is lost if its worker dies while it
+//! runs; with late acknowledgement
+//! ([`TaskOptions::acks_late`](crate::registry::TaskOptions::acks_late)) its message is
 //! acknowledged after its result is written, and a message whose worker died is delivered
-//! again (on Redis after the visibility timeout, on RabbitMQ when the connection drops).
-//! Messages not yet started are never acknowledged early. Only JSON messages are accepted;
-//! pickle is never deserialized.
+//! again (on Redis after the visibility timeout, on RabbitMQ when the connection drops):
+//! at-least-once. Messages not yet started are never acknowledged early, and either way a
+//! task can run twice (a worker dead between the run and the acknowledgement, a dropped
+//! broker connection): make tasks idempotent where that matters, as with Celery. Only
+//! JSON messages are accepted; pickle is never deserialized.
 //!
 //! Python side: `app = Celery(broker=url, backend=url)` (or `broker="amqp://..."`,
 //! `backend="redis://..."`) with the default JSON serializer;

@@ -11,9 +11,10 @@
 //! | `celery-task-meta-<id>` | string | the result record, with an expiry (`SETEX`), and `PUBLISH`ed on a channel of the same name |
 //! | `weft.dead_letter` | list | weft's own: JSON `{"reason", "queue", "message"}` of each message that could not be read |
 //!
-//! Acks are late (kombu's ack emulation): a message is recorded in `unacked` as it is
-//! taken (in the same script as the pop, [`pop_and_record`], so no kill can lose it between
-//! the two), and removed once its result is written. A worker that dies leaves its messages in
+//! Acks are emulated as kombu does: a message is recorded in `unacked` as it is taken (in
+//! the same script as the pop, [`pop_and_record`], so no kill can lose it between the two),
+//! and removed when it is acknowledged: as its task starts, or, with late acks, once its
+//! result is written. A worker that dies leaves its messages in
 //! `unacked`; the restore sweep ([`restore_visible`]) pushes back every message taken longer
 //! ago than the visibility timeout, whoever took it (a Python worker restores a dead weft
 //! worker's messages and the other way round). Delivery is therefore at-least-once.
@@ -88,6 +89,20 @@ pub fn consume_keys<S: AsRef<str>>(queues: &[S]) -> Vec<String> {
         .collect()
 }
 
+/// How long connecting to Redis may take before it is an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one command may wait for Redis's answer before it is an error (a worker's
+/// commands are short; this only catches a Redis that stopped answering).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection with [`CONNECT_TIMEOUT`] and [`COMMAND_TIMEOUT`].
+pub fn connect(client: &redis::Client) -> RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    Ok(conn)
+}
+
 /// The result key of task `id`.
 pub fn result_key(id: &str) -> String {
     format!("celery-task-meta-{id}")
@@ -120,13 +135,15 @@ pub fn publish(conn: &mut Connection, msg: &TaskMessage) -> RedisResult<()> {
 /// verbatim), so either kind of worker can restore it. An entry that is not a kombu
 /// envelope with a delivery tag is returned without a record (it is dead-lettered).
 ///
-/// Returns `(list, bytes)` of each message taken, oldest first within a list.
+/// Returns `(list, bytes, tag)` of each message taken, oldest first within a list: `tag`
+/// is the delivery tag it was recorded under, `None` if it was not recorded. A key that is
+/// not a list is skipped.
 pub fn pop_and_record(
     conn: &mut Connection,
     keys: &[String],
     queues: &[String],
     max: usize,
-) -> RedisResult<Vec<(String, Vec<u8>)>> {
+) -> RedisResult<Vec<Popped>> {
     if max == 0 || keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -140,13 +157,18 @@ pub fn pop_and_record(
         inv.arg(q);
     }
     let flat: Vec<Vec<u8>> = inv.invoke(conn)?;
-    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut out = Vec::with_capacity(flat.len() / 3);
     let mut it = flat.into_iter();
-    while let (Some(list), Some(raw)) = (it.next(), it.next()) {
-        out.push((String::from_utf8_lossy(&list).into_owned(), raw));
+    while let (Some(list), Some(raw), Some(tag)) = (it.next(), it.next(), it.next()) {
+        let tag = (!tag.is_empty()).then(|| String::from_utf8_lossy(&tag).into_owned());
+        out.push((String::from_utf8_lossy(&list).into_owned(), raw, tag));
     }
     Ok(out)
 }
+
+/// One message taken by [`pop_and_record`]: the list it came from, its bytes, and the
+/// delivery tag it was recorded under (`None`: not recorded).
+pub type Popped = (String, Vec<u8>, Option<String>);
 
 /// KEYS: unacked_index, unacked, then the lists; ARGV: max, now, then each list's queue.
 static POP_AND_RECORD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -157,8 +179,8 @@ local out = {}
 local n = 0
 for i = 3, #KEYS do
   while n < max do
-    local raw = redis.call('RPOP', KEYS[i])
-    if not raw then break end
+    local raw = redis.pcall('RPOP', KEYS[i])
+    if type(raw) ~= 'string' then break end
     local ok, m = pcall(cjson.decode, raw)
     local tag, exchange, rk
     if ok and type(m) == 'table' and type(m.properties) == 'table' then
@@ -169,15 +191,18 @@ for i = 3, #KEYS do
         rk = info.routing_key
       end
     end
+    local recorded = ''
     if type(tag) == 'string' and tag ~= '' then
       if type(exchange) ~= 'string' then exchange = '' end
       if type(rk) ~= 'string' or rk == '' then rk = ARGV[i] end
       redis.call('ZADD', KEYS[1], ARGV[2], tag)
       redis.call('HSET', KEYS[2], tag,
         '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(rk) .. ']')
+      recorded = tag
     end
     out[#out + 1] = KEYS[i]
     out[#out + 1] = raw
+    out[#out + 1] = recorded
     n = n + 1
   end
   if n >= max then break end
@@ -416,7 +441,7 @@ fn track_session(
     let mut pubsub = sub.as_pubsub();
     pubsub.subscribe(CHANNEL)?;
     pubsub.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut cmd = client.get_connection()?;
+    let mut cmd = connect(client)?;
     redis::cmd("CLIENT")
         .arg("TRACKING")
         .arg("ON")
@@ -450,9 +475,11 @@ fn track_session(
 
 /// Puts the message of `tag` back on its queue (`RPUSH`, so it is taken next) and forgets
 /// it as unacknowledged, atomically (`WATCH unacked`), marking it `redelivered` as kombu
-/// does. Returns false if `tag` was not unacknowledged any more.
+/// does. Returns false if `tag` was not unacknowledged any more, or if `unacked` kept
+/// changing under it (other workers taking messages) for 16 tries in a row: the next
+/// sweep tries again.
 pub fn restore_by_tag(conn: &mut Connection, tag: &str) -> RedisResult<bool> {
-    loop {
+    for _ in 0..16 {
         redis::cmd("WATCH").arg(UNACKED).query::<()>(conn)?;
         let entry: Option<String> = conn.hget(UNACKED, tag)?;
         let mut pipe = redis::pipe();
@@ -497,6 +524,8 @@ pub fn restore_by_tag(conn: &mut Connection, tag: &str) -> RedisResult<bool> {
             return Ok(found);
         }
     }
+    redis::cmd("UNWATCH").query::<()>(conn)?;
+    Ok(false)
 }
 
 /// kombu's restore sweep: under the `unacked_mutex` lock (skipped if someone else holds
@@ -571,8 +600,9 @@ impl Drop for RedisConsumer {
     }
 }
 
-/// Reads one popped list entry: the task, or why not, and its delivery tag.
-fn incoming(list: &str, raw: Vec<u8>) -> Incoming<String> {
+/// Reads one popped list entry: the task, or why not; `tag` is what the pop recorded it
+/// under (the script's reading of the envelope, which may accept what serde refuses).
+fn incoming(list: &str, raw: Vec<u8>, tag: Option<String>) -> Incoming<String> {
     let queue = queue_of_list(list).to_owned();
     let envelope: Result<Value, ProtocolError> =
         serde_json::from_slice(&raw).map_err(|e| ProtocolError::Json(e.to_string()));
@@ -582,8 +612,6 @@ fn incoming(list: &str, raw: Vec<u8>) -> Incoming<String> {
             .ok()
             .and_then(|v| v.pointer(ptr)?.as_str().map(str::to_owned))
     };
-    // Recorded unacknowledged by the pop when it has a delivery tag.
-    let tag = field("/properties/delivery_tag").filter(|t| !t.is_empty());
     let message = match envelope.as_ref().map_err(Clone::clone) {
         Ok(env) => TaskMessage::from_envelope(env),
         Err(e) => Err(e),
@@ -612,7 +640,7 @@ impl Consume for RedisConsumer {
             Ok(batch) => batch,
             Err(e) => {
                 // A new connection for the next try (the worker backs off meanwhile).
-                if let Ok(conn) = self.client.get_connection() {
+                if let Ok(conn) = connect(&self.client) {
                     self.conn = conn;
                 }
                 return Err(e.into());
@@ -623,7 +651,7 @@ impl Consume for RedisConsumer {
         }
         Ok(batch
             .into_iter()
-            .map(|(list, raw)| incoming(&list, raw))
+            .map(|(list, raw, tag)| incoming(&list, raw, tag))
             .collect())
     }
 
@@ -633,10 +661,14 @@ impl Consume for RedisConsumer {
         (self.visibility_timeout / 3).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
-    /// The heartbeat of held messages (so that no sweep restores a message whose worker
-    /// is alive), and the restore sweep every `restore_interval`.
+    /// The heartbeat of held messages, so that no sweep restores a message whose worker
+    /// is alive.
     fn upkeep(&mut self, held: &[&String]) {
         let _ = heartbeat(&mut self.conn, held);
+    }
+
+    /// The restore sweep, every `restore_interval`.
+    fn sweep(&mut self) {
         if self.last_sweep.elapsed() >= self.restore_interval {
             self.last_sweep = std::time::Instant::now();
             let _ = restore_visible(&mut self.conn, self.visibility_timeout);
@@ -664,7 +696,11 @@ impl Settle for RedisSettler {
                 Settlement::Result { id, result, tag } => {
                     add_finish(&mut pipe, id, result, expires, tag.as_deref())
                 }
-                Settlement::Retry { next, reason, tag } => {
+                Settlement::Retry { next, failure, tag } => {
+                    let reason = match failure {
+                        TaskResult::Failure { exc_message, .. } => exc_message.as_str(),
+                        _ => "",
+                    };
                     add_retry(&mut pipe, next, reason, expires, tag.as_deref())
                 }
                 Settlement::Refuse {
@@ -699,7 +735,7 @@ impl Settle for RedisSettler {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100 << i));
-            if let Ok(conn) = self.client.get_connection() {
+            if let Ok(conn) = connect(&self.client) {
                 self.conn = conn;
             }
         }
@@ -722,9 +758,9 @@ impl Transport for RedisTransport {
         queues: &[String],
         _prefetch: usize,
     ) -> Result<(RedisConsumer, RedisSettler), Error> {
-        let mut conn = self.client.get_connection()?;
+        let mut conn = connect(&self.client)?;
         let _: () = redis::cmd("PING").query(&mut conn)?;
-        let settle_conn = self.client.get_connection()?;
+        let settle_conn = connect(&self.client)?;
         let keys = consume_keys(queues);
         let wake = std::sync::Arc::new(Wake::new());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -784,7 +820,7 @@ pub(crate) struct RedisPublisher {
 impl RedisPublisher {
     /// Connects now.
     pub fn new(client: redis::Client) -> Result<RedisPublisher, Error> {
-        let conn = client.get_connection()?;
+        let conn = connect(&client)?;
         Ok(RedisPublisher {
             client,
             conn: parking_lot::Mutex::new(Some(conn)),
@@ -797,7 +833,7 @@ impl Publish for RedisPublisher {
         let mut slot = self.conn.lock();
         let mut conn = match slot.take() {
             Some(c) => c,
-            None => self.client.get_connection()?,
+            None => connect(&self.client)?,
         };
         publish(&mut conn, msg)?;
         // Kept only after a success: a broken connection is replaced next time.

@@ -42,10 +42,11 @@ pub(crate) enum Settlement<T> {
         result: TaskResult,
         tag: Option<T>,
     },
-    /// Celery's retry: send `next`, record `RETRY` with `reason`, acknowledge.
+    /// Celery's retry: send `next`, record `RETRY` with the message of `failure`,
+    /// acknowledge. If `next` cannot be sent, `failure` is the task's final result.
     Retry {
         next: TaskMessage,
-        reason: String,
+        failure: TaskResult,
         tag: Option<T>,
     },
     /// A message refused unread: to the dead-letter place with the reason, a `FAILURE` for
@@ -76,8 +77,26 @@ pub(crate) trait Consume: Send + 'static {
         Duration::from_secs(1)
     }
 
-    /// Periodic care of the messages held (`held`: every one taken and not settled).
+    /// Periodic care of the messages held (`held`: every one taken and not settled). Runs
+    /// on the consumer thread, then (after shutdown began) on the finisher's, until every
+    /// message is settled or put back.
     fn upkeep(&mut self, _held: &[&Self::Tag]) {}
+
+    /// Periodic care of the broker's other messages (Redis: the restore sweep of dead
+    /// workers' messages), on the consumer thread.
+    fn sweep(&mut self) {}
+
+    /// Which connection to the broker the messages fetched now came on: it moves on when
+    /// the consumer had to reconnect, after which the broker delivers again every message
+    /// the old connection held (AMQP). Always 0 where held messages outlive a connection
+    /// (Redis).
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    /// No more messages will be fetched (shutdown): stop the broker from sending more,
+    /// but keep what is held until it is settled or put back.
+    fn stop_consuming(&mut self) {}
 
     /// The broker-side bound on messages held unacknowledged (AMQP's `basic.qos`): the
     /// worker raises it by one per task waiting for its ETA, as Celery does, so that ETA

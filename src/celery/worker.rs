@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -46,7 +46,10 @@ use crate::{Pool, Priority};
 ///   result was written. With late acks a worker that dies loses nothing: its messages are
 ///   delivered again (at-least-once); with early acks the tasks it was running are lost.
 ///   Messages not yet started (queued in the pool, waiting for an ETA) are never
-///   acknowledged before they start.
+///   acknowledged before they start, so a task may run twice either way: when its worker
+///   died after the run and before the acknowledgement, or, on RabbitMQ, when the
+///   connection dropped (the broker delivers again what the connection held; the worker
+///   drops its own not-started copies then, but one already running finishes).
 /// * **Bad messages** (not JSON, a content type other than JSON, bad base64, missing
 ///   headers) never run and never stop the worker: each goes to the dead-letter place (the
 ///   Redis list `weft.dead_letter`; on RabbitMQ the exchange and queue `weft.dead_letter`)
@@ -60,10 +63,15 @@ use crate::{Pool, Priority};
 ///   re-delivers the message of a live worker (kombu issue 337, duplicated ETA tasks),
 ///   while a dead worker's messages come back after the visibility timeout. On RabbitMQ a
 ///   delivery held longer than the broker's `consumer_timeout` (30 minutes by default)
-///   would get the channel closed; so a task still waiting for its ETA after
+///   gets the channel closed (the worker reconnects; the broker delivers the channel's
+///   messages again); so a task still waiting for its ETA after
 ///   [`amqp_hold_limit`](Self::amqp_hold_limit) (default 15 minutes) is sent again (the
-///   same message, confirmed by the broker) and its old delivery acknowledged: a far ETA
-///   goes around the queue every 15 minutes, and is never lost.
+///   same message, straight to the queue it came from, confirmed by the broker) and its old
+///   delivery acknowledged: a far ETA goes around the queue every 15 minutes, and is never
+///   lost. The same timeout applies to a late-acknowledged task that runs longer, or a
+///   message queued in the pool that long: raise the broker's `consumer_timeout` for such
+///   work. The prefetch bound is a channel-wide `basic.qos` (`global`), which RabbitMQ's
+///   classic queues support and quorum queues do not.
 /// * **Retries** (Celery's semantics): a failed run of a task registered with a
 ///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
 ///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
@@ -78,9 +86,15 @@ use crate::{Pool, Priority};
 ///   taken later is not run either); `revoke(id, terminate=True)` also asks a running task
 ///   to stop ([`checkpoint`](crate::checkpoint) returns `Err` in it; weft cannot kill a
 ///   thread, so a task that never checks runs to its end) and it ends `REVOKED`.
-/// * **Shutdown** ([`RunningWorker::shutdown`]): stops taking messages, lets tasks already
-///   taken finish, and puts back on their queue the messages whose tasks did not run
-///   (waiting for their ETA).
+/// * **Shutdown** ([`RunningWorker::shutdown`]), warm as Celery's: stops taking messages,
+///   waits for the running tasks (as long as they run), and puts back on their queues the
+///   messages of every task that had not started (queued in the pool, or waiting for an
+///   ETA). Held messages keep their heartbeat meanwhile (Redis).
+/// * **A dead or unreachable broker**: the consumer retries with a backoff (up to 5 s)
+///   on a new connection, the finisher retries a failed write three times, and what it
+///   could not settle is delivered again later (Redis: after the visibility timeout;
+///   RabbitMQ: when the connection closes). Nothing is acknowledged before its result is
+///   written, except a task acknowledged early as it starts.
 ///
 /// ```no_run
 /// use weft::celery::Worker;
@@ -356,9 +370,10 @@ impl RunningWorker {
         &self.hostname
     }
 
-    /// Stops taking messages, lets the tasks already taken and due finish (their results
-    /// written and acknowledged), and puts back on their queues the messages whose tasks
-    /// did not run (waiting for an ETA). Returns how many were put back.
+    /// A warm shutdown, as Celery's: stops taking messages, waits for the tasks that are
+    /// running to finish (their results written and acknowledged; this blocks as long as
+    /// they run), and puts back on their queues the messages of every task that had not
+    /// started (queued in the pool, or waiting for an ETA). Returns how many were put back.
     pub fn shutdown(mut self) -> usize {
         self.stop()
     }
@@ -372,7 +387,11 @@ impl RunningWorker {
         if let Some(c) = self.control.take() {
             let _ = c.join();
         }
-        // Finishes due work; ETA timers are resolved as shut down without running.
+        // Tasks not started are taken back: their messages stay held, to be put back.
+        for task in self.shared.live.lock().values() {
+            task.withdraw();
+        }
+        // Waits for the running tasks; the withdrawn ones return at once if run.
         self.pool.shutdown();
         // Every sender of `Done` is gone: the finisher drains, puts back what is still
         // held, and ends.
@@ -401,21 +420,49 @@ struct Shared {
     eta_waiting: Arc<AtomicUsize>,
     /// Task ids revoked by remote control.
     revoked: Arc<Revoked>,
-    /// The tasks handed to the pool and maybe not finished, by task id, for revoke and the
-    /// hold limit (finished ones are pruned at each upkeep).
-    live: Mutex<HashMap<String, Live>>,
+    /// The tasks handed to the pool and maybe not finished, by the worker's sequence
+    /// number of their message, for revoke, the hold limit, a lost broker connection and
+    /// shutdown (finished ones are pruned at each upkeep).
+    live: Mutex<HashMap<u64, Live>>,
 }
+
+/// [`Live::state`]: handed to the pool, not started.
+const WAITING: u8 = 0;
+/// [`Live::state`]: the task has started (it runs, or has run).
+const STARTED: u8 = 1;
+/// [`Live::state`]: taken back before it started; it will not run (if the pool runs it
+/// anyway, it returns at once), and whoever took it back settles its message.
+const WITHDRAWN: u8 = 2;
 
 /// A task handed to the pool.
 struct Live {
+    id: String,
     handle: crate::JoinHandle<()>,
-    /// Set by the task as it starts (before it looks at the revoked set).
-    started: Arc<AtomicBool>,
+    /// [`WAITING`], then [`STARTED`] (by the task) or [`WITHDRAWN`] (by the worker): the
+    /// one compare-and-swap that decides whether it runs.
+    state: Arc<AtomicU8>,
     key: Option<u64>,
     counted: bool,
-    /// For a task waiting for its ETA on a broker with a hold limit: its message, to send
-    /// again, and when it was taken.
+    /// For a task waiting for its ETA on a broker with a hold limit: its message (to be
+    /// sent again to the queue it came from) and when it was taken.
     eta: Option<(TaskMessage, Instant)>,
+    /// The consumer's connection generation it came on.
+    generation: u64,
+}
+
+impl Live {
+    /// Takes the task back if it has not started; true if it will never run.
+    fn withdraw(&self) -> bool {
+        let taken = self
+            .state
+            .compare_exchange(WAITING, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if taken {
+            // Out of the pool's queue or timer if it is still there.
+            let _ = self.handle.cancel();
+        }
+        taken
+    }
 }
 
 impl Shared {
@@ -430,26 +477,56 @@ impl Shared {
             self.revoked.add(id);
         }
         let mut live = self.live.lock();
-        for id in ids {
-            let Some(task) = live.get(id) else { continue };
-            // `revoked` is set first: a task that starts after this load sees it and ends
-            // `REVOKED` unrun, so cancelling a task that is just starting asks nothing of
-            // user code. Without `terminate` a running task is left alone; `cancel`
-            // returns true only for one that had not started, which is then never to
-            // run: settled here.
-            if (terminate || !task.started.load(Ordering::SeqCst)) && task.handle.cancel() {
+        let mut settled = Vec::new();
+        for (seq, task) in live.iter().filter(|(_, t)| ids.contains(&t.id)) {
+            if task.withdraw() {
+                // Never to run: its message is settled here.
                 if !task.counted {
                     self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
                 }
                 let _ = done.send(Done::End {
-                    id: id.clone(),
+                    id: task.id.clone(),
                     key: task.key,
                     result: TaskResult::Revoked("revoked".into()),
                     counted: task.counted,
                     retry: None,
                 });
-                live.remove(id);
+                settled.push(*seq);
+            } else if terminate && task.state.load(Ordering::SeqCst) == STARTED {
+                // Running: asked to stop (`checkpoint` says so from now on).
+                let _ = task.handle.cancel();
             }
+        }
+        for seq in settled {
+            live.remove(&seq);
+        }
+    }
+
+    /// The broker connection was lost (generation `current` now): the not-started tasks of
+    /// older connections are dropped without settling, as the broker delivers their
+    /// messages again (running ones finish; their acknowledgements go nowhere).
+    fn abandon_before<T>(&self, current: u64, held: &Held<T>) {
+        let mut live = self.live.lock();
+        let mut held = held.lock();
+        let mut freed = 0;
+        live.retain(|_, task| {
+            if task.generation >= current || !task.withdraw() {
+                return true;
+            }
+            if let Some(k) = task.key {
+                held.remove(&k);
+            }
+            if task.counted {
+                freed += 1;
+            } else {
+                self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            false
+        });
+        if freed > 0 {
+            let mut n = self.in_flight.lock();
+            *n = n.saturating_sub(freed);
+            self.room.notify_one();
         }
     }
 }
@@ -501,7 +578,8 @@ fn consume<C: Consume>(
     let wait = upkeep_every.min(Duration::from_millis(250));
     let mut last_upkeep = Instant::now();
     let mut backoff = Duration::from_millis(100);
-    let mut next_key = 0u64;
+    let mut seq = 0u64;
+    let mut generation = consumer.generation();
     while !shared.stop.load(Ordering::Acquire) {
         let room = {
             let mut n = shared.in_flight.lock();
@@ -535,30 +613,37 @@ fn consume<C: Consume>(
                 continue;
             }
         };
+        // A new broker connection: what the old one held is delivered again.
+        if consumer.generation() != generation {
+            generation = consumer.generation();
+            shared.abandon_before(generation, &held);
+        }
         for incoming in batch {
+            seq += 1;
             let key = incoming.tag.map(|tag| {
-                next_key += 1;
-                held.lock().insert(next_key, tag);
-                next_key
+                held.lock().insert(seq, tag);
+                seq
             });
-            take(
-                &cfg,
-                &pool,
-                &shared,
-                &done,
-                incoming.queue,
-                incoming.message,
+            let taken = Taken {
+                seq,
                 key,
-            );
+                generation,
+                queue: incoming.queue,
+            };
+            take(&cfg, &pool, &shared, &done, taken, incoming.message);
         }
     }
-    // Kept open until the finisher has settled and put back what it holds (on AMQP,
-    // closing the channel would hand every unacknowledged delivery back at once).
+    // No more deliveries; the connection stays open (and on Redis the held messages'
+    // heartbeat goes on, in the finisher) until the finisher has settled and put back
+    // what it holds: on AMQP, closing the channel would hand every unacknowledged delivery
+    // back at once.
+    consumer.stop_consuming();
     let _ = parked.send(consumer);
 }
 
-/// The consumer's periodic care: the transport's (Redis heartbeat and sweep), pruning
-/// finished tasks, and sending again ETA tasks held for the broker's hold limit.
+/// The consumer's periodic care: the transport's (Redis: the heartbeat of held messages
+/// and the restore sweep), pruning finished tasks, and sending again ETA tasks held for
+/// the broker's hold limit.
 fn upkeep<C: Consume>(
     consumer: &mut C,
     held: &Held<C::Tag>,
@@ -570,30 +655,45 @@ fn upkeep<C: Consume>(
         let tags: Vec<&C::Tag> = held.values().collect();
         consumer.upkeep(&tags);
     }
+    consumer.sweep();
     let mut live = shared.live.lock();
     live.retain(|_, t| !t.handle.is_finished());
     let Some(limit) = consumer.hold_limit() else {
         return;
     };
-    let due: Vec<String> = live
-        .iter()
-        .filter(|(_, t)| t.eta.as_ref().is_some_and(|(_, at)| at.elapsed() >= limit))
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in due {
-        let Some(task) = live.remove(&id) else {
+    let now = SystemTime::now();
+    let mut settled = Vec::new();
+    for (seq, task) in live.iter_mut() {
+        let Some((message, at)) = &task.eta else {
             continue;
         };
-        // Only a task that has not started is sent again (`cancel` says so).
-        if task.started.load(Ordering::SeqCst) || !task.handle.cancel() {
-            live.insert(id, task);
+        if at.elapsed() < limit || !task.withdraw() {
             continue;
         }
         shared.eta_waiting.fetch_sub(1, Ordering::Relaxed);
-        if let (Some(key), Some((mut message, _))) = (task.key, task.eta) {
+        settled.push(*seq);
+        let Some(key) = task.key else { continue };
+        let expired = message
+            .expires
+            .as_deref()
+            .and_then(parse_iso8601)
+            .is_some_and(|exp| exp <= now);
+        let _ = done.send(if expired {
+            Done::End {
+                id: task.id.clone(),
+                key: Some(key),
+                result: TaskResult::Revoked("expired".into()),
+                counted: false,
+                retry: None,
+            }
+        } else {
+            let mut message = message.clone();
             message.delivery_tag = uuid::Uuid::new_v4().to_string();
-            let _ = done.send(Done::Republish { message, key });
-        }
+            Done::Republish { message, key }
+        });
+    }
+    for seq in settled {
+        live.remove(&seq);
     }
 }
 
@@ -610,18 +710,34 @@ fn refusal_result(e: &ProtocolError) -> TaskResult {
     }
 }
 
-/// Starts the task of one message taken (`key`: its entry in `held`).
+/// Where a message taken came from.
+struct Taken {
+    /// The worker's sequence number of the message.
+    seq: u64,
+    /// Its entry in `held` (`seq`), if it has something to acknowledge.
+    key: Option<u64>,
+    /// The consumer's connection generation it came on.
+    generation: u64,
+    queue: String,
+}
+
+/// Starts the task of one message taken.
 fn take(
     cfg: &Config,
     pool: &Pool,
     shared: &Shared,
     done: &mpsc::Sender<Done>,
-    queue: String,
+    taken: Taken,
     message: Result<TaskMessage, super::transport::Refused>,
-    key: Option<u64>,
 ) {
+    let Taken {
+        seq,
+        key,
+        generation,
+        queue,
+    } = taken;
     let lane = cfg.lanes.get(&queue).copied().unwrap_or_default();
-    let msg = match message {
+    let mut msg = match message {
         Ok(m) => m,
         Err(refused) => {
             let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
@@ -635,6 +751,10 @@ fn take(
             return;
         }
     };
+    // Retries and hold-limit copies go back to the queue it came from.
+    if msg.routing_key.is_empty() {
+        msg.routing_key = queue.clone();
+    }
     let settle_now = |result: TaskResult, counted: bool| Done::End {
         id: msg.id.clone(),
         key,
@@ -701,17 +821,29 @@ fn take(
         .chain(entry.options.get_time_limit())
         .min();
     let id = msg.id.clone();
-    let eta = delay.map(|_| (msg.clone(), Instant::now()));
+    let eta = delay.map(|_| {
+        // A copy sent again goes straight to the queue it came from (not through its
+        // exchange: a fanout would copy it to every queue again).
+        let mut copy = msg.clone();
+        copy.exchange = String::new();
+        copy.routing_key = queue.clone();
+        (copy, Instant::now())
+    });
     if !counted {
         shared.eta_waiting.fetch_add(1, Ordering::Relaxed);
     }
     let tx = done.clone();
     let revoked = shared.revoked.clone();
-    let started = Arc::new(AtomicBool::new(false));
-    let started_here = started.clone();
+    let state = Arc::new(AtomicU8::new(WAITING));
+    let state_here = state.clone();
     let eta_waiting = Arc::clone(&shared.eta_waiting);
     let run = move || {
-        started_here.store(true, Ordering::SeqCst);
+        if state_here
+            .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return; // withdrawn: settled by whoever took it back
+        }
         if !counted {
             eta_waiting.fetch_sub(1, Ordering::Relaxed);
         }
@@ -764,10 +896,11 @@ fn take(
         };
         // Celery's retry: a failed run of a task whose registry options allow more
         // attempts is sent again with `retries + 1` and a new ETA.
+        let next_try = msg.retries.saturating_add(1);
         let retry = match (&result, policy) {
-            (TaskResult::Failure { .. }, Some(p)) if msg.retries + 1 < p.attempts() => {
+            (TaskResult::Failure { .. }, Some(p)) if next_try < p.attempts() => {
                 let mut next = msg;
-                next.retries += 1;
+                next.retries = next_try;
                 next.eta = Some(format_iso8601(
                     SystemTime::now() + p.delay_before(next.retries),
                 ));
@@ -796,13 +929,15 @@ fn take(
     match task.try_spawn(run) {
         Ok(handle) => {
             shared.live.lock().insert(
-                id,
+                seq,
                 Live {
+                    id,
                     handle,
-                    started,
+                    state,
                     key,
                     counted,
                     eta,
+                    generation,
                 },
             );
         }
@@ -816,18 +951,42 @@ fn take(
     }
 }
 
-fn finisher<S: Settle>(
-    mut settler: S,
+fn finisher<C: Consume>(
+    mut settler: impl Settle<Tag = C::Tag>,
     done: mpsc::Receiver<Done>,
-    held: Held<S::Tag>,
+    held: Held<C::Tag>,
     shared: Arc<Shared>,
-    parked: mpsc::Receiver<impl Send>,
+    parked: mpsc::Receiver<C>,
 ) -> usize {
     // Whatever finished meanwhile is settled in one batch (one round trip on Redis).
     const MAX_BATCH: usize = 256;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = done.recv() {
-        batch.push(first);
+    // Once the consumer has stopped (shutdown), its upkeep goes on here until the end.
+    let mut stopped: Option<C> = None;
+    let mut last_upkeep = Instant::now();
+    loop {
+        let interval = stopped
+            .as_ref()
+            .map_or(Duration::from_secs(1), C::upkeep_interval);
+        match done.recv_timeout(interval) {
+            Ok(first) => batch.push(first),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if stopped.is_none() {
+            stopped = parked.try_recv().ok();
+        }
+        if let Some(c) = stopped.as_mut() {
+            if last_upkeep.elapsed() >= c.upkeep_interval() {
+                last_upkeep = Instant::now();
+                let held = held.lock();
+                let tags: Vec<&C::Tag> = held.values().collect();
+                c.upkeep(&tags);
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         while batch.len() < MAX_BATCH {
             match done.try_recv() {
                 Ok(d) => batch.push(d),
@@ -835,7 +994,7 @@ fn finisher<S: Settle>(
             }
         }
         let mut counted = 0;
-        let settlements: Vec<Settlement<S::Tag>> = {
+        let settlements: Vec<Settlement<C::Tag>> = {
             let mut held = held.lock();
             let mut tag = |key: Option<u64>| key.and_then(|k| held.remove(&k));
             batch
@@ -851,15 +1010,13 @@ fn finisher<S: Settle>(
                     } => {
                         counted += usize::from(c);
                         let tag = tag(key);
-                        Some(match (retry, &result) {
-                            (Some(next), TaskResult::Failure { exc_message, .. }) => {
-                                Settlement::Retry {
-                                    next,
-                                    reason: exc_message.clone(),
-                                    tag,
-                                }
-                            }
-                            _ => Settlement::Result { id, result, tag },
+                        Some(match retry {
+                            Some(next) => Settlement::Retry {
+                                next,
+                                failure: result,
+                                tag,
+                            },
+                            None => Settlement::Result { id, result, tag },
                         })
                     }
                     Done::Refuse {
@@ -889,8 +1046,8 @@ fn finisher<S: Settle>(
         }
     }
     // Shutdown: what is still held never ran.
-    let left: Vec<S::Tag> = held.lock().drain().map(|(_, t)| t).collect();
+    let left: Vec<C::Tag> = held.lock().drain().map(|(_, t)| t).collect();
     let restored = settler.requeue(left);
-    drop(parked);
+    drop(stopped.or_else(|| parked.try_recv().ok()));
     restored
 }
