@@ -438,9 +438,11 @@ fn shutdown_puts_back_the_messages_whose_tasks_did_not_run() {
     assert_eq!(worker.shutdown(), 0);
 }
 
-/// Pushes five unreadable messages of kombu's Redis envelope onto `q` (one a pickle
-/// message with the id `pickle_id`); returns a piece of each one's expected reason.
-fn push_bad_redis(env: &Env, q: &str, pickle_id: &str) -> Vec<&'static str> {
+/// Pushes six unreadable messages of kombu's Redis envelope onto `q` (one a pickle
+/// message with the id `pickle_id`; one that Redis's Lua JSON reads but serde does not
+/// (`Infinity`), with the delivery tag `inf_tag`); returns a piece of each one's expected
+/// reason.
+fn push_bad_redis(env: &Env, q: &str, pickle_id: &str, inf_tag: &str) -> Vec<&'static str> {
     let good = std::fs::read_to_string(fixtures().join("send_add.json")).unwrap();
     let mut pickle: Value = serde_json::from_str(&good).unwrap();
     pickle["content-type"] = json!("application/x-python-serialize");
@@ -454,6 +456,12 @@ fn push_bad_redis(env: &Env, q: &str, pickle_id: &str) -> Vec<&'static str> {
     let mut unknown: Value = serde_json::from_str(&good).unwrap();
     unknown["surprise"] = json!(1);
     unknown["headers"]["id"] = json!(format!("unknown-{}", uuid_like()));
+    // Python's json.dumps writes float("inf") so.
+    let mut inf: Value = serde_json::from_str(&good).unwrap();
+    inf["headers"]["id"] = json!(format!("inf-{}", uuid_like()));
+    inf["headers"]["retries"] = json!("INF");
+    inf["properties"]["delivery_tag"] = json!(inf_tag);
+    let inf = inf.to_string().replace("\"INF\"", "Infinity");
     let mut conn = env.redis();
     for raw in [
         format!("{{\"truncated\": \"{}", uuid_like()),
@@ -461,6 +469,7 @@ fn push_bad_redis(env: &Env, q: &str, pickle_id: &str) -> Vec<&'static str> {
         bad_b64.to_string(),
         no_task.to_string(),
         unknown.to_string(),
+        inf,
     ] {
         redis::cmd("LPUSH")
             .arg(q)
@@ -474,6 +483,7 @@ fn push_bad_redis(env: &Env, q: &str, pickle_id: &str) -> Vec<&'static str> {
         "base64",
         "\"task\"",
         "\"surprise\"",
+        "invalid JSON",
     ]
 }
 
@@ -703,10 +713,11 @@ fn bad_messages_are_dead_lettered_and_never_stop_the_worker() {
         .start()
         .unwrap();
     let pickle_id = format!("pickle-{}", uuid_like());
+    let inf_tag = format!("inf-tag-{}", uuid_like());
     let expected = if env.amqp {
         push_bad_amqp(&env, &q, &pickle_id)
     } else {
-        push_bad_redis(&env, &q, &pickle_id)
+        push_bad_redis(&env, &q, &pickle_id, &inf_tag)
     };
     let client = env.client();
     let r = client
@@ -729,6 +740,16 @@ fn bad_messages_are_dead_lettered_and_never_stop_the_worker() {
     assert_eq!(reasons.len(), expected.len(), "{reasons:#?}");
     for e in expected {
         assert!(reasons.iter().any(|r| r.contains(e)), "{e}: {reasons:#?}");
+    }
+    if !env.amqp {
+        // Recorded unacknowledged by the pop (Lua read it), then acknowledged with its
+        // dead letter: it does not come back at every visibility timeout.
+        let held: bool = redis::cmd("HEXISTS")
+            .arg("unacked")
+            .arg(&inf_tag)
+            .query(&mut env.redis())
+            .unwrap();
+        assert!(!held, "the Infinity message is still held");
     }
     worker.shutdown();
 }
