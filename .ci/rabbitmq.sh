@@ -6,6 +6,8 @@
 #                                 (amqp://guest:guest@127.0.0.1:PORT/%2f)
 #   .ci/rabbitmq.sh stop [DIR]    stop the broker started with the same DIR
 #   .ci/rabbitmq.sh url [DIR]     print the URL of the running broker
+#   .ci/rabbitmq.sh ctl DIR ARGS  run rabbitmqctl ARGS against that broker (tests use it
+#                                 to close a worker's connection)
 #
 # Each start makes a fresh node (`weft-ci-<pid>@localhost`) with its own mnesia, log,
 # cookie (HOME=DIR/home) and config, no plugins (no management), AMQP listening on
@@ -163,12 +165,21 @@ stop() {
     log "stopped"
 }
 
+ctl() {
+    # rabbitmqctl against the node in $dir, with the remaining arguments.
+    dir=$(cd "$dir" && pwd)
+    local bin; bin=$(bin_dir)
+    env_for "$dir"
+    "$bin/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@"
+}
+
 case $cmd in
 start) start ;;
 stop) stop ;;
 url) cat "$dir/url" ;;
+ctl) shift 2; ctl "$@" ;;
 *)
-    echo "usage: $0 start|stop|url [DIR]" >&2
+    echo "usage: $0 start|stop|url [DIR] | ctl DIR ARGS..." >&2
     exit 2
     ;;
 esac

@@ -159,6 +159,9 @@ struct Xy {
     y: i64,
 }
 
+/// Counts the runs of `tock`.
+static TOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Counts the runs of `tick`.
 static TICKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -170,6 +173,9 @@ fn registry() -> Registry {
         .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
         .task("add_kw", |a: Xy| Ok::<_, String>(a.x + a.y))
         .task("ping", |(): ()| Ok::<_, String>("pong"))
+        .task("tock", |(): ()| {
+            Ok::<_, String>(TOCKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+        })
         .task("tick", |(): ()| {
             Ok::<_, String>(TICKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
         })
@@ -676,6 +682,80 @@ fn an_eta_task_held_past_the_hold_limit_is_sent_again_and_runs_once() {
     assert_eq!(TICKS.load(std::sync::atomic::Ordering::SeqCst) - before, 1);
     assert_eq!(worker.shutdown(), 0);
     assert_eq!(env.queued(&q), 0);
+}
+
+/// `rabbitmqctl` against the test broker (`.ci/rabbitmq.sh ctl`, its state in
+/// `WEFT_RABBITMQ_DIR`).
+fn rabbitmqctl(dir: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/rabbitmq.sh"))
+        .args(["ctl", dir])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// RabbitMQ: when a worker's connection drops, the broker delivers again every message it
+/// held; the worker drops its own copies of those that had not started, so a task waiting
+/// for its ETA runs once, not twice.
+#[test]
+fn a_dropped_broker_connection_does_not_run_held_tasks_twice() {
+    let Some(env) = env() else { return };
+    if !env.amqp {
+        return; // Redis's held messages outlive a connection.
+    }
+    let Some(dir) = required("WEFT_RABBITMQ_DIR") else {
+        return;
+    };
+    let q = unique("reconnect");
+    let name = format!("weft-test-{}@here", uuid_like());
+    let worker = env
+        .worker(registry())
+        .queue(q.as_str(), Priority::Normal)
+        .hostname(name.as_str())
+        // Two threads: were both copies to run, they would run at once, at the ETA.
+        .workers(2)
+        .start()
+        .unwrap();
+    let before = TOCKS.load(std::sync::atomic::Ordering::SeqCst);
+    let r = env
+        .client()
+        .send_task(
+            "tock",
+            vec![],
+            no_args(),
+            SendOptions {
+                queue: Some(q.clone()),
+                countdown: Some(Duration::from_secs(3)),
+                ..SendOptions::default()
+            },
+        )
+        .unwrap();
+    // Delivered (held, waiting for its ETA): no longer ready in the queue.
+    let deadline = Instant::now() + WAIT;
+    while env.queued(&q) > 0 {
+        assert!(Instant::now() < deadline, "never delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wanted = format!("weft consumer {name}");
+    // One line per connection: `<pid>\t[..., {"connection_name","<name>"}, ...]`.
+    let conns = rabbitmqctl(&dir, &["list_connections", "pid", "client_properties"]);
+    let pid = conns
+        .lines()
+        .find(|l| l.contains(&format!("{{\"connection_name\",\"{wanted}\"}}")))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection {wanted:?} in {conns}"));
+    rabbitmqctl(&dir, &["close_connection", pid, "weft test: dropped"]);
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(before + 1));
+    // Waits for whatever runs; a copy not started is put back, not run.
+    worker.shutdown();
+    assert_eq!(TOCKS.load(std::sync::atomic::Ordering::SeqCst) - before, 1);
 }
 
 /// Settings that cannot work are refused with a clear error before anything connects.

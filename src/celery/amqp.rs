@@ -357,11 +357,17 @@ impl Broker {
     /// Connects to `url` (`amqp://user:password@host:port/vhost`, the vhost `/` written
     /// `%2f`) and opens the publishing channel.
     pub fn connect(url: &str) -> Result<Broker, Error> {
+        Broker::connect_named(url, "weft")
+    }
+
+    /// As [`connect`](Self::connect), with the connection name the broker shows (e.g. in
+    /// `rabbitmqctl list_connections client_properties`).
+    pub fn connect_named(url: &str, name: &str) -> Result<Broker, Error> {
         let rt = Runtime::async_global_executor();
         let (conn, channel) = rt.block_on(async {
             let conn = Connection::connect_with_runtime(
                 url,
-                ConnectionProperties::default().with_connection_name("weft".into()),
+                ConnectionProperties::default().with_connection_name(name.into()),
                 rt.clone(),
             )
             .await?;
@@ -1070,6 +1076,8 @@ pub(crate) struct AmqpTransport {
 /// then redelivered by the broker).
 pub(crate) struct AmqpConsumer {
     url: String,
+    /// The connection name: `weft consumer <worker hostname>`.
+    name: String,
     queues: Vec<String>,
     max_priority: Option<u8>,
     /// The connection and its consumer; `None` after a failure, until the next fetch.
@@ -1082,7 +1090,7 @@ pub(crate) struct AmqpConsumer {
 
 impl AmqpConsumer {
     fn connect(&self) -> Result<(Broker, Consumer), Error> {
-        let broker = Broker::connect(&self.url)?;
+        let broker = Broker::connect_named(&self.url, &self.name)?;
         for q in &self.queues {
             broker.declare_queue(q, self.max_priority)?;
         }
@@ -1303,6 +1311,7 @@ impl Transport for AmqpTransport {
 
     fn open(
         &self,
+        hostname: &str,
         queues: &[String],
         prefetch: usize,
     ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
@@ -1310,6 +1319,7 @@ impl Transport for AmqpTransport {
         let _: () = redis::cmd("PING").query(&mut backend)?;
         let mut consumer = AmqpConsumer {
             url: self.url.clone(),
+            name: format!("weft consumer {hostname}"),
             queues: queues.to_vec(),
             max_priority: self.max_priority,
             live: None,

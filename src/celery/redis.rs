@@ -755,6 +755,7 @@ impl Transport for RedisTransport {
 
     fn open(
         &self,
+        _hostname: &str,
         queues: &[String],
         _prefetch: usize,
     ) -> Result<(RedisConsumer, RedisSettler), Error> {

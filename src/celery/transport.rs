@@ -134,10 +134,11 @@ pub(crate) trait Transport: Clone + Send + 'static {
     /// The settling side.
     type Settler: Settle<Tag = Self::Tag>;
 
-    /// Connects a worker consuming `queues` (highest lane first) holding at most
-    /// `prefetch` messages.
+    /// Connects the worker `hostname` consuming `queues` (highest lane first) holding at
+    /// most `prefetch` messages.
     fn open(
         &self,
+        hostname: &str,
         queues: &[String],
         prefetch: usize,
     ) -> Result<(Self::Consumer, Self::Settler), Error>;

@@ -285,8 +285,6 @@ impl Worker {
         if self.prefetch == 0 {
             self.prefetch = pool.num_workers() * 4;
         }
-        let names: Vec<String> = self.queues.iter().map(|(q, _)| q.clone()).collect();
-        let (consumer, settler) = transport.open(&names, self.prefetch)?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             in_flight: Mutex::new(0),
@@ -302,6 +300,8 @@ impl Worker {
                 .unwrap_or_else(|_| "localhost".into());
             format!("weft-{}@{host}", std::process::id())
         });
+        let names: Vec<String> = self.queues.iter().map(|(q, _)| q.clone()).collect();
+        let (consumer, settler) = transport.open(&hostname, &names, self.prefetch)?;
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let control = {
