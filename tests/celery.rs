@@ -8,6 +8,8 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -166,7 +168,8 @@ static TOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::n
 static TICKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Set by `spin_until_revoked` once it runs.
-static SPINNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static SPINNING: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
 
 fn registry() -> Registry {
     Registry::new()
@@ -180,7 +183,8 @@ fn registry() -> Registry {
             Ok::<_, String>(TICKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
         })
         .task("spin_until_revoked", |(): ()| {
-            SPINNING.store(true, std::sync::atomic::Ordering::SeqCst);
+            *SPINNING.0.lock().unwrap() = true;
+            SPINNING.1.notify_all();
             while weft::checkpoint().is_ok() {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -243,7 +247,8 @@ impl Rng {
 }
 
 /// Waits (up to 30 s) until the test tasks have counted more than `above` runs in the hash
-/// `runs` (the child is running tasks, with more taken behind them), then a random
+/// `runs` (the child is running tasks, with more taken behind them; each run also pushes
+/// on the list `<runs>:ran`, which the wait blocks on), then a random
 /// 0-`jitter_ms` ms more, so that the kill lands at a random point of the consumer's work
 /// (between fetches, mid-batch, while tasks run, while results are written), then
 /// `kill -9`s `child`. Returns the runs counted just before the kill.
@@ -256,9 +261,16 @@ fn kill_while_running(
     above: i64,
 ) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let ran = format!("{runs}:ran");
     while runs_so_far(conn, runs) <= above {
-        assert!(Instant::now() < deadline, "the worker never ran a task");
-        std::thread::sleep(Duration::from_millis(2));
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the worker never ran a task");
+        // Wakes at the next run's push (or at once for one already there).
+        let _: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(&ran)
+            .arg(left.as_secs_f64())
+            .query(conn)
+            .unwrap();
     }
     // Random timing on purpose (where the kill lands), not a wait for anything.
     std::thread::sleep(Duration::from_millis(rng.below(jitter_ms + 1)));
@@ -578,8 +590,23 @@ fn dead_letters(env: &Env, q: &str, n: usize) -> Vec<String> {
         }
         return reasons;
     }
+    // Woken by weft's own wake-up on changes to the dead-letter list (Redis's client
+    // tracking), rather than by polling it.
+    use weft::celery::redis::{track, Wake, DEAD_LETTER};
+    let client = redis::Client::open(env.backend.as_str()).unwrap();
+    let wake = Arc::new(Wake::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tracker = {
+        let (client, wake, stop) = (client.clone(), wake.clone(), stop.clone());
+        std::thread::spawn(move || {
+            track(&client, &[DEAD_LETTER.to_owned()], &wake, || {
+                stop.load(Ordering::Acquire)
+            })
+        })
+    };
     let mut conn = env.redis();
     while reasons.len() < n && Instant::now() < deadline {
+        let seen = wake.generation();
         let dead: Vec<String> = redis::cmd("LRANGE")
             .arg(weft::celery::redis::DEAD_LETTER)
             .arg(0)
@@ -593,9 +620,11 @@ fn dead_letters(env: &Env, q: &str, n: usize) -> Vec<String> {
             .map(|d| d["reason"].as_str().unwrap().to_owned())
             .collect();
         if reasons.len() < n {
-            std::thread::sleep(Duration::from_millis(20));
+            wake.wait(seen, deadline.saturating_duration_since(Instant::now()));
         }
     }
+    stop.store(true, Ordering::Release);
+    tracker.join().unwrap();
     reasons
 }
 
@@ -737,12 +766,22 @@ fn a_dropped_broker_connection_does_not_run_held_tasks_twice() {
             },
         )
         .unwrap();
-    // Delivered (held, waiting for its ETA): no longer ready in the queue.
-    let deadline = Instant::now() + WAIT;
-    while env.queued(&q) > 0 {
-        assert!(Instant::now() < deadline, "never delivered");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Delivered (held, waiting for its ETA): a task sent after it has run, and the queue
+    // is FIFO.
+    let behind = env
+        .client()
+        .send_task(
+            "ping",
+            vec![],
+            no_args(),
+            SendOptions {
+                queue: Some(q.clone()),
+                ..SendOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(behind.get_value(WAIT).unwrap(), json!("pong"));
+    assert_eq!(env.queued(&q), 0, "never delivered");
     let wanted = format!("weft consumer {name}");
     // One line per connection: `<pid>\t[..., {"connection_name","<name>"}, ...]`.
     let conns = rabbitmqctl(&dir, &["list_connections", "pid", "client_properties"]);
@@ -884,18 +923,20 @@ impl Drop for Killed {
         if let Ok(Some(_)) = self.0.try_wait() {
             return; // already ended (killed by the test)
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let child = &mut self.0;
+        std::thread::scope(|s| {
+            let (exited, exit) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if exit.recv_timeout(Duration::from_secs(10)).is_err() {
+                // The waiting thread reaps it once it is gone.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        });
     }
 }
 
@@ -963,10 +1004,12 @@ fn child_worker_process() {
         let mut c = redis::Client::open(counter_url.as_str())
             .and_then(|c| c.get_connection())
             .map_err(|e| e.to_string())?;
-        redis::cmd("HINCRBY")
-            .arg(&key)
-            .arg(x)
-            .arg(1)
+        redis::pipe()
+            .atomic()
+            .hincr(&key, x, 1)
+            .ignore()
+            .rpush(format!("{key}:ran"), x)
+            .ignore()
             .query::<()>(&mut c)
             .map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(100));
@@ -1102,8 +1145,6 @@ fn repeated_kills_at_random_moments_lose_no_task() {
 /// consumer that found its lists empty never sleeps through a message.
 #[test]
 fn the_tracker_wakes_the_consumer_for_every_push() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use weft::celery::redis::{consume_keys, track, Wake};
     let Some(env) = env() else { return };
     if env.amqp {
@@ -1175,14 +1216,12 @@ fn python_remote_control_reaches_weft_workers() {
             },
         )
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while !SPINNING.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(
-            Instant::now() < deadline,
-            "spin_until_revoked never started"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (started, _) = SPINNING
+        .1
+        .wait_timeout_while(SPINNING.0.lock().unwrap(), WAIT, |s| !*s)
+        .unwrap();
+    assert!(*started, "spin_until_revoked never started");
+    drop(started);
     let out = Command::new(&py)
         .arg(fixtures().join("interop_control.py"))
         .arg(&env.broker)
@@ -1242,8 +1281,7 @@ fn python_remote_control_reaches_weft_workers() {
 
 #[test]
 fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
     use weft::registry::TaskOptions;
     use weft::RetryPolicy;
 

@@ -203,7 +203,9 @@ impl Http {
         }
     }
 
-    /// Polls (1 ms apart) until the task's state is `state`.
+    /// Polls (1 ms apart) until the task's state is `state`: for states seen only through
+    /// the node's API (`RETRY`, set after a failed attempt returns). A `block` task's
+    /// `STARTED` is waited for on the gate instead ([`Fixture::started`]).
     async fn wait_state(&self, id: &str, state: &str) -> Value {
         wait_for(|| async {
             let v = self.info(id).await;
@@ -228,7 +230,9 @@ impl Http {
     }
 }
 
-/// Re-checks `cond` (1 ms apart) until it gives a value; fails after `HANG`.
+/// Re-checks `cond` (1 ms apart) until it gives a value; fails after `HANG`. Only for
+/// conditions the test can see through the node's HTTP API alone (a `RETRY` state, the
+/// waiters gauge of long polls, a record's expiry), which has no way to notify.
 async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(mut cond: impl FnMut() -> F) -> T {
     let deadline = Instant::now() + HANG;
     loop {
@@ -257,21 +261,46 @@ fn temp_dir() -> PathBuf {
     d
 }
 
-/// A gate tasks block on until the test opens it.
+/// A gate tasks block on until the test opens it; it counts the tasks that reached it.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
+struct Gate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    arrived: usize,
+}
 
 impl Gate {
     fn open(&self) {
-        *self.0 .0.lock().unwrap() = true;
+        self.0 .0.lock().unwrap().open = true;
         self.0 .1.notify_all();
     }
 
     fn wait(&self) {
-        let mut open = self.0 .0.lock().unwrap();
-        while !*open {
-            open = self.0 .1.wait(open).unwrap();
+        let mut g = self.0 .0.lock().unwrap();
+        g.arrived += 1;
+        self.0 .1.notify_all();
+        while !g.open {
+            g = self.0 .1.wait(g).unwrap();
         }
+    }
+
+    /// Waits (up to `HANG`) until `n` tasks have reached the gate.
+    async fn arrived(&self, n: usize) {
+        let gate = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (lock, cv) = &*gate.0;
+            let g = lock.lock().unwrap();
+            let (g, _) = cv.wait_timeout_while(g, HANG, |g| g.arrived < n).unwrap();
+            assert!(
+                g.arrived >= n,
+                "{} of {n} tasks reached the gate in {HANG:?}",
+                g.arrived
+            );
+        })
+        .await
+        .unwrap();
     }
 }
 
@@ -338,6 +367,13 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Waits until `id`, this fixture's first `block` task, has reached the gate, and
+    /// checks that the node shows it `STARTED` (marked before the task's function runs).
+    async fn started(&self, id: &str) {
+        self.gate.arrived(1).await;
+        assert_eq!(self.http.info(id).await["state"], "STARTED");
+    }
+
     async fn shutdown(self) {
         self.gate.open();
         self.node.shutdown().await;
@@ -584,7 +620,7 @@ async fn cancel_queued_running_and_finished() {
     let fx = unix_node(|n| n.workers(1)).await;
     let h = &fx.http;
     let running = h.submit("block", json!({})).await;
-    h.wait_state(&running, "STARTED").await;
+    fx.started(&running).await;
     let queued = h.submit("add", json!({"args": [1, 2]})).await;
     assert_eq!(h.info(&queued).await["state"], "PENDING");
 
@@ -637,7 +673,7 @@ async fn priorities_order_queued_work() {
     let fx = unix_node(|n| n.workers(1)).await;
     let h = &fx.http;
     let blocker = h.submit("block", json!({})).await;
-    h.wait_state(&blocker, "STARTED").await;
+    fx.started(&blocker).await;
     let mut ids = Vec::new();
     for (tag, prio) in [
         ("low", "low"),
@@ -687,7 +723,7 @@ async fn results_expire_after_ttl_and_capacity() {
     let fx = unix_node(|n| n.max_results(2).workers(2)).await;
     let h = &fx.http;
     let blocked = h.submit("block", json!({})).await;
-    h.wait_state(&blocked, "STARTED").await;
+    fx.started(&blocked).await;
     let mut done = Vec::new();
     for i in 0..3 {
         let id = h.submit("add", json!({"args": [i, 0]})).await;
@@ -917,7 +953,7 @@ async fn a_full_lane_answers_429_and_loses_nothing() {
     let fx = unix_node(|n| n.workers(1).max_queued(2)).await;
     let h = &fx.http;
     let blocker = h.submit("block", json!({})).await;
-    h.wait_state(&blocker, "STARTED").await;
+    fx.started(&blocker).await;
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..50 {
@@ -992,7 +1028,7 @@ async fn shutdown_drains_and_answers_waiters() {
     let fx = unix_node(|n| n.workers(1)).await;
     let h = fx.http.clone();
     let running = h.submit("block", json!({})).await;
-    h.wait_state(&running, "STARTED").await;
+    fx.started(&running).await;
     let queued = h.submit("add", json!({"args": [5, 5]})).await;
     let delayed = h
         .submit("add", json!({"args": [5, 5], "delay_ms": 3_600_000}))
@@ -1050,7 +1086,7 @@ async fn shutdown_cancel_mode_revokes_queued_work() {
     let fx = unix_node(|n| n.workers(1).shutdown_mode(ShutdownMode::Cancel)).await;
     let h = fx.http.clone();
     let running = h.submit("block", json!({})).await;
-    h.wait_state(&running, "STARTED").await;
+    fx.started(&running).await;
     let queued = h.submit("add", json!({"args": [5, 5]})).await;
     let waiter = {
         let (h, id) = (h.clone(), queued.clone());
