@@ -206,10 +206,7 @@ fn registry() -> Registry {
 /// Sends `n` tasks `slow_add(i, 1000, runs)` to queue `q` (each counts its runs in the
 /// hash `runs`).
 fn send_slow_adds(client: &Client, q: &str, runs: &str, n: usize) -> Vec<AsyncResult> {
-    let opts = SendOptions {
-        queue: Some(q.to_owned()),
-        ..SendOptions::default()
-    };
+    let opts = on(q);
     (0..n)
         .map(|i| {
             client
@@ -280,6 +277,14 @@ fn kill_while_running(
     ran
 }
 
+/// Options that send to queue `q`.
+fn on(q: &str) -> SendOptions {
+    SendOptions {
+        queue: Some(q.to_owned()),
+        ..SendOptions::default()
+    }
+}
+
 fn no_args() -> Map<String, Value> {
     Map::new()
 }
@@ -297,11 +302,7 @@ fn weft_client_to_weft_worker() {
         .start()
         .unwrap();
     let client = env.client();
-    let opts = |priority| SendOptions {
-        queue: Some(q.clone()),
-        priority,
-        ..SendOptions::default()
-    };
+    let opts = |priority| SendOptions { priority, ..on(&q) };
     let sums: Vec<_> = (0..100)
         .map(|i| {
             client
@@ -422,10 +423,7 @@ fn shutdown_puts_back_the_messages_whose_tasks_did_not_run() {
         .start()
         .unwrap();
     let client = env.client();
-    let opts = SendOptions {
-        queue: Some(q.clone()),
-        ..SendOptions::default()
-    };
+    let opts = on(&q);
     let later = client
         .send_task(
             "add",
@@ -642,10 +640,7 @@ fn eta_tasks_never_stop_delivery() {
         .start()
         .unwrap();
     let client = env.client();
-    let opts = SendOptions {
-        queue: Some(q.clone()),
-        ..SendOptions::default()
-    };
+    let opts = on(&q);
     for i in 0..6 {
         client
             .send_task(
@@ -695,9 +690,8 @@ fn an_eta_task_held_past_the_hold_limit_is_sent_again_and_runs_once() {
             vec![],
             no_args(),
             SendOptions {
-                queue: Some(q.clone()),
                 countdown: Some(Duration::from_secs(2)),
-                ..SendOptions::default()
+                ..on(&q)
             },
         )
         .unwrap();
@@ -760,9 +754,8 @@ fn a_dropped_broker_connection_does_not_run_held_tasks_twice() {
             vec![],
             no_args(),
             SendOptions {
-                queue: Some(q.clone()),
                 countdown: Some(Duration::from_secs(3)),
-                ..SendOptions::default()
+                ..on(&q)
             },
         )
         .unwrap();
@@ -770,15 +763,7 @@ fn a_dropped_broker_connection_does_not_run_held_tasks_twice() {
     // is FIFO.
     let behind = env
         .client()
-        .send_task(
-            "ping",
-            vec![],
-            no_args(),
-            SendOptions {
-                queue: Some(q.clone()),
-                ..SendOptions::default()
-            },
-        )
+        .send_task("ping", vec![], no_args(), on(&q))
         .unwrap();
     assert_eq!(behind.get_value(WAIT).unwrap(), json!("pong"));
     assert_eq!(env.queued(&q), 0, "never delivered");
@@ -840,15 +825,7 @@ fn bad_messages_are_dead_lettered_and_never_stop_the_worker() {
     };
     let client = env.client();
     let r = client
-        .send_task(
-            "add",
-            vec![json!(2), json!(2)],
-            no_args(),
-            SendOptions {
-                queue: Some(q.clone()),
-                ..SendOptions::default()
-            },
-        )
+        .send_task("add", vec![json!(2), json!(2)], no_args(), on(&q))
         .unwrap();
     assert_eq!(r.get_value(WAIT).unwrap(), json!(4));
     match client.result(pickle_id).get(WAIT).unwrap() {
@@ -954,10 +931,7 @@ fn weft_sends_python_worker_runs_weft_reads() {
     let stderr = child.stderr.take();
     let child = Killed(child);
     let client = env.client();
-    let opts = SendOptions {
-        queue: Some(q.clone()),
-        ..SendOptions::default()
-    };
+    let opts = on(&q);
     let r = client
         .send_task("py.mul", vec![json!(6), json!(7)], no_args(), opts.clone())
         .unwrap();
@@ -1206,15 +1180,7 @@ fn python_remote_control_reaches_weft_workers() {
     // A task that runs until it is revoked with terminate=True.
     let spinning = env
         .client()
-        .send_task(
-            "spin_until_revoked",
-            vec![],
-            no_args(),
-            SendOptions {
-                queue: Some(q.clone()),
-                ..SendOptions::default()
-            },
-        )
+        .send_task("spin_until_revoked", vec![], no_args(), on(&q))
         .unwrap();
     let (started, _) = SPINNING
         .1
@@ -1315,10 +1281,7 @@ fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
         .start()
         .unwrap();
     let client = env.client();
-    let opts = SendOptions {
-        queue: Some(q.clone()),
-        ..SendOptions::default()
-    };
+    let opts = on(&q);
     let start = Instant::now();
     let r = client
         .send_task("flaky", vec![], no_args(), opts.clone())
@@ -1341,10 +1304,7 @@ fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
 /// to the last result.
 fn noop_throughput(env: &Env, q: &str, n: usize) -> f64 {
     let client = env.client();
-    let opts = SendOptions {
-        queue: Some(q.to_owned()),
-        ..SendOptions::default()
-    };
+    let opts = on(q);
     // Warm-up: the worker consumes.
     client
         .send_task("noop", vec![], no_args(), opts.clone())
@@ -1476,10 +1436,7 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
         .unwrap();
     let mut python = Killed(python);
     let client = env.client();
-    let opts = SendOptions {
-        queue: Some(q.clone()),
-        ..SendOptions::default()
-    };
+    let opts = on(&q);
     // The Python worker is consuming once this is done.
     let warm = client
         .send_task("noop", vec![], no_args(), opts.clone())

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::protocol::{format_iso8601, TaskMessage, TaskResult};
 use super::redis::{self as transport, RedisPublisher};
-use super::transport::Publish;
+use super::transport::{BrokerKind, Publish};
 use super::Error;
 
 /// Options of one [`Client::send_task`]; the defaults are Celery's.
@@ -66,29 +66,10 @@ impl Client {
     /// as Celery declares it) the first time a task is sent to it; see
     /// [`max_priority`](Self::max_priority).
     pub fn with_backend(broker: &str, backend: &str) -> Result<Client, Error> {
-        let scheme = broker.split_once("://").map_or("", |(s, _)| s);
-        let publisher: Box<dyn Publish> = match scheme {
-            "redis" | "rediss" | "unix" | "redis+unix" => {
-                if broker != backend {
-                    return Err(Error::Config(
-                        "a Redis broker is its own result backend: do not name another".into(),
-                    ));
-                }
-                Box::new(RedisPublisher::new(redis::Client::open(broker)?)?)
-            }
+        let publisher: Box<dyn Publish> = match BrokerKind::of(broker, Some(backend))? {
+            BrokerKind::Redis => Box::new(RedisPublisher::new(redis::Client::open(broker)?)?),
             #[cfg(feature = "amqp")]
-            "amqp" | "amqps" => Box::new(super::amqp::AmqpPublisher::new(broker)?),
-            #[cfg(not(feature = "amqp"))]
-            "amqp" | "amqps" => {
-                return Err(Error::Config(
-                    "weft was built without the feature `amqp`".into(),
-                ))
-            }
-            other => {
-                return Err(Error::Config(format!(
-                    "unknown broker URL scheme {other:?} (expected redis:// or amqp://)"
-                )))
-            }
+            BrokerKind::Amqp { .. } => Box::new(super::amqp::AmqpPublisher::new(broker)?),
         };
         let backend = redis::Client::open(backend)?;
         // Fails now rather than at the first `get`.

@@ -696,8 +696,28 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// What Celery's `send_task("tasks.mixed", ...)` with options (the `*send_options`
+    /// fixtures) decodes to, on either transport.
+    pub(crate) fn assert_mixed_options(m: &TaskMessage) {
+        assert_eq!(m.task, "tasks.mixed");
+        assert_eq!(m.args, vec![json!(1), json!("two"), json!([3.5, null])]);
+        assert_eq!(m.kwargs["flag"], json!(true));
+        assert_eq!(m.kwargs["name"], json!("é"));
+        assert_eq!(m.retries, 2);
+        assert_eq!(m.timelimit, (Some(60.0), Some(50.0)));
+        assert_eq!(m.priority, 6);
+        assert_eq!(m.routing_key, "bulk");
+        assert_eq!(m.expires.as_deref(), Some("2030-01-02T03:04:05+00:00"));
+        let eta = parse_iso8601(m.eta.as_deref().unwrap()).unwrap();
+        assert_eq!(format_iso8601(eta), m.eta.clone().unwrap());
+        assert_eq!(
+            m.registry_args(),
+            json!([1, "two", [3.5, null], {"flag": true, "name": "é"}])
+        );
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
@@ -730,24 +750,10 @@ mod tests {
     #[test]
     fn golden_python_send_task_with_options() {
         let m = TaskMessage::decode(&fixture("send_options")).unwrap();
-        assert_eq!(m.task, "tasks.mixed");
-        assert_eq!(m.args, vec![json!(1), json!("two"), json!([3.5, null])]);
-        assert_eq!(m.kwargs["flag"], json!(true));
-        assert_eq!(m.kwargs["name"], json!("é"));
-        assert_eq!(m.retries, 2);
-        assert_eq!(m.timelimit, (Some(60.0), Some(50.0)));
-        assert_eq!(m.priority, 6);
-        assert_eq!(m.routing_key, "bulk");
-        assert_eq!(m.expires.as_deref(), Some("2030-01-02T03:04:05+00:00"));
-        let eta = parse_iso8601(m.eta.as_deref().unwrap()).unwrap();
-        assert_eq!(format_iso8601(eta), m.eta.clone().unwrap());
+        assert_mixed_options(&m);
         assert_eq!(
             parse_iso8601(m.expires.as_deref().unwrap()),
             Some(UNIX_EPOCH + Duration::from_secs(1_893_553_445))
-        );
-        assert_eq!(
-            m.registry_args(),
-            json!([1, "two", [3.5, null], {"flag": true, "name": "é"}])
         );
     }
 

@@ -13,6 +13,49 @@ use std::time::Duration;
 use super::protocol::{ProtocolError, TaskMessage, TaskResult};
 use super::Error;
 
+/// The kind of broker a URL names, checked against the result backend given with it
+/// (`None`: none named).
+pub(crate) enum BrokerKind {
+    /// `redis://`, `rediss://`, `unix://`: its own result backend.
+    Redis,
+    /// `amqp://`, `amqps://`, with the Redis result backend at this URL.
+    #[cfg(feature = "amqp")]
+    Amqp { backend: String },
+}
+
+impl BrokerKind {
+    /// What `url` names; a clear [`Error::Config`] for an unknown scheme, an AMQP broker
+    /// without a backend (or without the feature `amqp`), or a Redis broker with another
+    /// backend.
+    pub fn of(url: &str, backend: Option<&str>) -> Result<BrokerKind, Error> {
+        match url.split_once("://").map_or("", |(s, _)| s) {
+            "redis" | "rediss" | "unix" | "redis+unix" => match backend {
+                Some(b) if b != url => Err(Error::Config(
+                    "a Redis broker is its own result backend: do not name another".into(),
+                )),
+                _ => Ok(BrokerKind::Redis),
+            },
+            #[cfg(feature = "amqp")]
+            "amqp" | "amqps" => match backend {
+                Some(b) => Ok(BrokerKind::Amqp {
+                    backend: b.to_owned(),
+                }),
+                None => Err(Error::Config(
+                    "an AMQP broker needs a Redis result backend: Worker::backend(\"redis://...\")"
+                        .into(),
+                )),
+            },
+            #[cfg(not(feature = "amqp"))]
+            "amqp" | "amqps" => Err(Error::Config(
+                "weft was built without the feature `amqp`".into(),
+            )),
+            other => Err(Error::Config(format!(
+                "unknown broker URL scheme {other:?} (expected redis:// or amqp://)"
+            ))),
+        }
+    }
+}
+
 /// A message taken from a queue.
 pub(crate) struct Incoming<T> {
     /// The queue it was taken from (its lane).
@@ -61,6 +104,43 @@ pub(crate) enum Settlement<T> {
     /// Send the message of a held delivery again and acknowledge the old one (an ETA
     /// task held as long as the broker allows, see [`Consume::hold_limit`]).
     Republish { message: TaskMessage, tag: T },
+}
+
+impl<K> Settlement<K> {
+    /// The same settlement with each tag replaced by `f`'s; `None` when an
+    /// acknowledgement or a copy to send has no tag any more (already settled).
+    pub fn with_tag<T>(self, mut f: impl FnMut(K) -> Option<T>) -> Option<Settlement<T>> {
+        Some(match self {
+            Settlement::Ack(k) => Settlement::Ack(f(k)?),
+            Settlement::Result { id, result, tag } => Settlement::Result {
+                id,
+                result,
+                tag: tag.and_then(f),
+            },
+            Settlement::Retry { next, failure, tag } => Settlement::Retry {
+                next,
+                failure,
+                tag: tag.and_then(f),
+            },
+            Settlement::Refuse {
+                queue,
+                raw,
+                reason,
+                result,
+                tag,
+            } => Settlement::Refuse {
+                queue,
+                raw,
+                reason,
+                result,
+                tag: tag.and_then(f),
+            },
+            Settlement::Republish { message, tag } => Settlement::Republish {
+                message,
+                tag: f(tag)?,
+            },
+        })
+    }
 }
 
 /// The consumer side of a transport (the worker's consumer thread).

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::control::Revoked;
 use super::protocol::{format_iso8601, parse_iso8601, ProtocolError, TaskMessage, TaskResult};
 use super::redis::{self as redis_transport, RedisTransport};
-use super::transport::{Consume, Settle, Settlement, Transport};
+use super::transport::{BrokerKind, Consume, Settle, Settlement, Transport};
 use super::Error;
 use crate::registry::Registry;
 use crate::{Pool, Priority};
@@ -230,14 +230,8 @@ impl Worker {
         // Queues in lane order, so that the higher lanes' queues are taken from first.
         self.queues
             .sort_by_key(|(_, lane)| std::cmp::Reverse(*lane));
-        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
-        match scheme {
-            "redis" | "rediss" | "unix" | "redis+unix" => {
-                if self.backend.as_ref().is_some_and(|b| *b != self.url) {
-                    return Err(Error::Config(
-                        "a Redis broker is its own result backend: do not name another".into(),
-                    ));
-                }
+        match BrokerKind::of(&self.url, self.backend.as_deref())? {
+            BrokerKind::Redis => {
                 let transport = RedisTransport {
                     client: redis::Client::open(self.url.as_str())?,
                     visibility_timeout: self.visibility_timeout,
@@ -247,13 +241,7 @@ impl Worker {
                 self.run(transport)
             }
             #[cfg(feature = "amqp")]
-            "amqp" | "amqps" => {
-                let Some(backend) = &self.backend else {
-                    return Err(Error::Config(
-                        "an AMQP broker needs a Redis result backend: Worker::backend(\"redis://...\")"
-                            .into(),
-                    ));
-                };
+            BrokerKind::Amqp { backend } => {
                 let transport = super::amqp::AmqpTransport {
                     url: self.url.clone(),
                     backend: redis::Client::open(backend.as_str())?,
@@ -263,13 +251,6 @@ impl Worker {
                 };
                 self.run(transport)
             }
-            #[cfg(not(feature = "amqp"))]
-            "amqp" | "amqps" => Err(Error::Config(
-                "weft was built without the feature `amqp`".into(),
-            )),
-            other => Err(Error::Config(format!(
-                "unknown broker URL scheme {other:?} (expected redis:// or amqp://)"
-            ))),
         }
     }
 
@@ -484,13 +465,12 @@ impl Shared {
                 if !task.counted {
                     self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
                 }
-                let _ = done.send(Done::End {
-                    id: task.id.clone(),
-                    key: task.key,
-                    result: TaskResult::Revoked("revoked".into()),
-                    counted: task.counted,
-                    retry: None,
-                });
+                let _ = done.send(Done::end(
+                    task.id.clone(),
+                    task.key,
+                    TaskResult::Revoked("revoked".into()),
+                    task.counted,
+                ));
                 settled.push(*seq);
             } else if terminate && task.state.load(Ordering::SeqCst) == STARTED {
                 // Running: asked to stop (`checkpoint` says so from now on).
@@ -538,31 +518,35 @@ struct Config {
     acks_late: bool,
 }
 
-/// What the consumer and the tasks tell the finisher.
-enum Done {
-    /// Acknowledge now: the task is starting (acks early).
-    Ack { key: u64 },
-    /// A task's end (or a message settled without running: revoked, expired, unknown).
-    End {
-        id: String,
-        /// The message, if it is still held (not acknowledged as the task started).
-        key: Option<u64>,
-        result: TaskResult,
-        /// True if it counted against the prefetch limit.
-        counted: bool,
-        /// The message to send again instead of a final result (Celery's retry).
-        retry: Option<TaskMessage>,
-    },
-    /// A message that is not a task.
-    Refuse {
-        queue: String,
-        raw: Vec<u8>,
-        reason: String,
-        result: Option<(String, TaskResult)>,
-        key: Option<u64>,
-    },
-    /// Send again and acknowledge (an ETA task held for the broker's hold limit).
-    Republish { message: TaskMessage, key: u64 },
+/// What the consumer and the tasks tell the finisher: a settlement of the message held
+/// under a key of `held` (the finisher swaps the key for the message's tag).
+struct Done {
+    settle: Settlement<u64>,
+    /// True if the message counted against the prefetch limit (a task's end frees it).
+    counted: bool,
+}
+
+impl Done {
+    /// A final result (a task's end, or a message settled without running: revoked,
+    /// expired, unknown).
+    fn end(id: String, key: Option<u64>, result: TaskResult, counted: bool) -> Done {
+        Done {
+            settle: Settlement::Result {
+                id,
+                result,
+                tag: key,
+            },
+            counted,
+        }
+    }
+
+    /// A settlement that frees no prefetch slot.
+    fn uncounted(settle: Settlement<u64>) -> Done {
+        Done {
+            settle,
+            counted: false,
+        }
+    }
 }
 
 fn consume<C: Consume>(
@@ -679,17 +663,16 @@ fn upkeep<C: Consume>(
             .and_then(parse_iso8601)
             .is_some_and(|exp| exp <= now);
         let _ = done.send(if expired {
-            Done::End {
-                id: task.id.clone(),
-                key: Some(key),
-                result: TaskResult::Revoked("expired".into()),
-                counted: false,
-                retry: None,
-            }
+            Done::end(
+                task.id.clone(),
+                Some(key),
+                TaskResult::Revoked("expired".into()),
+                false,
+            )
         } else {
             let mut message = message.clone();
             message.delivery_tag = uuid::Uuid::new_v4().to_string();
-            Done::Republish { message, key }
+            Done::uncounted(Settlement::Republish { message, tag: key })
         });
     }
     for seq in settled {
@@ -741,13 +724,13 @@ fn take(
         Ok(m) => m,
         Err(refused) => {
             let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
-            let _ = done.send(Done::Refuse {
+            let _ = done.send(Done::uncounted(Settlement::Refuse {
                 queue,
                 raw: refused.raw,
                 reason: refused.error.to_string(),
                 result,
-                key,
-            });
+                tag: key,
+            }));
             return;
         }
     };
@@ -755,13 +738,8 @@ fn take(
     if msg.routing_key.is_empty() {
         msg.routing_key = queue.clone();
     }
-    let settle_now = |result: TaskResult, counted: bool| Done::End {
-        id: msg.id.clone(),
-        key,
-        result,
-        counted,
-        retry: None,
-    };
+    let settle_now =
+        |result: TaskResult, counted: bool| Done::end(msg.id.clone(), key, result, counted);
     if shared.revoked.contains(&msg.id) {
         let _ = done.send(settle_now(TaskResult::Revoked("revoked".into()), false));
         return;
@@ -856,19 +834,13 @@ fn take(
             .is_some_and(|exp| exp <= SystemTime::now());
         if expired || revoked.contains(&id) {
             let why = if expired { "expired" } else { "revoked" };
-            let _ = tx.send(Done::End {
-                id,
-                key,
-                result: TaskResult::Revoked(why.into()),
-                counted,
-                retry: None,
-            });
+            let _ = tx.send(Done::end(id, key, TaskResult::Revoked(why.into()), counted));
             return;
         }
         // Acks early: acknowledged as it starts; the result comes later.
         let key = match key {
             Some(k) if !acks_late => {
-                let _ = tx.send(Done::Ack { key: k });
+                let _ = tx.send(Done::uncounted(Settlement::Ack(k)));
                 None
             }
             other => other,
@@ -909,12 +881,16 @@ fn take(
             }
             _ => None,
         };
-        let _ = tx.send(Done::End {
-            id,
-            key,
-            result,
-            counted,
-            retry,
+        let _ = tx.send(match retry {
+            Some(next) => Done {
+                settle: Settlement::Retry {
+                    next,
+                    failure: result,
+                    tag: key,
+                },
+                counted,
+            },
+            None => Done::end(id, key, result, counted),
         });
     };
     let mut task = pool.task().priority(lane);
@@ -993,49 +969,12 @@ fn finisher<C: Consume>(
                 Err(_) => break,
             }
         }
-        let mut counted = 0;
+        let counted = batch.iter().filter(|d| d.counted).count();
         let settlements: Vec<Settlement<C::Tag>> = {
             let mut held = held.lock();
-            let mut tag = |key: Option<u64>| key.and_then(|k| held.remove(&k));
             batch
                 .drain(..)
-                .filter_map(|d| match d {
-                    Done::Ack { key } => tag(Some(key)).map(Settlement::Ack),
-                    Done::End {
-                        id,
-                        key,
-                        result,
-                        counted: c,
-                        retry,
-                    } => {
-                        counted += usize::from(c);
-                        let tag = tag(key);
-                        Some(match retry {
-                            Some(next) => Settlement::Retry {
-                                next,
-                                failure: result,
-                                tag,
-                            },
-                            None => Settlement::Result { id, result, tag },
-                        })
-                    }
-                    Done::Refuse {
-                        queue,
-                        raw,
-                        reason,
-                        result,
-                        key,
-                    } => Some(Settlement::Refuse {
-                        queue,
-                        raw,
-                        reason,
-                        result,
-                        tag: tag(key),
-                    }),
-                    Done::Republish { message, key } => {
-                        tag(Some(key)).map(|tag| Settlement::Republish { message, tag })
-                    }
-                })
+                .filter_map(|d| d.settle.with_tag(|key| held.remove(&key)))
                 .collect()
         };
         settler.settle(settlements);

@@ -1,5 +1,4 @@
 use super::*;
-use crate::celery::protocol::format_iso8601;
 
 /// A golden fixture of `capture_amqp.py`.
 fn fixture(name: &str) -> Value {
@@ -103,21 +102,7 @@ fn golden_python_send_task_over_amqp() {
 #[test]
 fn golden_python_send_task_with_options_over_amqp() {
     let m = decode_fixture("amqp_send_options");
-    assert_eq!(m.task, "tasks.mixed");
-    assert_eq!(m.args, vec![json!(1), json!("two"), json!([3.5, null])]);
-    assert_eq!(m.kwargs["flag"], json!(true));
-    assert_eq!(m.kwargs["name"], json!("é"));
-    assert_eq!(m.retries, 2);
-    assert_eq!(m.timelimit, (Some(60.0), Some(50.0)));
-    assert_eq!(m.priority, 6);
-    assert_eq!(m.routing_key, "bulk");
-    assert_eq!(m.expires.as_deref(), Some("2030-01-02T03:04:05+00:00"));
-    let eta = parse_iso8601(m.eta.as_deref().unwrap()).unwrap();
-    assert_eq!(format_iso8601(eta), m.eta.clone().unwrap());
-    assert_eq!(
-        m.registry_args(),
-        json!([1, "two", [3.5, null], {"flag": true, "name": "é"}])
-    );
+    crate::celery::protocol::tests::assert_mixed_options(&m);
 }
 
 /// What weft publishes has the property set and the header *types* Celery's own message
