@@ -54,14 +54,15 @@ fn an_idle_pool_uses_no_cpu() {
     // Wait (on the condition, generously) until every worker is asleep.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // A new thread takes its name when it first runs: on a loaded machine the burst
+        // can be over before every worker has, so the count is part of the condition.
         let t = threads("idlecpu-");
-        assert_eq!(t.len(), 5, "4 workers and the timer thread");
-        if t.iter().all(|(s, _)| *s == 'S') && pool.metrics().parks >= 4 {
+        if t.len() == 5 && t.iter().all(|(s, _)| *s == 'S') && pool.metrics().parks >= 4 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "workers never went to sleep: {t:?}"
+            "workers never went to sleep (4 workers and the timer thread expected): {t:?}"
         );
         std::thread::yield_now();
     }
