@@ -342,12 +342,6 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-impl From<lapin::Error> for Error {
-    fn from(e: lapin::Error) -> Error {
-        Error::Amqp(e)
-    }
-}
-
 /// A lapin error for a refusal of ours (a nack'd publish).
 fn refused(what: &str) -> Error {
     Error::Io(std::io::Error::other(what.to_owned()))
