@@ -40,6 +40,7 @@ pub mod amqp;
 mod client;
 pub mod control;
 mod error;
+mod iso8601;
 pub mod protocol;
 pub mod redis;
 mod transport;
