@@ -1206,12 +1206,12 @@ impl AmqpSettler {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (id, result) in results {
-            super::redis::add_finish(&mut pipe, id, result, self.expires, None);
+            super::backend::add_result(&mut pipe, id, result, self.expires);
         }
         for i in 0..3 {
             let conn = match self.conn.take() {
                 Some(c) => Some(c),
-                None => super::redis::connect(&self.backend).ok(),
+                None => super::backend::connect(&self.backend).ok(),
             };
             if let Some(mut conn) = conn {
                 if pipe.query::<()>(&mut conn).is_ok() {
@@ -1309,7 +1309,7 @@ impl Transport for AmqpTransport {
         queues: &[String],
         prefetch: usize,
     ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
-        let mut backend = super::redis::connect(&self.backend)?;
+        let mut backend = super::backend::connect(&self.backend)?;
         let _: () = redis::cmd("PING").query(&mut backend)?;
         let mut consumer = AmqpConsumer {
             url: self.url.clone(),

@@ -37,6 +37,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+mod backend;
 mod client;
 pub mod control;
 mod error;

@@ -24,9 +24,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::{Commands, Connection, RedisResult};
 use serde_json::{json, Value};
 
+use super::backend::{add_result, retry_meta, store};
 use super::protocol::{ProtocolError, TaskMessage, TaskResult};
 use super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
 use super::Error;
+
+pub use super::backend::{
+    connect, result_key, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_RESULT_EXPIRES,
+};
 
 /// kombu's separator between a queue's name and its priority step.
 pub const PRIORITY_SEP: &str = "\x06\x16";
@@ -42,8 +47,6 @@ pub const UNACKED_MUTEX: &str = "unacked_mutex";
 pub const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
 /// kombu's default visibility timeout: a message unacknowledged for longer is restored.
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Celery's default result expiry (`result_expires`): one day.
-pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);
 /// weft's dead-letter list.
 pub const DEAD_LETTER: &str = "weft.dead_letter";
 
@@ -87,25 +90,6 @@ pub fn consume_keys<S: AsRef<str>>(queues: &[S]) -> Vec<String> {
                 .map(move |q| queue_for_priority(q.as_ref(), *p))
         })
         .collect()
-}
-
-/// How long connecting to Redis may take before it is an error.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one command may wait for Redis's answer before it is an error (a worker's
-/// commands are short; this only catches a Redis that stopped answering).
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A connection with [`CONNECT_TIMEOUT`] and [`COMMAND_TIMEOUT`].
-pub fn connect(client: &redis::Client) -> RedisResult<Connection> {
-    let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-    Ok(conn)
-}
-
-/// The result key of task `id`.
-pub fn result_key(id: &str) -> String {
-    format!("celery-task-meta-{id}")
 }
 
 fn now_secs() -> f64 {
@@ -250,8 +234,10 @@ pub fn add_finish(
     expires: Duration,
     tag: Option<&str>,
 ) {
-    let meta = result.to_meta(id, SystemTime::now()).to_string();
-    store_and_ack(pipe, &result_key(id), &meta, expires, tag);
+    add_result(pipe, id, result, expires);
+    if let Some(tag) = tag {
+        add_ack(pipe, tag);
+    }
 }
 
 /// Adds Celery's retry to `pipe`: sends `next` (the same task id, `retries + 1`, a new ETA
@@ -263,9 +249,7 @@ pub fn add_retry(
     expires: Duration,
     tag: Option<&str>,
 ) {
-    let meta = TaskResult::Retry(reason.to_owned())
-        .to_meta(&next.id, SystemTime::now())
-        .to_string();
+    let meta = retry_meta(&next.id, reason);
     pipe.lpush(
         queue_for_priority(&next.routing_key, next.priority),
         next.encode(),
@@ -283,10 +267,7 @@ fn store_and_ack(
     expires: Duration,
     tag: Option<&str>,
 ) {
-    pipe.set_ex(key, meta, expires.as_secs().max(1))
-        .ignore()
-        .publish(key, meta)
-        .ignore();
+    store(pipe, key, meta, expires);
     if let Some(tag) = tag {
         add_ack(pipe, tag);
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
+use super::backend::DEFAULT_RESULT_EXPIRES;
 use super::control::Revoked;
 use super::protocol::{format_iso8601, parse_iso8601, ProtocolError, TaskMessage, TaskResult};
 use super::redis::{self as redis_transport, RedisTransport};
@@ -134,7 +135,7 @@ impl Worker {
             queues: Vec::new(),
             workers: None,
             prefetch: 0,
-            result_expires: redis_transport::DEFAULT_RESULT_EXPIRES,
+            result_expires: DEFAULT_RESULT_EXPIRES,
             visibility_timeout: redis_transport::DEFAULT_VISIBILITY_TIMEOUT,
             restore_interval: Duration::from_secs(10),
             hostname: None,
