@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use super::backend::{add_result, retry_meta, store};
 use super::protocol::{TaskMessage, TaskResult};
 
+mod pidbox;
 mod transport;
 mod wake;
 

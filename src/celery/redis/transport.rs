@@ -260,7 +260,7 @@ impl Transport for RedisTransport {
         stop: &dyn Fn() -> bool,
         ready: std::sync::mpsc::Sender<()>,
     ) {
-        super::super::control::serve(self.client, hostname, revoke, stop, ready);
+        super::pidbox::serve(self.client, hostname, revoke, stop, ready);
     }
 }
 
