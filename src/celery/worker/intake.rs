@@ -18,8 +18,8 @@ use super::super::protocol::{
 };
 use super::super::transport::{Consume, Settlement};
 use super::live::{Done, Held, Live, Shared, STARTED, WAITING};
-use crate::registry::Registry;
-use crate::{Pool, Priority};
+use crate::registry::{Attempt, Entry, Registry};
+use crate::{Pool, Priority, RetryPolicy};
 
 pub(super) struct Config {
     pub(super) registry: Registry,
@@ -183,7 +183,10 @@ struct Taken {
     queue: String,
 }
 
-/// Starts the task of one message taken.
+/// Starts the task of one message taken, in named steps: [`refuse`] a message that is not
+/// a task; [`screen`] out a revoked or expired one; count it against the prefetch limit
+/// unless it waits for an ETA ([`eta_delay`]); [`fit`] its arguments to its registered
+/// task; [`plan`] its run; [`build_run`]; [`spawn`] it on the pool.
 fn take(
     cfg: &Config,
     pool: &Pool,
@@ -192,57 +195,119 @@ fn take(
     taken: Taken,
     message: Result<TaskMessage, super::super::transport::Refused>,
 ) {
-    let Taken {
-        seq,
-        key,
-        generation,
-        queue,
-    } = taken;
-    let lane = cfg.lanes.get(&queue).copied().unwrap_or_default();
     let mut msg = match message {
         Ok(m) => m,
-        Err(refused) => {
-            let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
-            let _ = done.send(Done::uncounted(Settlement::Refuse {
-                queue,
-                raw: refused.raw,
-                reason: refused.error.to_string(),
-                result,
-                tag: key,
-            }));
-            return;
-        }
+        Err(refused) => return refuse(done, taken.queue, taken.key, refused),
     };
     // Retries and hold-limit copies go back to the queue it came from.
     if msg.routing_key.is_empty() {
-        msg.routing_key = queue.clone();
+        msg.routing_key = taken.queue.clone();
     }
-    let settle_now =
-        |result: TaskResult, counted: bool| Done::end(msg.id.clone(), key, result, counted);
-    if shared.revoked.contains(&msg.id) {
-        let _ = done.send(settle_now(TaskResult::Revoked("revoked".into()), false));
+    let Some(now) = screen(shared, done, &msg, taken.key) else {
         return;
+    };
+    let delay = eta_delay(&msg, now);
+    let counted = delay.is_none();
+    // Counted before the registry is asked: a task settled unrun below frees its slot.
+    if counted {
+        *shared.in_flight.lock() += 1;
+    }
+    let Some((entry, attempt)) = fit(cfg, done, &msg, taken.key, counted) else {
+        return;
+    };
+    let plan = plan(cfg, entry, &msg, &taken.queue, delay, counted);
+    let id = msg.id.clone();
+    if !counted {
+        shared.eta_waiting.fetch_add(1, Ordering::Relaxed);
+    }
+    let state = Arc::new(AtomicU8::new(WAITING));
+    let run = build_run(shared, done, msg, taken.key, attempt, &plan, &state);
+    spawn(pool, shared, &taken, plan, id, state, run);
+}
+
+/// A message that is not a task never runs: it goes to the dead-letter place with its
+/// reason, with a `FAILURE` when its id is known ([`refusal_result`]).
+fn refuse(
+    done: &mpsc::Sender<Done>,
+    queue: String,
+    key: Option<u64>,
+    refused: super::super::transport::Refused,
+) {
+    let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
+    let _ = done.send(Done::uncounted(Settlement::Refuse {
+        queue,
+        raw: refused.raw,
+        reason: refused.error.to_string(),
+        result,
+        tag: key,
+    }));
+}
+
+/// The final result of `msg`, settled without running it.
+fn settle_now(msg: &TaskMessage, key: Option<u64>, result: TaskResult, counted: bool) -> Done {
+    Done::end(msg.id.clone(), key, result, counted)
+}
+
+/// Settles `msg` unrun (`REVOKED`) if it was revoked or has expired; otherwise returns the
+/// time it was screened at, which its ETA is measured from.
+fn screen(
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+    msg: &TaskMessage,
+    key: Option<u64>,
+) -> Option<SystemTime> {
+    if shared.revoked.contains(&msg.id) {
+        let _ = done.send(settle_now(
+            msg,
+            key,
+            TaskResult::Revoked("revoked".into()),
+            false,
+        ));
+        return None;
     }
     let now = SystemTime::now();
     if let Some(exp) = msg.expires.as_deref().and_then(parse_iso8601) {
         if exp <= now {
-            let _ = done.send(settle_now(TaskResult::Revoked("expired".into()), false));
-            return;
+            let _ = done.send(settle_now(
+                msg,
+                key,
+                TaskResult::Revoked("expired".into()),
+                false,
+            ));
+            return None;
         }
     }
-    let delay = msg
-        .eta
+    Some(now)
+}
+
+/// How long `msg` waits for its ETA from `now`: `None` without one, or once it has passed
+/// (a task that waits is not counted against the prefetch limit).
+fn eta_delay(msg: &TaskMessage, now: SystemTime) -> Option<Duration> {
+    msg.eta
         .as_deref()
         .and_then(parse_iso8601)
         .and_then(|eta| eta.duration_since(now).ok())
-        .filter(|d| !d.is_zero());
-    let counted = delay.is_none();
-    if counted {
-        *shared.in_flight.lock() += 1;
-    }
+        .filter(|d| !d.is_zero())
+}
+
+/// Fits the arguments of `msg` to its registered task: the task's entry and the attempt
+/// to run, or `None` once `msg` is settled as `FAILURE` (Celery's `NotRegistered` for an
+/// unknown name, `TypeError` for arguments that do not fit).
+fn fit<'r>(
+    cfg: &'r Config,
+    done: &mpsc::Sender<Done>,
+    msg: &TaskMessage,
+    key: Option<u64>,
+    counted: bool,
+) -> Option<(&'r Entry, Attempt)> {
     let Some(entry) = cfg.registry.get(&msg.task) else {
-        let _ = done.send(settle_now(TaskResult::not_registered(&msg.task), counted));
-        return;
+        let _ = done.send(settle_now(
+            msg,
+            key,
+            TaskResult::not_registered(&msg.task),
+            counted,
+        ));
+        return None;
     };
     let args = msg.registry_args();
     let no_args = args.as_array().is_some_and(Vec::is_empty);
@@ -254,7 +319,7 @@ fn take(
             Err(e)
         }
     });
-    let mut attempt = match attempt {
+    let attempt = match attempt {
         Ok(a) => a,
         Err(e) => {
             let result = TaskResult::Failure {
@@ -263,10 +328,40 @@ fn take(
                 exc_message: format!("{}: invalid arguments: {e}", msg.task),
                 traceback: None,
             };
-            let _ = done.send(settle_now(result, counted));
-            return;
+            let _ = done.send(settle_now(msg, key, result, counted));
+            return None;
         }
     };
+    Some((entry, attempt))
+}
+
+/// How a task runs: what [`plan`] decides and [`build_run`] and [`spawn`] follow.
+struct Plan {
+    /// The lane of the queue it came from.
+    lane: Priority,
+    /// How long it waits for its ETA ([`eta_delay`]).
+    delay: Option<Duration>,
+    /// Whether it counts against the prefetch limit (it does not wait for an ETA).
+    counted: bool,
+    time_limit: Option<Duration>,
+    acks_late: bool,
+    policy: Option<RetryPolicy>,
+    /// For a task waiting for its ETA: the copy of its message to send again at the hold
+    /// limit, and when it was taken.
+    eta: Option<(TaskMessage, Instant)>,
+}
+
+/// Plans the run of `msg` from `queue`: its lane, ETA delay and count, time limit,
+/// acknowledgement and retry policy (the registry's options, else the worker's).
+fn plan(
+    cfg: &Config,
+    entry: &Entry,
+    msg: &TaskMessage,
+    queue: &str,
+    delay: Option<Duration>,
+    counted: bool,
+) -> Plan {
+    let lane = cfg.lanes.get(queue).copied().unwrap_or_default();
     let policy = entry.options.get_retry();
     let acks_late = entry.options.get_acks_late().unwrap_or(cfg.acks_late);
     // The shortest of the message's soft and hard limits and the registry's default.
@@ -277,24 +372,43 @@ fn take(
         .filter_map(|s| Duration::try_from_secs_f64(s).ok())
         .chain(entry.options.get_time_limit())
         .min();
-    let id = msg.id.clone();
     let eta = delay.map(|_| {
         // A copy sent again goes straight to the queue it came from (not through its
         // exchange: a fanout would copy it to every queue again).
         let mut copy = msg.clone();
         copy.exchange = String::new();
-        copy.routing_key = queue.clone();
+        copy.routing_key = queue.to_owned();
         (copy, Instant::now())
     });
-    if !counted {
-        shared.eta_waiting.fetch_add(1, Ordering::Relaxed);
+    Plan {
+        lane,
+        delay,
+        counted,
+        time_limit,
+        acks_late,
+        policy,
+        eta,
     }
+}
+
+/// The task's body: runs the attempt unless it was withdrawn, revoked or expired meanwhile,
+/// acknowledges early unless acks are late, turns its outcome into a result (or Celery's
+/// retry), and reports through `done`.
+fn build_run(
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+    msg: TaskMessage,
+    key: Option<u64>,
+    mut attempt: Attempt,
+    plan: &Plan,
+    state: &Arc<AtomicU8>,
+) -> impl FnOnce() + Send + 'static {
+    let (counted, acks_late, policy) = (plan.counted, plan.acks_late, plan.policy);
     let tx = done.clone();
     let revoked = shared.revoked.clone();
-    let state = Arc::new(AtomicU8::new(WAITING));
     let state_here = state.clone();
     let eta_waiting = Arc::clone(&shared.eta_waiting);
-    let run = move || {
+    move || {
         if state_here
             .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
@@ -371,12 +485,25 @@ fn take(
             },
             None => Done::end(id, key, result, counted),
         });
-    };
-    let mut task = pool.task().priority(lane);
-    if let Some(d) = delay {
+    }
+}
+
+/// Hands the run to the pool as planned and records it as [`Live`] under the message's
+/// sequence number; a run the pool refuses (shut down) gives its count back.
+fn spawn(
+    pool: &Pool,
+    shared: &Shared,
+    taken: &Taken,
+    plan: Plan,
+    id: String,
+    state: Arc<AtomicU8>,
+    run: impl FnOnce() + Send + 'static,
+) {
+    let mut task = pool.task().priority(plan.lane);
+    if let Some(d) = plan.delay {
         task = task.delay(d);
     }
-    if let Some(limit) = time_limit {
+    if let Some(limit) = plan.time_limit {
         task = task.time_limit(limit);
     }
     // The handle is kept for revoke; the task reports through `done`. A task the pool
@@ -384,20 +511,20 @@ fn take(
     match task.try_spawn(run) {
         Ok(handle) => {
             shared.live.lock().insert(
-                seq,
+                taken.seq,
                 Live {
                     id,
                     handle,
                     state,
-                    key,
-                    counted,
-                    eta,
-                    generation,
+                    key: taken.key,
+                    counted: plan.counted,
+                    eta: plan.eta,
+                    generation: taken.generation,
                 },
             );
         }
         Err(_) => {
-            if counted {
+            if plan.counted {
                 *shared.in_flight.lock() -= 1;
             } else {
                 shared.eta_waiting.fetch_sub(1, Ordering::Relaxed);
