@@ -34,6 +34,24 @@
 //! `backend="redis://..."`) with the default JSON serializer;
 //! `app.send_task("add", args=[2, 3]).get()` is answered by a weft worker that registered
 //! `add`.
+//!
+//! # Files
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `protocol.rs` (+ `protocol/tests.rs`) | the message envelope and the result records ([`protocol`]) |
+//! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported from [`protocol`]) |
+//! | `error.rs` | [`Error`] |
+//! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
+//! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the Redis connection |
+//! | `transport.rs` | the crate-private transport trait under the worker and the client |
+//! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling |
+//! | `client.rs` | [`Client`], [`AsyncResult`] |
+//! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs` |
+//! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `pidbox.rs`, `transport.rs` |
+//!
+//! Arrows run one way: the worker and the client use the transports, which use `backend`,
+//! `control`, `protocol` and `transport`; neither broker's files use the other's.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;

@@ -59,6 +59,15 @@
 //! (async-io reactor, a small executor thread pool of its own, no tokio), and every call
 //! blocks the calling thread on its future (`Runtime::block_on`), so plain worker threads
 //! can use it.
+//!
+//! # Files
+//!
+//! `wire.rs`: header tables and task messages ([`json_to_table`], [`encode_task`],
+//! [`decode_task`], ...); `broker.rs`: the blocking client ([`Broker`], [`Consumer`],
+//! [`Delivery`], [`ack_all`]); `pidbox.rs`: remote control ([`Pidbox`],
+//! [`ControlRequest`]); `transport.rs`: the worker's and the client's transport, with
+//! results in the Redis result backend (`celery/backend.rs`). This file: the constants of
+//! the topology.
 
 use super::control;
 

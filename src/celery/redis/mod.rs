@@ -8,7 +8,7 @@
 //! | `unacked` | hash | delivery tag → JSON `[envelope, exchange, routing_key]` of every message a worker holds |
 //! | `unacked_index` | sorted set | delivery tag scored by the time it was taken (seconds since the epoch) |
 //! | `unacked_mutex` | string | the lock (token, 5 min expiry) held by whoever runs the restore sweep |
-//! | `celery-task-meta-<id>` | string | the result record, with an expiry (`SETEX`), and `PUBLISH`ed on a channel of the same name |
+//! | `celery-task-meta-<id>` | string | the result record, with an expiry (`SETEX`), and `PUBLISH`ed on a channel of the same name (written by the broker-neutral result backend, `celery/backend.rs`; [`result_key`], [`finish`] re-exported here) |
 //! | `weft.dead_letter` | list | weft's own: JSON `{"reason", "queue", "message"}` of each message that could not be read |
 //!
 //! Acks are emulated as kombu does: a message is recorded in `unacked` as it is taken (in
@@ -18,6 +18,11 @@
 //! `unacked`; the restore sweep ([`restore_visible`]) pushes back every message taken longer
 //! ago than the visibility timeout, whoever took it (a Python worker restores a dead weft
 //! worker's messages and the other way round). Delivery is therefore at-least-once.
+//!
+//! This file holds the key layout and its operations (publish, pop-and-record, heartbeat,
+//! acknowledge, dead-letter, restore); `transport.rs` the worker's and the client's
+//! transport over them; `wake.rs` how a consumer waits for a message ([`Wake`], [`track`]);
+//! `pidbox.rs` the Redis side of remote control.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
