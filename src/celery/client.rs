@@ -6,10 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Map, Value};
 
 use super::backend::result_key;
+use super::error::Error;
 use super::protocol::{format_iso8601, TaskMessage, TaskResult};
 use super::redis::RedisPublisher;
 use super::transport::{BrokerKind, Publish};
-use super::Error;
 
 /// Options of one [`Client::send_task`]; the defaults are Celery's.
 #[derive(Clone, Debug, Default)]

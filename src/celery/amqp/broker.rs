@@ -18,7 +18,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use super::super::{Error, ProtocolError, TaskMessage};
+use super::super::error::Error;
+use super::super::protocol::{ProtocolError, TaskMessage};
 use super::wire::{decode_task, encode_task};
 use super::{
     Runtime, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ORIGINAL_EXCHANGE_HEADER,
@@ -68,9 +69,9 @@ fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
 }
 
 /// A blocking connection to RabbitMQ: one AMQP connection with one channel (in publisher
-/// confirm mode) for declarations and publishing; each [`Consumer`] and [`Pidbox`](super::Pidbox) has a
-/// channel of its own. `Broker` is `Send + Sync`; calls from several threads are
-/// serialized by lapin on the shared channel.
+/// confirm mode) for declarations and publishing; each [`Consumer`] and
+/// [`Pidbox`](super::Pidbox) has a channel of its own. `Broker` is `Send + Sync`; calls
+/// from several threads are serialized by lapin on the shared channel.
 pub struct Broker {
     pub(super) rt: Runtime,
     pub(super) conn: Connection,

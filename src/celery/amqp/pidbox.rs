@@ -14,8 +14,8 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{json, Value};
 
 use super::super::control::{has_expired, Request};
+use super::super::error::Error;
 use super::super::protocol::{check_content_type, CONTENT_TYPE_JSON};
-use super::super::Error;
 use super::broker::{Broker, Consumer};
 use super::wire::{amqp_to_json, json_to_amqp};
 use super::{PIDBOX_EXCHANGE, PIDBOX_MESSAGE_TTL_MS, PIDBOX_QUEUE_EXPIRES_MS};

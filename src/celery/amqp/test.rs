@@ -5,7 +5,7 @@ use lapin::BasicProperties;
 use serde_json::{json, Map, Value};
 
 use super::super::protocol::{parse_iso8601, CONTENT_TYPE_JSON};
-use super::super::{ProtocolError, TaskMessage};
+use super::super::protocol::{ProtocolError, TaskMessage};
 use super::pidbox::decode_request;
 use super::*;
 

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use super::super::error::Error;
+use super::super::protocol::{TaskMessage, TaskResult};
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
-use super::super::{Error, TaskMessage, TaskResult};
 use super::broker::{ack_all, Broker, Consumer, Delivery};
 use super::wire::amqp_to_json;
 

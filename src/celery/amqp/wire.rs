@@ -9,7 +9,7 @@ use lapin::BasicProperties;
 use serde_json::{json, Map, Number, Value};
 
 use super::super::protocol::{check_content_type, parse_iso8601, CONTENT_TYPE_JSON};
-use super::super::{ProtocolError, TaskMessage};
+use super::super::protocol::{ProtocolError, TaskMessage};
 
 // ---------------------------------------------------------------------------------------
 // Header tables

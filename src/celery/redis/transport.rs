@@ -9,9 +9,9 @@ use redis::Connection;
 use serde_json::Value;
 
 use super::super::backend::connect;
+use super::super::error::Error;
 use super::super::protocol::{ProtocolError, TaskMessage, TaskResult};
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
-use super::super::Error;
 use super::wake::{track, Wake};
 use super::{
     add_ack, add_dead_letter, add_finish, add_retry, consume_keys, heartbeat, pop_and_record,

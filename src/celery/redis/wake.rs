@@ -15,12 +15,12 @@ pub const POLL_WITHOUT_TRACKING: Duration = Duration::from_millis(20);
 
 /// Tells a consumer that one of its lists may have a new message, without taking it.
 ///
-/// A pop is atomic with its unacked record only inside a script ([`pop_and_record`](super::pop_and_record)), and
-/// a script cannot block; so a consumer that finds its lists empty waits here instead of in
-/// `BRPOP`. A tracking thread ([`track`]) has Redis watch the lists (client-side caching
-/// invalidations, `CLIENT TRACKING ... REDIRECT`: Redis ≥ 6.0) and moves the generation on
-/// at every change. Where tracking is refused the consumer polls every
-/// [`POLL_WITHOUT_TRACKING`].
+/// A pop is atomic with its unacked record only inside a script
+/// ([`pop_and_record`](super::pop_and_record)), and a script cannot block; so a consumer
+/// that finds its lists empty waits here instead of in `BRPOP`. A tracking thread
+/// ([`track`]) has Redis watch the lists (client-side caching invalidations,
+/// `CLIENT TRACKING ... REDIRECT`: Redis ≥ 6.0) and moves the generation on at every
+/// change. Where tracking is refused the consumer polls every [`POLL_WITHOUT_TRACKING`].
 ///
 /// No wake-up is lost: the consumer reads the generation *before* it pops, and the tracker
 /// re-arms the watch on every list *before* it moves the generation on, so a message pushed

@@ -18,9 +18,9 @@ use parking_lot::{Condvar, Mutex};
 
 use super::backend::DEFAULT_RESULT_EXPIRES;
 use super::control::Revoked;
+use super::error::Error;
 use super::redis::{self as redis_transport, RedisTransport};
 use super::transport::{BrokerKind, Transport};
-use super::Error;
 use crate::registry::Registry;
 use crate::{Pool, Priority};
 
