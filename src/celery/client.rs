@@ -5,10 +5,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 
+use super::backend::result_key;
+use super::error::Error;
 use super::protocol::{format_iso8601, TaskMessage, TaskResult};
-use super::redis::{self as transport, RedisPublisher};
+use super::redis::RedisPublisher;
 use super::transport::{BrokerKind, Publish};
-use super::Error;
 
 /// Options of one [`Client::send_task`]; the defaults are Celery's.
 #[derive(Clone, Debug, Default)]
@@ -143,7 +144,7 @@ impl AsyncResult {
     pub fn try_get(&self) -> Result<Option<TaskResult>, Error> {
         let mut conn = self.client.get_connection()?;
         let meta: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(transport::result_key(&self.id))
+            .arg(result_key(&self.id))
             .query(&mut conn)?;
         match meta {
             Some(m) => Ok(TaskResult::from_meta(&m)?),
@@ -156,7 +157,7 @@ impl AsyncResult {
     /// waits for the publication. No polling.
     pub fn get(&self, timeout: Duration) -> Result<TaskResult, Error> {
         let deadline = Instant::now() + timeout;
-        let key = transport::result_key(&self.id);
+        let key = result_key(&self.id);
         let mut sub_conn = self.client.get_connection()?;
         let mut pubsub = sub_conn.as_pubsub();
         pubsub.subscribe(&key)?;

@@ -34,79 +34,38 @@
 //! `backend="redis://..."`) with the default JSON serializer;
 //! `app.send_task("add", args=[2, 3]).get()` is answered by a weft worker that registered
 //! `add`.
-
-use std::fmt;
+//!
+//! # Files
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `protocol.rs` (+ `protocol/tests.rs`) | the message envelope and the result records ([`protocol`]) |
+//! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported from [`protocol`]) |
+//! | `error.rs` | [`Error`] |
+//! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
+//! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the Redis connection |
+//! | `transport.rs` | the crate-private transport trait under the worker and the client |
+//! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling |
+//! | `client.rs` | [`Client`], [`AsyncResult`] |
+//! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs` |
+//! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `pidbox.rs`, `transport.rs` |
+//!
+//! Arrows run one way: the worker and the client use the transports, which use `backend`,
+//! `control`, `protocol` and `transport`; neither broker's files use the other's.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+mod backend;
 mod client;
 pub mod control;
+mod error;
+mod iso8601;
 pub mod protocol;
 pub mod redis;
 mod transport;
 mod worker;
 
 pub use client::{AsyncResult, Client, SendOptions};
+pub use error::Error;
 pub use protocol::{ProtocolError, TaskMessage, TaskResult};
 pub use worker::{RunningWorker, Worker};
-
-/// What can go wrong talking to the broker or waiting for a result.
-#[derive(Debug)]
-pub enum Error {
-    /// Redis refused, or the connection failed.
-    Redis(::redis::RedisError),
-    /// RabbitMQ refused, or the AMQP connection or channel failed (feature `amqp`).
-    #[cfg(feature = "amqp")]
-    Amqp(lapin::Error),
-    /// A message or result record that does not follow the protocol.
-    Protocol(ProtocolError),
-    /// No result within the time given.
-    Timeout,
-    /// The task ended in `FAILURE` or `REVOKED` (from [`AsyncResult::get_value`]).
-    Task(TaskResult),
-    /// A thread could not be started.
-    Io(std::io::Error),
-    /// A setting that cannot work (a broker URL of an unknown kind, an AMQP broker without
-    /// a result backend, ...).
-    Config(String),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Redis(e) => write!(f, "redis: {e}"),
-            #[cfg(feature = "amqp")]
-            Error::Amqp(e) => write!(f, "amqp: {e}"),
-            Error::Protocol(e) => write!(f, "protocol: {e}"),
-            Error::Timeout => f.write_str("timed out waiting for the result"),
-            Error::Task(TaskResult::Failure {
-                exc_type,
-                exc_message,
-                ..
-            }) => write!(f, "task failed: {exc_type}: {exc_message}"),
-            Error::Task(r) => write!(f, "task ended {}", r.status()),
-            Error::Io(e) => write!(f, "{e}"),
-            Error::Config(e) => write!(f, "configuration: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<::redis::RedisError> for Error {
-    fn from(e: ::redis::RedisError) -> Error {
-        Error::Redis(e)
-    }
-}
-
-impl From<ProtocolError> for Error {
-    fn from(e: ProtocolError) -> Error {
-        Error::Protocol(e)
-    }
-}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Error {
-        Error::Io(e)
-    }
-}

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
+use super::error::Error;
 use super::protocol::{ProtocolError, TaskMessage, TaskResult};
-use super::Error;
 
 /// The kind of broker a URL names, checked against the result backend given with it
 /// (`None`: none named).

@@ -1,3 +1,12 @@
+use std::time::SystemTime;
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+use serde_json::{json, Map, Value};
+
+use super::super::protocol::{parse_iso8601, CONTENT_TYPE_JSON};
+use super::super::protocol::{ProtocolError, TaskMessage};
+use super::pidbox::decode_request;
 use super::*;
 
 /// A golden fixture of `capture_amqp.py`.

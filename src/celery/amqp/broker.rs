@@ -1,0 +1,566 @@
+//! The blocking lapin client: [`Broker`] (one connection, a confirmed publishing channel,
+//! Celery's queue and dead-letter topology), [`Consumer`] (a channel of its own with its
+//! `basic.qos`) and [`Delivery`] (one message, settled by its holder); every call blocks
+//! on lapin's future (see the [module doc](super)'s runtime section).
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use async_rs::traits::{Executor as _, Reactor as _};
+use futures_core::Stream;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::super::error::Error;
+use super::super::protocol::{ProtocolError, TaskMessage};
+use super::wire::{decode_task, encode_task};
+use super::{
+    Runtime, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
+};
+
+/// How long a publish waits for the broker's confirm (a broker under a memory or disk
+/// alarm blocks publishers) before it is an error.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fut`'s output, or `None` if it takes longer than `limit`.
+async fn within<F: Future>(rt: &Runtime, limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut sleep = pin!(rt.sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Runs every one of `futs` to completion, concurrently, in one future (so that a batch of
+/// acknowledgements or publishes is handed to lapin at once, not one round trip each).
+fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut left = futs.len();
+    std::future::poll_fn(move |cx| {
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                    *o = Some(v);
+                    left -= 1;
+                }
+            }
+        }
+        if left > 0 {
+            return Poll::Pending;
+        }
+        Poll::Ready(out.iter_mut().filter_map(Option::take).collect())
+    })
+}
+
+/// A blocking connection to RabbitMQ: one AMQP connection with one channel (in publisher
+/// confirm mode) for declarations and publishing; each [`Consumer`] and
+/// [`Pidbox`](super::Pidbox) has a channel of its own. `Broker` is `Send + Sync`; calls
+/// from several threads are serialized by lapin on the shared channel.
+pub struct Broker {
+    pub(super) rt: Runtime,
+    pub(super) conn: Connection,
+    pub(super) channel: Channel,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("connected", &self.conn.status().connected())
+            .finish()
+    }
+}
+
+/// A lapin error for a refusal of ours (a nack'd publish).
+fn refused(what: &str) -> Error {
+    Error::Io(std::io::Error::other(what.to_owned()))
+}
+
+impl Broker {
+    /// Connects to `url` (`amqp://user:password@host:port/vhost`, the vhost `/` written
+    /// `%2f`) and opens the publishing channel.
+    pub fn connect(url: &str) -> Result<Broker, Error> {
+        Broker::connect_named(url, "weft")
+    }
+
+    /// As [`connect`](Self::connect), with the connection name the broker shows (e.g. in
+    /// `rabbitmqctl list_connections client_properties`).
+    pub fn connect_named(url: &str, name: &str) -> Result<Broker, Error> {
+        let rt = Runtime::async_global_executor();
+        let (conn, channel) = rt.block_on(async {
+            let conn = Connection::connect_with_runtime(
+                url,
+                ConnectionProperties::default().with_connection_name(name.into()),
+                rt.clone(),
+            )
+            .await?;
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>((conn, channel))
+        })?;
+        Ok(Broker { rt, conn, channel })
+    }
+
+    pub(super) fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    /// Declares the task queue `name` as Celery does: a durable direct exchange `name`,
+    /// the durable queue `name` (with `x-max-priority` when `max_priority` is given, none
+    /// otherwise, like Celery's default `celery` queue), bound with routing key `name`.
+    pub fn declare_queue(&self, name: &str, max_priority: Option<u8>) -> Result<(), Error> {
+        let mut args = FieldTable::default();
+        if let Some(p) = max_priority {
+            args.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(p)));
+        }
+        self.block_on(async {
+            self.channel
+                .exchange_declare(
+                    name.into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            self.channel
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await?;
+            self.channel
+                .queue_bind(
+                    name.into(),
+                    name.into(),
+                    name.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })?;
+        Ok(())
+    }
+
+    /// Publishes raw `body` with `props`, and waits until the broker has taken it
+    /// (publisher confirm).
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), Error> {
+        let confirm = self.block_on(within(&self.rt, CONFIRM_TIMEOUT, async {
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await?
+                .await
+        }));
+        let Some(confirm) = confirm else {
+            return Err(refused(
+                "no publisher confirm within 30 s (is the broker blocked?)",
+            ));
+        };
+        if confirm?.is_nack() {
+            return Err(refused("the broker refused the message (publisher nack)"));
+        }
+        Ok(())
+    }
+
+    /// Publishes a task message ([`encode_task`]) on `msg.exchange` with routing key
+    /// `msg.routing_key`, confirmed by the broker.
+    pub fn publish_task(&self, msg: &TaskMessage) -> Result<(), Error> {
+        let (body, props) = encode_task(msg);
+        self.publish(&msg.exchange, &msg.routing_key, &body, props)
+    }
+
+    /// Publishes every one of `msgs` (as [`publish_task`](Self::publish_task)), then waits
+    /// for all their publisher confirms: one wait for the batch instead of one per message.
+    pub fn publish_tasks(&self, msgs: &[TaskMessage]) -> Result<(), Error> {
+        let encoded: Vec<(Vec<u8>, BasicProperties)> = msgs.iter().map(encode_task).collect();
+        let nacked = self.block_on(async {
+            let sends = msgs.iter().zip(&encoded).map(|(msg, (body, props))| {
+                self.channel.basic_publish(
+                    msg.exchange.as_str().into(),
+                    msg.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props.clone(),
+                )
+            });
+            let mut confirms = Vec::with_capacity(msgs.len());
+            for sent in join_all(sends.collect()).await {
+                confirms.push(sent?);
+            }
+            let mut nacked = 0;
+            for confirm in join_all(confirms).await {
+                if confirm?.is_nack() {
+                    nacked += 1;
+                }
+            }
+            Ok::<_, lapin::Error>(nacked)
+        })?;
+        if nacked > 0 {
+            return Err(refused("the broker refused messages (publisher nack)"));
+        }
+        Ok(())
+    }
+
+    /// How many messages wait in `queue`, ready for delivery (not counting those
+    /// delivered and not yet acknowledged): a passive `queue.declare`.
+    pub fn queue_len(&self, queue: &str) -> Result<u32, Error> {
+        let q = self.block_on(async {
+            let channel = self.conn.create_channel().await?;
+            let q = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "bye".into()).await;
+            Ok::<_, lapin::Error>(q)
+        })?;
+        Ok(q.message_count())
+    }
+
+    /// Starts consuming `queue` on a channel of its own that holds at most `prefetch`
+    /// unacknowledged deliveries (`basic.qos`; 0 means no bound).
+    pub fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, Error> {
+        self.consume_queues(&[queue], prefetch)
+    }
+
+    /// Starts consuming every one of `queues` on one channel of its own, which holds at
+    /// most `prefetch` unacknowledged deliveries in all (`basic.qos` shared by the
+    /// channel's consumers; 0 means no bound). When several queues have deliveries
+    /// waiting, [`Consumer::next`] takes from the first of `queues` first.
+    pub fn consume_queues<S: AsRef<str>>(
+        &self,
+        queues: &[S],
+        prefetch: u16,
+    ) -> Result<Consumer, Error> {
+        let (channel, consumers) = self.block_on(async {
+            let channel = self.conn.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions { global: true })
+                .await?;
+            let mut consumers = Vec::with_capacity(queues.len());
+            for q in queues {
+                consumers.push(
+                    channel
+                        .basic_consume(
+                            q.as_ref().into(),
+                            "".into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?,
+                );
+            }
+            Ok::<_, lapin::Error>((channel, consumers))
+        })?;
+        Ok(Consumer {
+            rt: self.rt.clone(),
+            channel,
+            queues: queues.iter().map(|q| q.as_ref().to_owned()).collect(),
+            consumers,
+        })
+    }
+
+    /// Declares the dead-letter exchange and queue ([`DEAD_LETTER_EXCHANGE`],
+    /// [`DEAD_LETTER_QUEUE`]); [`dead_letter`](Broker::dead_letter) does it on first use.
+    pub fn declare_dead_letter(&self) -> Result<(), Error> {
+        self.block_on(async {
+            self.channel
+                .exchange_declare(
+                    DEAD_LETTER_EXCHANGE.into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            self.channel
+                .queue_declare(
+                    DEAD_LETTER_QUEUE.into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            self.channel
+                .queue_bind(
+                    DEAD_LETTER_QUEUE.into(),
+                    DEAD_LETTER_EXCHANGE.into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        })?;
+        Ok(())
+    }
+
+    /// Refuses `delivery` for good: publishes its body and properties unchanged, plus the
+    /// headers [`REASON_HEADER`] = `reason`, [`ORIGINAL_EXCHANGE_HEADER`] and
+    /// [`ORIGINAL_ROUTING_KEY_HEADER`], on [`DEAD_LETTER_EXCHANGE`] (persistent), and once
+    /// the broker has confirmed that, acks the original.
+    pub fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), Error> {
+        self.declare_dead_letter()?;
+        let d = &delivery.inner;
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+        headers.insert(REASON_HEADER.into(), s(reason));
+        headers.insert(ORIGINAL_EXCHANGE_HEADER.into(), s(d.exchange.as_str()));
+        headers.insert(
+            ORIGINAL_ROUTING_KEY_HEADER.into(),
+            s(d.routing_key.as_str()),
+        );
+        let props = d
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        self.publish(DEAD_LETTER_EXCHANGE, "", &d.data, props)?;
+        delivery.ack()
+    }
+
+    /// Closes the connection (unacked deliveries of its consumers go back to their queues).
+    pub fn close(self) -> Result<(), Error> {
+        self.block_on(self.conn.close(200, "bye".into()))?;
+        Ok(())
+    }
+}
+
+/// A consumer of one or more queues on a channel of its own (see [`Broker::consume`] and
+/// [`Broker::consume_queues`]).
+pub struct Consumer {
+    pub(super) rt: Runtime,
+    pub(super) channel: Channel,
+    pub(super) queues: Vec<String>,
+    pub(super) consumers: Vec<lapin::Consumer>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queues", &self.queues)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// The next delivery, waiting at most `timeout`: `Ok(None)` when none came in time.
+    /// With several queues, a waiting delivery of an earlier queue is taken first.
+    /// An error when the channel or the connection is gone (or the consumer was
+    /// cancelled by the broker, e.g. its queue was deleted).
+    pub fn next(&mut self, timeout: Duration) -> Result<Option<Delivery>, Error> {
+        let rt = self.rt.clone();
+        let consumers = &mut self.consumers;
+        let mut sleep = pin!(rt.sleep(timeout));
+        let got = rt.block_on(std::future::poll_fn(|cx| {
+            for (i, c) in consumers.iter_mut().enumerate() {
+                if let Poll::Ready(item) = std::pin::Pin::new(c).poll_next(cx) {
+                    return Poll::Ready(Some((i, item)));
+                }
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        }));
+        match got {
+            None => Ok(None),
+            Some((i, Some(Ok(d)))) => Ok(Some(Delivery {
+                rt: self.rt.clone(),
+                queue: self.queues[i].clone(),
+                inner: d,
+            })),
+            Some((_, Some(Err(e)))) => Err(e.into()),
+            Some((_, None)) => Err(refused("the consumer was cancelled")),
+        }
+    }
+
+    /// Stops the broker from delivering more (`basic.cancel` of each queue's consumer);
+    /// deliveries already received stay held until settled or until the channel closes.
+    pub fn cancel(&self) -> Result<(), Error> {
+        self.rt.block_on(async {
+            for c in &self.consumers {
+                self.channel
+                    .basic_cancel(c.tag(), lapin::options::BasicCancelOptions::default())
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        })?;
+        Ok(())
+    }
+
+    /// Changes the channel's bound on unacknowledged deliveries (`basic.qos`).
+    pub fn set_prefetch(&self, prefetch: u16) -> Result<(), Error> {
+        self.rt.block_on(
+            self.channel
+                .basic_qos(prefetch, BasicQosOptions { global: true }),
+        )?;
+        Ok(())
+    }
+
+    /// Closes the channel: its unacknowledged deliveries go back to the queue.
+    pub fn close(self) -> Result<(), Error> {
+        self.rt.block_on(self.channel.close(200, "bye".into()))?;
+        Ok(())
+    }
+}
+
+/// A message received by a [`Consumer`]; settle it with [`ack`](Delivery::ack),
+/// [`reject`](Delivery::reject) or [`Broker::dead_letter`] (an unsettled delivery stays
+/// with this channel until it closes, then is redelivered).
+pub struct Delivery {
+    rt: Runtime,
+    queue: String,
+    inner: lapin::message::Delivery,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("delivery_tag", &self.inner.delivery_tag)
+            .field("routing_key", &self.inner.routing_key)
+            .field("redelivered", &self.inner.redelivered)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// The queue it was consumed from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// The AMQP properties (headers included).
+    pub fn properties(&self) -> &BasicProperties {
+        &self.inner.properties
+    }
+
+    /// The exchange it was published to (`""`: the default exchange).
+    pub fn exchange(&self) -> &str {
+        self.inner.exchange.as_str()
+    }
+
+    /// The routing key it was published with (the queue, for Celery).
+    pub fn routing_key(&self) -> &str {
+        self.inner.routing_key.as_str()
+    }
+
+    /// Whether the broker delivered it before (to a consumer that did not settle it).
+    pub fn redelivered(&self) -> bool {
+        self.inner.redelivered
+    }
+
+    /// The channel's delivery tag.
+    pub fn delivery_tag(&self) -> u64 {
+        self.inner.delivery_tag
+    }
+
+    /// The task message it carries ([`decode_task`]).
+    pub fn task(&self) -> Result<TaskMessage, ProtocolError> {
+        decode_task(
+            &self.inner.data,
+            &self.inner.properties,
+            self.exchange(),
+            self.routing_key(),
+            self.inner.delivery_tag,
+        )
+    }
+
+    /// Acknowledges it: the broker forgets it.
+    pub fn ack(&self) -> Result<(), Error> {
+        self.rt
+            .block_on(self.inner.acker.ack(BasicAckOptions::default()))?;
+        Ok(())
+    }
+
+    /// Rejects it: back to its queue (`requeue`), or dropped (or dead-lettered by the
+    /// queue's own `x-dead-letter-exchange`, if it has one).
+    pub fn reject(&self, requeue: bool) -> Result<(), Error> {
+        self.rt
+            .block_on(self.inner.acker.reject(BasicRejectOptions { requeue }))?;
+        Ok(())
+    }
+
+    /// Puts it back on its queue (`basic.reject` with requeue): `Ok(false)` if it was
+    /// settled already or its channel is gone (the broker then has it back anyway).
+    pub fn requeue(&self) -> Result<bool, Error> {
+        Ok(self.rt.block_on(
+            self.inner
+                .acker
+                .reject(BasicRejectOptions { requeue: true }),
+        )?)
+    }
+
+    /// Negatively acknowledges it (`basic.nack`, one message), requeued or not.
+    pub fn nack(&self, requeue: bool) -> Result<(), Error> {
+        self.rt.block_on(self.inner.acker.nack(BasicNackOptions {
+            multiple: false,
+            requeue,
+        }))?;
+        Ok(())
+    }
+}
+
+/// Acknowledges every one of `deliveries` in one go; true if all were acknowledged.
+pub fn ack_all(deliveries: &[Delivery]) -> bool {
+    let Some(first) = deliveries.first() else {
+        return true;
+    };
+    let acks = deliveries
+        .iter()
+        .map(|d| d.inner.acker.ack(BasicAckOptions::default()))
+        .collect();
+    first
+        .rt
+        .block_on(join_all(acks))
+        .iter()
+        .all(|r| matches!(r, Ok(true)))
+}

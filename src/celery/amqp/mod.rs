@@ -1,0 +1,111 @@
+//! Celery protocol v2 (JSON) over RabbitMQ / AMQP 0-9-1 (feature `amqp`): the building
+//! blocks a worker and a client need, blocking, over [lapin](https://docs.rs/lapin).
+//!
+//! # The wire format (as Python Celery 5.7 / kombu 5.7 / py-amqp 5.4 write it)
+//!
+//! A task is published on the default exchange `""` with routing key = queue name. Nothing
+//! is base64 here: the body is the JSON `[args, kwargs, embed]` itself.
+//!
+//! | property           | value                                                          |
+//! |--------------------|----------------------------------------------------------------|
+//! | `content_type`     | `application/json` (anything else is refused unread)           |
+//! | `content_encoding` | `utf-8`                                                        |
+//! | `delivery_mode`    | 2 (persistent)                                                 |
+//! | `priority`         | 0..=255, always sent (0 by default); **higher runs first**     |
+//! | `correlation_id`   | the task id                                                    |
+//! | `reply_to`         | the sender's reply queue (Celery sends its app oid)            |
+//! | `expiration`       | with `expires` only: milliseconds left, as decimal text        |
+//! | `headers`          | the Celery headers, as an AMQP table (see below)               |
+//!
+//! Header values are typed as py-amqp writes them: strings `S` (long string), `None` `V`
+//! (void), `bool` `t`, integers `I` (signed 32-bit) when they fit, else `l` (signed 64),
+//! floats `d`, lists `A`, dicts `F`. `timelimit` is `A[I|d|V, I|d|V]`, `stamps` is `F{}`.
+//! [`json_to_table`] and [`table_to_json`] convert, [`encode_task`] and [`decode_task`]
+//! build and read whole messages. The golden tests decode what Celery really published
+//! (`tests/fixtures/celery/amqp_*.json`, from `capture_amqp.py`).
+//!
+//! # Topology
+//!
+//! * A task queue `q` is declared as Celery declares its queues: durable, not exclusive,
+//!   not auto-deleted, no arguments (Celery's default `celery` queue), bound to a durable
+//!   direct exchange of the same name with routing key `q` ([`Broker::declare_queue`]).
+//!   Priorities need `x-max-priority` on the queue; every declaration of a queue must
+//!   agree on its arguments, or RabbitMQ closes the channel (`PRECONDITION_FAILED`).
+//! * Refused messages go to the durable fanout exchange [`DEAD_LETTER_EXCHANGE`], bound to
+//!   the durable queue [`DEAD_LETTER_QUEUE`], with the reason in the header
+//!   [`REASON_HEADER`] ([`Broker::dead_letter`]).
+//! * Remote control ([`Pidbox`]): requests come on the non-durable fanout exchange
+//!   `celery.pidbox` to the worker's queue `<hostname>.celery.pidbox` (non-durable,
+//!   exclusive, auto-deleted, `x-expires` 10000, `x-message-ttl` 300000: Celery's
+//!   `control_queue_expires` and `control_queue_ttl`), consumed without acks. The body is
+//!   `{"method", "arguments", "destination", "pattern", "matcher", "ticket", "reply_to":
+//!   {"exchange": "reply.celery.pidbox", "routing_key": <oid>}}`, the headers `clock` and
+//!   `expires` (epoch seconds, 0 = never). A reply is published on the non-durable direct
+//!   exchange `reply.celery.pidbox` with the request's routing key, body `{<hostname>:
+//!   <answer>}`, headers `ticket` and `clock`, `delivery_mode` 1.
+//!
+//! # Acknowledgements
+//!
+//! A [`Consumer`] holds at most `prefetch` unacknowledged deliveries (`basic.qos`); each is
+//! acked ([`Delivery::ack`]), rejected or dead-lettered by its holder. A connection that
+//! dies has its unacked deliveries redelivered (with `redelivered` set). RabbitMQ closes a
+//! channel whose delivery stays unacked longer than its `consumer_timeout` (30 minutes by
+//! default), so a long-held delivery (an ETA task) must be settled (or re-published and
+//! acked) before that.
+//!
+//! # Runtime
+//!
+//! lapin is async; this module drives it with lapin's `async-global-executor` runtime
+//! (async-io reactor, a small executor thread pool of its own, no tokio), and every call
+//! blocks the calling thread on its future (`Runtime::block_on`), so plain worker threads
+//! can use it.
+//!
+//! # Files
+//!
+//! `wire.rs`: header tables and task messages ([`json_to_table`], [`encode_task`],
+//! [`decode_task`], ...); `broker.rs`: the blocking client ([`Broker`], [`Consumer`],
+//! [`Delivery`], [`ack_all`]); `pidbox.rs`: remote control ([`Pidbox`],
+//! [`ControlRequest`]); `transport.rs`: the worker's and the client's transport, with
+//! results in the Redis result backend (`celery/backend.rs`). This file: the constants of
+//! the topology.
+
+use super::control;
+
+mod broker;
+mod pidbox;
+mod transport;
+mod wire;
+
+pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT};
+pub use pidbox::{ControlRequest, Pidbox};
+pub(crate) use transport::{AmqpPublisher, AmqpTransport};
+pub use wire::{
+    amqp_to_json, decode_task, encode_task, json_to_amqp, json_to_table, table_to_json,
+};
+
+/// The exchange refused messages are published to (durable, fanout).
+pub const DEAD_LETTER_EXCHANGE: &str = "weft.dead_letter";
+/// The queue bound to [`DEAD_LETTER_EXCHANGE`] (durable): where refused messages wait for
+/// a human.
+pub const DEAD_LETTER_QUEUE: &str = "weft.dead_letter";
+/// The header of a dead-lettered message that says why it was refused.
+pub const REASON_HEADER: &str = "x-weft-reason";
+/// The header of a dead-lettered message naming the exchange it came from.
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-weft-original-exchange";
+/// The header of a dead-lettered message naming the routing key (queue) it came from.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-weft-original-routing-key";
+/// The fanout exchange of Celery's remote-control requests.
+pub const PIDBOX_EXCHANGE: &str = control::PIDBOX;
+/// The direct exchange of remote-control replies.
+pub const REPLY_PIDBOX_EXCHANGE: &str = control::REPLY_PIDBOX;
+/// `x-expires` of a worker's pidbox queue, in milliseconds (Celery's
+/// `control_queue_expires`, 10 s).
+pub const PIDBOX_QUEUE_EXPIRES_MS: i32 = 10_000;
+/// `x-message-ttl` of a worker's pidbox queue, in milliseconds (Celery's
+/// `control_queue_ttl`, 300 s).
+pub const PIDBOX_MESSAGE_TTL_MS: i32 = 300_000;
+
+type Runtime = async_rs::AGERuntime;
+
+#[cfg(test)]
+mod test;

@@ -1,0 +1,368 @@
+//! The worker's and the client's transport over AMQP ([`Transport`], [`Publish`]):
+//! [`AmqpTransport`] opens an [`AmqpConsumer`] (one channel consuming every queue,
+//! reconnecting after a failure) and an [`AmqpSettler`] (results in Celery's Redis result
+//! backend, one transaction per batch, then each delivery settled on its channel);
+//! [`AmqpPublisher`] is the client's side.
+
+use std::time::Duration;
+
+use super::super::error::Error;
+use super::super::protocol::{TaskMessage, TaskResult};
+use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
+use super::broker::{ack_all, Broker, Consumer, Delivery};
+use super::wire::amqp_to_json;
+
+/// A [`Worker`](super::super::Worker)'s transport over AMQP, with results in Celery's Redis
+/// result backend.
+#[derive(Clone)]
+pub(crate) struct AmqpTransport {
+    pub url: String,
+    pub backend: redis::Client,
+    pub result_expires: Duration,
+    pub max_priority: Option<u8>,
+    pub hold_limit: Duration,
+}
+
+/// The consumer side: one channel consuming every queue, on a connection of its own;
+/// reconnects after the connection or the channel failed (its unsettled deliveries are
+/// then redelivered by the broker).
+pub(crate) struct AmqpConsumer {
+    url: String,
+    /// The connection name: `weft consumer <worker hostname>`.
+    name: String,
+    queues: Vec<String>,
+    max_priority: Option<u8>,
+    /// The connection and its consumer; `None` after a failure, until the next fetch.
+    live: Option<(Broker, Consumer)>,
+    /// How many times it connected.
+    generation: u64,
+    hold_limit: Duration,
+    prefetch: usize,
+}
+
+impl AmqpConsumer {
+    fn connect(&self) -> Result<(Broker, Consumer), Error> {
+        let broker = Broker::connect_named(&self.url, &self.name)?;
+        for q in &self.queues {
+            broker.declare_queue(q, self.max_priority)?;
+        }
+        let consumer = broker.consume_queues(
+            &self.queues,
+            u16::try_from(self.prefetch).unwrap_or(u16::MAX),
+        )?;
+        Ok((broker, consumer))
+    }
+}
+
+/// What a delivery holds for the worker.
+fn incoming(d: Delivery) -> Incoming<Delivery> {
+    let message = d.task().map_err(|error| Refused {
+        error,
+        raw: d.body().to_vec(),
+        id: d
+            .properties()
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("id"))
+            .and_then(|v| amqp_to_json(v).as_str().map(str::to_owned)),
+    });
+    Incoming {
+        queue: d.queue().to_owned(),
+        message,
+        tag: Some(d),
+    }
+}
+
+impl Consume for AmqpConsumer {
+    type Tag = Delivery;
+
+    fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<Delivery>>, Error> {
+        if self.live.is_none() {
+            self.live = Some(self.connect()?);
+            self.generation += 1;
+        }
+        let Some((_, consumer)) = self.live.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut wait = wait;
+        while out.len() < max {
+            match consumer.next(wait) {
+                Ok(Some(d)) => out.push(incoming(d)),
+                Ok(None) => break,
+                Err(e) if out.is_empty() => {
+                    self.live = None;
+                    return Err(e);
+                }
+                Err(_) => break, // the next fetch sees it again
+            }
+            // The rest only if they are here already.
+            wait = Duration::ZERO;
+        }
+        Ok(out)
+    }
+
+    fn set_prefetch(&mut self, n: usize) {
+        if n != self.prefetch {
+            self.prefetch = n;
+            if let Some((_, consumer)) = &self.live {
+                let _ = consumer.set_prefetch(u16::try_from(n).unwrap_or(u16::MAX));
+            }
+        }
+    }
+
+    fn hold_limit(&self) -> Option<Duration> {
+        Some(self.hold_limit)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn stop_consuming(&mut self) {
+        if let Some((_, consumer)) = &self.live {
+            let _ = consumer.cancel();
+        }
+    }
+}
+
+/// The settling side: results in one Redis transaction per batch, then each delivery
+/// settled on its channel.
+pub(crate) struct AmqpSettler {
+    url: String,
+    broker: Broker,
+    backend: redis::Client,
+    conn: Option<redis::Connection>,
+    expires: Duration,
+}
+
+impl AmqpSettler {
+    /// Publishes `msg` (confirmed), on a new connection if the current one failed.
+    fn publish(&mut self, msg: &TaskMessage) -> Result<(), Error> {
+        if self.broker.publish_task(msg).is_ok() {
+            return Ok(());
+        }
+        self.broker = Broker::connect(&self.url)?;
+        self.broker.publish_task(msg)
+    }
+
+    /// Dead-letters `d` (then acks it), on a new connection if the current one failed.
+    fn dead_letter(&mut self, d: &Delivery, reason: &str) -> Result<(), Error> {
+        if self.broker.dead_letter(d, reason).is_ok() {
+            return Ok(());
+        }
+        self.broker = Broker::connect(&self.url)?;
+        self.broker.dead_letter(d, reason)
+    }
+
+    /// Writes `results` to the Redis backend in one transaction; true once Redis took
+    /// them (or there were none).
+    fn write_results(&mut self, results: &[(String, TaskResult)]) -> bool {
+        if results.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (id, result) in results {
+            super::super::backend::add_result(&mut pipe, id, result, self.expires);
+        }
+        for i in 0..3 {
+            let conn = match self.conn.take() {
+                Some(c) => Some(c),
+                None => super::super::backend::connect(&self.backend).ok(),
+            };
+            if let Some(mut conn) = conn {
+                if pipe.query::<()>(&mut conn).is_ok() {
+                    self.conn = Some(conn);
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100 << i));
+        }
+        false
+    }
+}
+
+impl Settle for AmqpSettler {
+    type Tag = Delivery;
+
+    /// Results first (one Redis transaction), then each delivery: acknowledged (all the
+    /// plain ones at once), or, when its result could not be written, put back on its
+    /// queue to run again (at-least-once). A retry or an ETA copy is sent (confirmed)
+    /// before the old delivery is acknowledged; a retry that cannot be sent makes the
+    /// failure final; a dead letter or ETA copy that cannot be sent goes back to its queue.
+    fn settle(&mut self, batch: Vec<Settlement<Delivery>>) {
+        let results: Vec<(String, TaskResult)> = batch
+            .iter()
+            .filter_map(|s| match s {
+                Settlement::Result { id, result, .. } => Some((id.clone(), result.clone())),
+                Settlement::Retry { next, failure, .. } => {
+                    let reason = match failure {
+                        TaskResult::Failure { exc_message, .. } => exc_message.clone(),
+                        _ => String::new(),
+                    };
+                    Some((next.id.clone(), TaskResult::Retry(reason)))
+                }
+                Settlement::Refuse {
+                    result: Some(r), ..
+                } => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let written = self.write_results(&results);
+        let mut acks = Vec::new();
+        let mut final_failures = Vec::new();
+        for s in batch {
+            match s {
+                Settlement::Ack(d) => acks.push(d),
+                Settlement::Result { tag: Some(d), .. } if written => acks.push(d),
+                Settlement::Result { tag: Some(d), .. } => {
+                    let _ = d.reject(true);
+                }
+                Settlement::Retry { tag: Some(d), .. } if !written => {
+                    let _ = d.reject(true);
+                }
+                Settlement::Retry { next, failure, tag } => {
+                    if self.publish(&next).is_err() {
+                        final_failures.push((next.id.clone(), failure));
+                    }
+                    acks.extend(tag);
+                }
+                Settlement::Refuse {
+                    reason,
+                    tag: Some(d),
+                    ..
+                } if self.dead_letter(&d, &reason).is_err() => {
+                    let _ = d.reject(true);
+                }
+                Settlement::Republish { message, tag } => {
+                    if self.publish(&message).is_ok() {
+                        acks.push(tag);
+                    } else {
+                        let _ = tag.reject(true);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let _ = self.write_results(&final_failures);
+        ack_all(&acks);
+    }
+
+    fn requeue(&mut self, tags: Vec<Delivery>) -> usize {
+        tags.iter()
+            .filter(|d| matches!(d.requeue(), Ok(true)))
+            .count()
+    }
+}
+
+impl Transport for AmqpTransport {
+    type Tag = Delivery;
+    type Consumer = AmqpConsumer;
+    type Settler = AmqpSettler;
+
+    fn open(
+        &self,
+        hostname: &str,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
+        let mut backend = super::super::backend::connect(&self.backend)?;
+        let _: () = redis::cmd("PING").query(&mut backend)?;
+        let mut consumer = AmqpConsumer {
+            url: self.url.clone(),
+            name: format!("weft consumer {hostname}"),
+            queues: queues.to_vec(),
+            max_priority: self.max_priority,
+            live: None,
+            generation: 1,
+            hold_limit: self.hold_limit,
+            prefetch,
+        };
+        // Connected now, so that a bad URL or a refused declaration fails `start`.
+        consumer.live = Some(consumer.connect()?);
+        Ok((
+            consumer,
+            AmqpSettler {
+                url: self.url.clone(),
+                broker: Broker::connect(&self.url)?,
+                backend: self.backend.clone(),
+                conn: Some(backend),
+                expires: self.result_expires,
+            },
+        ))
+    }
+
+    fn serve_control(
+        self,
+        hostname: String,
+        revoke: &dyn Fn(&[String], bool),
+        stop: &dyn Fn() -> bool,
+        ready: std::sync::mpsc::Sender<()>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop() {
+            let session = (|| -> Result<(), Error> {
+                let broker = Broker::connect(&self.url)?;
+                let mut pidbox = broker.pidbox(&hostname)?;
+                let _ = ready.send(());
+                while !stop() {
+                    pidbox.serve_one(&broker, revoke, Duration::from_millis(500))?;
+                }
+                let _ = pidbox.close();
+                broker.close()
+            })();
+            if session.is_ok() {
+                return;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The client's side: declares a queue the first time it sends to it (as Celery's
+/// producer does: a message routed to a queue that does not exist would be dropped), then
+/// publishes with a publisher confirm.
+pub(crate) struct AmqpPublisher {
+    url: String,
+    broker: parking_lot::Mutex<Broker>,
+    max_priority: Option<u8>,
+    declared: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+impl AmqpPublisher {
+    /// Connects now.
+    pub fn new(url: &str) -> Result<AmqpPublisher, Error> {
+        Ok(AmqpPublisher {
+            url: url.to_owned(),
+            broker: parking_lot::Mutex::new(Broker::connect(url)?),
+            max_priority: None,
+            declared: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        })
+    }
+}
+
+impl Publish for AmqpPublisher {
+    /// Declares the queue the first time, then publishes (confirmed); on a failure,
+    /// once more on a new connection.
+    fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
+        let mut broker = self.broker.lock();
+        let send = |broker: &Broker| -> Result<(), Error> {
+            if msg.exchange.is_empty() && !self.declared.lock().contains(&msg.routing_key) {
+                broker.declare_queue(&msg.routing_key, self.max_priority)?;
+                self.declared.lock().insert(msg.routing_key.clone());
+            }
+            broker.publish_task(msg)
+        };
+        if send(&broker).is_ok() {
+            return Ok(());
+        }
+        *broker = Broker::connect(&self.url)?;
+        send(&broker)
+    }
+
+    fn set_max_priority(&mut self, n: u8) {
+        self.max_priority = Some(n);
+    }
+}

@@ -1,0 +1,534 @@
+//! The consumer thread: [`consume`] takes messages while there is prefetch room, does the
+//! [`upkeep`] (heartbeat, restore sweep, pruning, the hold limit), and hands each message
+//! to [`take`], which refuses it, settles it unrun (revoked, expired, unknown, arguments
+//! that do not fit) or spawns its task on the pool.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use super::super::protocol::{
+    format_iso8601, parse_iso8601, ProtocolError, TaskMessage, TaskResult,
+};
+use super::super::transport::{Consume, Settlement};
+use super::live::{Done, Held, Live, Shared, STARTED, WAITING};
+use crate::registry::{Attempt, Entry, Registry};
+use crate::{Pool, Priority, RetryPolicy};
+
+pub(super) struct Config {
+    pub(super) registry: Registry,
+    pub(super) lanes: HashMap<String, Priority>,
+    pub(super) prefetch: usize,
+    pub(super) acks_late: bool,
+}
+
+pub(super) fn consume<C: Consume>(
+    mut consumer: C,
+    cfg: Config,
+    pool: Pool,
+    shared: Arc<Shared>,
+    held: Held<C::Tag>,
+    done: mpsc::Sender<Done>,
+    parked: mpsc::Sender<C>,
+) {
+    let upkeep_every = consumer.upkeep_interval();
+    let wait = upkeep_every.min(Duration::from_millis(250));
+    let mut last_upkeep = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut seq = 0u64;
+    let mut generation = consumer.generation();
+    while !shared.stop.load(Ordering::Acquire) {
+        let room = {
+            let mut n = shared.in_flight.lock();
+            while *n >= cfg.prefetch && !shared.stop.load(Ordering::Acquire) {
+                // Woken for the upkeep even while full.
+                if shared.room.wait_for(&mut n, wait).timed_out() {
+                    break;
+                }
+            }
+            cfg.prefetch.saturating_sub(*n)
+        };
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if last_upkeep.elapsed() >= upkeep_every {
+            last_upkeep = Instant::now();
+            upkeep(&mut consumer, &held, &shared, &done);
+        }
+        if room == 0 {
+            continue;
+        }
+        consumer.set_prefetch(cfg.prefetch + shared.eta_waiting.load(Ordering::Relaxed));
+        let batch = match consumer.fetch(room, wait) {
+            Ok(batch) => {
+                backoff = Duration::from_millis(100);
+                batch
+            }
+            Err(_) => {
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // A new broker connection: what the old one held is delivered again.
+        if consumer.generation() != generation {
+            generation = consumer.generation();
+            shared.abandon_before(generation, &held);
+        }
+        for incoming in batch {
+            seq += 1;
+            let key = incoming.tag.map(|tag| {
+                held.lock().insert(seq, tag);
+                seq
+            });
+            let taken = Taken {
+                seq,
+                key,
+                generation,
+                queue: incoming.queue,
+            };
+            take(&cfg, &pool, &shared, &done, taken, incoming.message);
+        }
+    }
+    // No more deliveries; the connection stays open (and on Redis the held messages'
+    // heartbeat goes on, in the finisher) until the finisher has settled and put back
+    // what it holds: on AMQP, closing the channel would hand every unacknowledged delivery
+    // back at once.
+    consumer.stop_consuming();
+    let _ = parked.send(consumer);
+}
+
+/// The consumer's periodic care: the transport's (Redis: the heartbeat of held messages
+/// and the restore sweep), pruning finished tasks, and sending again ETA tasks held for
+/// the broker's hold limit.
+fn upkeep<C: Consume>(
+    consumer: &mut C,
+    held: &Held<C::Tag>,
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+) {
+    {
+        let held = held.lock();
+        let tags: Vec<&C::Tag> = held.values().collect();
+        consumer.upkeep(&tags);
+    }
+    consumer.sweep();
+    let mut live = shared.live.lock();
+    live.retain(|_, t| !t.handle.is_finished());
+    let Some(limit) = consumer.hold_limit() else {
+        return;
+    };
+    let now = SystemTime::now();
+    let mut settled = Vec::new();
+    for (seq, task) in live.iter_mut() {
+        let Some((message, at)) = &task.eta else {
+            continue;
+        };
+        if at.elapsed() < limit || !task.withdraw() {
+            continue;
+        }
+        shared.eta_waiting.fetch_sub(1, Ordering::Relaxed);
+        settled.push(*seq);
+        let Some(key) = task.key else { continue };
+        let expired = message
+            .expires
+            .as_deref()
+            .and_then(parse_iso8601)
+            .is_some_and(|exp| exp <= now);
+        let _ = done.send(if expired {
+            Done::end(
+                task.id.clone(),
+                Some(key),
+                TaskResult::Revoked("expired".into()),
+                false,
+            )
+        } else {
+            let mut message = message.clone();
+            message.delivery_tag = uuid::Uuid::new_v4().to_string();
+            Done::uncounted(Settlement::Republish { message, tag: key })
+        });
+    }
+    for seq in settled {
+        live.remove(&seq);
+    }
+}
+
+/// The `FAILURE` written for a message refused unread.
+fn refusal_result(e: &ProtocolError) -> TaskResult {
+    match e {
+        ProtocolError::ContentType(_) => TaskResult::Failure {
+            exc_type: "ContentDisallowed".into(),
+            exc_module: "kombu.exceptions".into(),
+            exc_message: e.to_string(),
+            traceback: None,
+        },
+        _ => TaskResult::error(e.to_string()),
+    }
+}
+
+/// Where a message taken came from.
+struct Taken {
+    /// The worker's sequence number of the message.
+    seq: u64,
+    /// Its entry in `held` (`seq`), if it has something to acknowledge.
+    key: Option<u64>,
+    /// The consumer's connection generation it came on.
+    generation: u64,
+    queue: String,
+}
+
+/// Starts the task of one message taken, in named steps: [`refuse`] a message that is not
+/// a task; [`screen`] out a revoked or expired one; count it against the prefetch limit
+/// unless it waits for an ETA ([`eta_delay`]); [`fit`] its arguments to its registered
+/// task; [`plan`] its run; [`build_run`]; [`spawn`] it on the pool.
+fn take(
+    cfg: &Config,
+    pool: &Pool,
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+    taken: Taken,
+    message: Result<TaskMessage, super::super::transport::Refused>,
+) {
+    let mut msg = match message {
+        Ok(m) => m,
+        Err(refused) => return refuse(done, taken.queue, taken.key, refused),
+    };
+    // Retries and hold-limit copies go back to the queue it came from.
+    if msg.routing_key.is_empty() {
+        msg.routing_key = taken.queue.clone();
+    }
+    let Some(now) = screen(shared, done, &msg, taken.key) else {
+        return;
+    };
+    let delay = eta_delay(&msg, now);
+    let counted = delay.is_none();
+    // Counted before the registry is asked: a task settled unrun below frees its slot.
+    if counted {
+        *shared.in_flight.lock() += 1;
+    }
+    let Some((entry, attempt)) = fit(cfg, done, &msg, taken.key, counted) else {
+        return;
+    };
+    let plan = plan(cfg, entry, &msg, &taken.queue, delay, counted);
+    let id = msg.id.clone();
+    if !counted {
+        shared.eta_waiting.fetch_add(1, Ordering::Relaxed);
+    }
+    let state = Arc::new(AtomicU8::new(WAITING));
+    let run = build_run(shared, done, msg, taken.key, attempt, &plan, &state);
+    spawn(pool, shared, &taken, plan, id, state, run);
+}
+
+/// A message that is not a task never runs: it goes to the dead-letter place with its
+/// reason, with a `FAILURE` when its id is known ([`refusal_result`]).
+fn refuse(
+    done: &mpsc::Sender<Done>,
+    queue: String,
+    key: Option<u64>,
+    refused: super::super::transport::Refused,
+) {
+    let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
+    let _ = done.send(Done::uncounted(Settlement::Refuse {
+        queue,
+        raw: refused.raw,
+        reason: refused.error.to_string(),
+        result,
+        tag: key,
+    }));
+}
+
+/// The final result of `msg`, settled without running it.
+fn settle_now(msg: &TaskMessage, key: Option<u64>, result: TaskResult, counted: bool) -> Done {
+    Done::end(msg.id.clone(), key, result, counted)
+}
+
+/// Settles `msg` unrun (`REVOKED`) if it was revoked or has expired; otherwise returns the
+/// time it was screened at, which its ETA is measured from.
+fn screen(
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+    msg: &TaskMessage,
+    key: Option<u64>,
+) -> Option<SystemTime> {
+    if shared.revoked.contains(&msg.id) {
+        let _ = done.send(settle_now(
+            msg,
+            key,
+            TaskResult::Revoked("revoked".into()),
+            false,
+        ));
+        return None;
+    }
+    let now = SystemTime::now();
+    if let Some(exp) = msg.expires.as_deref().and_then(parse_iso8601) {
+        if exp <= now {
+            let _ = done.send(settle_now(
+                msg,
+                key,
+                TaskResult::Revoked("expired".into()),
+                false,
+            ));
+            return None;
+        }
+    }
+    Some(now)
+}
+
+/// How long `msg` waits for its ETA from `now`: `None` without one, or once it has passed
+/// (a task that waits is not counted against the prefetch limit).
+fn eta_delay(msg: &TaskMessage, now: SystemTime) -> Option<Duration> {
+    msg.eta
+        .as_deref()
+        .and_then(parse_iso8601)
+        .and_then(|eta| eta.duration_since(now).ok())
+        .filter(|d| !d.is_zero())
+}
+
+/// Fits the arguments of `msg` to its registered task: the task's entry and the attempt
+/// to run, or `None` once `msg` is settled as `FAILURE` (Celery's `NotRegistered` for an
+/// unknown name, `TypeError` for arguments that do not fit).
+fn fit<'r>(
+    cfg: &'r Config,
+    done: &mpsc::Sender<Done>,
+    msg: &TaskMessage,
+    key: Option<u64>,
+    counted: bool,
+) -> Option<(&'r Entry, Attempt)> {
+    let Some(entry) = cfg.registry.get(&msg.task) else {
+        let _ = done.send(settle_now(
+            msg,
+            key,
+            TaskResult::not_registered(&msg.task),
+            counted,
+        ));
+        return None;
+    };
+    let args = msg.registry_args();
+    let no_args = args.as_array().is_some_and(Vec::is_empty);
+    // A call without arguments also fits a task that takes `()`.
+    let attempt = entry.prepare(args).or_else(|e| {
+        if no_args {
+            entry.prepare(Value::Null).map_err(|_| e)
+        } else {
+            Err(e)
+        }
+    });
+    let attempt = match attempt {
+        Ok(a) => a,
+        Err(e) => {
+            let result = TaskResult::Failure {
+                exc_type: "TypeError".into(),
+                exc_module: "builtins".into(),
+                exc_message: format!("{}: invalid arguments: {e}", msg.task),
+                traceback: None,
+            };
+            let _ = done.send(settle_now(msg, key, result, counted));
+            return None;
+        }
+    };
+    Some((entry, attempt))
+}
+
+/// How a task runs: what [`plan`] decides and [`build_run`] and [`spawn`] follow.
+struct Plan {
+    /// The lane of the queue it came from.
+    lane: Priority,
+    /// How long it waits for its ETA ([`eta_delay`]).
+    delay: Option<Duration>,
+    /// Whether it counts against the prefetch limit (it does not wait for an ETA).
+    counted: bool,
+    time_limit: Option<Duration>,
+    acks_late: bool,
+    policy: Option<RetryPolicy>,
+    /// For a task waiting for its ETA: the copy of its message to send again at the hold
+    /// limit, and when it was taken.
+    eta: Option<(TaskMessage, Instant)>,
+}
+
+/// Plans the run of `msg` from `queue`: its lane, ETA delay and count, time limit,
+/// acknowledgement and retry policy (the registry's options, else the worker's).
+fn plan(
+    cfg: &Config,
+    entry: &Entry,
+    msg: &TaskMessage,
+    queue: &str,
+    delay: Option<Duration>,
+    counted: bool,
+) -> Plan {
+    let lane = cfg.lanes.get(queue).copied().unwrap_or_default();
+    let policy = entry.options.get_retry();
+    let acks_late = entry.options.get_acks_late().unwrap_or(cfg.acks_late);
+    // The shortest of the message's soft and hard limits and the registry's default.
+    let time_limit = [msg.timelimit.1, msg.timelimit.0]
+        .into_iter()
+        .flatten()
+        .filter(|s| *s > 0.0)
+        .filter_map(|s| Duration::try_from_secs_f64(s).ok())
+        .chain(entry.options.get_time_limit())
+        .min();
+    let eta = delay.map(|_| {
+        // A copy sent again goes straight to the queue it came from (not through its
+        // exchange: a fanout would copy it to every queue again).
+        let mut copy = msg.clone();
+        copy.exchange = String::new();
+        copy.routing_key = queue.to_owned();
+        (copy, Instant::now())
+    });
+    Plan {
+        lane,
+        delay,
+        counted,
+        time_limit,
+        acks_late,
+        policy,
+        eta,
+    }
+}
+
+/// The task's body: runs the attempt unless it was withdrawn, revoked or expired meanwhile,
+/// acknowledges early unless acks are late, turns its outcome into a result (or Celery's
+/// retry), and reports through `done`.
+fn build_run(
+    shared: &Shared,
+    done: &mpsc::Sender<Done>,
+    msg: TaskMessage,
+    key: Option<u64>,
+    mut attempt: Attempt,
+    plan: &Plan,
+    state: &Arc<AtomicU8>,
+) -> impl FnOnce() + Send + 'static {
+    let (counted, acks_late, policy) = (plan.counted, plan.acks_late, plan.policy);
+    let tx = done.clone();
+    let revoked = shared.revoked.clone();
+    let state_here = state.clone();
+    let eta_waiting = Arc::clone(&shared.eta_waiting);
+    move || {
+        if state_here
+            .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return; // withdrawn: settled by whoever took it back
+        }
+        if !counted {
+            eta_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let id = msg.id.clone();
+        // Revoked meanwhile, or expired while it waited for its ETA: not run.
+        let expired = msg
+            .expires
+            .as_deref()
+            .and_then(parse_iso8601)
+            .is_some_and(|exp| exp <= SystemTime::now());
+        if expired || revoked.contains(&id) {
+            let why = if expired { "expired" } else { "revoked" };
+            let _ = tx.send(Done::end(id, key, TaskResult::Revoked(why.into()), counted));
+            return;
+        }
+        // Acks early: acknowledged as it starts; the result comes later.
+        let key = match key {
+            Some(k) if !acks_late => {
+                let _ = tx.send(Done::uncounted(Settlement::Ack(k)));
+                None
+            }
+            other => other,
+        };
+        let result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
+            // Revoked with `terminate` while it ran.
+            Ok(_) if crate::checkpoint().is_err_and(|c| c.is_cancel_requested()) => {
+                TaskResult::Revoked("terminated".into())
+            }
+            // A run that ended past its time limit fails, whatever it returned.
+            Ok(_) if crate::checkpoint().is_err_and(|c| c.is_time_limit()) => TaskResult::Failure {
+                exc_type: "TimeLimitExceeded".into(),
+                exc_module: "celery.exceptions".into(),
+                exc_message: "time limit exceeded".into(),
+                traceback: None,
+            },
+            Ok(Ok(v)) => TaskResult::Success(v),
+            Ok(Err(e)) => TaskResult::error(e),
+            Err(p) => TaskResult::error(
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "task panicked".into()),
+            ),
+        };
+        // Celery's retry: a failed run of a task whose registry options allow more
+        // attempts is sent again with `retries + 1` and a new ETA.
+        let next_try = msg.retries.saturating_add(1);
+        let retry = match (&result, policy) {
+            (TaskResult::Failure { .. }, Some(p)) if next_try < p.attempts() => {
+                let mut next = msg;
+                next.retries = next_try;
+                next.eta = Some(format_iso8601(
+                    SystemTime::now() + p.delay_before(next.retries),
+                ));
+                next.delivery_tag = uuid::Uuid::new_v4().to_string();
+                Some(next)
+            }
+            _ => None,
+        };
+        let _ = tx.send(match retry {
+            Some(next) => Done {
+                settle: Settlement::Retry {
+                    next,
+                    failure: result,
+                    tag: key,
+                },
+                counted,
+            },
+            None => Done::end(id, key, result, counted),
+        });
+    }
+}
+
+/// Hands the run to the pool as planned and records it as [`Live`] under the message's
+/// sequence number; a run the pool refuses (shut down) gives its count back.
+fn spawn(
+    pool: &Pool,
+    shared: &Shared,
+    taken: &Taken,
+    plan: Plan,
+    id: String,
+    state: Arc<AtomicU8>,
+    run: impl FnOnce() + Send + 'static,
+) {
+    let mut task = pool.task().priority(plan.lane);
+    if let Some(d) = plan.delay {
+        task = task.delay(d);
+    }
+    if let Some(limit) = plan.time_limit {
+        task = task.time_limit(limit);
+    }
+    // The handle is kept for revoke; the task reports through `done`. A task the pool
+    // never runs (shut down while waiting for its ETA) stays held and is put back.
+    match task.try_spawn(run) {
+        Ok(handle) => {
+            shared.live.lock().insert(
+                taken.seq,
+                Live {
+                    id,
+                    handle,
+                    state,
+                    key: taken.key,
+                    counted: plan.counted,
+                    eta: plan.eta,
+                    generation: taken.generation,
+                },
+            );
+        }
+        Err(_) => {
+            if plan.counted {
+                *shared.in_flight.lock() -= 1;
+            } else {
+                shared.eta_waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! What the worker's threads share about the messages it holds: [`Shared`] (stop flag,
+//! prefetch room, ETA count, revoked ids, the [`Live`] tasks), [`Held`] (the messages
+//! taken and not settled, with what acknowledges each) and [`Done`] (what the consumer and
+//! the tasks tell the finisher).
+//!
+//! A task handed to the pool is [`WAITING`] until one compare-and-swap decides it: the task
+//! moves it to [`STARTED`] as it runs, or the worker to [`WITHDRAWN`] (revoke, the hold
+//! limit, a lost connection, shutdown) and then settles its message itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::super::control::Revoked;
+use super::super::protocol::{TaskMessage, TaskResult};
+use super::super::transport::Settlement;
+
+/// The messages taken and not settled, by the worker's own key, with what acknowledges
+/// each.
+pub(super) type Held<T> = Arc<Mutex<HashMap<u64, T>>>;
+
+pub(super) struct Shared {
+    pub(super) stop: AtomicBool,
+    /// Messages taken and not finished, ETA tasks not counted.
+    pub(super) in_flight: Mutex<usize>,
+    pub(super) room: Condvar,
+    /// Tasks waiting for their ETA (they hold a message but not a prefetch slot).
+    pub(super) eta_waiting: Arc<AtomicUsize>,
+    /// Task ids revoked by remote control.
+    pub(super) revoked: Arc<Revoked>,
+    /// The tasks handed to the pool and maybe not finished, by the worker's sequence
+    /// number of their message, for revoke, the hold limit, a lost broker connection and
+    /// shutdown (finished ones are pruned at each upkeep).
+    pub(super) live: Mutex<HashMap<u64, Live>>,
+}
+
+/// [`Live::state`]: handed to the pool, not started.
+pub(super) const WAITING: u8 = 0;
+/// [`Live::state`]: the task has started (it runs, or has run).
+pub(super) const STARTED: u8 = 1;
+/// [`Live::state`]: taken back before it started; it will not run (if the pool runs it
+/// anyway, it returns at once), and whoever took it back settles its message.
+pub(super) const WITHDRAWN: u8 = 2;
+
+/// A task handed to the pool.
+pub(super) struct Live {
+    pub(super) id: String,
+    pub(super) handle: crate::JoinHandle<()>,
+    /// [`WAITING`], then [`STARTED`] (by the task) or [`WITHDRAWN`] (by the worker): the
+    /// one compare-and-swap that decides whether it runs.
+    pub(super) state: Arc<AtomicU8>,
+    pub(super) key: Option<u64>,
+    pub(super) counted: bool,
+    /// For a task waiting for its ETA on a broker with a hold limit: its message (to be
+    /// sent again to the queue it came from) and when it was taken.
+    pub(super) eta: Option<(TaskMessage, Instant)>,
+    /// The consumer's connection generation it came on.
+    pub(super) generation: u64,
+}
+
+impl Live {
+    /// Takes the task back if it has not started; true if it will never run.
+    pub(super) fn withdraw(&self) -> bool {
+        let taken = self
+            .state
+            .compare_exchange(WAITING, WITHDRAWN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if taken {
+            // Out of the pool's queue or timer if it is still there.
+            let _ = self.handle.cancel();
+        }
+        taken
+    }
+}
+
+impl Shared {
+    /// `app.control.revoke(ids, terminate=...)`: each id is remembered as revoked (a
+    /// message of it taken later ends `REVOKED` unrun). A task of this worker that has not
+    /// started (queued, or waiting for its ETA) is cancelled in the pool and ends `REVOKED`
+    /// now, not at its ETA. With `terminate`, a running task is asked to stop
+    /// ([`checkpoint`](crate::checkpoint) returns `Err` in it) and ends `REVOKED`
+    /// whatever it returns.
+    pub(super) fn revoke(&self, ids: &[String], terminate: bool, done: &mpsc::Sender<Done>) {
+        for id in ids {
+            self.revoked.add(id);
+        }
+        let mut live = self.live.lock();
+        let mut settled = Vec::new();
+        for (seq, task) in live.iter().filter(|(_, t)| ids.contains(&t.id)) {
+            if task.withdraw() {
+                // Never to run: its message is settled here.
+                if !task.counted {
+                    self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
+                }
+                let _ = done.send(Done::end(
+                    task.id.clone(),
+                    task.key,
+                    TaskResult::Revoked("revoked".into()),
+                    task.counted,
+                ));
+                settled.push(*seq);
+            } else if terminate && task.state.load(Ordering::SeqCst) == STARTED {
+                // Running: asked to stop (`checkpoint` says so from now on).
+                let _ = task.handle.cancel();
+            }
+        }
+        for seq in settled {
+            live.remove(&seq);
+        }
+    }
+
+    /// The broker connection was lost (generation `current` now): the not-started tasks of
+    /// older connections are dropped without settling, as the broker delivers their
+    /// messages again (running ones finish; their acknowledgements go nowhere).
+    pub(super) fn abandon_before<T>(&self, current: u64, held: &Held<T>) {
+        let mut live = self.live.lock();
+        let mut held = held.lock();
+        let mut freed = 0;
+        live.retain(|_, task| {
+            if task.generation >= current || !task.withdraw() {
+                return true;
+            }
+            if let Some(k) = task.key {
+                held.remove(&k);
+            }
+            if task.counted {
+                freed += 1;
+            } else {
+                self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            false
+        });
+        if freed > 0 {
+            let mut n = self.in_flight.lock();
+            *n = n.saturating_sub(freed);
+            self.room.notify_one();
+        }
+    }
+}
+
+/// What the consumer and the tasks tell the finisher: a settlement of the message held
+/// under a key of `held` (the finisher swaps the key for the message's tag).
+pub(super) struct Done {
+    pub(super) settle: Settlement<u64>,
+    /// True if the message counted against the prefetch limit (a task's end frees it).
+    pub(super) counted: bool,
+}
+
+impl Done {
+    /// A final result (a task's end, or a message settled without running: revoked,
+    /// expired, unknown).
+    pub(super) fn end(id: String, key: Option<u64>, result: TaskResult, counted: bool) -> Done {
+        Done {
+            settle: Settlement::Result {
+                id,
+                result,
+                tag: key,
+            },
+            counted,
+        }
+    }
+
+    /// A settlement that frees no prefetch slot.
+    pub(super) fn uncounted(settle: Settlement<u64>) -> Done {
+        Done {
+            settle,
+            counted: false,
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! [`Worker`]: consumes Celery queues (on Redis, or on RabbitMQ with the feature `amqp`)
+//! and runs the named tasks of a [`Registry`] on a weft [`Pool`].
+//!
+//! A running worker is three threads around a pool: the consumer (`intake.rs`: takes
+//! messages, screens them and spawns their tasks), the finisher (`finisher.rs`: settles
+//! results and acknowledgements in batches) and remote control (the transport's); what
+//! they share is in `live.rs`. This file holds the builder, `start`/`run` and
+//! [`RunningWorker`]'s shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::backend::DEFAULT_RESULT_EXPIRES;
+use super::control::Revoked;
+use super::error::Error;
+use super::redis::{self as redis_transport, RedisTransport};
+use super::transport::{BrokerKind, Transport};
+use crate::registry::Registry;
+use crate::{Pool, Priority};
+
+mod finisher;
+mod intake;
+mod live;
+
+use finisher::finisher;
+use intake::{consume, Config};
+use live::{Done, Held, Shared};
+
+/// A Celery worker made of weft: takes messages from Celery queues, runs each named task
+/// of its [`Registry`] on its own [`Pool`], writes the result where Celery's Redis result
+/// backend keeps it, and acknowledges the message.
+///
+/// The broker is chosen by the URL given to [`Worker::new`]: `redis://` (kombu's Redis
+/// transport; the same Redis is the result backend) or, with the feature `amqp`,
+/// `amqp://` (RabbitMQ; results go to the Redis named by [`backend`](Self::backend)).
+/// Everything below holds for both, unless it names one.
+///
+/// * **Queues and lanes.** Each queue is bound to a weft lane ([`Priority`]): a worker
+///   consuming `high` → High, `celery` → Normal, `bulk` → Low runs urgent work first, and
+///   takes from the higher lanes' queues first. Within a queue the message priority orders
+///   delivery: on Redis 0 is served first (kombu's sub-lists 0, 3, 6, 9); on RabbitMQ a
+///   higher priority first, and only on a queue declared with `x-max-priority`
+///   ([`max_priority`](Self::max_priority)).
+/// * **Arguments.** See
+///   [`TaskMessage::registry_args`](super::TaskMessage::registry_args): `add(2, 3)`
+///   reaches a task registered as `|(x, y): (i64, i64)|`; a call without arguments also
+///   fits `|(): ()|`.
+/// * **Outcomes.** `Ok(v)` is `SUCCESS` with `v`; an `Err(e)` or a panic is `FAILURE`,
+///   raised in Python as `RuntimeError(message)`; an unknown task name is `FAILURE` with
+///   Celery's `NotRegistered`; arguments that do not fit the task are `FAILURE` too.
+/// * **Acknowledgement.** As in Celery, a message is acknowledged as its task starts,
+///   unless the task's [`TaskOptions::acks_late`](crate::registry::TaskOptions::acks_late)
+///   (or the worker's [`acks_late`](Self::acks_late)) says after it finished and its
+///   result was written. With late acks a worker that dies loses nothing: its messages are
+///   delivered again (at-least-once); with early acks the tasks it was running are lost.
+///   Messages not yet started (queued in the pool, waiting for an ETA) are never
+///   acknowledged before they start, so a task may run twice either way: when its worker
+///   died after the run and before the acknowledgement, or, on RabbitMQ, when the
+///   connection dropped (the broker delivers again what the connection held; the worker
+///   drops its own not-started copies then, but one already running finishes).
+/// * **Bad messages** (not JSON, a content type other than JSON, bad base64, missing
+///   headers) never run and never stop the worker: each goes to the dead-letter place (the
+///   Redis list `weft.dead_letter`; on RabbitMQ the exchange and queue `weft.dead_letter`)
+///   with its reason, and a `FAILURE` is written when its id is known.
+/// * **ETA / countdown**: the task waits in weft's timing wheel, not in the broker, and
+///   does not count against the prefetch limit (on RabbitMQ the channel's `basic.qos` is
+///   raised by one per waiting ETA task, as Celery does).
+/// * **Held messages.** On Redis, while the worker holds a message (running, queued, or
+///   waiting for its ETA) it refreshes the message's `unacked_index` score every second (or
+///   every third of a visibility timeout under 3 s), so the restore sweep never
+///   re-delivers the message of a live worker (kombu issue 337, duplicated ETA tasks),
+///   while a dead worker's messages come back after the visibility timeout. On RabbitMQ a
+///   delivery held longer than the broker's `consumer_timeout` (30 minutes by default)
+///   gets the channel closed (the worker reconnects; the broker delivers the channel's
+///   messages again); so a task still waiting for its ETA after
+///   [`amqp_hold_limit`](Self::amqp_hold_limit) (default 15 minutes) is sent again (the
+///   same message, straight to the queue it came from, confirmed by the broker) and its old
+///   delivery acknowledged: a far ETA goes around the queue every 15 minutes, and is never
+///   lost. The same timeout applies to a late-acknowledged task that runs longer, or a
+///   message queued in the pool that long: raise the broker's `consumer_timeout` for such
+///   work. The prefetch bound is a channel-wide `basic.qos` (`global`), which RabbitMQ's
+///   classic queues support and quorum queues do not.
+/// * **Retries** (Celery's semantics): a failed run of a task registered with a
+///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
+///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
+///   with `RETRY` recorded; Python's `AsyncResult.get()` keeps waiting for the final state.
+/// * **Time limits**: the shortest of the message's `timelimit` (soft, hard) and the
+///   registry's [`TaskOptions::time_limit`](crate::registry::TaskOptions::time_limit) is
+///   the run's weft time limit: [`checkpoint`](crate::checkpoint) tells the task to stop,
+///   and a run that ends past it is `FAILURE` with Celery's `TimeLimitExceeded`.
+/// * **Remote control** ([`control`](super::control)): answers `app.control.ping()` and
+///   honours `app.control.revoke(id)` for tasks not yet started (queued, or waiting for
+///   their ETA: they end `REVOKED` at once, without running, and a message of that id
+///   taken later is not run either); `revoke(id, terminate=True)` also asks a running task
+///   to stop ([`checkpoint`](crate::checkpoint) returns `Err` in it; weft cannot kill a
+///   thread, so a task that never checks runs to its end) and it ends `REVOKED`.
+/// * **Shutdown** ([`RunningWorker::shutdown`]), warm as Celery's: stops taking messages,
+///   waits for the running tasks (as long as they run), and puts back on their queues the
+///   messages of every task that had not started (queued in the pool, or waiting for an
+///   ETA). Held messages keep their heartbeat meanwhile (Redis).
+/// * **A dead or unreachable broker**: the consumer retries with a backoff (up to 5 s)
+///   on a new connection, the finisher retries a failed write three times, and what it
+///   could not settle is delivered again later (Redis: after the visibility timeout;
+///   RabbitMQ: when the connection closes). Nothing is acknowledged before its result is
+///   written, except a task acknowledged early as it starts.
+///
+/// ```no_run
+/// use weft::celery::Worker;
+/// use weft::registry::Registry;
+///
+/// let registry = Registry::new().task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y));
+/// let worker = Worker::new("redis://127.0.0.1:6379/0", registry).start().unwrap();
+/// // ... later
+/// worker.shutdown();
+/// ```
+pub struct Worker {
+    url: String,
+    backend: Option<String>,
+    registry: Registry,
+    queues: Vec<(String, Priority)>,
+    workers: Option<usize>,
+    prefetch: usize,
+    result_expires: Duration,
+    visibility_timeout: Duration,
+    restore_interval: Duration,
+    hostname: Option<String>,
+    acks_late: bool,
+    max_priority: Option<u8>,
+    hold_limit: Duration,
+}
+
+impl Worker {
+    /// A worker for the broker at `url` (`redis://host:port/db`, or with the feature
+    /// `amqp` `amqp://user:password@host:port/vhost`), running `registry`'s tasks,
+    /// consuming the queue `celery` (Normal lane) until [`queue`](Self::queue) names
+    /// others.
+    pub fn new(url: impl Into<String>, registry: Registry) -> Worker {
+        Worker {
+            url: url.into(),
+            backend: None,
+            registry,
+            queues: Vec::new(),
+            workers: None,
+            prefetch: 0,
+            result_expires: DEFAULT_RESULT_EXPIRES,
+            visibility_timeout: redis_transport::DEFAULT_VISIBILITY_TIMEOUT,
+            restore_interval: Duration::from_secs(10),
+            hostname: None,
+            acks_late: false,
+            max_priority: None,
+            hold_limit: Duration::from_secs(15 * 60),
+        }
+    }
+
+    /// The Redis result backend (`redis://...`), for an AMQP broker (which cannot keep
+    /// results). A Redis broker is its own result backend; naming another is an error.
+    pub fn backend(mut self, url: impl Into<String>) -> Self {
+        self.backend = Some(url.into());
+        self
+    }
+
+    /// The node name remote control sees (`celery inspect ping` lists it; a
+    /// `destination` selects it). Default: `weft-<pid>@<host>`.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// Consumes `queue`, running its tasks in `lane`. Call once per queue.
+    pub fn queue(mut self, queue: impl Into<String>, lane: Priority) -> Self {
+        self.queues.push((queue.into(), lane));
+        self
+    }
+
+    /// The pool's worker threads (default: [`default_workers`](crate::default_workers)).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// At most this many messages taken and not finished at once, ETA tasks not counted
+    /// (default: 4 per pool worker, Celery's `worker_prefetch_multiplier`).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+
+    /// When messages of tasks whose [`TaskOptions`](crate::registry::TaskOptions) do not
+    /// say are acknowledged: after the task finished (`true`) or as it starts (`false`,
+    /// the default, as Celery's `task_acks_late`).
+    pub fn acks_late(mut self, late: bool) -> Self {
+        self.acks_late = late;
+        self
+    }
+
+    /// How long results are kept (default one day, Celery's `result_expires`).
+    pub fn result_expires(mut self, d: Duration) -> Self {
+        self.result_expires = d;
+        self
+    }
+
+    /// Redis: a message unacknowledged for longer is put back on its queue by the restore
+    /// sweep (default one hour, kombu's `visibility_timeout`).
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.visibility_timeout = d;
+        self
+    }
+
+    /// Redis: how often this worker runs the restore sweep (default 10 s).
+    pub fn restore_interval(mut self, d: Duration) -> Self {
+        self.restore_interval = d;
+        self
+    }
+
+    /// RabbitMQ: the consumed queues are declared with `x-max-priority` = `n` (Celery's
+    /// `task_queue_max_priority`), so that message priorities order delivery. Every
+    /// declaration of a queue must agree: a queue that exists with other arguments makes
+    /// RabbitMQ refuse the worker (`PRECONDITION_FAILED`). Default: none, like Celery's
+    /// `celery` queue. Ignored on Redis.
+    pub fn max_priority(mut self, n: u8) -> Self {
+        self.max_priority = Some(n);
+        self
+    }
+
+    /// RabbitMQ: how long a delivery of a task waiting for its ETA is held before it is
+    /// sent again and acknowledged (default 15 minutes; keep it under the broker's
+    /// `consumer_timeout`, 30 minutes by default). Ignored on Redis.
+    pub fn amqp_hold_limit(mut self, d: Duration) -> Self {
+        self.hold_limit = d;
+        self
+    }
+
+    /// Connects, builds the pool and starts consuming.
+    pub fn start(mut self) -> Result<RunningWorker, Error> {
+        if self.queues.is_empty() {
+            self.queues.push(("celery".into(), Priority::Normal));
+        }
+        // Queues in lane order, so that the higher lanes' queues are taken from first.
+        self.queues
+            .sort_by_key(|(_, lane)| std::cmp::Reverse(*lane));
+        match BrokerKind::of(&self.url, self.backend.as_deref())? {
+            BrokerKind::Redis => {
+                let transport = RedisTransport {
+                    client: redis::Client::open(self.url.as_str())?,
+                    visibility_timeout: self.visibility_timeout,
+                    restore_interval: self.restore_interval,
+                    result_expires: self.result_expires,
+                };
+                self.run(transport)
+            }
+            #[cfg(feature = "amqp")]
+            BrokerKind::Amqp { backend } => {
+                let transport = super::amqp::AmqpTransport {
+                    url: self.url.clone(),
+                    backend: redis::Client::open(backend.as_str())?,
+                    result_expires: self.result_expires,
+                    max_priority: self.max_priority,
+                    hold_limit: self.hold_limit,
+                };
+                self.run(transport)
+            }
+        }
+    }
+
+    fn run<T: Transport>(mut self, transport: T) -> Result<RunningWorker, Error> {
+        let mut builder = Pool::builder();
+        if let Some(n) = self.workers {
+            builder = builder.workers(n);
+        }
+        builder = builder.thread_name(|i| format!("weft-celery-{i}"));
+        let pool = builder
+            .build()
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        if self.prefetch == 0 {
+            self.prefetch = pool.num_workers() * 4;
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            in_flight: Mutex::new(0),
+            room: Condvar::new(),
+            eta_waiting: Arc::new(AtomicUsize::new(0)),
+            revoked: Arc::new(Revoked::new()),
+            live: Mutex::new(HashMap::new()),
+        });
+        let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
+        let hostname = self.hostname.take().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("weft-{}@{host}", std::process::id())
+        });
+        let names: Vec<String> = self.queues.iter().map(|(q, _)| q.clone()).collect();
+        let (consumer, settler) = transport.open(&hostname, &names, self.prefetch)?;
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let control = {
+            let shared = shared.clone();
+            let hostname = hostname.clone();
+            let done = done_tx.clone();
+            let transport = transport.clone();
+            thread::Builder::new()
+                .name("weft-celery-control".into())
+                .spawn(move || {
+                    transport.serve_control(
+                        hostname,
+                        &|ids, terminate| shared.revoke(ids, terminate, &done),
+                        &|| shared.stop.load(Ordering::Acquire),
+                        ready_tx,
+                    )
+                })?
+        };
+        // Remote control works once `start` returns (or after 5 s if the broker is slow).
+        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        let (parked_tx, parked_rx) = mpsc::channel::<T::Consumer>();
+        let finisher = {
+            let shared = shared.clone();
+            let held = held.clone();
+            thread::Builder::new()
+                .name("weft-celery-ack".into())
+                .spawn(move || finisher(settler, done_rx, held, shared, parked_rx))?
+        };
+        let consumer = {
+            let shared = shared.clone();
+            let pool = pool.clone();
+            let cfg = Config {
+                registry: self.registry,
+                lanes: self.queues.into_iter().collect(),
+                prefetch: self.prefetch,
+                acks_late: self.acks_late,
+            };
+            thread::Builder::new()
+                .name("weft-celery-consume".into())
+                .spawn(move || consume(consumer, cfg, pool, shared, held, done_tx, parked_tx))?
+        };
+        Ok(RunningWorker {
+            pool,
+            shared,
+            hostname,
+            consumer: Some(consumer),
+            finisher: Some(finisher),
+            control: Some(control),
+        })
+    }
+}
+
+/// A started [`Worker`].
+pub struct RunningWorker {
+    pool: Pool,
+    shared: Arc<Shared>,
+    hostname: String,
+    consumer: Option<thread::JoinHandle<()>>,
+    finisher: Option<thread::JoinHandle<usize>>,
+    control: Option<thread::JoinHandle<()>>,
+}
+
+impl RunningWorker {
+    /// The node name remote control sees.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// A warm shutdown, as Celery's: stops taking messages, waits for the tasks that are
+    /// running to finish (their results written and acknowledged; this blocks as long as
+    /// they run), and puts back on their queues the messages of every task that had not
+    /// started (queued in the pool, or waiting for an ETA). Returns how many were put back.
+    pub fn shutdown(mut self) -> usize {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> usize {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.room.notify_all();
+        if let Some(c) = self.consumer.take() {
+            let _ = c.join();
+        }
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+        // Tasks not started are taken back: their messages stay held, to be put back.
+        for task in self.shared.live.lock().values() {
+            task.withdraw();
+        }
+        // Waits for the running tasks; the withdrawn ones return at once if run.
+        self.pool.shutdown();
+        // Every sender of `Done` is gone: the finisher drains, puts back what is still
+        // held, and ends.
+        self.finisher.take().map_or(0, |f| f.join().unwrap_or(0))
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        if self.consumer.is_some() {
+            self.stop();
+        }
+    }
+}
