@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 
-use super::backend::result_key;
+use super::backend::{add_chord_size, connect, result_key, DEFAULT_RESULT_EXPIRES};
+use super::canvas::apply::{Apply, Op, ResultRef};
+use super::canvas::Signature;
 use super::error::Error;
 use super::protocol::{format_iso8601, TaskMessage, TaskResult};
 use super::redis::RedisPublisher;
@@ -118,11 +120,102 @@ impl Client {
         })
     }
 
+    /// Sends a workflow ([`Signature`]: a task, [`chain`](super::canvas::chain),
+    /// [`group`](super::canvas::group), [`chord`](super::canvas::chord),
+    /// [`chunks`](super::canvas::chunks), ...) as Celery's `apply_async` does, so that any
+    /// Celery worker, Python or weft, runs its steps; returns the handle of its result: a
+    /// chain's last step, a chord's body, a group's members.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use serde_json::json;
+    /// use weft::celery::canvas::{chain, chord, Signature};
+    /// use weft::celery::Client;
+    ///
+    /// let client = Client::new("redis://127.0.0.1:6379/0").unwrap();
+    /// let add = |a: i64, b: i64| Signature::new("add").args([json!(a), json!(b)]);
+    /// let flow = chain([add(1, 2), Signature::new("mul").args([json!(10)])]);
+    /// let r = client.apply(&flow).unwrap();
+    /// assert_eq!(r.get_value(Duration::from_secs(10)).unwrap(), 30);
+    /// let sum = chord((0..3).map(|i| add(i, i)), Signature::new("xsum"));
+    /// assert_eq!(client.apply(&sum).unwrap().get_value(Duration::from_secs(10)).unwrap(), 6);
+    /// ```
+    pub fn apply(&self, sig: &Signature) -> Result<Applied, Error> {
+        let mut send = Apply::new(None);
+        let r = send
+            .apply_async(sig, &[], &Map::new(), &Map::new())
+            .map_err(|e| Error::Config(e.0))?;
+        for op in &send.ops {
+            match op {
+                Op::Send(m) => self.publisher.publish(m)?,
+                Op::ChordSize { group, size } => {
+                    let mut pipe = redis::pipe();
+                    add_chord_size(&mut pipe, group, *size, DEFAULT_RESULT_EXPIRES);
+                    pipe.query::<()>(&mut connect(&self.backend)?)?;
+                }
+            }
+        }
+        Ok(self.applied(&r))
+    }
+
+    fn applied(&self, r: &ResultRef) -> Applied {
+        match r {
+            ResultRef::Task(id) => Applied::Task(self.result(id.clone())),
+            ResultRef::Group(id, members) => Applied::Group {
+                id: id.clone(),
+                members: members.iter().map(|m| self.applied(m)).collect(),
+            },
+        }
+    }
+
     /// The handle of task `id`'s result (sent by anyone).
     pub fn result(&self, id: impl Into<String>) -> AsyncResult {
         AsyncResult {
             id: id.into(),
             client: self.backend.clone(),
+        }
+    }
+}
+
+/// The result of a workflow sent with [`Client::apply`].
+#[derive(Clone)]
+pub enum Applied {
+    /// One task's result (a task, a chain's last step, a chord's body).
+    Task(AsyncResult),
+    /// A group's: its id and its members' results, in order.
+    Group {
+        /// The group id.
+        id: String,
+        /// The members' results.
+        members: Vec<Applied>,
+    },
+}
+
+impl Applied {
+    /// The task's id, or the group's.
+    pub fn id(&self) -> &str {
+        match self {
+            Applied::Task(r) => r.id(),
+            Applied::Group { id, .. } => id,
+        }
+    }
+
+    /// Waits for the value (a group's: the list of its members' values, in order, as
+    /// Python's `GroupResult.get()`); the first `FAILURE` or `REVOKED` is an error.
+    /// `timeout` bounds the whole wait.
+    pub fn get_value(&self, timeout: Duration) -> Result<Value, Error> {
+        let deadline = Instant::now() + timeout;
+        self.get_until(deadline)
+    }
+
+    fn get_until(&self, deadline: Instant) -> Result<Value, Error> {
+        match self {
+            Applied::Task(r) => r.get_value(deadline.saturating_duration_since(Instant::now())),
+            Applied::Group { members, .. } => members
+                .iter()
+                .map(|m| m.get_until(deadline))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
         }
     }
 }

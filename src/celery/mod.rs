@@ -56,6 +56,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 mod backend;
+pub mod canvas;
 mod client;
 pub mod control;
 mod error;
@@ -65,7 +66,7 @@ pub mod redis;
 mod transport;
 mod worker;
 
-pub use client::{AsyncResult, Client, SendOptions};
+pub use client::{Applied, AsyncResult, Client, SendOptions};
 pub use error::Error;
 pub use protocol::{ProtocolError, TaskMessage, TaskResult};
 pub use worker::{RunningWorker, Worker};

@@ -57,6 +57,9 @@ pub enum ProtocolError {
     /// are accepted: Celery adds new ones from version to version, and ignores those it
     /// does not know.)
     UnknownField(String),
+    /// A workflow field of the embed (`callbacks`, `errbacks`, `chain`, `chord`) that is
+    /// not what Celery writes.
+    Canvas(String),
 }
 
 impl fmt::Display for ProtocolError {
@@ -74,6 +77,7 @@ impl fmt::Display for ProtocolError {
                 "unknown envelope field {name:?} (expected body, content-type, \
                  content-encoding, headers, properties)"
             ),
+            ProtocolError::Canvas(e) => write!(f, "malformed workflow in the embed: {e}"),
         }
     }
 }
@@ -326,6 +330,8 @@ impl TaskMessage {
             .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // A workflow Celery would not have written is refused now, not dropped later.
+        super::canvas::Embed::parse(&embed)?;
         Ok(TaskMessage {
             eta: s("eta")?,
             expires: s("expires")?,

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use super::canvas::after::Flow;
 use super::error::Error;
 use super::protocol::{ProtocolError, TaskMessage, TaskResult};
 
@@ -79,11 +80,15 @@ pub(crate) struct Refused {
 pub(crate) enum Settlement<T> {
     /// Acknowledge now (acks early: the task is starting).
     Ack(T),
-    /// The task's final result, and the acknowledgement if it is still held.
+    /// The task's final result, and the acknowledgement if it is still held. With a
+    /// `flow` (a task in a workflow): its steps are sent before the result is stored,
+    /// its record gets `parent_id`, `group_id` and `children`, and its chord parts are
+    /// counted after it is stored and before the acknowledgement.
     Result {
         id: String,
         result: TaskResult,
         tag: Option<T>,
+        flow: Option<Box<Flow>>,
     },
     /// Celery's retry: send `next`, record `RETRY` with the message of `failure`,
     /// acknowledge. If `next` cannot be sent, `failure` is the task's final result.
@@ -112,10 +117,16 @@ impl<K> Settlement<K> {
     pub fn with_tag<T>(self, mut f: impl FnMut(K) -> Option<T>) -> Option<Settlement<T>> {
         Some(match self {
             Settlement::Ack(k) => Settlement::Ack(f(k)?),
-            Settlement::Result { id, result, tag } => Settlement::Result {
+            Settlement::Result {
+                id,
+                result,
+                tag,
+                flow,
+            } => Settlement::Result {
                 id,
                 result,
                 tag: tag.and_then(f),
+                flow,
             },
             Settlement::Retry { next, failure, tag } => Settlement::Retry {
                 next,

@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use super::super::backend::{add_next_records, add_record, add_result, connect, count_parts};
+use super::super::canvas::after::{ChordPart, Next};
+use super::super::canvas::apply::Op;
 use super::super::error::Error;
 use super::super::protocol::{TaskMessage, TaskResult};
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
@@ -134,6 +137,9 @@ pub(crate) struct AmqpSettler {
     backend: redis::Client,
     conn: Option<redis::Connection>,
     expires: Duration,
+    max_priority: Option<u8>,
+    /// The queues declared by this settler (the first message to each declares it).
+    declared: std::collections::HashSet<String>,
 }
 
 impl AmqpSettler {
@@ -164,12 +170,17 @@ impl AmqpSettler {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (id, result) in results {
-            super::super::backend::add_result(&mut pipe, id, result, self.expires);
+            add_result(&mut pipe, id, result, self.expires);
         }
+        self.write(&pipe)
+    }
+
+    /// Runs `pipe` on the Redis backend, tried three times; true once Redis took it.
+    fn write(&mut self, pipe: &redis::Pipeline) -> bool {
         for i in 0..3 {
             let conn = match self.conn.take() {
                 Some(c) => Some(c),
-                None => super::super::backend::connect(&self.backend).ok(),
+                None => connect(&self.backend).ok(),
             };
             if let Some(mut conn) = conn {
                 if pipe.query::<()>(&mut conn).is_ok() {
@@ -183,6 +194,56 @@ impl AmqpSettler {
     }
 }
 
+impl AmqpSettler {
+    /// Sends the messages of `next` (confirmed), declaring each queue the first time.
+    fn send_next(&mut self, next: &Next) -> Result<(), Error> {
+        for op in &next.ops {
+            if let Op::Send(m) = op {
+                self.publish_declared(m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`publish`](Self::publish), declaring the queue first the first time (a message
+    /// routed to a queue that does not exist would be dropped).
+    fn publish_declared(&mut self, m: &TaskMessage) -> Result<(), Error> {
+        if m.exchange.is_empty() && !self.declared.contains(&m.routing_key) {
+            let declared = self.broker.declare_queue(&m.routing_key, self.max_priority);
+            if declared.is_err() {
+                self.broker = Broker::connect(&self.url)?;
+                self.broker
+                    .declare_queue(&m.routing_key, self.max_priority)?;
+            }
+            self.declared.insert(m.routing_key.clone());
+        }
+        self.publish(m)
+    }
+
+    /// Counts chord parts in the Redis backend and sends a completed chord's body.
+    fn count_parts(&mut self, parts: &[ChordPart]) -> bool {
+        let conn = match self.conn.take() {
+            Some(c) => Some(c),
+            None => connect(&self.backend).ok(),
+        };
+        let Some(mut conn) = conn else {
+            return false;
+        };
+        let expires = self.expires;
+        let counted = count_parts(&mut conn, parts, expires, |conn, next| {
+            if self.send_next(next).is_err() {
+                return false;
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            add_next_records(&mut pipe, next, expires);
+            pipe.query::<()>(conn).is_ok()
+        });
+        self.conn = Some(conn);
+        counted
+    }
+}
+
 impl Settle for AmqpSettler {
     type Tag = Delivery;
 
@@ -191,11 +252,44 @@ impl Settle for AmqpSettler {
     /// queue to run again (at-least-once). A retry or an ETA copy is sent (confirmed)
     /// before the old delivery is acknowledged; a retry that cannot be sent makes the
     /// failure final; a dead letter or ETA copy that cannot be sent goes back to its queue.
-    fn settle(&mut self, batch: Vec<Settlement<Delivery>>) {
+    ///
+    /// A task in a workflow: its next messages are sent (confirmed) before its result is
+    /// written (a message that cannot be sent makes the task `FAILURE`, so that nobody
+    /// waits for a step that will never run), its record gets its workflow fields, and
+    /// its chord parts are counted (and a completed chord's body sent) before its
+    /// delivery is acknowledged.
+    fn settle(&mut self, mut batch: Vec<Settlement<Delivery>>) {
+        for s in &mut batch {
+            if let Settlement::Result {
+                result,
+                flow: Some(flow),
+                ..
+            } = s
+            {
+                if let Err(e) = self.send_next(&flow.next) {
+                    *result = TaskResult::error(format!(
+                        "the next step of its workflow could not be sent: {e}"
+                    ));
+                }
+            }
+        }
+        let expires = self.expires;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for s in &batch {
+            if let Settlement::Result {
+                id, result, flow, ..
+            } = s
+            {
+                if let Some(flow) = flow {
+                    add_next_records(&mut pipe, &flow.next, expires);
+                }
+                add_record(&mut pipe, id, result, flow.as_deref(), expires);
+            }
+        }
         let results: Vec<(String, TaskResult)> = batch
             .iter()
             .filter_map(|s| match s {
-                Settlement::Result { id, result, .. } => Some((id.clone(), result.clone())),
                 Settlement::Retry { next, failure, .. } => {
                     let reason = match failure {
                         TaskResult::Failure { exc_message, .. } => exc_message.clone(),
@@ -209,12 +303,35 @@ impl Settle for AmqpSettler {
                 _ => None,
             })
             .collect();
-        let written = self.write_results(&results);
+        for (id, result) in &results {
+            add_result(&mut pipe, id, result, expires);
+        }
+        let any =
+            !results.is_empty() || batch.iter().any(|s| matches!(s, Settlement::Result { .. }));
+        let written = !any || self.write(&pipe);
         let mut acks = Vec::new();
         let mut final_failures = Vec::new();
         for s in batch {
             match s {
                 Settlement::Ack(d) => acks.push(d),
+                Settlement::Result {
+                    tag: Some(d),
+                    flow: Some(flow),
+                    ..
+                } if written && !flow.next.parts.is_empty() => {
+                    if self.count_parts(&flow.next.parts) {
+                        acks.push(d);
+                    } else {
+                        let _ = d.reject(true);
+                    }
+                }
+                Settlement::Result {
+                    tag: None,
+                    flow: Some(flow),
+                    ..
+                } if written => {
+                    self.count_parts(&flow.next.parts);
+                }
                 Settlement::Result { tag: Some(d), .. } if written => acks.push(d),
                 Settlement::Result { tag: Some(d), .. } => {
                     let _ = d.reject(true);
@@ -289,6 +406,8 @@ impl Transport for AmqpTransport {
                 backend: self.backend.clone(),
                 conn: Some(backend),
                 expires: self.result_expires,
+                max_priority: self.max_priority,
+                declared: std::collections::HashSet::new(),
             },
         ))
     }

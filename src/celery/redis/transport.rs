@@ -8,7 +8,9 @@ use std::time::Duration;
 use redis::Connection;
 use serde_json::Value;
 
-use super::super::backend::connect;
+use super::super::backend::{add_next_records, add_record, connect, count_parts};
+use super::super::canvas::after::Next;
+use super::super::canvas::apply::Op;
 use super::super::error::Error;
 use super::super::protocol::{ProtocolError, TaskMessage, TaskResult};
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
@@ -135,18 +137,71 @@ pub(crate) struct RedisSettler {
     expires: Duration,
 }
 
+impl RedisSettler {
+    /// Runs `pipe`, retried a few times on a new connection: what is not written stays
+    /// unacknowledged, to be restored and run again (at-least-once). True once written.
+    fn write(&mut self, pipe: &redis::Pipeline) -> bool {
+        for i in 0..3 {
+            if pipe.query::<()>(&mut self.conn).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100 << i));
+            if let Ok(conn) = connect(&self.client) {
+                self.conn = conn;
+            }
+        }
+        false
+    }
+}
+
+/// Adds to `pipe` what follows a task in its workflow: its messages (`LPUSH`), chord
+/// sizes and the failures stored with it, in order.
+fn add_next(pipe: &mut redis::Pipeline, next: &Next, expires: Duration) {
+    for op in &next.ops {
+        if let Op::Send(m) = op {
+            pipe.lpush(queue_for_priority(&m.routing_key, m.priority), m.encode())
+                .ignore();
+        }
+    }
+    add_next_records(pipe, next, expires);
+}
+
 impl Settle for RedisSettler {
     type Tag = String;
 
+    /// Every batch in one `MULTI`: a workflow's next messages and chord sizes, then the
+    /// results, then the acknowledgements. Then the chord parts of the batch are counted
+    /// (a script each), the body of a completed chord sent, and their messages
+    /// acknowledged.
     fn settle(&mut self, batch: Vec<Settlement<String>>) {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let expires = self.expires;
+        let mut chord_parts = Vec::new();
         for s in &batch {
             match s {
                 Settlement::Ack(tag) => add_ack(&mut pipe, tag),
-                Settlement::Result { id, result, tag } => {
-                    add_finish(&mut pipe, id, result, expires, tag.as_deref())
+                Settlement::Result {
+                    id,
+                    result,
+                    tag,
+                    flow,
+                } => {
+                    if let Some(flow) = flow {
+                        add_next(&mut pipe, &flow.next, expires);
+                    }
+                    add_record(&mut pipe, id, result, flow.as_deref(), expires);
+                    match flow {
+                        // Acknowledged once its chord part is counted.
+                        Some(f) if !f.next.parts.is_empty() => {
+                            chord_parts.push((&f.next.parts, tag.as_deref()))
+                        }
+                        _ => {
+                            if let Some(tag) = tag {
+                                add_ack(&mut pipe, tag);
+                            }
+                        }
+                    }
                 }
                 Settlement::Retry { next, failure, tag } => {
                     let reason = match failure {
@@ -180,15 +235,20 @@ impl Settle for RedisSettler {
                 }
             }
         }
-        // Retried a few times: what is not written stays unacknowledged, to be restored
-        // and run again (at-least-once).
-        for i in 0..3 {
-            if pipe.query::<()>(&mut self.conn).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100 << i));
-            if let Ok(conn) = connect(&self.client) {
-                self.conn = conn;
+        if !self.write(&pipe) {
+            return;
+        }
+        for (parts, tag) in chord_parts {
+            let counted = count_parts(&mut self.conn, parts, expires, |conn, next| {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                add_next(&mut pipe, next, expires);
+                pipe.query::<()>(conn).is_ok()
+            });
+            if let (true, Some(tag)) = (counted, tag) {
+                let mut pipe = redis::pipe();
+                add_ack(&mut pipe, tag);
+                self.write(&pipe);
             }
         }
     }

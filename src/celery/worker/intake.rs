@@ -17,6 +17,7 @@ use super::super::protocol::{
     format_iso8601, parse_iso8601, ProtocolError, TaskMessage, TaskResult,
 };
 use super::super::transport::{Consume, Settlement};
+use super::builtins;
 use super::live::{Done, Held, Live, Shared, STARTED, WAITING};
 use crate::registry::{Attempt, Entry, Registry};
 use crate::{Pool, Priority, RetryPolicy};
@@ -243,8 +244,12 @@ fn refuse(
     }));
 }
 
-/// The final result of `msg`, settled without running it.
+/// The final result of `msg`, settled without running it (a revoked one still counts as
+/// its chord's part, as in Celery).
 fn settle_now(msg: &TaskMessage, key: Option<u64>, result: TaskResult, counted: bool) -> Done {
+    if matches!(result, TaskResult::Revoked(_)) {
+        return Done::finished(msg, key, result, counted, None);
+    }
     Done::end(msg.id.clone(), key, result, counted)
 }
 
@@ -427,7 +432,8 @@ fn build_run(
             .is_some_and(|exp| exp <= SystemTime::now());
         if expired || revoked.contains(&id) {
             let why = if expired { "expired" } else { "revoked" };
-            let _ = tx.send(Done::end(id, key, TaskResult::Revoked(why.into()), counted));
+            let revoked = TaskResult::Revoked(why.into());
+            let _ = tx.send(Done::finished(&msg, key, revoked, counted, None));
             return;
         }
         // Acks early: acknowledged as it starts; the result comes later.
@@ -438,7 +444,7 @@ fn build_run(
             }
             other => other,
         };
-        let result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
+        let mut result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
             // Revoked with `terminate` while it ran.
             Ok(_) if crate::checkpoint().is_err_and(|c| c.is_cancel_requested()) => {
                 TaskResult::Revoked("terminated".into())
@@ -459,12 +465,23 @@ fn build_run(
                     .unwrap_or_else(|| "task panicked".into()),
             ),
         };
+        // `celery.chunks` sends its group (the built-in's entry only checked the call).
+        let mut sent = None;
+        if msg.task == builtins::CHUNKS && matches!(result, TaskResult::Success(_)) {
+            match builtins::run_chunks(&msg) {
+                Ok((value, ops)) => {
+                    result = TaskResult::Success(value.clone());
+                    sent = Some((ops, value));
+                }
+                Err(e) => result = TaskResult::error(e.0),
+            }
+        }
         // Celery's retry: a failed run of a task whose registry options allow more
         // attempts is sent again with `retries + 1` and a new ETA.
         let next_try = msg.retries.saturating_add(1);
         let retry = match (&result, policy) {
             (TaskResult::Failure { .. }, Some(p)) if next_try < p.attempts() => {
-                let mut next = msg;
+                let mut next = msg.clone();
                 next.retries = next_try;
                 next.eta = Some(format_iso8601(
                     SystemTime::now() + p.delay_before(next.retries),
@@ -483,7 +500,7 @@ fn build_run(
                 },
                 counted,
             },
-            None => Done::end(id, key, result, counted),
+            None => Done::finished(&msg, key, result, counted, sent),
         });
     }
 }

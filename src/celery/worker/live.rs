@@ -15,6 +15,10 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use serde_json::Value;
+
+use super::super::canvas::after::after;
+use super::super::canvas::apply::Op;
 use super::super::control::Revoked;
 use super::super::protocol::{TaskMessage, TaskResult};
 use super::super::transport::Settlement;
@@ -159,6 +163,28 @@ impl Done {
                 id,
                 result,
                 tag: key,
+                flow: None,
+            },
+            counted,
+        }
+    }
+
+    /// The final result of `msg`, with what follows it in its workflow
+    /// ([`after`](crate::celery::canvas::after::after); `sent`: what the task itself sent).
+    pub(super) fn finished(
+        msg: &TaskMessage,
+        key: Option<u64>,
+        mut result: TaskResult,
+        counted: bool,
+        sent: Option<(Vec<Op>, Value)>,
+    ) -> Done {
+        let flow = after(msg, &mut result, sent);
+        Done {
+            settle: Settlement::Result {
+                id: msg.id.clone(),
+                result,
+                tag: key,
+                flow,
             },
             counted,
         }

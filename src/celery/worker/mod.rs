@@ -24,6 +24,7 @@ use super::transport::{BrokerKind, Transport};
 use crate::registry::Registry;
 use crate::{Pool, Priority};
 
+mod builtins;
 mod finisher;
 mod intake;
 mod live;
@@ -329,7 +330,7 @@ impl Worker {
             let shared = shared.clone();
             let pool = pool.clone();
             let cfg = Config {
-                registry: self.registry,
+                registry: builtins::with_builtins(self.registry),
                 lanes: self.queues.into_iter().collect(),
                 prefetch: self.prefetch,
                 acks_late: self.acks_late,

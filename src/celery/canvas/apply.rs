@@ -1,0 +1,816 @@
+//! Sending a signature: Celery 5.7's `apply_async` of each kind (`Signature`, `chain`,
+//! `group`, `chord`, `chunks`, `xmap`/`xstarmap`), as a list of [`Op`]s for a transport
+//! to carry out in order (messages to send, chord sizes to set in the result backend).
+//!
+//! It follows `celery/canvas.py` and `Celery.send_task`: arguments passed on are
+//! prepended unless the signature is immutable; options merge with the signature's own
+//! winning only where Celery lets them (`group_id` stays); a group's tasks get its
+//! `group_id` and their `group_index`; a chord's header tasks carry the frozen body as
+//! `chord` and the chord size is set before the last header task is sent; a chain's first
+//! task carries the rest, last step first, as `chain`, and a group followed by a step
+//! becomes a chord. A message sent while a task runs (a worker passing a workflow on)
+//! gets that task as `parent_id`, and its `root_id`.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use super::signature::{Kind, Signature};
+use crate::celery::protocol::{format_iso8601, TaskMessage};
+
+/// One step of sending a workflow, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Op {
+    /// Send this message.
+    Send(Box<TaskMessage>),
+    /// The chord of group `group` has `size` header results to wait for: Celery's
+    /// `set_chord_size` (`DEL <group key>.c`, `SET <group key>.s size`).
+    ChordSize { group: String, size: usize },
+}
+
+/// The task running where a workflow is sent from (Celery's `current_worker_task`).
+#[derive(Debug, Clone)]
+pub(crate) struct Parent {
+    pub id: String,
+    pub root_id: String,
+}
+
+/// The handle of what was sent: a task's result, or a group's (Celery's `as_tuple`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultRef {
+    /// The result of one task, by id.
+    Task(String),
+    /// A group: its id and its members.
+    Group(String, Vec<ResultRef>),
+}
+
+impl ResultRef {
+    /// The id: the task's, or the group's.
+    pub fn id(&self) -> &str {
+        match self {
+            ResultRef::Task(id) | ResultRef::Group(id, _) => id,
+        }
+    }
+
+    /// Celery's `as_tuple()`: `[[id, null], null]` for a task, `[[group id, null],
+    /// [member, ...]]` for a group (how `children` and a `GroupResult` are stored).
+    pub fn as_tuple(&self) -> Value {
+        match self {
+            ResultRef::Task(id) => json!([[id, null], null]),
+            ResultRef::Group(id, members) => json!([
+                [id, null],
+                members.iter().map(ResultRef::as_tuple).collect::<Vec<_>>()
+            ]),
+        }
+    }
+}
+
+/// Why a signature could not be sent; the sending task fails with it, as in Celery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyError(pub String);
+
+/// Options Celery never lets an `apply_async` change once a signature has them.
+const IMMUTABLE_OPTIONS: [&str; 2] = ["group_id", "stamped_headers"];
+
+/// Options a chain consumes itself instead of passing them to its first task.
+const CHAIN_RUN_OPTIONS: [&str; 8] = [
+    "chord",
+    "group_id",
+    "group_index",
+    "link",
+    "link_error",
+    "parent_id",
+    "root_id",
+    "task_id",
+];
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Celery's `Signature._merge`: `extra` options win over the signature's, except the
+/// immutable ones it already has.
+fn merge_options(own: &Map<String, Value>, extra: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = own.clone();
+    for (k, v) in extra {
+        if !IMMUTABLE_OPTIONS.contains(&k.as_str()) || !own.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Celery's `maybe_list` of signatures in an option (`link`, `link_error`, `chain`).
+fn sig_list(v: Option<&Value>) -> Vec<Signature> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|s| Signature::from_value(s).ok())
+            .collect(),
+        Some(s @ Value::Object(_)) => Signature::from_value(s).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn sig_values(sigs: &[Signature]) -> Value {
+    Value::Array(sigs.iter().map(Signature::to_value).collect())
+}
+
+/// Celery's `Signature.freeze`: gives `sig` its ids if it has none yet; returns what
+/// its result will be.
+pub(crate) fn freeze(sig: &mut Signature, f: &Freeze) -> ResultRef {
+    match sig.kind() {
+        Kind::Chord => {
+            let mut header = chord_header(sig);
+            let gid = header_id(sig);
+            let body = sig.member("body");
+            for (i, t) in header.iter_mut().enumerate() {
+                freeze(
+                    t,
+                    &Freeze {
+                        group_id: Some(gid.clone()),
+                        root_id: f.root_id.clone(),
+                        group_index: Some(i),
+                        chord: body.as_ref().map(Signature::to_value),
+                        ..Freeze::default()
+                    },
+                );
+            }
+            set_chord_header(sig, &header, &gid);
+            sig.options_mut().insert("task_id".into(), json!(gid));
+            match body {
+                Some(mut body) => {
+                    let r = freeze(
+                        &mut body,
+                        &Freeze {
+                            id: f.id.clone(),
+                            root_id: f.root_id.clone(),
+                            chord: f.chord.clone(),
+                            group_id: f.group_id.clone(),
+                            group_index: f.group_index,
+                            parent_id: None,
+                        },
+                    );
+                    sig.kwargs_mut().insert("body".into(), body.to_value());
+                    r
+                }
+                None => ResultRef::Group(gid, Vec::new()),
+            }
+        }
+        Kind::Group | Kind::Chunks => {
+            let opts = sig.options_mut();
+            let gid = match opts.get("task_id").and_then(Value::as_str) {
+                Some(id) => id.to_owned(),
+                None => {
+                    let id = f.id.clone().unwrap_or_else(new_id);
+                    opts.insert("task_id".into(), json!(id));
+                    id
+                }
+            };
+            set_common(opts, f);
+            ResultRef::Group(gid, Vec::new())
+        }
+        Kind::Chain => {
+            let mut tasks = sig.members("tasks");
+            let n = tasks.len();
+            let mut last = ResultRef::Task(String::new());
+            for (i, t) in tasks.iter_mut().enumerate() {
+                let r = if i + 1 == n {
+                    freeze(t, f)
+                } else {
+                    freeze(
+                        t,
+                        &Freeze {
+                            root_id: f.root_id.clone(),
+                            ..Freeze::default()
+                        },
+                    )
+                };
+                last = r;
+            }
+            sig.kwargs_mut().insert("tasks".into(), sig_values(&tasks));
+            last
+        }
+        Kind::Task | Kind::Map | Kind::Starmap => {
+            let opts = sig.options_mut();
+            let id = match opts.get("task_id").and_then(Value::as_str) {
+                Some(id) => id.to_owned(),
+                None => {
+                    let id = f.id.clone().unwrap_or_else(new_id);
+                    opts.insert("task_id".into(), json!(id));
+                    id
+                }
+            };
+            set_common(opts, f);
+            ResultRef::Task(id)
+        }
+    }
+}
+
+fn set_common(opts: &mut Map<String, Value>, f: &Freeze) {
+    if let Some(r) = &f.root_id {
+        opts.insert("root_id".into(), json!(r));
+    }
+    if let Some(p) = &f.parent_id {
+        opts.insert("parent_id".into(), json!(p));
+    }
+    if let Some(g) = &f.group_id {
+        opts.entry("group_id").or_insert_with(|| json!(g));
+    }
+    if let Some(c) = &f.chord {
+        opts.insert("chord".into(), c.clone());
+    }
+    if let Some(i) = f.group_index {
+        opts.insert("group_index".into(), json!(i));
+    }
+}
+
+/// The arguments of [`freeze`] (Celery's `freeze(_id, group_id, chord, root_id,
+/// parent_id, group_index)`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Freeze {
+    pub id: Option<String>,
+    pub group_id: Option<String>,
+    pub chord: Option<Value>,
+    pub root_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub group_index: Option<usize>,
+}
+
+/// A chord's header tasks.
+fn chord_header(sig: &Signature) -> Vec<Signature> {
+    sig.members("header")
+}
+
+/// A chord's group id: its header group's `task_id`, else its own (Celery sets the
+/// chord's id to its header's when it freezes it), else a new one (kept in the options).
+fn header_id(sig: &mut Signature) -> String {
+    let from_header = match sig.kwargs().get("header") {
+        Some(h @ Value::Object(_)) => Signature::from_value(h)
+            .ok()
+            .and_then(|g| g.id().map(str::to_owned)),
+        _ => None,
+    };
+    let id = from_header
+        .or_else(|| sig.id().map(str::to_owned))
+        .unwrap_or_else(new_id);
+    sig.options_mut().insert("task_id".into(), json!(id));
+    id
+}
+
+fn set_chord_header(sig: &mut Signature, header: &[Signature], gid: &str) {
+    let mut g = super::signature::group(header.iter().cloned());
+    g.options_mut().insert("task_id".into(), json!(gid));
+    sig.kwargs_mut().insert("header".into(), g.to_value());
+}
+
+/// Celery's `_chord._descend`: how many results a header member adds to a chord.
+fn descend(sig: &Signature) -> usize {
+    match sig.kind() {
+        Kind::Group => sig.members("tasks").iter().map(descend).sum(),
+        Kind::Chain => sig
+            .members("tasks")
+            .iter()
+            .rev()
+            .map(descend)
+            .find(|n| *n > 0)
+            .unwrap_or(0),
+        Kind::Chord => sig.member("body").map_or(0, |b| descend(&b)),
+        _ => 1,
+    }
+}
+
+/// Sends signatures: collects the [`Op`]s of each `apply_async`.
+pub(crate) struct Apply<'a> {
+    parent: Option<&'a Parent>,
+    /// What to do, in order.
+    pub ops: Vec<Op>,
+}
+
+impl<'a> Apply<'a> {
+    /// Sending from `parent` (a running task), or from outside any task.
+    pub fn new(parent: Option<&'a Parent>) -> Apply<'a> {
+        Apply {
+            parent,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Celery's `sig.apply_async(args, kwargs, **options)` (options that are `null` are
+    /// dropped, as Celery does).
+    pub fn apply_async(
+        &mut self,
+        sig: &Signature,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+        options: &Map<String, Value>,
+    ) -> Result<ResultRef, ApplyError> {
+        let options: Map<String, Value> = options
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match sig.kind() {
+            Kind::Task => {
+                let (args, kwargs, opts) = merge(sig, args, kwargs, &options);
+                Ok(self.send_task(sig.name(), args, kwargs, &opts))
+            }
+            Kind::Map | Kind::Starmap => {
+                // Arguments passed on are ignored: the task and items are its kwargs.
+                let opts = merge_options(sig.options(), &options);
+                let mut kw = Map::new();
+                for k in ["task", "it"] {
+                    kw.insert(k.into(), sig.kwargs().get(k).cloned().unwrap_or(json!([])));
+                }
+                Ok(self.send_task(sig.name(), Vec::new(), kw, &opts))
+            }
+            Kind::Chunks => {
+                let g = chunks_group(sig);
+                self.apply_async(&g, args, kwargs, &options)
+            }
+            Kind::Group => self.group(sig, args, kwargs, options),
+            Kind::Chord => self.chord(sig, args, kwargs, options),
+            Kind::Chain => {
+                let mut opts = sig.options().clone();
+                opts.extend(options);
+                self.chain(sig, args, kwargs, opts)
+            }
+        }
+    }
+
+    /// `Celery.send_task` with the options of a signature: one message.
+    fn send_task(
+        &mut self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        opts: &Map<String, Value>,
+    ) -> ResultRef {
+        let s = |k: &str| opts.get(k).and_then(Value::as_str).map(str::to_owned);
+        let mut msg = TaskMessage::new(name, args, kwargs);
+        msg.id = s("task_id").unwrap_or_else(new_id);
+        msg.parent_id = s("parent_id").or_else(|| self.parent.map(|p| p.id.clone()));
+        msg.root_id = s("root_id")
+            .or_else(|| self.parent.map(|p| p.root_id.clone()))
+            .or_else(|| Some(msg.id.clone()));
+        msg.group = s("group_id");
+        if let Some(i) = opts.get("group_index").filter(|v| !v.is_null()) {
+            msg.extra_headers.insert("group_index".into(), i.clone());
+        }
+        for k in [
+            "shadow",
+            "ignore_result",
+            "replaced_task_nesting",
+            "stamped_headers",
+        ] {
+            if let Some(v) = opts.get(k) {
+                msg.extra_headers.insert(k.into(), v.clone());
+            }
+        }
+        let now = SystemTime::now();
+        let secs = |v: &Value| v.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok());
+        msg.eta = match (opts.get("countdown"), opts.get("eta")) {
+            (Some(c), _) if secs(c).is_some() => secs(c).map(|d| format_iso8601(now + d)),
+            (_, Some(Value::String(eta))) => Some(eta.clone()),
+            _ => None,
+        };
+        msg.expires = match opts.get("expires") {
+            Some(Value::String(e)) => Some(e.clone()),
+            Some(v) => secs(v).map(|d| format_iso8601(now + d)),
+            None => None,
+        };
+        let limit = |k: &str| opts.get(k).and_then(Value::as_f64);
+        msg.timelimit = (limit("time_limit"), limit("soft_time_limit"));
+        if let Some(p) = opts.get("priority").and_then(Value::as_u64) {
+            msg.priority = p.min(255) as u8;
+        }
+        if let Some(r) = opts.get("retries").and_then(Value::as_u64) {
+            msg.retries = u32::try_from(r).unwrap_or(u32::MAX);
+        }
+        msg.reply_to = s("reply_to");
+        // Routing: a queue by name (Celery routes it through the default exchange of
+        // that name: the queue itself), or an explicit exchange and routing key.
+        let queue = match opts.get("queue") {
+            Some(Value::String(q)) => Some(q.clone()),
+            Some(Value::Object(q)) => q.get("name").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        if let Some(rk) = s("routing_key").or(queue) {
+            msg.routing_key = rk;
+        }
+        if let Some(ex) = s("exchange") {
+            if !ex.is_empty() && ex != msg.routing_key {
+                msg.exchange = ex;
+            }
+        }
+        let embed = |k: &str| {
+            let l = sig_list(opts.get(k));
+            if l.is_empty() {
+                Value::Null
+            } else {
+                sig_values(&l)
+            }
+        };
+        msg.embed = json!({
+            "callbacks": embed("link"),
+            "errbacks": embed("link_error"),
+            "chain": embed("chain"),
+            "chord": opts.get("chord").cloned().unwrap_or(Value::Null),
+        });
+        let id = msg.id.clone();
+        self.ops.push(Op::Send(Box::new(msg)));
+        ResultRef::Task(id)
+    }
+
+    /// `group.apply_async`: each task with the group's id and its index; a chord size is
+    /// set before the last task of a chord header is sent.
+    fn group(
+        &mut self,
+        sig: &Signature,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+        options: Map<String, Value>,
+    ) -> Result<ResultRef, ApplyError> {
+        if options.contains_key("link") {
+            return Err(ApplyError("Cannot add link to group: use a chord".into()));
+        }
+        if options.contains_key("link_error") {
+            return Err(ApplyError(
+                "Cannot add link to group: do that on individual tasks".into(),
+            ));
+        }
+        let mut options = merge_options(sig.options(), &options);
+        let gid = match options.remove("task_id") {
+            Some(Value::String(id)) => id,
+            _ => new_id(),
+        };
+        options.insert("group_id".into(), json!(gid));
+        let root_id = options
+            .get("root_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut tasks = Vec::new();
+        unroll(sig, &gid, root_id.as_deref(), &mut tasks);
+        let chord = options.remove("chord");
+        let mut size = 0;
+        let mut refs = Vec::with_capacity(tasks.len());
+        let n = tasks.len();
+        for (i, task) in tasks.iter().enumerate() {
+            let chord_obj = chord
+                .clone()
+                .or_else(|| task.options().get("chord").cloned());
+            size += descend(task);
+            if chord_obj.is_some() && i + 1 == n {
+                self.ops.push(Op::ChordSize {
+                    group: gid.clone(),
+                    size,
+                });
+            }
+            let mut opts = options.clone();
+            if let Some(c) = chord_obj {
+                opts.insert("chord".into(), c);
+            }
+            refs.push(self.apply_async(task, args, kwargs, &opts)?);
+        }
+        Ok(ResultRef::Group(gid, refs))
+    }
+
+    /// `chord.apply_async` + `chord.run`: the body frozen (with the options passed on,
+    /// `chain` included, but not `parent_id`), each header task frozen with the group id,
+    /// its index and the body as `chord`, then the header sent as a group.
+    fn chord(
+        &mut self,
+        sig: &Signature,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+        mut options: Map<String, Value>,
+    ) -> Result<ResultRef, ApplyError> {
+        let args: Vec<Value> = if !args.is_empty() && !sig.is_immutable() {
+            args.iter().chain(sig.args_list()).cloned().collect()
+        } else {
+            sig.args_list().to_vec()
+        };
+        let mut kw = sig
+            .kwargs()
+            .get("kwargs")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        kw.extend(kwargs.clone());
+        let mut sig = sig.clone();
+        let gid = header_id(&mut sig);
+        let Some(mut body) = sig.member("body") else {
+            return Err(ApplyError("a chord without a body".into()));
+        };
+        let mut header_delay = Map::new();
+        for k in ["countdown", "eta"] {
+            if let Some(v) = options.remove(k) {
+                header_delay.insert(k.into(), v);
+            }
+        }
+        let mut merged = sig.options().clone();
+        merged.extend(options);
+        merged.remove("task_id");
+        for k in ["countdown", "eta"] {
+            merged.remove(k);
+        }
+        // Links of the chord are the body's.
+        for cb in sig_list(merged.remove("link").as_ref()) {
+            body.push_option("link", cb);
+        }
+        for eb in sig_list(merged.remove("link_error").as_ref()) {
+            body.push_option("link_error", eb);
+        }
+        let body_opts: Map<String, Value> = merged
+            .iter()
+            .filter(|(k, _)| k.as_str() != "parent_id")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let body_opts = merge_options(body.options(), &body_opts);
+        *body.options_mut() = body_opts;
+        let root_id = body
+            .options()
+            .get("root_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let body_ref = freeze(
+            &mut body,
+            &Freeze {
+                id: Some(new_id()),
+                group_id: Some(gid.clone()),
+                root_id: root_id.clone(),
+                ..Freeze::default()
+            },
+        );
+        for k in ["chain", "chord", "task_id"] {
+            merged.remove(k);
+        }
+        let mut header = chord_header(&sig);
+        if header.is_empty() {
+            // An empty header: the body runs at once with an empty list.
+            self.apply_async(&body, &[json!([])], &Map::new(), &Map::new())?;
+            return Ok(body_ref);
+        }
+        let chord_value = body.to_value();
+        for (i, t) in header.iter_mut().enumerate() {
+            freeze(
+                t,
+                &Freeze {
+                    group_id: Some(gid.clone()),
+                    chord: Some(chord_value.clone()),
+                    root_id: root_id.clone(),
+                    group_index: Some(i),
+                    ..Freeze::default()
+                },
+            );
+        }
+        let mut g = super::signature::group(header);
+        g.options_mut().insert("task_id".into(), json!(gid));
+        let mut header_opts = merged;
+        header_opts.extend(header_delay);
+        header_opts.insert("task_id".into(), json!(gid));
+        self.group(&g, &args, &kw, header_opts)?;
+        Ok(body_ref)
+    }
+
+    /// `chain.run`: steps flattened (nested chains, a chord whose body is a chain led by
+    /// a task), a group followed by a step made a chord, ids frozen, the first step sent
+    /// with the rest as its `chain`.
+    fn chain(
+        &mut self,
+        sig: &Signature,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+        mut options: Map<String, Value>,
+    ) -> Result<ResultRef, ApplyError> {
+        let take = |o: &mut Map<String, Value>, k: &str| o.remove(k).filter(|v| !v.is_null());
+        let group_id = take(&mut options, "group_id").and_then(|v| v.as_str().map(str::to_owned));
+        let chord_body = take(&mut options, "chord");
+        let task_id = take(&mut options, "task_id").and_then(|v| v.as_str().map(str::to_owned));
+        let link = sig_list(take(&mut options, "link").as_ref());
+        let link_error = sig_list(take(&mut options, "link_error").as_ref());
+        let root_id = take(&mut options, "root_id").and_then(|v| v.as_str().map(str::to_owned));
+        take(&mut options, "parent_id");
+        let group_index = take(&mut options, "group_index")
+            .and_then(|v| v.as_u64())
+            .map(|i| i as usize);
+        let args: Vec<Value> = if !args.is_empty() && !sig.is_immutable() {
+            args.iter().chain(sig.args_list()).cloned().collect()
+        } else {
+            sig.args_list().to_vec()
+        };
+        // Flatten: nested chains, single-member groups.
+        let mut steps: Vec<Signature> = Vec::new();
+        let mut pending: std::collections::VecDeque<Signature> =
+            sig.members("tasks").into_iter().collect();
+        while let Some(t) = pending.pop_front() {
+            match t.kind() {
+                Kind::Chain => {
+                    for (i, inner) in unchain(&t).into_iter().enumerate() {
+                        pending.insert(i, inner);
+                    }
+                }
+                Kind::Group if t.members("tasks").len() == 1 => {
+                    pending.push_front(t.members("tasks").remove(0));
+                }
+                Kind::Group if t.members("tasks").is_empty() && !pending.is_empty() => {}
+                Kind::Chord if led_by_task(&t) => {
+                    for (i, inner) in unroll_body(&t).into_iter().enumerate() {
+                        pending.insert(i, inner);
+                    }
+                }
+                _ => steps.push(t),
+            }
+        }
+        if steps.is_empty() {
+            return Ok(ResultRef::Task(task_id.unwrap_or_default()));
+        }
+        // From the last step to the first, as Celery's `prepare_steps`.
+        let mut tasks: Vec<Signature> = Vec::new();
+        let mut results: Vec<ResultRef> = Vec::new();
+        let n = steps.len();
+        for (i, mut task) in steps.into_iter().rev().enumerate() {
+            let is_first = i + 1 == n;
+            let is_last = i == 0;
+            if is_first {
+                let (a, k, o) = merge(&task, &args, kwargs, &Map::new());
+                task = task.args(a).kwargs_map(k);
+                *task.options_mut() = o;
+            }
+            if task.kind() == Kind::Group && !tasks.is_empty() {
+                // A group followed by a step: a chord with that step as its body.
+                let body = tasks.pop().unwrap_or_else(|| Signature::new(""));
+                let body_res = results.pop();
+                let mut c = super::signature::chord(task.members("tasks"), body);
+                if let Some(r) = &body_res {
+                    c.options_mut().insert("task_id".into(), json!(r.id()));
+                }
+                task = c;
+            }
+            let res = if is_last {
+                freeze(
+                    &mut task,
+                    &Freeze {
+                        id: task_id.clone(),
+                        root_id: root_id.clone(),
+                        group_id: group_id.clone(),
+                        chord: chord_body.clone(),
+                        group_index,
+                        parent_id: None,
+                    },
+                )
+            } else {
+                freeze(
+                    &mut task,
+                    &Freeze {
+                        root_id: root_id.clone(),
+                        ..Freeze::default()
+                    },
+                )
+            };
+            for eb in &link_error {
+                task.push_option("link_error", eb.clone());
+                if task.kind() == Kind::Chord {
+                    if let Some(mut body) = task.member("body") {
+                        body.push_option("link_error", eb.clone());
+                        task.kwargs_mut().insert("body".into(), body.to_value());
+                    }
+                }
+            }
+            tasks.push(task);
+            results.push(res);
+        }
+        for l in link {
+            tasks[0].push_option("link", l);
+        }
+        let Some(first) = tasks.pop() else {
+            return Ok(ResultRef::Task(String::new()));
+        };
+        let mut chain = sig_list(options.get("chain"));
+        chain.extend(tasks);
+        if chain.is_empty() {
+            options.remove("chain");
+        } else {
+            options.insert("chain".into(), sig_values(&chain));
+        }
+        let r = self.apply_async(&first, &[], &Map::new(), &options)?;
+        Ok(if chain.is_empty() {
+            r
+        } else {
+            results.swap_remove(0)
+        })
+    }
+}
+
+/// `Signature._merge` with arguments: `args` prepended and `kwargs` merged unless the
+/// signature is immutable; options merged by [`merge_options`].
+fn merge(
+    sig: &Signature,
+    args: &[Value],
+    kwargs: &Map<String, Value>,
+    options: &Map<String, Value>,
+) -> (Vec<Value>, Map<String, Value>, Map<String, Value>) {
+    let opts = merge_options(sig.options(), options);
+    if sig.is_immutable() {
+        return (sig.args_list().to_vec(), sig.kwargs().clone(), opts);
+    }
+    let a = args.iter().chain(sig.args_list()).cloned().collect();
+    let mut k = sig.kwargs().clone();
+    k.extend(kwargs.clone());
+    (a, k, opts)
+}
+
+/// A group's tasks, nested groups unrolled, each frozen with the group id, its index and
+/// the group's root id (`group._prepared`).
+fn unroll(sig: &Signature, gid: &str, root_id: Option<&str>, out: &mut Vec<Signature>) {
+    for (i, mut t) in sig.members("tasks").into_iter().enumerate() {
+        match t.kind() {
+            Kind::Group => unroll(&t, gid, root_id, out),
+            Kind::Chain if t.members("tasks").is_empty() => {}
+            _ => {
+                freeze(
+                    &mut t,
+                    &Freeze {
+                        group_id: Some(gid.to_owned()),
+                        root_id: root_id.map(str::to_owned),
+                        group_index: Some(i),
+                        ..Freeze::default()
+                    },
+                );
+                out.push(t);
+            }
+        }
+    }
+}
+
+/// `chunks.group()`: a group of `celery.starmap` tasks over `n`-item parts of `it`.
+fn chunks_group(sig: &Signature) -> Signature {
+    let task = sig.member("task").unwrap_or_else(|| Signature::new(""));
+    let it = sig
+        .kwargs()
+        .get("it")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let n = sig
+        .kwargs()
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1) as usize;
+    let parts = it
+        .chunks(n)
+        .map(|part| super::signature::xstarmap(task.clone(), part.to_vec()));
+    let mut g = super::signature::group(parts);
+    *g.options_mut() = sig.options().clone();
+    g
+}
+
+/// `chain.unchain_tasks`: the chain's steps, its `link`s on the last, its `link_error`s
+/// on each.
+fn unchain(chain: &Signature) -> Vec<Signature> {
+    let mut tasks = chain.members("tasks");
+    for l in sig_list(chain.options().get("link")) {
+        if let Some(last) = tasks.last_mut() {
+            last.push_option("link", l);
+        }
+    }
+    for e in sig_list(chain.options().get("link_error")) {
+        for t in &mut tasks {
+            t.push_option("link_error", e.clone());
+        }
+    }
+    tasks
+}
+
+/// A chord whose body is a chain that does not start with a group.
+fn led_by_task(chord: &Signature) -> bool {
+    chord.member("body").is_some_and(|b| {
+        b.kind() == Kind::Chain
+            && b.members("tasks")
+                .first()
+                .is_some_and(|t| t.kind() != Kind::Group)
+    })
+}
+
+/// `chord._unroll_body`: `chord(header, chain(a, b, c))` → `chord(header, a), b, c`.
+fn unroll_body(chord: &Signature) -> Vec<Signature> {
+    let Some(body) = chord.member("body") else {
+        return vec![chord.clone()];
+    };
+    let mut tasks = unchain(&body);
+    if tasks.is_empty() {
+        return vec![chord.clone()];
+    }
+    let mut first = tasks.remove(0);
+    for (k, v) in body.options() {
+        if !CHAIN_RUN_OPTIONS.contains(&k.as_str()) {
+            first.options_mut().insert(k.clone(), v.clone());
+        }
+    }
+    let mut c = chord.clone();
+    c.kwargs_mut().insert("body".into(), first.to_value());
+    let mut out = vec![c];
+    out.extend(tasks);
+    out
+}

@@ -1,0 +1,179 @@
+use serde_json::{json, Map, Value};
+
+use super::apply::{Apply, Op, Parent};
+use super::*;
+use crate::celery::protocol::TaskMessage;
+
+fn sent(ops: &[Op]) -> Vec<&TaskMessage> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Send(m) => Some(&**m),
+            Op::ChordSize { .. } => None,
+        })
+        .collect()
+}
+
+fn add(args: &[i64]) -> Signature {
+    Signature::new("add").args(args.iter().map(|a| json!(a)))
+}
+
+#[test]
+fn a_chain_sends_its_first_task_with_the_rest_reversed() {
+    let flow = chain([
+        add(&[1, 2]),
+        add(&[10]),
+        Signature::new("mul").args([json!(3)]),
+    ]);
+    let mut send = Apply::new(None);
+    let r = send
+        .apply_async(&flow, &[], &Map::new(), &Map::new())
+        .unwrap();
+    let msgs = sent(&send.ops);
+    assert_eq!(msgs.len(), 1);
+    let first = msgs[0];
+    assert_eq!(first.task, "add");
+    assert_eq!(first.args, vec![json!(1), json!(2)]);
+    let embed = Embed::parse(&first.embed).unwrap();
+    let names: Vec<&str> = embed.chain.iter().map(Signature::name).collect();
+    assert_eq!(names, ["mul", "add"], "the next step is the last element");
+    // The chain's handle is its last step's result.
+    assert_eq!(Some(r.id()), embed.chain[0].id());
+    assert_eq!(first.root_id.as_deref(), Some(first.id.as_str()));
+}
+
+#[test]
+fn the_next_chain_step_gets_the_result_prepended_and_the_task_as_parent() {
+    let flow = chain([
+        add(&[1, 2]),
+        add(&[10]),
+        Signature::new("mul").args([json!(3)]),
+    ]);
+    let mut send = Apply::new(None);
+    send.apply_async(&flow, &[], &Map::new(), &Map::new())
+        .unwrap();
+    let first = sent(&send.ops)[0].clone();
+    let embed = Embed::parse(&first.embed).unwrap();
+    let next = after::on_success(&first, &embed, &json!(3)).unwrap();
+    let msgs = sent(&next.ops);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].task, "add");
+    assert_eq!(msgs[0].args, vec![json!(3), json!(10)]);
+    assert_eq!(msgs[0].parent_id.as_deref(), Some(first.id.as_str()));
+    assert_eq!(msgs[0].root_id, first.root_id);
+    let rest = Embed::parse(&msgs[0].embed).unwrap();
+    assert_eq!(rest.chain.len(), 1);
+    assert_eq!(rest.chain[0].name(), "mul");
+    assert_eq!(next.children, vec![json!([[msgs[0].id, null], null])]);
+}
+
+#[test]
+fn an_immutable_step_keeps_its_arguments() {
+    let flow = chain([add(&[1, 2]), add(&[5, 5]).immutable(true)]);
+    let mut send = Apply::new(None);
+    send.apply_async(&flow, &[], &Map::new(), &Map::new())
+        .unwrap();
+    let first = sent(&send.ops)[0].clone();
+    let next = after::on_success(&first, &Embed::parse(&first.embed).unwrap(), &json!(3)).unwrap();
+    assert_eq!(sent(&next.ops)[0].args, vec![json!(5), json!(5)]);
+}
+
+#[test]
+fn a_chord_sends_its_header_with_the_body_and_sets_its_size_before_the_last_part() {
+    let flow = chord((0..3).map(|i| add(&[i, i])), Signature::new("xsum"));
+    let mut send = Apply::new(None);
+    let r = send
+        .apply_async(&flow, &[], &Map::new(), &Map::new())
+        .unwrap();
+    assert_eq!(send.ops.len(), 4);
+    assert!(matches!(&send.ops[2], Op::ChordSize { size: 3, .. }));
+    let parts = sent(&send.ops);
+    let gid = parts[0].group.clone().unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p.group.as_deref(), Some(gid.as_str()));
+        assert_eq!(p.extra_headers["group_index"], json!(i));
+        let e = Embed::parse(&p.embed).unwrap();
+        let body = e.chord.unwrap();
+        assert_eq!(body.name(), "xsum");
+        assert_eq!(body.id(), Some(r.id()));
+    }
+    let Op::ChordSize { group, .. } = &send.ops[2] else {
+        unreachable!()
+    };
+    assert_eq!(group, &gid);
+}
+
+#[test]
+fn a_failed_step_fails_the_rest_of_the_chain_and_sends_the_errbacks() {
+    let flow = chain([add(&[1, 2]), add(&[10]), add(&[20])])
+        .link_error(Signature::new("on_error").args([json!("x")]));
+    let mut send = Apply::new(None);
+    send.apply_async(&flow, &[], &Map::new(), &Map::new())
+        .unwrap();
+    let first = sent(&send.ops)[0].clone();
+    let embed = Embed::parse(&first.embed).unwrap();
+    assert_eq!(embed.errbacks.len(), 1);
+    let failure = crate::celery::TaskResult::error("boom");
+    let next = after::on_failure(&first, &embed, &failure, true);
+    let failed: Vec<&str> = next.results.iter().map(|(id, _)| id.as_str()).collect();
+    let chain_ids: Vec<&str> = embed.chain.iter().filter_map(Signature::id).collect();
+    assert_eq!(failed, chain_ids);
+    let errbacks = sent(&next.ops);
+    assert_eq!(errbacks.len(), 1);
+    assert_eq!(errbacks[0].task, "on_error");
+    assert_eq!(errbacks[0].args, vec![json!(first.id), json!("x")]);
+    assert_eq!(errbacks[0].parent_id.as_deref(), Some(first.id.as_str()));
+}
+
+#[test]
+fn chunks_become_a_group_of_starmaps() {
+    let items: Vec<Value> = (0..6).map(|i| json!([i, i])).collect();
+    let flow = chunks(Signature::new("add"), items, 2);
+    let parent = Parent {
+        id: "p".into(),
+        root_id: "r".into(),
+    };
+    let mut send = Apply::new(Some(&parent));
+    let r = send
+        .apply_async(&flow, &[], &Map::new(), &Map::new())
+        .unwrap();
+    let msgs = sent(&send.ops);
+    assert_eq!(msgs.len(), 3);
+    for m in &msgs {
+        assert_eq!(m.task, "celery.starmap");
+        assert_eq!(m.kwargs["task"]["task"], "add");
+        assert_eq!(m.kwargs["it"].as_array().unwrap().len(), 2);
+        assert_eq!(m.parent_id.as_deref(), Some("p"));
+        assert_eq!(m.root_id.as_deref(), Some("r"));
+    }
+    let t = r.as_tuple();
+    assert_eq!(t[1].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn malformed_embeds_are_refused_with_the_field_named() {
+    for (embed, field) in [
+        (json!({"chain": 5}), "chain"),
+        (json!({"chain": [{"args": []}]}), "chain[0]"),
+        (
+            json!({"callbacks": [{"task": "a", "args": {}}]}),
+            "callbacks[0]",
+        ),
+        (
+            json!({"chord": {"task": "a", "subtask_type": "nope"}}),
+            "chord",
+        ),
+        (
+            json!({"errbacks": [{"task": "celery.chord", "subtask_type": "chord", "kwargs": {"header": []}}]}),
+            "errbacks[0]",
+        ),
+        (json!([1]), "embed"),
+    ] {
+        let e = Embed::parse(&embed).unwrap_err().to_string();
+        assert!(e.contains(field), "{e} names {field}");
+    }
+    assert!(Embed::parse(
+        &json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null})
+    )
+    .unwrap()
+    .is_empty());
+}
