@@ -1,0 +1,302 @@
+//! Celery workflows (canvas) between Python Celery 5.7 and weft workers, on the broker of
+//! `WEFT_CELERY_BROKER` (Redis or RabbitMQ; default the Redis of `WEFT_REDIS_URL`, which is
+//! the result backend either way): Python sends chains, groups, chords, links, errbacks,
+//! chunks, map and starmap; weft workers run them, alone or taking turns step by step with
+//! a Python worker. Skipped (loudly) without `WEFT_REDIS_URL` and `WEFT_CELERY_PYTHON`;
+//! `.ci/run` sets them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use weft::celery::Worker;
+use weft::registry::Registry;
+use weft::Priority;
+
+fn required(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set, and CI is"),
+        _ => {
+            eprintln!("\n!!!!!!!! SKIPPED: {var} is not set (run .ci/run, or set it) !!!!!!!!\n");
+            None
+        }
+    }
+}
+
+/// The broker, the Redis result backend, and the Python with Celery installed.
+struct Env {
+    broker: String,
+    backend: String,
+    python: String,
+}
+
+fn env() -> Option<Env> {
+    let backend = required("WEFT_REDIS_URL")?;
+    let python = required("WEFT_CELERY_PYTHON")?;
+    let broker = std::env::var("WEFT_CELERY_BROKER")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| backend.clone());
+    Some(Env {
+        broker,
+        backend,
+        python,
+    })
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery")
+}
+
+fn unique(prefix: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{prefix}-{}-{}", std::process::id(), t.as_nanos())
+}
+
+/// The tasks of `examples/celery_worker.rs`, and `on_error(failed_id, key)`, an errback
+/// that pushes the failed task's id on the Redis list `key`.
+fn registry(backend: &str) -> Registry {
+    let url = backend.to_owned();
+    Registry::new()
+        .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
+        .task("mul", |(x, y): (i64, i64)| Ok::<_, String>(x * y))
+        .task("xsum", |(numbers,): (Vec<i64>,)| {
+            Ok::<_, String>(numbers.iter().sum::<i64>())
+        })
+        .task("fail", |(): ()| Err::<(), _>("fail() always fails"))
+        .task("on_error", move |(failed, key): (String, String)| {
+            let mut c = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .map_err(|e| e.to_string())?;
+            redis::cmd("RPUSH")
+                .arg(&key)
+                .arg(&failed)
+                .query::<()>(&mut c)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(failed)
+        })
+}
+
+impl Env {
+    fn worker(&self, q: &str) -> weft::celery::RunningWorker {
+        let mut w = Worker::new(self.broker.as_str(), registry(&self.backend))
+            .queue(q, Priority::Normal)
+            .workers(2);
+        if self.broker != self.backend {
+            w = w.backend(self.backend.as_str());
+        }
+        w.start().unwrap()
+    }
+
+    /// A Python Celery worker (`pytasks.py`) consuming `q`.
+    fn python_worker(&self, q: &str) -> Killed {
+        let child = Command::new(&self.python)
+            .args(["-m", "celery", "-A", "pytasks", "worker", "--pool", "solo"])
+            .args(["-Q", q, "-n", &format!("{}@%h", unique("py"))])
+            .args([
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ])
+            .args(["--loglevel", "WARNING"])
+            .current_dir(fixtures())
+            .env("WEFT_REDIS_URL", &self.backend)
+            .env("WEFT_CELERY_BROKER", &self.broker)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Killed(child)
+    }
+
+    /// Runs `interop_canvas.py` with steps on `queues`; what it saw.
+    fn run_python_client(&self, queues: &[&str]) -> Value {
+        let out = Command::new(&self.python)
+            .arg(fixtures().join("interop_canvas.py"))
+            .args([&self.broker, &self.backend])
+            .args(queues)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "interop_canvas.py failed: {text}");
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+/// A child process ended (SIGTERM, then SIGKILL) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let child = &mut self.0;
+        std::thread::scope(|s| {
+            let (exited, exit) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if exit.recv_timeout(Duration::from_secs(10)).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        });
+    }
+}
+
+/// What every case must give, whoever ran its steps.
+fn check(seen: &Value) {
+    assert_eq!(seen["chain"], json!(39), "{seen}");
+    assert_eq!(seen["chain_immutable"], json!(30), "{seen}");
+    let fail = &seen["chain_fail_middle"];
+    assert_eq!(fail["first"], json!(3), "{seen}");
+    assert_eq!(fail["errback_got_failed_id"], json!(true), "{seen}");
+    // The failure reached the last step: its get() raised.
+    assert!(fail["last"].is_array(), "{seen}");
+    assert_eq!(seen["link"], json!([4, [40]]), "{seen}");
+    assert_eq!(seen["two_links"], json!([2, [[4, 6]]]), "{seen}");
+    assert_eq!(seen["link_error"], json!(true), "{seen}");
+    assert_eq!(seen["chord"], json!(20), "{seen}");
+    assert_eq!(
+        seen["chord_fail"],
+        json!(["ChordError", "Dependency"]),
+        "{seen}"
+    );
+    assert_eq!(seen["group"], json!([0, 2, 4]), "{seen}");
+    assert_eq!(seen["chain_group_task"], json!(7), "{seen}");
+    assert_eq!(seen["chunks"], json!([[0, 2], [4, 6], [8, 10]]), "{seen}");
+    assert_eq!(seen["map"], json!([3, 7]), "{seen}");
+    assert_eq!(seen["starmap"], json!([3, 7]), "{seen}");
+    let unknown = &seen["unknown_callback"];
+    assert_eq!(unknown[0], json!(2), "{seen}");
+    assert_eq!(unknown[1][0][0], json!("NotRegistered"), "{seen}");
+}
+
+#[test]
+fn python_workflows_run_on_a_weft_worker() {
+    let Some(env) = env() else { return };
+    let q = unique("canvas-weft");
+    let _worker = env.worker(&q);
+    let seen = env.run_python_client(&[&q]);
+    check(&seen);
+}
+
+#[test]
+fn workflows_whose_steps_alternate_between_weft_and_python_workers_complete() {
+    let Some(env) = env() else { return };
+    let (qw, qp) = (unique("canvas-w"), unique("canvas-p"));
+    let _worker = env.worker(&qw);
+    let _python = env.python_worker(&qp);
+    let seen = env.run_python_client(&[&qw, &qp]);
+    check(&seen);
+}
+
+#[test]
+fn a_malformed_workflow_is_dead_lettered_with_its_reason() {
+    let Some(env) = env() else { return };
+    if env.broker != env.backend {
+        return; // the Redis dead-letter list; AMQP's is checked by tests/celery.rs
+    }
+    let q = unique("canvas-bad");
+    let mut msg =
+        weft::celery::TaskMessage::new("add", vec![json!(1), json!(2)], Default::default());
+    msg.routing_key = q.clone();
+    msg.embed =
+        json!({"callbacks": null, "errbacks": null, "chain": [{"args": [1]}], "chord": null});
+    let mut conn = redis::Client::open(env.backend.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let before: usize = redis::cmd("LLEN")
+        .arg(weft::celery::redis::DEAD_LETTER)
+        .query(&mut conn)
+        .unwrap();
+    redis::cmd("LPUSH")
+        .arg(&q)
+        .arg(msg.encode())
+        .query::<()>(&mut conn)
+        .unwrap();
+    let _worker = env.worker(&q);
+    let client = weft::celery::Client::new(&env.backend).unwrap();
+    let got = client
+        .result(msg.id.clone())
+        .get(Duration::from_secs(20))
+        .unwrap();
+    match got {
+        weft::celery::TaskResult::Failure { exc_message, .. } => {
+            assert!(exc_message.contains("chain[0]"), "{exc_message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let entries: Vec<String> = redis::cmd("LRANGE")
+        .arg(weft::celery::redis::DEAD_LETTER)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert!(entries.len() > before);
+    assert!(entries
+        .iter()
+        .any(|e| e.contains(&msg.id) && e.contains("chain[0]")));
+}
+
+/// weft's `Client` builds chain, chord, group, link and chunks; `q` runs them.
+fn weft_client_workflows(env: &Env, q: &str) {
+    use weft::celery::canvas::{chain, chord, chunks, group, Signature};
+    let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    let t = |name: &str, args: &[i64]| {
+        Signature::new(name)
+            .args(args.iter().map(|a| json!(a)))
+            .queue(q)
+    };
+    let wait = Duration::from_secs(60);
+    let flow = chain([t("add", &[1, 2]), t("add", &[10]), t("mul", &[3])]);
+    assert_eq!(client.apply(&flow).unwrap().get_value(wait).unwrap(), 39);
+    let sum = chord((0..5).map(|i| t("add", &[i, i])), t("xsum", &[]));
+    assert_eq!(client.apply(&sum).unwrap().get_value(wait).unwrap(), 20);
+    let g = group((0..3).map(|i| t("add", &[i, i])));
+    assert_eq!(
+        client.apply(&g).unwrap().get_value(wait).unwrap(),
+        json!([0, 2, 4])
+    );
+    let mixed = chain([
+        t("add", &[1, 1]),
+        group([t("add", &[1]), t("add", &[2])]),
+        t("xsum", &[]),
+    ]);
+    assert_eq!(client.apply(&mixed).unwrap().get_value(wait).unwrap(), 7);
+    let linked = t("add", &[2, 2]).link(t("mul", &[10]).task_id(&unique("child")));
+    let child = linked.options()["link"][0]["options"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(client.apply(&linked).unwrap().get_value(wait).unwrap(), 4);
+    assert_eq!(client.result(child).get_value(wait).unwrap(), 40);
+    let items = (0..6).map(|i| json!([i, i])).collect();
+    let parts = chunks(Signature::new("add"), items, 2).queue(q);
+    assert_eq!(
+        client.apply(&parts).unwrap().get_value(wait).unwrap(),
+        json!([[0, 2], [4, 6], [8, 10]])
+    );
+}
+
+#[test]
+fn weft_sent_workflows_run_on_python_workers() {
+    let Some(env) = env() else { return };
+    let q = unique("canvas-rs2py");
+    let _python = env.python_worker(&q);
+    weft_client_workflows(&env, &q);
+}
+
+#[test]
+fn weft_sent_workflows_run_on_weft_workers() {
+    let Some(env) = env() else { return };
+    let q = unique("canvas-rs2rs");
+    let _worker = env.worker(&q);
+    weft_client_workflows(&env, &q);
+}
