@@ -1,5 +1,6 @@
-//! A weft worker for Python Celery: consumes the queue `celery` and runs `add(x, y)` and
-//! `fail()`.
+//! A weft worker for Python Celery: consumes the queue `celery` and runs `add(x, y)`,
+//! `mul(x, y)`, `xsum(numbers)`, `fail()` (always fails) and `sleep_ms(ms)`, so Celery
+//! workflows (chain, group, chord, link, chunks, map) run on it as on a Python worker.
 //!
 //! The broker is `$BROKER_URL` if set (Redis, or RabbitMQ `amqp://...` with the feature
 //! `amqp`), else the Redis at `$REDIS_URL` (default `redis://127.0.0.1:6379/0`), which is
@@ -9,13 +10,19 @@
 //! cargo run --features redis --example celery_worker
 //! # in Python:
 //! #   app = Celery(broker="redis://127.0.0.1:6379/0", backend="redis://127.0.0.1:6379/0")
-//! #   app.send_task("add", args=[2, 3]).get()   # 5
-//! #   app.send_task("fail").get()               # raises RuntimeError
+//! #   app.send_task("add", args=[2, 3]).get()                            # 5
+//! #   chain(app.signature("add", (1, 2)), app.signature("mul", (10,)))().get()   # 30
+//! #   app.send_task("fail").get()                                        # raises RuntimeError
 //!
 //! BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --features amqp --example celery_worker
 //! # in Python: Celery(broker="amqp://guest:guest@127.0.0.1:5672//", backend="redis://...")
 //! ```
-//! Stops on Enter (putting back the messages it holds but has not run).
+//! Prints one line starting `weft celery worker on <broker>` once it consumes, then runs
+//! until SIGINT or SIGTERM: the first is a warm shutdown (stops taking messages, finishes
+//! the running tasks, puts back the messages of those that did not start), a second one
+//! during it a cold one (returns without waiting for the running tasks).
+
+use std::time::Duration;
 
 use weft::celery::Worker;
 use weft::registry::Registry;
@@ -25,7 +32,15 @@ fn main() {
     let broker = std::env::var("BROKER_URL").unwrap_or_else(|_| redis.clone());
     let registry = Registry::new()
         .task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y))
-        .task("fail", |(): ()| Err::<(), _>("fail() always fails"));
+        .task("mul", |(x, y): (i64, i64)| Ok::<_, String>(x * y))
+        .task("xsum", |(numbers,): (Vec<i64>,)| {
+            Ok::<_, String>(numbers.iter().sum::<i64>())
+        })
+        .task("fail", |(): ()| Err::<(), _>("fail() always fails"))
+        .task("sleep_ms", |(ms,): (u64,)| {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok::<_, String>(ms)
+        });
     let mut worker = Worker::new(broker.as_str(), registry);
     if broker != redis {
         worker = worker.backend(redis.as_str());
@@ -33,10 +48,9 @@ fn main() {
     let worker = worker
         .start()
         .unwrap_or_else(|e| panic!("cannot start the worker on {broker}: {e}"));
-    println!(
-        "weft celery worker on {broker} (results in {redis}), queue celery; press Enter to stop"
-    );
-    let _ = std::io::stdin().read_line(&mut String::new());
-    let restored = worker.shutdown();
-    println!("stopped; {restored} message(s) put back");
+    println!("weft celery worker on {broker} (results in {redis}), queue celery; SIGINT or SIGTERM stops it");
+    match worker.wait_for_signal() {
+        Ok(stopped) => eprintln!("{stopped}"),
+        Err(e) => panic!("cannot wait for signals: {e}"),
+    }
 }

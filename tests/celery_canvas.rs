@@ -5,6 +5,7 @@
 //! a Python worker. Skipped (loudly) without `WEFT_REDIS_URL` and `WEFT_CELERY_PYTHON`;
 //! `.ci/run` sets them.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -299,4 +300,76 @@ fn weft_sent_workflows_run_on_weft_workers() {
     let q = unique("canvas-rs2rs");
     let _worker = env.worker(&q);
     weft_client_workflows(&env, &q);
+}
+
+/// `examples/celery_worker.rs` started in the background as a service manager starts it
+/// (no terminal, stdin closed): prints its line once it consumes, runs a Python chain and
+/// chord, and exits on SIGTERM. Runs in the Redis pass (where `cargo test` has built the
+/// example); on another broker it is left to that pass.
+#[test]
+fn the_example_worker_runs_until_sigterm() {
+    let Some(env) = env() else { return };
+    if env.broker != env.backend {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/celery_worker");
+    assert!(
+        bin.exists(),
+        "{} is built by `cargo test --features redis`",
+        bin.display()
+    );
+    let mut child = Command::new(&bin)
+        .env("REDIS_URL", &env.backend)
+        .env_remove("BROKER_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\n") {
+        match out.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("the example ended: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    let line = String::from_utf8_lossy(&seen);
+    assert!(
+        line.starts_with(&format!("weft celery worker on {}", env.backend)),
+        "{line}"
+    );
+    let script = "import sys; from celery import Celery, chain, chord\n\
+        app = Celery(broker=sys.argv[1], backend=sys.argv[1])\n\
+        s = app.signature\n\
+        print(chain(s('add', (1, 2)), s('mul', (10,))).apply_async().get(timeout=30), \
+        chord([s('add', (i, i)) for i in range(4)], s('xsum')).apply_async().get(timeout=30), \
+        s('sleep_ms', (5,)).apply_async().get(timeout=30))";
+    let py = Command::new(&env.python)
+        .args(["-c", script, &env.backend])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout).trim(),
+        "30 12 5",
+        "{py:?}"
+    );
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the example exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

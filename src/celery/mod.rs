@@ -69,4 +69,4 @@ mod worker;
 pub use client::{Applied, AsyncResult, Client, SendOptions};
 pub use error::Error;
 pub use protocol::{ProtocolError, TaskMessage, TaskResult};
-pub use worker::{RunningWorker, Worker};
+pub use worker::{RunningWorker, Stopped, Worker};

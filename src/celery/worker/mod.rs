@@ -253,7 +253,7 @@ impl Worker {
                     restore_interval: self.restore_interval,
                     result_expires: self.result_expires,
                 };
-                self.run(transport)
+                self.start_on(transport)
             }
             #[cfg(feature = "amqp")]
             BrokerKind::Amqp { backend } => {
@@ -264,12 +264,12 @@ impl Worker {
                     max_priority: self.max_priority,
                     hold_limit: self.hold_limit,
                 };
-                self.run(transport)
+                self.start_on(transport)
             }
         }
     }
 
-    fn run<T: Transport>(mut self, transport: T) -> Result<RunningWorker, Error> {
+    fn start_on<T: Transport>(mut self, transport: T) -> Result<RunningWorker, Error> {
         let mut builder = Pool::builder();
         if let Some(n) = self.workers {
             builder = builder.workers(n);
@@ -392,6 +392,76 @@ impl RunningWorker {
         // Every sender of `Done` is gone: the finisher drains, puts back what is still
         // held, and ends.
         self.finisher.take().map_or(0, |f| f.join().unwrap_or(0))
+    }
+}
+
+/// How a worker stopped on a signal ([`RunningWorker::wait_for_signal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Warm: the running tasks finished; this many messages of tasks that had not
+    /// started were put back on their queues.
+    Warm(usize),
+    /// Cold: a second signal came during the warm shutdown; the running tasks were not
+    /// waited for (as in Celery, their messages come back if they were acknowledged late:
+    /// on Redis after the visibility timeout, on RabbitMQ when the connection closes).
+    Cold,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Warm(n) => write!(f, "stopped (warm); {n} message(s) put back"),
+            Stopped::Cold => f.write_str("stopped (cold)"),
+        }
+    }
+}
+
+impl RunningWorker {
+    /// Runs until SIGINT or SIGTERM, as a Celery worker does: the first signal starts a
+    /// warm [`shutdown`](Self::shutdown) (stop taking messages, finish the running tasks,
+    /// put back the messages of those that did not start); a second one during it
+    /// returns at once ([`Stopped::Cold`]). An error if the handlers cannot be installed.
+    pub fn wait_for_signal(self) -> Result<Stopped, Error> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = signals.handle();
+        let (tx, rx) = mpsc::channel::<Option<usize>>();
+        let watcher = {
+            let tx = tx.clone();
+            thread::Builder::new()
+                .name("weft-celery-signals".into())
+                .spawn(move || {
+                    for _ in signals.forever() {
+                        if tx.send(None).is_err() {
+                            return;
+                        }
+                    }
+                })?
+        };
+        // The first signal.
+        let _ = rx.recv();
+        let mut worker = self;
+        thread::Builder::new()
+            .name("weft-celery-shutdown".into())
+            .spawn(move || {
+                let _ = tx.send(Some(worker.stop()));
+            })?;
+        let stopped = match rx.recv() {
+            Ok(Some(n)) => Stopped::Warm(n),
+            _ => Stopped::Cold,
+        };
+        handle.close();
+        let _ = watcher.join();
+        Ok(stopped)
+    }
+}
+
+impl Worker {
+    /// Starts the worker and runs it until SIGINT or SIGTERM
+    /// ([`RunningWorker::wait_for_signal`]): a deployable worker binary is
+    /// `fn main() { Worker::new(url, registry).run().unwrap(); }`.
+    pub fn run(self) -> Result<Stopped, Error> {
+        self.start()?.wait_for_signal()
     }
 }
 
