@@ -8,6 +8,12 @@
 //!   as Celery's Redis result backend does (`celery-task-meta-<id>`).
 //! * [`Client`]: [`send_task`](Client::send_task) → an [`AsyncResult`] whose
 //!   [`get`](AsyncResult::get) waits by `SUBSCRIBE`.
+//! * [`canvas`]: workflows. A worker honours a message's embed as Celery 5.7's does (the
+//!   next chain step, `link` callbacks, `link_error` errbacks sent as tasks, chord parts
+//!   counted with Celery's own keys, `celery.map` / `celery.starmap` / `celery.chunks`);
+//!   [`Client::apply`] sends chains, groups, chords and chunks. A chord whose counter keys
+//!   expired (a day by default, `result_expires`) never completes: its body is not sent,
+//!   and no worker waits for it (nothing polls).
 //! * [`control`]: Celery's remote control reaches weft workers: `app.control.ping()` and
 //!   `app.control.revoke(id)` (honoured for tasks not yet started; with `terminate=True`,
 //!   a running task is asked to stop).
@@ -43,9 +49,10 @@
 //! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported from [`protocol`]) |
 //! | `error.rs` | [`Error`] |
 //! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
-//! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the Redis connection |
+//! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters, the Redis connection |
+//! | `canvas/` | workflows ([`canvas`]): `signature.rs` signatures, `apply.rs` Celery's `apply_async` of each kind, `after.rs` what follows a task's end |
 //! | `transport.rs` | the crate-private transport trait under the worker and the client |
-//! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling |
+//! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks |
 //! | `client.rs` | [`Client`], [`AsyncResult`] |
 //! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs` |
 //! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `pidbox.rs`, `transport.rs` |
