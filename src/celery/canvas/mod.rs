@@ -18,6 +18,7 @@
 
 pub(crate) mod after;
 pub(crate) mod apply;
+mod freeze;
 mod signature;
 
 pub use apply::ResultRef;
