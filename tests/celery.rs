@@ -7,26 +7,18 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+mod common;
+
+use common::celery::{fixtures, required, unique, uuid_like, Killed};
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
-
-fn required(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set, and CI is"),
-        _ => {
-            eprintln!("\n!!!!!!!! SKIPPED: {var} is not set (run .ci/run, or set it) !!!!!!!!\n");
-            None
-        }
-    }
-}
 
 /// Where the suite runs: the broker (`WEFT_CELERY_BROKER`, Redis or RabbitMQ; default the
 /// Redis of `WEFT_REDIS_URL`) and the Redis result backend (`WEFT_REDIS_URL`).
@@ -138,21 +130,6 @@ fn runs_so_far(conn: &mut redis::Connection, runs: &str) -> i64 {
 
 fn python() -> Option<String> {
     required("WEFT_CELERY_PYTHON")
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery")
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid_like())
-}
-
-fn uuid_like() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{}-{}", std::process::id(), t.as_nanos())
 }
 
 #[derive(serde::Deserialize)]
@@ -889,32 +866,6 @@ fn python_sends_weft_runs_python_reads() {
         .unwrap()
         .contains("no.such.task"));
     assert_eq!(worker.shutdown(), 0);
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    /// A warm shutdown (SIGTERM: Celery finishes and acknowledges what it holds), then
-    /// SIGKILL if it is still there after 10 s.
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.0.try_wait() {
-            return; // already ended (killed by the test)
-        }
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let child = &mut self.0;
-        std::thread::scope(|s| {
-            let (exited, exit) = std::sync::mpsc::channel();
-            s.spawn(move || {
-                let _ = child.wait();
-                let _ = exited.send(());
-            });
-            if exit.recv_timeout(Duration::from_secs(10)).is_err() {
-                // The waiting thread reaps it once it is gone.
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        });
-    }
 }
 
 #[test]

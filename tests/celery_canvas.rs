@@ -6,25 +6,16 @@
 //! `.ci/run` sets them.
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+mod common;
+
+use common::celery::{fixtures, required, unique, Killed};
 use weft::celery::Worker;
 use weft::registry::Registry;
 use weft::Priority;
-
-fn required(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set, and CI is"),
-        _ => {
-            eprintln!("\n!!!!!!!! SKIPPED: {var} is not set (run .ci/run, or set it) !!!!!!!!\n");
-            None
-        }
-    }
-}
 
 /// The broker, the Redis result backend, and the Python with Celery installed.
 struct Env {
@@ -45,17 +36,6 @@ fn env() -> Option<Env> {
         backend,
         python,
     })
-}
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery")
-}
-
-fn unique(prefix: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{prefix}-{}-{}", std::process::id(), t.as_nanos())
 }
 
 /// The tasks of `examples/celery_worker.rs`, and `on_error(failed_id, key)`, an errback
@@ -126,27 +106,6 @@ impl Env {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "interop_canvas.py failed: {text}");
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
-    }
-}
-
-/// A child process ended (SIGTERM, then SIGKILL) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let child = &mut self.0;
-        std::thread::scope(|s| {
-            let (exited, exit) = std::sync::mpsc::channel();
-            s.spawn(move || {
-                let _ = child.wait();
-                let _ = exited.send(());
-            });
-            if exit.recv_timeout(Duration::from_secs(10)).is_err() {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        });
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use weft::{JoinHandle, Pool};
 
+pub mod celery;
+
 /// Generous: only catches hangs.
 pub const HANG: Duration = Duration::from_secs(60);
 

@@ -18,7 +18,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::apply::{Apply, ApplyError, Op, Parent, ResultRef};
+use super::apply::{sig_list, Apply, ApplyError, Op, Parent, ResultRef};
 use super::signature::{group, Kind, Signature};
 use super::Embed;
 use crate::celery::protocol::{TaskMessage, TaskResult};
@@ -279,14 +279,10 @@ fn fail_body(body: &Signature, error: &TaskResult, root_id: &str) -> Next {
         }
     } else if let Some(id) = body.id() {
         next.results.push((id.to_owned(), error.clone()));
-        let errbacks = super::Embed::parse(&json!({"errbacks": body.options().get("link_error")}))
-            .map(|e| e.errbacks)
-            .unwrap_or_default();
+        let errbacks = sig_list(body.options().get("link_error"));
         next.ops.extend(send_errbacks(id, root_id, &errbacks));
     }
-    let chain = super::Embed::parse(&json!({"chain": body.options().get("chain")}))
-        .map(|e| e.chain)
-        .unwrap_or_default();
+    let chain = sig_list(body.options().get("chain"));
     fail_chain(&chain, error, root_id, &mut next);
     next
 }
@@ -294,11 +290,9 @@ fn fail_body(body: &Signature, error: &TaskResult, root_id: &str) -> Next {
 fn member_errbacks(member: &Signature, group: &Signature) -> Vec<Signature> {
     let mut all = Vec::new();
     for s in [member, group] {
-        if let Ok(e) = super::Embed::parse(&json!({"errbacks": s.options().get("link_error")})) {
-            for eb in e.errbacks {
-                if !all.contains(&eb) {
-                    all.push(eb);
-                }
+        for eb in sig_list(s.options().get("link_error")) {
+            if !all.contains(&eb) {
+                all.push(eb);
             }
         }
     }
@@ -326,16 +320,11 @@ pub(crate) fn after(
     result: &mut TaskResult,
     sent: Option<(Vec<Op>, Value)>,
 ) -> Option<Box<Flow>> {
-    let embedded = !msg.embed.is_null()
-        && msg
-            .embed
-            .as_object()
-            .is_none_or(|m| m.values().any(|v| !v.is_null() && v != &json!([])));
-    if msg.parent_id.is_none() && msg.group.is_none() && !embedded && sent.is_none() {
-        return None;
-    }
     // Checked when the message was read (a malformed embed is dead-lettered).
     let embed = Embed::parse(&msg.embed).unwrap_or_default();
+    if msg.parent_id.is_none() && msg.group.is_none() && embed.is_empty() && sent.is_none() {
+        return None;
+    }
     let (mut ops, mut children) = match sent {
         Some((ops, child)) => (ops, vec![child]),
         None => (Vec::new(), Vec::new()),

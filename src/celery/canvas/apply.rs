@@ -93,7 +93,7 @@ fn merge_options(own: &Map<String, Value>, extra: &Map<String, Value>) -> Map<St
 }
 
 /// Celery's `maybe_list` of signatures in an option (`link`, `link_error`, `chain`).
-pub(super) fn sig_list(v: Option<&Value>) -> Vec<Signature> {
+pub(crate) fn sig_list(v: Option<&Value>) -> Vec<Signature> {
     match v {
         Some(Value::Array(a)) => a
             .iter()

@@ -62,19 +62,7 @@ pub(crate) fn freeze(sig: &mut Signature, f: &Freeze) -> ResultRef {
                 None => ResultRef::Group(gid, Vec::new()),
             }
         }
-        Kind::Group | Kind::Chunks => {
-            let opts = sig.options_mut();
-            let gid = match opts.get("task_id").and_then(Value::as_str) {
-                Some(id) => id.to_owned(),
-                None => {
-                    let id = f.id.clone().unwrap_or_else(new_id);
-                    opts.insert("task_id".into(), json!(id));
-                    id
-                }
-            };
-            set_common(opts, f);
-            ResultRef::Group(gid, Vec::new())
-        }
+        Kind::Group | Kind::Chunks => ResultRef::Group(freeze_own(sig, f), Vec::new()),
         Kind::Chain => {
             let mut tasks = sig.members("tasks");
             let n = tasks.len();
@@ -96,20 +84,24 @@ pub(crate) fn freeze(sig: &mut Signature, f: &Freeze) -> ResultRef {
             sig.kwargs_mut().insert("tasks".into(), sig_values(&tasks));
             last
         }
-        Kind::Task | Kind::Map | Kind::Starmap => {
-            let opts = sig.options_mut();
-            let id = match opts.get("task_id").and_then(Value::as_str) {
-                Some(id) => id.to_owned(),
-                None => {
-                    let id = f.id.clone().unwrap_or_else(new_id);
-                    opts.insert("task_id".into(), json!(id));
-                    id
-                }
-            };
-            set_common(opts, f);
-            ResultRef::Task(id)
-        }
+        Kind::Task | Kind::Map | Kind::Starmap => ResultRef::Task(freeze_own(sig, f)),
     }
+}
+
+/// `Signature.freeze` of one signature's own options: its `task_id` (kept, else `f.id`,
+/// else new), and `f`'s root, parent, group, chord and index; returns the id.
+fn freeze_own(sig: &mut Signature, f: &Freeze) -> String {
+    let opts = sig.options_mut();
+    let id = match opts.get("task_id").and_then(Value::as_str) {
+        Some(id) => id.to_owned(),
+        None => {
+            let id = f.id.clone().unwrap_or_else(new_id);
+            opts.insert("task_id".into(), json!(id));
+            id
+        }
+    };
+    set_common(opts, f);
+    id
 }
 
 fn set_common(opts: &mut Map<String, Value>, f: &Freeze) {

@@ -86,7 +86,6 @@ impl Embed {
     }
 
     /// True if nothing follows the task.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.callbacks.is_empty()
             && self.errbacks.is_empty()

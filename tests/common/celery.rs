@@ -1,0 +1,63 @@
+//! Helpers of the Celery interop suites (`tests/celery.rs`, `tests/celery_canvas.rs`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// The value of `var`; `None` (with a loud SKIPPED line) when it is not set, a panic when
+/// it is not set and `CI` is: CI must run these suites.
+pub fn required(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set, and CI is"),
+        _ => {
+            eprintln!("\n!!!!!!!! SKIPPED: {var} is not set (run .ci/run, or set it) !!!!!!!!\n");
+            None
+        }
+    }
+}
+
+/// `tests/fixtures/celery`: the Python side of the suites and the golden messages.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery")
+}
+
+/// A name no other run uses: `prefix-<pid>-<nanoseconds>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_like())
+}
+
+/// `<pid>-<nanoseconds>`.
+pub fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}-{}", std::process::id(), t.as_nanos())
+}
+
+/// A child process (a worker) ended when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    /// A warm shutdown (SIGTERM: Celery finishes and acknowledges what it holds), then
+    /// SIGKILL if it is still there after 10 s.
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return; // already ended (killed by the test)
+        }
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let child = &mut self.0;
+        std::thread::scope(|s| {
+            let (exited, exit) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if exit.recv_timeout(Duration::from_secs(10)).is_err() {
+                // The waiting thread reaps it once it is gone.
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        });
+    }
+}
