@@ -332,3 +332,114 @@ fn the_example_worker_runs_until_sigterm() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Released by the test: the `block` task of `a_chord_part_revoked_in_the_pool_fails_the_chord`.
+static GATE: (std::sync::Mutex<(bool, bool)>, std::sync::Condvar) = (
+    std::sync::Mutex::new((false, false)),
+    std::sync::Condvar::new(),
+);
+
+/// A chord part revoked while it waits in the weft pool (behind a blocked part, one
+/// worker thread) still counts: the body is not left waiting, it fails with Celery's
+/// `ChordError` naming the revoked part.
+#[test]
+fn a_chord_part_revoked_in_the_pool_fails_the_chord() {
+    use weft::celery::canvas::{chord, Signature};
+    let Some(env) = env() else { return };
+    let q = unique("canvas-revoke");
+    let registry = registry(&env.backend).task("block", |(): ()| {
+        let (lock, cv) = &GATE;
+        let mut g = lock.lock().unwrap();
+        g.0 = true; // started
+        cv.notify_all();
+        let (g, _) = cv
+            .wait_timeout_while(g, Duration::from_secs(60), |g| !g.1)
+            .unwrap();
+        drop(g);
+        Ok::<_, String>(0)
+    });
+    let mut w = Worker::new(env.broker.as_str(), registry)
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .prefetch(4);
+    if env.broker != env.backend {
+        w = w.backend(env.backend.as_str());
+    }
+    let _worker = w.start().unwrap();
+    let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    let victim = unique("victim");
+    let flow = chord(
+        [
+            Signature::new("block").queue(&q),
+            Signature::new("add")
+                .args([json!(1), json!(1)])
+                .queue(&q)
+                .task_id(&victim),
+        ],
+        Signature::new("xsum").queue(&q),
+    );
+    let body = client.apply(&flow).unwrap();
+    {
+        let (lock, cv) = &GATE;
+        let g = lock.lock().unwrap();
+        let (g, timeout) = cv
+            .wait_timeout_while(g, Duration::from_secs(30), |g| !g.0)
+            .unwrap();
+        assert!(!timeout.timed_out() && g.0, "the block task started");
+    }
+    // Both parts taken: the second waits in the pool behind the first.
+    if env.broker == env.backend {
+        let mut conn = redis::Client::open(env.backend.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while redis::cmd("LLEN")
+            .arg(&q)
+            .query::<usize>(&mut conn)
+            .unwrap()
+            > 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker takes both parts"
+            );
+            std::thread::yield_now();
+        }
+    }
+    let revoke = Command::new(&env.python)
+        .args([
+            "-c",
+            "import sys; from celery import Celery; \
+             Celery(broker=sys.argv[1]).control.revoke(sys.argv[2])",
+            &env.broker,
+            &victim,
+        ])
+        .status()
+        .unwrap();
+    assert!(revoke.success());
+    let revoked = client
+        .result(victim.clone())
+        .get(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(revoked.status(), "REVOKED");
+    {
+        let (lock, cv) = &GATE;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    match body.get_value(Duration::from_secs(30)) {
+        Err(weft::celery::Error::Task(weft::celery::TaskResult::Failure {
+            exc_type,
+            exc_message,
+            ..
+        })) => {
+            assert_eq!(exc_type, "ChordError");
+            assert!(
+                exc_message.starts_with(&format!("Dependency {victim} raised TaskRevokedError(")),
+                "{exc_message}"
+            );
+        }
+        other => panic!("{:?}", other.map_err(|e| e.to_string())),
+    }
+}

@@ -354,6 +354,8 @@ struct Plan {
     /// For a task waiting for its ETA: the copy of its message to send again at the hold
     /// limit, and when it was taken.
     eta: Option<(TaskMessage, Instant)>,
+    /// The message of a chord's header part ([`Live::chord_part`]).
+    chord_part: Option<Box<TaskMessage>>,
 }
 
 /// Plans the run of `msg` from `queue`: its lane, ETA delay and count, time limit,
@@ -385,6 +387,7 @@ fn plan(
         copy.routing_key = queue.to_owned();
         (copy, Instant::now())
     });
+    let in_chord = msg.group.is_some() && msg.embed.get("chord").is_some_and(|c| !c.is_null());
     Plan {
         lane,
         delay,
@@ -393,6 +396,7 @@ fn plan(
         acks_late,
         policy,
         eta,
+        chord_part: in_chord.then(|| Box::new(msg.clone())),
     }
 }
 
@@ -537,6 +541,7 @@ fn spawn(
                     counted: plan.counted,
                     eta: plan.eta,
                     generation: taken.generation,
+                    chord_part: plan.chord_part,
                 },
             );
         }

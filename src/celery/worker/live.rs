@@ -64,6 +64,9 @@ pub(super) struct Live {
     pub(super) eta: Option<(TaskMessage, Instant)>,
     /// The consumer's connection generation it came on.
     pub(super) generation: u64,
+    /// The message of a chord's header part: revoked before it runs, it still counts as
+    /// its chord's (failed) part, as in Celery.
+    pub(super) chord_part: Option<Box<TaskMessage>>,
 }
 
 impl Live {
@@ -100,12 +103,11 @@ impl Shared {
                 if !task.counted {
                     self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
                 }
-                let _ = done.send(Done::end(
-                    task.id.clone(),
-                    task.key,
-                    TaskResult::Revoked("revoked".into()),
-                    task.counted,
-                ));
+                let revoked = TaskResult::Revoked("revoked".into());
+                let _ = done.send(match &task.chord_part {
+                    Some(msg) => Done::finished(msg, task.key, revoked, task.counted, None),
+                    None => Done::end(task.id.clone(), task.key, revoked, task.counted),
+                });
                 settled.push(*seq);
             } else if terminate && task.state.load(Ordering::SeqCst) == STARTED {
                 // Running: asked to stop (`checkpoint` says so from now on).
