@@ -49,6 +49,7 @@ fn registry(backend: &str) -> Registry {
             Ok::<_, String>(numbers.iter().sum::<i64>())
         })
         .task("fail", |(): ()| Err::<(), _>("fail() always fails"))
+        .task("echo", |(v,): (Value,)| Ok::<_, String>(v))
         .task("on_error", move |(failed, key): (String, String)| {
             let mut c = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
@@ -442,4 +443,181 @@ fn a_chord_part_revoked_in_the_pool_fails_the_chord() {
         }
         other => panic!("{:?}", other.map_err(|e| e.to_string())),
     }
+}
+
+/// The tasks of the chord kill test: `part(i, key)` counts its runs in the hash `key`,
+/// pushes `i` on `key:ran` (the test waits on it), works 100 ms and returns `i`;
+/// `collect(results, key)` pushes its run on `key:body` and returns the sum.
+fn chord_registry(backend: &str) -> Registry {
+    let (url, url2) = (backend.to_owned(), backend.to_owned());
+    let conn = move |url: &str| {
+        redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .map_err(|e| e.to_string())
+    };
+    Registry::new()
+        .task("part", move |(i, key): (i64, String)| {
+            let mut c = conn(&url)?;
+            redis::pipe()
+                .atomic()
+                .hincr(&key, i, 1)
+                .ignore()
+                .rpush(format!("{key}:ran"), i)
+                .ignore()
+                .query::<()>(&mut c)
+                .map_err(|e| e.to_string())?;
+            // The work the kill interrupts.
+            std::thread::sleep(Duration::from_millis(100));
+            Ok::<_, String>(i)
+        })
+        .task("collect", move |(results, key): (Vec<i64>, String)| {
+            let mut c = conn(&url2)?;
+            redis::cmd("RPUSH")
+                .arg(format!("{key}:body"))
+                .arg(results.len())
+                .query::<()>(&mut c)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(results.iter().sum::<i64>())
+        })
+}
+
+/// A weft worker with late acknowledgement and a 2 s visibility timeout (Redis) on `q`.
+fn late_worker(env: &Env, q: &str) -> weft::celery::RunningWorker {
+    let mut w = Worker::new(env.broker.as_str(), chord_registry(&env.backend))
+        .queue(q, Priority::Normal)
+        .workers(2)
+        .prefetch(4)
+        .acks_late(true)
+        .visibility_timeout(Duration::from_secs(2))
+        .restore_interval(Duration::from_millis(500));
+    if env.broker != env.backend {
+        w = w.backend(env.backend.as_str());
+    }
+    w.start().unwrap()
+}
+
+/// Not a test by itself: the worker process that
+/// [`a_chord_survives_a_killed_worker_and_its_body_runs_once`] kills, started by it as a
+/// child of this test binary (with `WEFT_CANVAS_CHILD_QUEUE` set); returns at once
+/// otherwise.
+#[test]
+fn chord_child_worker_process() {
+    let Ok(q) = std::env::var("WEFT_CANVAS_CHILD_QUEUE") else {
+        return;
+    };
+    let env = env().unwrap();
+    let _worker = late_worker(&env, &q);
+    println!("ready");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `kill -9` of a weft worker (late acknowledgement) while it runs a chord's header: the
+/// parts it held are delivered again to another worker, each part counts once, and the
+/// body runs exactly once with every result in order.
+#[test]
+fn a_chord_survives_a_killed_worker_and_its_body_runs_once() {
+    use weft::celery::canvas::{chord, Signature};
+    let Some(env) = env() else { return };
+    let q = unique("canvas-kill9");
+    let key = unique("chord-runs");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "chord_child_worker_process", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env("WEFT_CANVAS_CHILD_QUEUE", &q)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match out.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("the child worker ended: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    let mut child = Killed(child);
+    let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    let n = 40i64;
+    let part = |i: i64| {
+        Signature::new("part")
+            .args([json!(i), json!(key)])
+            .queue(&q)
+    };
+    let body = Signature::new("collect").args([json!(key)]).queue(&q);
+    let r = client.apply(&chord((0..n).map(part), body)).unwrap();
+    // Killed while it runs the header: once 10 parts have started.
+    let mut conn = redis::Client::open(env.backend.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for _ in 0..10 {
+        let got: Option<(String, i64)> = redis::cmd("BLPOP")
+            .arg(format!("{key}:ran"))
+            .arg(30)
+            .query(&mut conn)
+            .unwrap();
+        assert!(got.is_some(), "the child worker runs the header");
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let rescuer = late_worker(&env, &q);
+    assert_eq!(
+        r.get_value(Duration::from_secs(60)).unwrap(),
+        json!((0..n).sum::<i64>())
+    );
+    // Whatever the rescuer still held or ran is done or put back: a second body would
+    // have run, or be waiting in the queue.
+    assert_eq!(rescuer.shutdown(), 0, "nothing left to put back");
+    if env.broker == env.backend {
+        let queued: usize = redis::cmd("LLEN").arg(&q).query(&mut conn).unwrap();
+        assert_eq!(queued, 0, "no second body waits");
+    }
+    let bodies: i64 = redis::cmd("LLEN")
+        .arg(format!("{key}:body"))
+        .query(&mut conn)
+        .unwrap();
+    let runs: Vec<i64> = redis::cmd("HVALS").arg(&key).query(&mut conn).unwrap();
+    eprintln!(
+        "chord kill -9: {n} parts, {} part runs ({} again after the kill), body runs: {bodies}",
+        runs.iter().sum::<i64>(),
+        runs.iter().sum::<i64>() - n
+    );
+    assert_eq!(runs.len() as i64, n, "every part ran");
+    assert_eq!(bodies, 1, "the body ran once");
+}
+
+/// A 1,000-part chord whose parts alternate between a weft worker and a Python worker
+/// (finishing in any order), its body on the weft worker: the body gets the 1,000 results
+/// in header order.
+#[test]
+fn a_thousand_part_chord_split_between_weft_and_python_completes() {
+    use weft::celery::canvas::{chord, Signature};
+    let Some(env) = env() else { return };
+    let (qw, qp) = (unique("chord1k-w"), unique("chord1k-p"));
+    let _worker = env.worker(&qw);
+    let _python = env.python_worker(&qp);
+    let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    let n = 1000i64;
+    let parts = (0..n).map(|i| {
+        Signature::new("mul")
+            .args([json!(i), json!(1)])
+            .queue(if i % 2 == 0 { &qw } else { &qp })
+    });
+    // The body (`echo`) returns what it was given: the results in header order.
+    let start = std::time::Instant::now();
+    let r = client
+        .apply(&chord(parts, Signature::new("echo").queue(&qw)))
+        .unwrap();
+    assert_eq!(
+        r.get_value(Duration::from_secs(120)).unwrap(),
+        json!((0..n).collect::<Vec<_>>())
+    );
+    eprintln!(
+        "1,000-part chord, parts alternating weft/Python: {:?}",
+        start.elapsed()
+    );
 }
