@@ -76,8 +76,14 @@ impl Env {
 
     /// A Python Celery worker (`pytasks.py`) consuming `q`.
     fn python_worker(&self, q: &str) -> Killed {
+        self.python_worker_with(q, &["--pool", "solo"])
+    }
+
+    /// A Python Celery worker (`pytasks.py`) consuming `q` with `pool` options.
+    fn python_worker_with(&self, q: &str, pool: &[&str]) -> Killed {
         let child = Command::new(&self.python)
-            .args(["-m", "celery", "-A", "pytasks", "worker", "--pool", "solo"])
+            .args(["-m", "celery", "-A", "pytasks", "worker"])
+            .args(pool)
             .args(["-Q", q, "-n", &format!("{}@%h", unique("py"))])
             .args([
                 "--without-gossip",
@@ -619,5 +625,92 @@ fn a_thousand_part_chord_split_between_weft_and_python_completes() {
     eprintln!(
         "1,000-part chord, parts alternating weft/Python: {:?}",
         start.elapsed()
+    );
+}
+
+/// What one run of a workflow took.
+fn time_workflow(
+    client: &weft::celery::Client,
+    flow: &weft::celery::canvas::Signature,
+) -> (Duration, Value) {
+    let start = std::time::Instant::now();
+    let v = client
+        .apply(flow)
+        .unwrap()
+        .get_value(Duration::from_secs(600))
+        .unwrap();
+    (start.elapsed(), v)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Workflow cost, a weft worker vs a Python Celery prefork worker at the same concurrency
+/// (2), both running in the same run, rounds interleaved: a chain of N `add` steps (each
+/// step's message carries the rest of the chain, as Celery's do) and a chord of N `add`
+/// parts with an `xsum` body. Ignored by default:
+/// `WEFT_CANVAS_BENCH_STEPS=1000 cargo test --release --features redis --test
+/// celery_canvas workflow_cost -- --ignored --nocapture` (RabbitMQ: `--features amqp`
+/// and `WEFT_CELERY_BROKER=amqp://...`).
+#[test]
+#[ignore]
+fn workflow_cost_weft_vs_python_prefork() {
+    use weft::celery::canvas::{chain, chord, Signature};
+    let Some(env) = env() else { return };
+    let n: i64 = std::env::var("WEFT_CANVAS_BENCH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rounds = 3;
+    let (qw, qp) = (unique("bench-canvas-w"), unique("bench-canvas-p"));
+    let _worker = env.worker(&qw);
+    let _python = env.python_worker_with(&qp, &["--pool", "prefork", "-c", "2"]);
+    let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    let add = |q: &str, args: &[i64]| {
+        Signature::new("add")
+            .args(args.iter().map(|a| json!(a)))
+            .queue(q)
+    };
+    let chain_of =
+        |q: &str| chain(std::iter::once(add(q, &[0, 1])).chain((1..n).map(|_| add(q, &[1]))));
+    let chord_of = |q: &str| {
+        chord(
+            (0..n).map(|i| add(q, &[i, i])),
+            Signature::new("xsum").queue(q),
+        )
+    };
+    // Warm-up: both consume.
+    for q in [&qw, &qp] {
+        time_workflow(&client, &chain([add(q, &[1, 1]), add(q, &[1])]));
+    }
+    let mut times: [[Vec<Duration>; 2]; 2] = Default::default();
+    for _ in 0..rounds {
+        for (w, q) in [&qw, &qp].into_iter().enumerate() {
+            let (t, v) = time_workflow(&client, &chain_of(q));
+            assert_eq!(v, json!(n));
+            times[w][0].push(t);
+            let (t, v) = time_workflow(&client, &chord_of(q));
+            assert_eq!(v, json!(n * (n - 1)));
+            times[w][1].push(t);
+        }
+    }
+    let [[wc, wd], [pc, pd]] = times.map(|kinds| kinds.map(median));
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    eprintln!(
+        "workflow cost over {}, concurrency 2, median of {rounds} interleaved rounds:\n  \
+         chain of {n} steps: weft {wc:.2?} ({:.0} us/step), Python prefork {pc:.2?} \
+         ({:.0} us/step), ratio {:.1}x\n  chord of {n} parts: weft {wd:.2?}, Python \
+         prefork {pd:.2?}, ratio {:.1}x",
+        if env.broker == env.backend {
+            "Redis"
+        } else {
+            "RabbitMQ"
+        },
+        per(wc),
+        per(pc),
+        pc.as_secs_f64() / wc.as_secs_f64(),
+        pd.as_secs_f64() / wd.as_secs_f64(),
     );
 }
