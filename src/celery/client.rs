@@ -143,7 +143,7 @@ impl Client {
     pub fn apply(&self, sig: &Signature) -> Result<Applied, Error> {
         let mut send = Apply::new(None);
         let r = send
-            .apply_async(sig, &[], &Map::new(), &Map::new())
+            .apply_async(sig, &[], &Map::new(), Map::new())
             .map_err(|e| Error::Config(e.0))?;
         for op in &send.ops {
             match op {

@@ -331,7 +331,7 @@ impl TaskMessage {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         // A workflow Celery would not have written is refused now, not dropped later.
-        super::canvas::Embed::parse(&embed)?;
+        super::canvas::Embed::check(&embed)?;
         Ok(TaskMessage {
             eta: s("eta")?,
             expires: s("expires")?,
@@ -361,6 +361,13 @@ impl TaskMessage {
     /// The body `[args, kwargs, embed]`, as every transport carries it.
     pub fn body(&self) -> Value {
         json!([self.args, self.kwargs, self.embed])
+    }
+
+    /// [`body`](Self::body) as JSON text, written straight from the fields (a long
+    /// chain in the embed is not copied into a new value first).
+    pub fn body_text(&self) -> String {
+        serde_json::to_string(&(&self.args, &self.kwargs, &self.embed))
+            .unwrap_or_else(|_| "[[],{},null]".into())
     }
 
     /// The Celery headers (`lang`, `task`, `id`, `eta`, ..., and [`extra_headers`]), as
@@ -405,7 +412,6 @@ impl TaskMessage {
 
     /// The envelope as JSON, as Python Celery writes it.
     pub fn to_envelope(&self) -> Value {
-        let body = self.body();
         let headers = self.headers();
         let mut props = Map::new();
         props.insert("correlation_id".into(), json!(self.id));
@@ -421,7 +427,7 @@ impl TaskMessage {
         props.insert("body_encoding".into(), json!("base64"));
         props.insert("delivery_tag".into(), json!(self.delivery_tag));
         json!({
-            "body": BASE64.encode(body.to_string()),
+            "body": BASE64.encode(self.body_text()),
             "content-encoding": "utf-8",
             "content-type": CONTENT_TYPE_JSON,
             "headers": headers,

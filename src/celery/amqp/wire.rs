@@ -116,7 +116,7 @@ pub fn amqp_to_json(v: &AMQPValue) -> Value {
 /// assert_eq!(back, msg);
 /// ```
 pub fn encode_task(msg: &TaskMessage) -> (Vec<u8>, BasicProperties) {
-    let body = msg.body().to_string().into_bytes();
+    let body = msg.body_text().into_bytes();
     let mut props = BasicProperties::default()
         .with_content_type(CONTENT_TYPE_JSON.into())
         .with_content_encoding("utf-8".into())

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use super::apply::{sig_list, Apply, ApplyError, Op, Parent, ResultRef};
 use super::signature::{group, Kind, Signature};
-use super::Embed;
+use super::{maybe_list, Embed};
 use crate::celery::protocol::{TaskMessage, TaskResult};
 
 /// A header result to count in a chord (Celery's `on_chord_part_return`).
@@ -80,7 +80,7 @@ fn own_part(msg: &TaskMessage, embed: &Embed, result: &TaskResult) -> Option<Cho
 /// error sending them (a group given a `link`) fails the task, as in Celery.
 pub(crate) fn on_success(
     msg: &TaskMessage,
-    embed: &Embed,
+    embed: &mut Embed,
     value: &Value,
 ) -> Result<Next, ApplyError> {
     let parent = parent_of(msg);
@@ -90,26 +90,29 @@ pub(crate) fn on_success(
     let none = Map::new();
     match embed.callbacks.as_slice() {
         [] => {}
-        [one] => children.push(send.apply_async(one, &args, &none, &none)?),
+        [one] => children.push(send.apply_async(one, &args, &none, Map::new())?),
         many => {
             let (groups, sigs): (Vec<&Signature>, Vec<&Signature>) =
                 many.iter().partition(|s| s.kind() == Kind::Group);
             for g in groups {
-                children.push(send.apply_async(g, &args, &none, &none)?);
+                children.push(send.apply_async(g, &args, &none, Map::new())?);
             }
             if !sigs.is_empty() {
                 let g = group(sigs.into_iter().cloned());
-                children.push(send.apply_async(&g, &args, &none, &none)?);
+                children.push(send.apply_async(&g, &args, &none, Map::new())?);
             }
         }
     }
-    if let Some((next, rest)) = embed.chain.split_last() {
+    // The rest of the chain goes on as it came (moved when the embed was taken).
+    let mut chain = std::mem::take(&mut embed.chain).into_owned();
+    if let Some(next) = chain.pop() {
+        // Checked when the message was read.
+        let next = Signature::from_value(&next).map_err(ApplyError)?;
         let mut opts = Map::new();
-        if !rest.is_empty() {
-            let rest: Vec<Value> = rest.iter().map(Signature::to_value).collect();
-            opts.insert("chain".into(), Value::Array(rest));
+        if !chain.is_empty() {
+            opts.insert("chain".into(), Value::Array(chain));
         }
-        children.push(send.apply_async(next, &args, &none, &opts)?);
+        children.push(send.apply_async(&next, &args, &none, opts)?);
     }
     let result = TaskResult::Success(value.clone());
     Ok(Next {
@@ -144,13 +147,26 @@ pub(crate) fn on_failure(
 
 /// Celery's `_fail_chain`: `result` stored under each chain step's id; a step that is a
 /// chord's header part is counted as a failed part.
-pub(crate) fn fail_chain(chain: &[Signature], result: &TaskResult, root_id: &str, next: &mut Next) {
+pub(crate) fn fail_chain(chain: &[Value], result: &TaskResult, root_id: &str, next: &mut Next) {
+    let empty = Map::new();
     for step in chain {
-        let opts = step.options();
+        let opts = step
+            .get("options")
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
         let Some(id) = opts.get("task_id").and_then(Value::as_str) else {
             continue;
         };
         next.results.push((id.to_owned(), result.clone()));
+        // A chord step: its body's id fails too (whoever waits on the chain waits there).
+        if let Some(body_id) = step
+            .pointer("/kwargs/body/options/task_id")
+            .and_then(Value::as_str)
+        {
+            if step.get("subtask_type").and_then(Value::as_str) == Some("chord") {
+                next.results.push((body_id.to_owned(), result.clone()));
+            }
+        }
         let body = opts
             .get("chord")
             .and_then(|b| Signature::from_value(b).ok());
@@ -180,7 +196,7 @@ pub(crate) fn send_errbacks(failed_id: &str, root_id: &str, errbacks: &[Signatur
     opts.insert("root_id".into(), json!(root_id));
     let g = group(errbacks.iter().cloned());
     // A group never refuses these options (no link on it).
-    let _ = send.apply_async(&g, &[json!(failed_id)], &Map::new(), &opts);
+    let _ = send.apply_async(&g, &[json!(failed_id)], &Map::new(), opts);
     send.ops
 }
 
@@ -243,7 +259,7 @@ pub(crate) fn finish_chord(part: &ChordPart, results: Result<Vec<Value>, TaskRes
     match results {
         Ok(values) => {
             let mut send = Apply::new(Some(&parent));
-            match send.apply_async(body, &[Value::Array(values)], &Map::new(), &Map::new()) {
+            match send.apply_async(body, &[Value::Array(values)], &Map::new(), Map::new()) {
                 Ok(_) => Next {
                     ops: send.ops,
                     ..Next::default()
@@ -282,8 +298,12 @@ fn fail_body(body: &Signature, error: &TaskResult, root_id: &str) -> Next {
         let errbacks = sig_list(body.options().get("link_error"));
         next.ops.extend(send_errbacks(id, root_id, &errbacks));
     }
-    let chain = sig_list(body.options().get("chain"));
-    fail_chain(&chain, error, root_id, &mut next);
+    fail_chain(
+        maybe_list(body.options().get("chain")),
+        error,
+        root_id,
+        &mut next,
+    );
     next
 }
 
@@ -316,12 +336,12 @@ pub(crate) struct Flow {
 /// built-in such as `celery.chunks`), sent first. If the next steps cannot be sent (a
 /// group given a `link`), `result` becomes that `TypeError`, as in Celery.
 pub(crate) fn after(
-    msg: &TaskMessage,
+    msg: &mut TaskMessage,
     result: &mut TaskResult,
     sent: Option<(Vec<Op>, Value)>,
 ) -> Option<Box<Flow>> {
     // Checked when the message was read (a malformed embed is dead-lettered).
-    let embed = Embed::parse(&msg.embed).unwrap_or_default();
+    let mut embed = Embed::take(&mut msg.embed);
     if msg.parent_id.is_none() && msg.group.is_none() && embed.is_empty() && sent.is_none() {
         return None;
     }
@@ -330,7 +350,7 @@ pub(crate) fn after(
         None => (Vec::new(), Vec::new()),
     };
     let mut next = match &*result {
-        TaskResult::Success(v) => match on_success(msg, &embed, v) {
+        TaskResult::Success(v) => match on_success(msg, &mut embed, v) {
             Ok(next) => next,
             Err(e) => {
                 *result = TaskResult::Failure {

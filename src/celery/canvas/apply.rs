@@ -82,11 +82,11 @@ pub(super) fn new_id() -> String {
 
 /// Celery's `Signature._merge`: `extra` options win over the signature's, except the
 /// immutable ones it already has.
-fn merge_options(own: &Map<String, Value>, extra: &Map<String, Value>) -> Map<String, Value> {
+fn merge_options(own: &Map<String, Value>, extra: Map<String, Value>) -> Map<String, Value> {
     let mut out = own.clone();
     for (k, v) in extra {
-        if !IMMUTABLE_OPTIONS.contains(&k.as_str()) || !own.contains_key(k) {
-            out.insert(k.clone(), v.clone());
+        if !IMMUTABLE_OPTIONS.contains(&k.as_str()) || !own.contains_key(&k) {
+            out.insert(k, v);
         }
     }
     out
@@ -131,30 +131,26 @@ impl<'a> Apply<'a> {
         sig: &Signature,
         args: &[Value],
         kwargs: &Map<String, Value>,
-        options: &Map<String, Value>,
+        mut options: Map<String, Value>,
     ) -> Result<ResultRef, ApplyError> {
-        let options: Map<String, Value> = options
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        options.retain(|_, v| !v.is_null());
         match sig.kind() {
             Kind::Task => {
-                let (args, kwargs, opts) = merge(sig, args, kwargs, &options);
-                Ok(self.send_task(sig.name(), args, kwargs, &opts))
+                let (args, kwargs, opts) = merge(sig, args, kwargs, options);
+                Ok(self.send_task(sig.name(), args, kwargs, opts))
             }
             Kind::Map | Kind::Starmap => {
                 // Arguments passed on are ignored: the task and items are its kwargs.
-                let opts = merge_options(sig.options(), &options);
+                let opts = merge_options(sig.options(), options);
                 let mut kw = Map::new();
                 for k in ["task", "it"] {
                     kw.insert(k.into(), sig.kwargs().get(k).cloned().unwrap_or(json!([])));
                 }
-                Ok(self.send_task(sig.name(), Vec::new(), kw, &opts))
+                Ok(self.send_task(sig.name(), Vec::new(), kw, opts))
             }
             Kind::Chunks => {
                 let g = chunks_group(sig);
-                self.apply_async(&g, args, kwargs, &options)
+                self.apply_async(&g, args, kwargs, options)
             }
             Kind::Group => self.group(sig, args, kwargs, options),
             Kind::Chord => self.chord(sig, args, kwargs, options),
@@ -172,7 +168,7 @@ impl<'a> Apply<'a> {
         name: &str,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
-        opts: &Map<String, Value>,
+        mut opts: Map<String, Value>,
     ) -> ResultRef {
         let s = |k: &str| opts.get(k).and_then(Value::as_str).map(str::to_owned);
         let mut msg = TaskMessage::new(name, args, kwargs);
@@ -231,20 +227,19 @@ impl<'a> Apply<'a> {
                 msg.exchange = ex;
             }
         }
-        let embed = |k: &str| {
-            let l = sig_list(opts.get(k));
-            if l.is_empty() {
-                Value::Null
-            } else {
-                sig_values(&l)
-            }
+        // The signatures go as they are (moved, not copied: a chain's rest can be long).
+        let mut embed = |k: &str| match opts.remove(k) {
+            Some(Value::Array(a)) if !a.is_empty() => Value::Array(a),
+            Some(one @ Value::Object(_)) => Value::Array(vec![one]),
+            _ => Value::Null,
         };
-        msg.embed = json!({
-            "callbacks": embed("link"),
-            "errbacks": embed("link_error"),
-            "chain": embed("chain"),
-            "chord": opts.get("chord").cloned().unwrap_or(Value::Null),
-        });
+        // Built by hand: `json!` would serialize the values again (a copy).
+        let mut e = Map::new();
+        e.insert("callbacks".into(), embed("link"));
+        e.insert("errbacks".into(), embed("link_error"));
+        e.insert("chain".into(), embed("chain"));
+        e.insert("chord".into(), opts.remove("chord").unwrap_or(Value::Null));
+        msg.embed = Value::Object(e);
         let id = msg.id.clone();
         self.ops.push(Op::Send(Box::new(msg)));
         ResultRef::Task(id)
@@ -267,7 +262,7 @@ impl<'a> Apply<'a> {
                 "Cannot add link to group: do that on individual tasks".into(),
             ));
         }
-        let mut options = merge_options(sig.options(), &options);
+        let mut options = merge_options(sig.options(), options);
         let gid = match options.remove("task_id") {
             Some(Value::String(id)) => id,
             _ => new_id(),
@@ -298,7 +293,7 @@ impl<'a> Apply<'a> {
             if let Some(c) = chord_obj {
                 opts.insert("chord".into(), c);
             }
-            refs.push(self.apply_async(task, args, kwargs, &opts)?);
+            refs.push(self.apply_async(task, args, kwargs, opts)?);
         }
         Ok(ResultRef::Group(gid, refs))
     }
@@ -354,7 +349,7 @@ impl<'a> Apply<'a> {
             .filter(|(k, _)| k.as_str() != "parent_id")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let body_opts = merge_options(body.options(), &body_opts);
+        let body_opts = merge_options(body.options(), body_opts);
         *body.options_mut() = body_opts;
         let root_id = body
             .options()
@@ -376,7 +371,7 @@ impl<'a> Apply<'a> {
         let mut header = chord_header(&sig);
         if header.is_empty() {
             // An empty header: the body runs at once with an empty list.
-            self.apply_async(&body, &[json!([])], &Map::new(), &Map::new())?;
+            self.apply_async(&body, &[json!([])], &Map::new(), Map::new())?;
             return Ok(body_ref);
         }
         let chord_value = body.to_value();
@@ -461,7 +456,7 @@ impl<'a> Apply<'a> {
             let is_first = i + 1 == n;
             let is_last = i == 0;
             if is_first {
-                let (a, k, o) = merge(&task, &args, kwargs, &Map::new());
+                let (a, k, o) = merge(&task, &args, kwargs, Map::new());
                 task = task.args(a).kwargs_map(k);
                 *task.options_mut() = o;
             }
@@ -521,7 +516,7 @@ impl<'a> Apply<'a> {
         } else {
             options.insert("chain".into(), sig_values(&chain));
         }
-        let r = self.apply_async(&first, &[], &Map::new(), &options)?;
+        let r = self.apply_async(&first, &[], &Map::new(), options)?;
         Ok(if chain.is_empty() {
             r
         } else {
@@ -536,7 +531,7 @@ fn merge(
     sig: &Signature,
     args: &[Value],
     kwargs: &Map<String, Value>,
-    options: &Map<String, Value>,
+    options: Map<String, Value>,
 ) -> (Vec<Value>, Map<String, Value>, Map<String, Value>) {
     let opts = merge_options(sig.options(), options);
     if sig.is_immutable() {

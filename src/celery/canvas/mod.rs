@@ -28,61 +28,103 @@ use serde_json::Value;
 
 use super::protocol::ProtocolError;
 
-/// The embed of a task message (its body's third element), read and checked.
+/// The embed of a task message (its body's third element), read. The rest of a chain is
+/// kept as the message has it (`chain`): a step forwards it as it is, so a long chain is
+/// moved on, not parsed or copied ([`Embed::take`]).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Embed {
+pub(crate) struct Embed<'a> {
     /// `link`: sent with the result prepended when the task succeeds.
     pub callbacks: Vec<Signature>,
     /// `link_error`: sent with the task id prepended when the task fails.
     pub errbacks: Vec<Signature>,
-    /// The rest of the chain, last step first (the next step is the last element).
-    pub chain: Vec<Signature>,
+    /// The rest of the chain, last step first (the next step is the last element), as
+    /// signature dicts ([`Signature::check`]ed when the message was read).
+    pub chain: std::borrow::Cow<'a, [Value]>,
     /// The body of the chord this task is a header part of.
     pub chord: Option<Signature>,
 }
 
-impl Embed {
-    /// Reads an embed; `null` (or a missing one) is empty. A field that is not what
-    /// Celery writes is an error naming it: such a message is dead-lettered, not run.
-    pub fn parse(v: &Value) -> Result<Embed, ProtocolError> {
+/// Celery's `maybe_list`: a list of signature dicts, or one dict alone.
+pub(crate) fn maybe_list(v: Option<&Value>) -> &[Value] {
+    match v {
+        Some(Value::Array(a)) => a,
+        Some(one @ Value::Object(_)) => std::slice::from_ref(one),
+        _ => &[],
+    }
+}
+
+impl<'a> Embed<'a> {
+    /// Checks an embed without copying it: `null` (or a missing one) is empty; a field
+    /// that is not what Celery writes is an error naming it (such a message is
+    /// dead-lettered, not run).
+    pub fn check(v: &Value) -> Result<(), ProtocolError> {
         let obj = match v {
-            Value::Null => return Ok(Embed::default()),
+            Value::Null => return Ok(()),
             Value::Object(m) => m,
             _ => return Err(ProtocolError::Canvas("the embed is not an object".into())),
         };
-        let list = |field: &str| -> Result<Vec<Signature>, ProtocolError> {
+        for field in ["callbacks", "errbacks", "chain"] {
             match obj.get(field) {
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        Signature::from_value(s)
-                            .map_err(|e| ProtocolError::Canvas(format!("{field}[{i}]: {e}")))
-                    })
-                    .collect(),
-                // A single signature where a list is expected: Celery's maybe_list.
-                Some(s @ Value::Object(_)) => Signature::from_value(s)
-                    .map(|s| vec![s])
-                    .map_err(|e| ProtocolError::Canvas(format!("{field}: {e}"))),
-                Some(_) => Err(ProtocolError::Canvas(format!(
-                    "{field}: not a list of signatures"
-                ))),
+                None | Some(Value::Null) => {}
+                Some(Value::Array(a)) => {
+                    for (i, s) in a.iter().enumerate() {
+                        Signature::check(s)
+                            .map_err(|e| ProtocolError::Canvas(format!("{field}[{i}]: {e}")))?;
+                    }
+                }
+                Some(s @ Value::Object(_)) => {
+                    Signature::check(s)
+                        .map_err(|e| ProtocolError::Canvas(format!("{field}: {e}")))?;
+                }
+                Some(_) => {
+                    return Err(ProtocolError::Canvas(format!(
+                        "{field}: not a list of signatures"
+                    )))
+                }
             }
+        }
+        match obj.get("chord") {
+            None | Some(Value::Null) => Ok(()),
+            Some(s) => Signature::check(s)
+                .map(drop)
+                .map_err(|e| ProtocolError::Canvas(format!("chord: {e}"))),
+        }
+    }
+
+    /// Reads an embed that was [`check`](Self::check)ed when its message was read
+    /// (what does not fit is left out, not refused).
+    pub fn parse(v: &'a Value) -> Embed<'a> {
+        let field = |k: &str| v.get(k);
+        let sigs = |k: &str| {
+            maybe_list(field(k))
+                .iter()
+                .filter_map(|s| Signature::from_value(s).ok())
+                .collect()
         };
-        let chord = match obj.get("chord") {
-            None | Some(Value::Null) => None,
-            Some(s) => Some(
-                Signature::from_value(s)
-                    .map_err(|e| ProtocolError::Canvas(format!("chord: {e}")))?,
-            ),
+        Embed {
+            callbacks: sigs("callbacks"),
+            errbacks: sigs("errbacks"),
+            chain: std::borrow::Cow::Borrowed(maybe_list(field("chain"))),
+            chord: field("chord")
+                .filter(|c| !c.is_null())
+                .and_then(|c| Signature::from_value(c).ok()),
+        }
+    }
+
+    /// Reads an embed (as [`parse`](Self::parse)), moving the rest of the chain out of it.
+    pub fn take(v: &mut Value) -> Embed<'static> {
+        let chain = match v.get_mut("chain").map(Value::take) {
+            Some(Value::Array(a)) => a,
+            Some(one @ Value::Object(_)) => vec![one],
+            _ => Vec::new(),
         };
-        Ok(Embed {
-            callbacks: list("callbacks")?,
-            errbacks: list("errbacks")?,
-            chain: list("chain")?,
-            chord,
-        })
+        let rest = Embed::parse(v);
+        Embed {
+            callbacks: rest.callbacks,
+            errbacks: rest.errbacks,
+            chain: std::borrow::Cow::Owned(chain),
+            chord: rest.chord,
+        }
     }
 
     /// True if nothing follows the task.

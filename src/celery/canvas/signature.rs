@@ -94,22 +94,35 @@ impl Signature {
         Signature(m)
     }
 
-    /// Reads Celery's signature dict, checking what weft relies on: a `task` name, `args`
-    /// a list, `kwargs` and `options` objects (or null), a known `subtask_type`, and the
-    /// parts of each workflow kind (a chain's and a group's `tasks`, a chord's `header`
-    /// and `body`, the `task` and `it` of chunks, map and starmap), recursively.
+    /// Reads Celery's signature dict, checking what weft relies on ([`check`](Self::check)).
     pub fn from_value(v: &Value) -> Result<Signature, String> {
+        Signature::check(v)?;
+        let mut m = v.as_object().cloned().unwrap_or_default();
+        for (field, empty) in [
+            ("args", json!([])),
+            ("kwargs", json!({})),
+            ("options", json!({})),
+        ] {
+            if m.get(field).is_none_or(Value::is_null) {
+                m.insert(field.into(), empty);
+            }
+        }
+        Ok(Signature(m))
+    }
+
+    /// Checks Celery's signature dict without copying it: a `task` name, `args` a list,
+    /// `kwargs` and `options` objects (or null), a known `subtask_type`, and the parts of
+    /// each workflow kind (a chain's and a group's `tasks`, a chord's `header` and `body`,
+    /// the `task` and `it` of chunks, map and starmap), recursively. Returns its kind.
+    pub fn check(v: &Value) -> Result<Kind, String> {
         let m = v.as_object().ok_or("a signature is not an object")?;
-        let mut m = m.clone();
         match m.get("task") {
             Some(Value::String(_)) => {}
             _ => return Err("a signature without a task name".into()),
         }
         for (field, array) in [("args", true), ("kwargs", false), ("options", false)] {
             match m.get(field) {
-                None | Some(Value::Null) => {
-                    m.insert(field.into(), if array { json!([]) } else { json!({}) });
-                }
+                None | Some(Value::Null) => {}
                 Some(Value::Array(_)) if array => {}
                 Some(Value::Object(_)) if !array => {}
                 Some(_) => return Err(format!("`{field}` has the wrong type")),
@@ -126,12 +139,12 @@ impl Signature {
             }
             Some(_) => return Err("`subtask_type` is not a string".into()),
         };
-        let sig = Signature(m);
-        let kwargs = sig.kwargs();
+        let empty = Map::new();
+        let kwargs = m.get("kwargs").and_then(Value::as_object).unwrap_or(&empty);
         let sigs = |v: Option<&Value>, what: &str| -> Result<(), String> {
             match v {
                 Some(Value::Array(a)) => a.iter().enumerate().try_for_each(|(i, s)| {
-                    Signature::from_value(s)
+                    Signature::check(s)
                         .map(drop)
                         .map_err(|e| format!("{what}[{i}]: {e}"))
                 }),
@@ -144,19 +157,19 @@ impl Signature {
             Kind::Chord => {
                 match kwargs.get("header") {
                     Some(h @ Value::Object(_)) => {
-                        Signature::from_value(h).map_err(|e| format!("header: {e}"))?;
+                        Signature::check(h).map_err(|e| format!("header: {e}"))?;
                     }
                     h => sigs(h, "header")?,
                 }
                 match kwargs.get("body") {
                     Some(b @ Value::Object(_)) => {
-                        Signature::from_value(b).map_err(|e| format!("body: {e}"))?;
+                        Signature::check(b).map_err(|e| format!("body: {e}"))?;
                     }
                     _ => return Err("a chord without a body".into()),
                 }
             }
             Kind::Chunks | Kind::Map | Kind::Starmap => {
-                Signature::from_value(kwargs.get("task").unwrap_or(&Value::Null))
+                Signature::check(kwargs.get("task").unwrap_or(&Value::Null))
                     .map_err(|e| format!("task: {e}"))?;
                 if !kwargs.get("it").is_some_and(Value::is_array) {
                     return Err("`it` is not a list".into());
@@ -167,7 +180,7 @@ impl Signature {
                 }
             }
         }
-        Ok(sig)
+        Ok(kind)
     }
 
     /// Celery's dict.

@@ -94,6 +94,6 @@ pub(super) fn run_chunks(msg: &TaskMessage) -> Result<(Value, Vec<Op>), ApplyErr
     };
     let mut send = Apply::new(Some(&parent));
     let sig = chunks(task, it, n as usize);
-    let r = send.apply_async(&sig, &[], &Map::new(), &Map::new())?;
+    let r = send.apply_async(&sig, &[], &Map::new(), Map::new())?;
     Ok((r.as_tuple(), send.ops))
 }

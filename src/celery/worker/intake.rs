@@ -248,7 +248,7 @@ fn refuse(
 /// its chord's part, as in Celery).
 fn settle_now(msg: &TaskMessage, key: Option<u64>, result: TaskResult, counted: bool) -> Done {
     if matches!(result, TaskResult::Revoked(_)) {
-        return Done::finished(msg, key, result, counted, None);
+        return Done::finished(&mut msg.clone(), key, result, counted, None);
     }
     Done::end(msg.id.clone(), key, result, counted)
 }
@@ -406,7 +406,7 @@ fn plan(
 fn build_run(
     shared: &Shared,
     done: &mpsc::Sender<Done>,
-    msg: TaskMessage,
+    mut msg: TaskMessage,
     key: Option<u64>,
     mut attempt: Attempt,
     plan: &Plan,
@@ -437,7 +437,7 @@ fn build_run(
         if expired || revoked.contains(&id) {
             let why = if expired { "expired" } else { "revoked" };
             let revoked = TaskResult::Revoked(why.into());
-            let _ = tx.send(Done::finished(&msg, key, revoked, counted, None));
+            let _ = tx.send(Done::finished(&mut msg, key, revoked, counted, None));
             return;
         }
         // Acks early: acknowledged as it starts; the result comes later.
@@ -504,7 +504,7 @@ fn build_run(
                 },
                 counted,
             },
-            None => Done::finished(&msg, key, result, counted, sent),
+            None => Done::finished(&mut msg, key, result, counted, sent),
         });
     }
 }

@@ -105,7 +105,9 @@ impl Shared {
                 }
                 let revoked = TaskResult::Revoked("revoked".into());
                 let _ = done.send(match &task.chord_part {
-                    Some(msg) => Done::finished(msg, task.key, revoked, task.counted, None),
+                    Some(msg) => {
+                        Done::finished(&mut msg.clone(), task.key, revoked, task.counted, None)
+                    }
                     None => Done::end(task.id.clone(), task.key, revoked, task.counted),
                 });
                 settled.push(*seq);
@@ -173,8 +175,9 @@ impl Done {
 
     /// The final result of `msg`, with what follows it in its workflow
     /// ([`after`](crate::celery::canvas::after::after); `sent`: what the task itself sent).
+    /// The rest of a chain is moved out of `msg`'s embed.
     pub(super) fn finished(
-        msg: &TaskMessage,
+        msg: &mut TaskMessage,
         key: Option<u64>,
         mut result: TaskResult,
         counted: bool,
