@@ -14,7 +14,6 @@ use redis::{Commands, Connection, RedisResult};
 use serde_json::{json, Value};
 
 use super::canvas::after::{chord_error, finish_chord, ChordPart, Flow, Next};
-use super::canvas::apply::Op;
 use super::protocol::TaskResult;
 
 /// Celery's default result expiry (`result_expires`): one day.
@@ -284,14 +283,9 @@ return 1
     )
 });
 
-/// Adds to `pipe` what `next` writes in the result backend: chord sizes (in their place
-/// among its messages, which the transport sends) and the failures stored with it.
+/// Adds to `pipe` the failures `next` stores (the rest of a failed chain). Its chord sizes
+/// are the transport's to write, in their place among its messages.
 pub(crate) fn add_next_records(pipe: &mut redis::Pipeline, next: &Next, expires: Duration) {
-    for op in &next.ops {
-        if let Op::ChordSize { group, size } = op {
-            add_chord_size(pipe, group, *size, expires);
-        }
-    }
     for (id, result) in &next.results {
         add_result(pipe, id, result, expires);
     }

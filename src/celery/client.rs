@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Map, Value};
 
 use super::backend::{add_chord_size, connect, result_key, DEFAULT_RESULT_EXPIRES};
-use super::canvas::apply::{Apply, Op, ResultRef};
+use super::canvas::apply::{batches, Apply, Batch, ResultRef};
 use super::canvas::Signature;
 use super::error::Error;
 use super::protocol::{format_iso8601, TaskMessage, TaskResult};
@@ -145,12 +145,14 @@ impl Client {
         let r = send
             .apply_async(sig, &[], &Map::new(), Map::new())
             .map_err(|e| Error::Config(e.0))?;
-        for op in &send.ops {
-            match op {
-                Op::Send(m) => self.publisher.publish(m)?,
-                Op::ChordSize { group, size } => {
+        // In order, consecutive messages in one batch; a chord's size is written before
+        // its last header part is sent.
+        for batch in batches(&send.ops) {
+            match batch {
+                Batch::Send(msgs) => self.publisher.publish_all(&msgs)?,
+                Batch::ChordSize { group, size } => {
                     let mut pipe = redis::pipe();
-                    add_chord_size(&mut pipe, group, *size, DEFAULT_RESULT_EXPIRES);
+                    add_chord_size(&mut pipe, group, size, DEFAULT_RESULT_EXPIRES);
                     pipe.query::<()>(&mut connect(&self.backend)?)?;
                 }
             }

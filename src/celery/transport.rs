@@ -251,6 +251,12 @@ pub(crate) trait Publish: Send + Sync {
     /// Sends `msg` to its queue (`msg.routing_key`).
     fn publish(&self, msg: &TaskMessage) -> Result<(), Error>;
 
+    /// Sends `msgs`, in order, in as few round trips as the broker allows (Redis: one
+    /// pipeline; RabbitMQ: every publish, then every confirm).
+    fn publish_all(&self, msgs: &[&TaskMessage]) -> Result<(), Error> {
+        msgs.iter().try_for_each(|m| self.publish(m))
+    }
+
     /// The `x-max-priority` of the queues this publisher declares (AMQP only).
     fn set_max_priority(&mut self, _n: u8) {}
 }

@@ -207,7 +207,13 @@ impl Broker {
     /// Publishes every one of `msgs` (as [`publish_task`](Self::publish_task)), then waits
     /// for all their publisher confirms: one wait for the batch instead of one per message.
     pub fn publish_tasks(&self, msgs: &[TaskMessage]) -> Result<(), Error> {
-        let encoded: Vec<(Vec<u8>, BasicProperties)> = msgs.iter().map(encode_task).collect();
+        self.publish_task_refs(&msgs.iter().collect::<Vec<_>>())
+    }
+
+    /// [`publish_tasks`](Self::publish_tasks) of borrowed messages.
+    pub(crate) fn publish_task_refs(&self, msgs: &[&TaskMessage]) -> Result<(), Error> {
+        let encoded: Vec<(Vec<u8>, BasicProperties)> =
+            msgs.iter().map(|m| encode_task(m)).collect();
         let nacked = self.block_on(async {
             let sends = msgs.iter().zip(&encoded).map(|(msg, (body, props))| {
                 self.channel.basic_publish(

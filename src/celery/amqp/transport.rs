@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
-use super::super::backend::{add_next_records, add_record, add_result, connect, count_parts};
+use super::super::backend::{
+    add_chord_size, add_next_records, add_record, add_result, connect, count_parts,
+};
 use super::super::canvas::after::{ChordPart, Next};
-use super::super::canvas::apply::Op;
+use super::super::canvas::apply::{batches, Batch};
 use super::super::error::Error;
 use super::super::protocol::{TaskMessage, TaskResult};
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
@@ -195,29 +197,46 @@ impl AmqpSettler {
 }
 
 impl AmqpSettler {
-    /// Sends the messages of `next` (confirmed), declaring each queue the first time.
+    /// Carries out the ops of `next` in order: its messages published in batches
+    /// (confirmed, each queue declared the first time), a chord size written in Redis
+    /// before the messages after it (so the last header part always finds it).
     fn send_next(&mut self, next: &Next) -> Result<(), Error> {
-        for op in &next.ops {
-            if let Op::Send(m) = op {
-                self.publish_declared(m)?;
+        for batch in batches(&next.ops) {
+            match batch {
+                Batch::Send(msgs) => self.publish_declared(&msgs)?,
+                Batch::ChordSize { group, size } => {
+                    let mut pipe = redis::pipe();
+                    add_chord_size(&mut pipe, group, size, self.expires);
+                    if !self.write(&pipe) {
+                        return Err(Error::Config(format!(
+                            "the size of chord {group} could not be written"
+                        )));
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// [`publish`](Self::publish), declaring the queue first the first time (a message
-    /// routed to a queue that does not exist would be dropped).
-    fn publish_declared(&mut self, m: &TaskMessage) -> Result<(), Error> {
-        if m.exchange.is_empty() && !self.declared.contains(&m.routing_key) {
-            let declared = self.broker.declare_queue(&m.routing_key, self.max_priority);
-            if declared.is_err() {
-                self.broker = Broker::connect(&self.url)?;
-                self.broker
-                    .declare_queue(&m.routing_key, self.max_priority)?;
+    /// Publishes `msgs` (confirmed as one batch), declaring each queue first the first
+    /// time (a message routed to a queue that does not exist would be dropped); on a
+    /// failure, once more on a new connection.
+    fn publish_declared(&mut self, msgs: &[&TaskMessage]) -> Result<(), Error> {
+        let max_priority = self.max_priority;
+        let send = |broker: &Broker, declared: &mut std::collections::HashSet<String>| {
+            for m in msgs {
+                if m.exchange.is_empty() && !declared.contains(&m.routing_key) {
+                    broker.declare_queue(&m.routing_key, max_priority)?;
+                    declared.insert(m.routing_key.clone());
+                }
             }
-            self.declared.insert(m.routing_key.clone());
+            broker.publish_task_refs(msgs)
+        };
+        if send(&self.broker, &mut self.declared).is_ok() {
+            return Ok(());
         }
-        self.publish(m)
+        self.broker = Broker::connect(&self.url)?;
+        send(&self.broker, &mut self.declared)
     }
 
     /// Counts chord parts in the Redis backend and sends a completed chord's body.
@@ -473,6 +492,26 @@ impl Publish for AmqpPublisher {
                 self.declared.lock().insert(msg.routing_key.clone());
             }
             broker.publish_task(msg)
+        };
+        if send(&broker).is_ok() {
+            return Ok(());
+        }
+        *broker = Broker::connect(&self.url)?;
+        send(&broker)
+    }
+
+    /// Declares the queues not declared yet, then publishes all and waits for all the
+    /// confirms at once; on a failure, once more on a new connection.
+    fn publish_all(&self, msgs: &[&TaskMessage]) -> Result<(), Error> {
+        let mut broker = self.broker.lock();
+        let send = |broker: &Broker| -> Result<(), Error> {
+            for m in msgs {
+                if m.exchange.is_empty() && !self.declared.lock().contains(&m.routing_key) {
+                    broker.declare_queue(&m.routing_key, self.max_priority)?;
+                    self.declared.lock().insert(m.routing_key.clone());
+                }
+            }
+            broker.publish_task_refs(msgs)
         };
         if send(&broker).is_ok() {
             return Ok(());

@@ -32,6 +32,28 @@ pub(crate) enum Op {
     ChordSize { group: String, size: usize },
 }
 
+/// A run of [`Op`]s a transport carries out at once: messages to send together, or a
+/// chord size to write before the messages after it.
+pub(crate) enum Batch<'a> {
+    /// Consecutive messages.
+    Send(Vec<&'a TaskMessage>),
+    /// [`Op::ChordSize`].
+    ChordSize { group: &'a str, size: usize },
+}
+
+/// `ops` in order, consecutive messages together.
+pub(crate) fn batches(ops: &[Op]) -> Vec<Batch<'_>> {
+    let mut out: Vec<Batch<'_>> = Vec::new();
+    for op in ops {
+        match (op, out.last_mut()) {
+            (Op::Send(m), Some(Batch::Send(msgs))) => msgs.push(m),
+            (Op::Send(m), _) => out.push(Batch::Send(vec![m])),
+            (Op::ChordSize { group, size }, _) => out.push(Batch::ChordSize { group, size: *size }),
+        }
+    }
+    out
+}
+
 /// The task running where a workflow is sent from (Celery's `current_worker_task`).
 #[derive(Debug, Clone)]
 pub(crate) struct Parent {

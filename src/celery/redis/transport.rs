@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::Connection;
 use serde_json::Value;
 
-use super::super::backend::{add_next_records, add_record, connect, count_parts};
+use super::super::backend::{add_chord_size, add_next_records, add_record, connect, count_parts};
 use super::super::canvas::after::Next;
 use super::super::canvas::apply::Op;
 use super::super::error::Error;
@@ -158,9 +158,12 @@ impl RedisSettler {
 /// sizes and the failures stored with it, in order.
 fn add_next(pipe: &mut redis::Pipeline, next: &Next, expires: Duration) {
     for op in &next.ops {
-        if let Op::Send(m) = op {
-            pipe.lpush(queue_for_priority(&m.routing_key, m.priority), m.encode())
-                .ignore();
+        match op {
+            Op::Send(m) => {
+                pipe.lpush(queue_for_priority(&m.routing_key, m.priority), m.encode())
+                    .ignore();
+            }
+            Op::ChordSize { group, size } => add_chord_size(pipe, group, *size, expires),
         }
     }
     add_next_records(pipe, next, expires);
@@ -350,6 +353,22 @@ impl Publish for RedisPublisher {
         };
         publish(&mut conn, msg)?;
         // Kept only after a success: a broken connection is replaced next time.
+        *slot = Some(conn);
+        Ok(())
+    }
+
+    fn publish_all(&self, msgs: &[&TaskMessage]) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        for m in msgs {
+            pipe.lpush(queue_for_priority(&m.routing_key, m.priority), m.encode())
+                .ignore();
+        }
+        let mut slot = self.conn.lock();
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => connect(&self.client)?,
+        };
+        pipe.query::<()>(&mut conn)?;
         *slot = Some(conn);
         Ok(())
     }
