@@ -212,15 +212,19 @@ fn a_malformed_workflow_is_dead_lettered_with_its_reason() {
         .any(|e| e.contains(&msg.id) && e.contains("chain[0]")));
 }
 
-/// weft's `Client` builds chain, chord, group, link and chunks; `q` runs them.
-fn weft_client_workflows(env: &Env, q: &str) {
+/// weft's `Client` builds chain, chord, group, link and chunks; their steps go to `qa`
+/// and `qb` in turn (the same queue twice: one kind of worker runs them all).
+fn weft_client_workflows(env: &Env, qa: &str, qb: &str) {
     use weft::celery::canvas::{chain, chord, chunks, group, Signature};
     let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    let turn = std::cell::Cell::new(0usize);
     let t = |name: &str, args: &[i64]| {
+        turn.set(turn.get() + 1);
         Signature::new(name)
             .args(args.iter().map(|a| json!(a)))
-            .queue(q)
+            .queue(if turn.get() % 2 == 0 { qb } else { qa })
     };
+    let q = qa;
     let wait = Duration::from_secs(60);
     let flow = chain([t("add", &[1, 2]), t("add", &[10]), t("mul", &[3])]);
     assert_eq!(client.apply(&flow).unwrap().get_value(wait).unwrap(), 39);
@@ -257,7 +261,16 @@ fn weft_sent_workflows_run_on_python_workers() {
     let Some(env) = env() else { return };
     let q = unique("canvas-rs2py");
     let _python = env.python_worker(&q);
-    weft_client_workflows(&env, &q);
+    weft_client_workflows(&env, &q, &q);
+}
+
+#[test]
+fn weft_sent_workflows_alternating_between_weft_and_python_workers_complete() {
+    let Some(env) = env() else { return };
+    let (qw, qp) = (unique("canvas-rs-w"), unique("canvas-rs-p"));
+    let _worker = env.worker(&qw);
+    let _python = env.python_worker(&qp);
+    weft_client_workflows(&env, &qw, &qp);
 }
 
 #[test]
@@ -265,7 +278,7 @@ fn weft_sent_workflows_run_on_weft_workers() {
     let Some(env) = env() else { return };
     let q = unique("canvas-rs2rs");
     let _worker = env.worker(&q);
-    weft_client_workflows(&env, &q);
+    weft_client_workflows(&env, &q, &q);
 }
 
 /// `examples/celery_worker.rs` started in the background as a service manager starts it
