@@ -222,7 +222,7 @@ fn weft_client_workflows(env: &Env, qa: &str, qb: &str) {
         turn.set(turn.get() + 1);
         Signature::new(name)
             .args(args.iter().map(|a| json!(a)))
-            .queue(if turn.get() % 2 == 0 { qb } else { qa })
+            .queue(if turn.get().is_multiple_of(2) { qb } else { qa })
     };
     let q = qa;
     let wait = Duration::from_secs(60);
