@@ -14,7 +14,7 @@ use redis::{Commands, Connection, RedisResult};
 use serde_json::{json, Value};
 
 use super::canvas::after::{chord_error, finish_chord, ChordPart, Flow, Next};
-use super::protocol::TaskResult;
+use super::result::TaskResult;
 
 /// Celery's default result expiry (`result_expires`): one day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);

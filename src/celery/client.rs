@@ -9,8 +9,9 @@ use super::backend::{add_chord_size, connect, result_key, DEFAULT_RESULT_EXPIRES
 use super::canvas::apply::{batches, Apply, Batch, ResultRef};
 use super::canvas::Signature;
 use super::error::Error;
-use super::protocol::{format_iso8601, TaskMessage, TaskResult};
+use super::protocol::{format_iso8601, TaskMessage};
 use super::redis::RedisPublisher;
+use super::result::TaskResult;
 use super::transport::{BrokerKind, Publish};
 
 /// Options of one [`Client::send_task`]; the defaults are Celery's.

@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use super::protocol::{ProtocolError, TaskResult};
+use super::protocol::ProtocolError;
+use super::result::TaskResult;
 
 /// What can go wrong talking to the broker or waiting for a result.
 #[derive(Debug)]

@@ -45,8 +45,9 @@
 //!
 //! | file | owns |
 //! | --- | --- |
-//! | `protocol.rs` (+ `protocol/tests.rs`) | the message envelope and the result records ([`protocol`]) |
-//! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported from [`protocol`]) |
+//! | `protocol.rs` (+ `protocol/tests.rs`) | the message envelope ([`protocol`]) |
+//! | `result.rs` | the result records ([`TaskResult`], re-exported as [`TaskResult`]) |
+//! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported as [`TaskResult`]) |
 //! | `error.rs` | [`Error`] |
 //! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
 //! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters, the Redis connection |
@@ -70,10 +71,12 @@ mod error;
 mod iso8601;
 pub mod protocol;
 pub mod redis;
+mod result;
 mod transport;
 mod worker;
 
 pub use client::{Applied, AsyncResult, Client, SendOptions};
 pub use error::Error;
-pub use protocol::{ProtocolError, TaskMessage, TaskResult};
+pub use protocol::{ProtocolError, TaskMessage};
+pub use result::TaskResult;
 pub use worker::{RunningWorker, Stopped, Worker};

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use super::canvas::after::Flow;
 use super::error::Error;
-use super::protocol::{ProtocolError, TaskMessage, TaskResult};
+use super::protocol::{ProtocolError, TaskMessage};
+use super::result::TaskResult;
 
 /// The kind of broker a URL names, checked against the result backend given with it
 /// (`None`: none named).

@@ -12,7 +12,8 @@ use super::super::backend::{
 use super::super::canvas::after::{ChordPart, Next};
 use super::super::canvas::apply::{batches, Batch};
 use super::super::error::Error;
-use super::super::protocol::{TaskMessage, TaskResult};
+use super::super::protocol::TaskMessage;
+use super::super::result::TaskResult;
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
 use super::broker::{ack_all, Broker, Consumer, Delivery};
 use super::wire::amqp_to_json;

@@ -21,7 +21,8 @@ use serde_json::{json, Map, Value};
 use super::apply::{sig_list, Apply, ApplyError, Op, Parent, ResultRef};
 use super::signature::{group, Kind, Signature};
 use super::{maybe_list, Embed};
-use crate::celery::protocol::{TaskMessage, TaskResult};
+use crate::celery::protocol::TaskMessage;
+use crate::celery::result::TaskResult;
 
 /// A header result to count in a chord (Celery's `on_chord_part_return`).
 #[derive(Debug, Clone, PartialEq)]

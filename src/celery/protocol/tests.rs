@@ -1,9 +1,10 @@
 //! Tests of the protocol layer: golden envelopes and results that Python Celery wrote,
 //! round trips, refusals, ISO 8601; [`assert_mixed_options`] is shared with the AMQP tests.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
+use crate::celery::result::TaskResult;
 
 /// What Celery's `send_task("tasks.mixed", ...)` with options (the `*send_options`
 /// fixtures) decodes to, on either transport.

@@ -30,7 +30,8 @@ use redis::{Commands, Connection, RedisResult};
 use serde_json::{json, Value};
 
 use super::backend::{add_result, retry_meta, store};
-use super::protocol::{TaskMessage, TaskResult};
+use super::protocol::TaskMessage;
+use super::result::TaskResult;
 
 mod pidbox;
 mod transport;

@@ -12,7 +12,8 @@ use super::super::backend::{add_chord_size, add_next_records, add_record, connec
 use super::super::canvas::after::Next;
 use super::super::canvas::apply::Op;
 use super::super::error::Error;
-use super::super::protocol::{ProtocolError, TaskMessage, TaskResult};
+use super::super::protocol::{ProtocolError, TaskMessage};
+use super::super::result::TaskResult;
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
 use super::wake::{track, Wake};
 use super::{

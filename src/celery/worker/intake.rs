@@ -13,9 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use super::super::protocol::{
-    format_iso8601, parse_iso8601, ProtocolError, TaskMessage, TaskResult,
-};
+use super::super::protocol::{format_iso8601, parse_iso8601, ProtocolError, TaskMessage};
+use super::super::result::TaskResult;
 use super::super::transport::{Consume, Settlement};
 use super::builtins;
 use super::live::{Done, Held, Live, Shared, STARTED, WAITING};

@@ -20,7 +20,8 @@ use serde_json::Value;
 use super::super::canvas::after::after;
 use super::super::canvas::apply::Op;
 use super::super::control::Revoked;
-use super::super::protocol::{TaskMessage, TaskResult};
+use super::super::protocol::TaskMessage;
+use super::super::result::TaskResult;
 use super::super::transport::Settlement;
 
 /// The messages taken and not settled, by the worker's own key, with what acknowledges
