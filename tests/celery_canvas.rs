@@ -166,15 +166,15 @@ fn workflows_whose_steps_alternate_between_weft_and_python_workers_complete() {
 #[test]
 fn a_malformed_workflow_is_dead_lettered_with_its_reason() {
     let Some(env) = env() else { return };
-    if env.broker != env.backend {
-        return; // the Redis dead-letter list; AMQP's is checked by tests/celery.rs
-    }
     let q = unique("canvas-bad");
     let mut msg =
         weft::celery::TaskMessage::new("add", vec![json!(1), json!(2)], Default::default());
     msg.routing_key = q.clone();
     msg.embed =
         json!({"callbacks": null, "errbacks": null, "chain": [{"args": [1]}], "chord": null});
+    if env.broker != env.backend {
+        return malformed_workflow_over_amqp(&env, &q, &msg);
+    }
     let mut conn = redis::Client::open(env.backend.as_str())
         .unwrap()
         .get_connection()
@@ -210,6 +210,41 @@ fn a_malformed_workflow_is_dead_lettered_with_its_reason() {
     assert!(entries
         .iter()
         .any(|e| e.contains(&msg.id) && e.contains("chain[0]")));
+}
+
+/// The same over RabbitMQ: the `FAILURE` names the field, and the message goes to the
+/// dead-letter queue.
+#[cfg(feature = "amqp")]
+fn malformed_workflow_over_amqp(env: &Env, q: &str, msg: &weft::celery::TaskMessage) {
+    use weft::celery::amqp::{Broker, DEAD_LETTER_QUEUE};
+    let broker = Broker::connect(&env.broker).unwrap();
+    broker.declare_dead_letter().unwrap();
+    broker.declare_queue(q, None).unwrap();
+    let before = broker.queue_len(DEAD_LETTER_QUEUE).unwrap();
+    let _worker = env.worker(q);
+    broker.publish_task(msg).unwrap();
+    let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
+    match client
+        .result(msg.id.clone())
+        .get(Duration::from_secs(20))
+        .unwrap()
+    {
+        weft::celery::TaskResult::Failure { exc_message, .. } => {
+            assert!(exc_message.contains("chain[0]"), "{exc_message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The dead letter is published after the result is written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker.queue_len(DEAD_LETTER_QUEUE).unwrap() <= before {
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(not(feature = "amqp"))]
+fn malformed_workflow_over_amqp(_: &Env, _: &str, _: &weft::celery::TaskMessage) {
+    panic!("an amqp:// broker needs --features amqp");
 }
 
 /// weft's `Client` builds chain, chord, group, link and chunks; their steps go to `qa`
