@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 mod common;
 
-use common::celery::{fixtures, required, unique, uuid_like, Killed};
+use common::celery::{fixtures, python_worker_command, required, unique, uuid_like, Killed};
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
@@ -103,22 +103,7 @@ impl Env {
     /// consuming `q` under a name of its own (on RabbitMQ a worker's pidbox queue is
     /// exclusive to its name), output discarded.
     fn python_worker(&self, py: &str, q: &str, pool: &[&str]) -> Command {
-        let mut cmd = Command::new(py);
-        cmd.args(["-m", "celery", "-A", "pytasks", "worker"])
-            .args(pool)
-            .args(["-Q", q, "-n", &format!("{}@%h", unique("py"))])
-            .args([
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ])
-            .args(["--loglevel", "WARNING"])
-            .current_dir(fixtures())
-            .env("WEFT_REDIS_URL", &self.backend)
-            .env("WEFT_CELERY_BROKER", &self.broker)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd
+        python_worker_command(py, &self.broker, &self.backend, q, pool)
     }
 }
 

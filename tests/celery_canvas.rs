@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 mod common;
 
-use common::celery::{fixtures, required, unique, Killed};
+use common::celery::{fixtures, python_worker_command, required, unique, Killed};
 use weft::celery::Worker;
 use weft::registry::Registry;
 use weft::Priority;
@@ -81,21 +81,7 @@ impl Env {
 
     /// A Python Celery worker (`pytasks.py`) consuming `q` with `pool` options.
     fn python_worker_with(&self, q: &str, pool: &[&str]) -> Killed {
-        let child = Command::new(&self.python)
-            .args(["-m", "celery", "-A", "pytasks", "worker"])
-            .args(pool)
-            .args(["-Q", q, "-n", &format!("{}@%h", unique("py"))])
-            .args([
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ])
-            .args(["--loglevel", "WARNING"])
-            .current_dir(fixtures())
-            .env("WEFT_REDIS_URL", &self.backend)
-            .env("WEFT_CELERY_BROKER", &self.broker)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = python_worker_command(&self.python, &self.broker, &self.backend, q, pool)
             .spawn()
             .unwrap();
         Killed(child)

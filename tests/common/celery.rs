@@ -1,7 +1,7 @@
 //! Helpers of the Celery interop suites (`tests/celery.rs`, `tests/celery_canvas.rs`).
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The value of `var`; `None` (with a loud SKIPPED line) when it is not set, a panic when
@@ -60,4 +60,32 @@ impl Drop for Killed {
             }
         });
     }
+}
+
+/// The command of a Python Celery worker (`pytasks.py`, `pool` e.g. `--pool solo`) of
+/// `python`, consuming `q` under a name of its own (on RabbitMQ a worker's pidbox queue is
+/// exclusive to its name), on `broker` with results in `backend`, output discarded.
+pub fn python_worker_command(
+    python: &str,
+    broker: &str,
+    backend: &str,
+    q: &str,
+    pool: &[&str],
+) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "celery", "-A", "pytasks", "worker"])
+        .args(pool)
+        .args(["-Q", q, "-n", &format!("{}@%h", unique("py"))])
+        .args([
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ])
+        .args(["--loglevel", "WARNING"])
+        .current_dir(fixtures())
+        .env("WEFT_REDIS_URL", backend)
+        .env("WEFT_CELERY_BROKER", broker)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }

@@ -330,11 +330,7 @@ impl<'a> Apply<'a> {
         kwargs: &Map<String, Value>,
         mut options: Map<String, Value>,
     ) -> Result<ResultRef, ApplyError> {
-        let args: Vec<Value> = if !args.is_empty() && !sig.is_immutable() {
-            args.iter().chain(sig.args_list()).cloned().collect()
-        } else {
-            sig.args_list().to_vec()
-        };
+        let args = prepend(sig, args);
         let mut kw = sig
             .kwargs()
             .get("kwargs")
@@ -439,11 +435,7 @@ impl<'a> Apply<'a> {
         let group_index = take(&mut options, "group_index")
             .and_then(|v| v.as_u64())
             .map(|i| i as usize);
-        let args: Vec<Value> = if !args.is_empty() && !sig.is_immutable() {
-            args.iter().chain(sig.args_list()).cloned().collect()
-        } else {
-            sig.args_list().to_vec()
-        };
+        let args = prepend(sig, args);
         // Flatten: nested chains, single-member groups.
         let mut steps: Vec<Signature> = Vec::new();
         let mut pending: std::collections::VecDeque<Signature> =
@@ -556,11 +548,17 @@ fn merge(
     options: Map<String, Value>,
 ) -> (Vec<Value>, Map<String, Value>, Map<String, Value>) {
     let opts = merge_options(sig.options(), options);
-    if sig.is_immutable() {
-        return (sig.args_list().to_vec(), sig.kwargs().clone(), opts);
-    }
-    let a = args.iter().chain(sig.args_list()).cloned().collect();
     let mut k = sig.kwargs().clone();
-    k.extend(kwargs.clone());
-    (a, k, opts)
+    if !sig.is_immutable() {
+        k.extend(kwargs.clone());
+    }
+    (prepend(sig, args), k, opts)
+}
+
+/// `args` passed on, then the signature's own, unless it is immutable (its own only).
+fn prepend(sig: &Signature, args: &[Value]) -> Vec<Value> {
+    if sig.is_immutable() {
+        return sig.args_list().to_vec();
+    }
+    args.iter().chain(sig.args_list()).cloned().collect()
 }
