@@ -120,6 +120,9 @@ fn check(seen: &Value) {
         json!(["ChordError", "Dependency"]),
         "{seen}"
     );
+    // What Python Celery 5.7's own worker gives: its client flattens a nested group of a
+    // chord header in reverse (`deque.extendleft`), and the results come in that order.
+    assert_eq!(seen["chord_nested_group"], json!([4, 2, 6]), "{seen}");
     assert_eq!(seen["group"], json!([0, 2, 4]), "{seen}");
     assert_eq!(seen["chain_group_task"], json!(7), "{seen}");
     assert_eq!(seen["chunks"], json!([[0, 2], [4, 6], [8, 10]]), "{seen}");
@@ -251,6 +254,18 @@ fn weft_client_workflows(env: &Env, qa: &str, qb: &str) {
     assert_eq!(client.apply(&flow).unwrap().get_value(wait).unwrap(), 39);
     let sum = chord((0..5).map(|i| t("add", &[i, i])), t("xsum", &[]));
     assert_eq!(client.apply(&sum).unwrap().get_value(wait).unwrap(), 20);
+    let nested = chord(
+        [
+            group([t("add", &[1, 1]), t("add", &[2, 2])]),
+            t("add", &[3, 3]),
+        ],
+        t("echo", &[]),
+    );
+    // The same order as Celery's client gives it (see `check`).
+    assert_eq!(
+        client.apply(&nested).unwrap().get_value(wait).unwrap(),
+        json!([4, 2, 6])
+    );
     let g = group((0..3).map(|i| t("add", &[i, i])));
     assert_eq!(
         client.apply(&g).unwrap().get_value(wait).unwrap(),

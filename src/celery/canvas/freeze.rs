@@ -135,8 +135,27 @@ pub(crate) struct Freeze {
 }
 
 /// A chord's header tasks.
+///
+/// Flattened as Celery's `_freeze_unroll` does: the tasks of a nested group take its place
+/// (so `group_index` runs over the whole header), an empty chain is left out. Celery puts
+/// a nested group's tasks back with `deque.extendleft`, which reverses them, and so does
+/// weft: `chord([group(a, b), c], body)` gives the body `[b, a, c]`'s results, as a Python
+/// worker does.
 pub(super) fn chord_header(sig: &Signature) -> Vec<Signature> {
-    sig.members("header")
+    let mut stack: std::collections::VecDeque<Signature> = sig.members("header").into();
+    let mut out = Vec::new();
+    while let Some(t) = stack.pop_front() {
+        match t.kind() {
+            Kind::Group => {
+                for inner in t.members("tasks") {
+                    stack.push_front(inner);
+                }
+            }
+            Kind::Chain if t.members("tasks").is_empty() => {}
+            _ => out.push(t),
+        }
+    }
+    out
 }
 
 /// A chord's group id: its header group's `task_id`, else its own (Celery sets the

@@ -187,3 +187,25 @@ fn malformed_embeds_are_refused_with_the_field_named() {
     assert!(Embed::check(&empty).is_ok());
     assert!(Embed::parse(&empty).is_empty());
 }
+
+#[test]
+fn a_nested_group_in_a_chord_header_is_flattened_with_one_index() {
+    let header = [
+        group([add(&[1, 1]), add(&[2, 2])]),
+        add(&[3, 3]),
+        group([group([add(&[4, 4])]), add(&[5, 5])]),
+    ];
+    let flow = chord(header, Signature::new("xsum"));
+    let mut send = Apply::new(None);
+    send.apply_async(&flow, &[], &Map::new(), Map::new())
+        .unwrap();
+    let parts = sent(&send.ops);
+    let args: Vec<Value> = parts.iter().map(|p| p.args[0].clone()).collect();
+    // Celery's order: each nested group's tasks reversed (its `extendleft`).
+    assert_eq!(args, [json!(2), json!(1), json!(3), json!(5), json!(4)]);
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p.extra_headers["group_index"], json!(i), "{}", p.args[0]);
+    }
+    // The size is written before the last part is sent.
+    assert!(matches!(send.ops[4], Op::ChordSize { size: 5, .. }));
+}
