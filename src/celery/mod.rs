@@ -14,9 +14,10 @@
 //!   [`Client::apply`] sends chains, groups, chords and chunks. A chord whose counter keys
 //!   expired (a day by default, `result_expires`) never completes: its body is not sent,
 //!   and no worker waits for it (nothing polls).
-//!   Not supported: a chord whose header holds a nested group. Celery saves that header's
-//!   `GroupResult` so that the body gets nested lists; weft neither saves nor reads it, so
-//!   the body gets the flat list of the header's results.
+//!   A nested group in a chord header is flattened as Celery flattens it. Not supported:
+//!   a header member whose own result is a group (a chain ending in a group). Celery saves
+//!   such a header's `GroupResult` so that the body gets nested lists; weft neither saves
+//!   nor reads it, so the body gets the flat list of the header's results.
 //! * [`control`]: Celery's remote control reaches weft workers: `app.control.ping()` and
 //!   `app.control.revoke(id)` (honoured for tasks not yet started; with `terminate=True`,
 //!   a running task is asked to stop).
