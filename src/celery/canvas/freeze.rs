@@ -29,14 +29,14 @@ pub(crate) fn freeze(sig: &mut Signature, f: &Freeze) -> ResultRef {
             let mut header = chord_header(sig);
             let gid = header_id(sig);
             let body = sig.member("body");
+            // As Celery's chord.freeze (and `_strip_chord_header_links`): the header tasks
+            // get their ids and index; their group id and the body come when it runs.
             for (i, t) in header.iter_mut().enumerate() {
                 freeze(
                     t,
                     &Freeze {
-                        group_id: Some(gid.clone()),
                         root_id: f.root_id.clone(),
                         group_index: Some(i),
-                        chord: body.as_ref().map(Signature::to_value),
                         ..Freeze::default()
                     },
                 );
