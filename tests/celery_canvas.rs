@@ -128,6 +128,7 @@ fn check(seen: &Value) {
     assert_eq!(seen["chunks"], json!([[0, 2], [4, 6], [8, 10]]), "{seen}");
     assert_eq!(seen["map"], json!([3, 7]), "{seen}");
     assert_eq!(seen["starmap"], json!([3, 7]), "{seen}");
+    assert_eq!(seen["accumulate"], json!([2, [1, 2, 3]]), "{seen}");
     let unknown = &seen["unknown_callback"];
     assert_eq!(unknown[0], json!(2), "{seen}");
     assert_eq!(unknown[1][0][0], json!("NotRegistered"), "{seen}");

@@ -320,6 +320,10 @@ fn member_errbacks(member: &Signature, group: &Signature) -> Vec<Signature> {
     all
 }
 
+/// What a task sent itself while it ran (a built-in such as `celery.chunks`): the ops, and
+/// the handle of what they sent (stored among its `children`).
+pub(crate) type Sent = (Vec<Op>, Value);
+
 /// A finished task's place in its workflow: the fields of its result record beyond the
 /// outcome (`parent_id`, `group_id`, `children`) and what follows it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -339,7 +343,7 @@ pub(crate) struct Flow {
 pub(crate) fn after(
     msg: &mut TaskMessage,
     result: &mut TaskResult,
-    sent: Option<(Vec<Op>, Value)>,
+    sent: Option<Sent>,
 ) -> Option<Box<Flow>> {
     // Checked when the message was read (a malformed embed is dead-lettered).
     let mut embed = Embed::take(&mut msg.embed);

@@ -1,24 +1,29 @@
 //! Celery's built-in canvas tasks that reach workers: `celery.map` and `celery.starmap`
 //! (Python's `xmap` / `xstarmap`: one task that runs a registered task over a list, in
-//! process) and `celery.chunks` (sends the group of `celery.starmap` tasks of a `chunks`
-//! signature and returns the group's handle). A task of the same name in the worker's
-//! [`Registry`] replaces the built-in. Celery 5.7 with the Redis result backend sends
-//! no other `celery.*` task for canvas (`celery.chord_unlock` only serves backends
-//! without native chords; `celery.group`, `celery.chain` and `celery.chord` only name
-//! signature kinds).
+//! process), `celery.chunks` (sends the group of `celery.starmap` tasks of a `chunks`
+//! signature and returns the group's handle) and `celery.accumulate` (the body Python's
+//! `Task.replace` puts after a group: its arguments, or the one at `index`). A task of the
+//! same name in the worker's [`Registry`] replaces the built-in. Celery 5.7 with the Redis
+//! result backend sends no other `celery.*` task for canvas (`celery.chord_unlock` only
+//! serves backends without native chords; `celery.group`, `celery.chain` and
+//! `celery.chord` only name signature kinds).
 
 use serde_json::{Map, Value};
 
+use crate::celery::canvas::after::Sent;
 use crate::celery::canvas::apply::{Apply, ApplyError, Op, Parent};
 use crate::celery::canvas::{chunks, Signature};
 use crate::celery::protocol::TaskMessage;
 use crate::registry::Registry;
 
-/// The name of the built-in that sends a group (see [`run_chunks`]).
-pub(super) const CHUNKS: &str = "celery.chunks";
+/// The built-in that sends a group ([`run_chunks`]).
+const CHUNKS: &str = "celery.chunks";
+/// The built-in that returns its arguments ([`accumulate`]).
+const ACCUMULATE: &str = "celery.accumulate";
 
-/// `registry` with the built-ins it does not define itself.
-pub(super) fn with_builtins(registry: Registry) -> Registry {
+/// `registry` with the built-ins it does not define itself, and the names of those among
+/// them that run from the message itself ([`run_with_message`]).
+pub(super) fn with_builtins(registry: Registry) -> (Registry, Vec<&'static str>) {
     let mut out = registry.clone();
     for (name, star) in [("celery.map", false), ("celery.starmap", true)] {
         if !registry.contains(name) {
@@ -26,12 +31,38 @@ pub(super) fn with_builtins(registry: Registry) -> Registry {
             out = out.task(name, move |kw: Value| map(&tasks, &kw, star));
         }
     }
-    if !registry.contains(CHUNKS) {
-        // Its run is `run_chunks`, which needs the message; this entry only lets the
-        // arguments through.
-        out = out.task(CHUNKS, |_: Value| Ok::<_, String>(Value::Null));
+    let mut from_message = Vec::new();
+    for name in [CHUNKS, ACCUMULATE] {
+        if !registry.contains(name) {
+            // Its run needs the message (`run_with_message`); this entry only lets the
+            // call through.
+            out = out.task(name, |_: Value| Ok::<_, String>(Value::Null));
+            from_message.push(name);
+        }
     }
-    out
+    (out, from_message)
+}
+
+/// Runs a built-in that needs its message (one [`with_builtins`] named): its value, and
+/// what it sent (with the handle stored among its `children`).
+pub(super) fn run_with_message(msg: &TaskMessage) -> Result<(Value, Option<Sent>), ApplyError> {
+    if msg.task == ACCUMULATE {
+        return accumulate(msg).map(|v| (v, None));
+    }
+    let (value, ops) = run_chunks(msg)?;
+    Ok((value.clone(), Some((ops, value))))
+}
+
+/// `celery.accumulate(*args, index=None)`: `args[index]`, or all of `args` as a list.
+fn accumulate(msg: &TaskMessage) -> Result<Value, ApplyError> {
+    match msg.kwargs.get("index").filter(|i| !i.is_null()) {
+        None => Ok(Value::Array(msg.args.clone())),
+        Some(i) => i
+            .as_u64()
+            .and_then(|i| msg.args.get(usize::try_from(i).ok()?))
+            .cloned()
+            .ok_or_else(|| ApplyError(format!("celery.accumulate: no argument at index {i}"))),
+    }
 }
 
 /// `celery.map` (`star` false: `task(item)` for each item) or `celery.starmap` (`task(*item)`):
@@ -71,7 +102,7 @@ fn map(tasks: &Registry, kw: &Value, star: bool) -> Result<Value, String> {
 /// `celery.starmap` tasks (the running task as their parent) and returns the group's
 /// handle as Celery stores a `GroupResult` (`[[group id, null], [[[id, null], null],
 /// ...]]`).
-pub(super) fn run_chunks(msg: &TaskMessage) -> Result<(Value, Vec<Op>), ApplyError> {
+fn run_chunks(msg: &TaskMessage) -> Result<(Value, Vec<Op>), ApplyError> {
     let kw = msg.registry_args();
     let field = |name: &str, i: usize| match &kw {
         Value::Object(m) => m.get(name).cloned(),

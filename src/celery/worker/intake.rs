@@ -23,6 +23,8 @@ use crate::{Pool, Priority, RetryPolicy};
 
 pub(super) struct Config {
     pub(super) registry: Registry,
+    /// The built-ins that run from their message ([`builtins::run_with_message`]).
+    pub(super) message_builtins: Vec<&'static str>,
     pub(super) lanes: HashMap<String, Priority>,
     pub(super) prefetch: usize,
     pub(super) acks_late: bool,
@@ -355,6 +357,8 @@ struct Plan {
     eta: Option<(TaskMessage, Instant)>,
     /// The message of a chord's header part ([`Live::chord_part`]).
     chord_part: Option<Box<TaskMessage>>,
+    /// A built-in that runs from its message ([`builtins::run_with_message`]).
+    builtin: bool,
 }
 
 /// Plans the run of `msg` from `queue`: its lane, ETA delay and count, time limit,
@@ -396,6 +400,7 @@ fn plan(
         policy,
         eta,
         chord_part: in_chord.then(|| Box::new(msg.clone())),
+        builtin: cfg.message_builtins.contains(&msg.task.as_str()),
     }
 }
 
@@ -412,6 +417,7 @@ fn build_run(
     state: &Arc<AtomicU8>,
 ) -> impl FnOnce() + Send + 'static {
     let (counted, acks_late, policy) = (plan.counted, plan.acks_late, plan.policy);
+    let builtin = plan.builtin;
     let tx = done.clone();
     let revoked = shared.revoked.clone();
     let state_here = state.clone();
@@ -468,13 +474,13 @@ fn build_run(
                     .unwrap_or_else(|| "task panicked".into()),
             ),
         };
-        // `celery.chunks` sends its group (the built-in's entry only checked the call).
+        // A built-in that runs from its message (its entry only checked the call).
         let mut sent = None;
-        if msg.task == builtins::CHUNKS && matches!(result, TaskResult::Success(_)) {
-            match builtins::run_chunks(&msg) {
-                Ok((value, ops)) => {
-                    result = TaskResult::Success(value.clone());
-                    sent = Some((ops, value));
+        if builtin && matches!(result, TaskResult::Success(_)) {
+            match builtins::run_with_message(&msg) {
+                Ok((value, s)) => {
+                    result = TaskResult::Success(value);
+                    sent = s;
                 }
                 Err(e) => result = TaskResult::error(e.0),
             }

@@ -15,10 +15,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use serde_json::Value;
-
-use super::super::canvas::after::after;
-use super::super::canvas::apply::Op;
+use super::super::canvas::after::{after, Sent};
 use super::super::control::Revoked;
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
@@ -182,7 +179,7 @@ impl Done {
         key: Option<u64>,
         mut result: TaskResult,
         counted: bool,
-        sent: Option<(Vec<Op>, Value)>,
+        sent: Option<Sent>,
     ) -> Done {
         let flow = after(msg, &mut result, sent);
         Done {

@@ -329,8 +329,10 @@ impl Worker {
         let consumer = {
             let shared = shared.clone();
             let pool = pool.clone();
+            let (registry, message_builtins) = builtins::with_builtins(self.registry);
             let cfg = Config {
-                registry: builtins::with_builtins(self.registry),
+                registry,
+                message_builtins,
                 lanes: self.queues.into_iter().collect(),
                 prefetch: self.prefetch,
                 acks_late: self.acks_late,
