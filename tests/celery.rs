@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 mod common;
 
-use common::celery::{fixtures, python_worker_command, required, unique, uuid_like, Killed};
+use common::celery::{
+    fixtures, python_worker_command, required, spawn_ready_child, unique, uuid_like, Killed,
+};
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
@@ -944,32 +946,14 @@ fn child_worker_process() {
 }
 
 fn spawn_child_worker(env: &Env, q: &str) -> Killed {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_worker_process",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("WEFT_CELERY_CHILD_QUEUE", q)
-        .env("WEFT_REDIS_URL", &env.backend)
-        .env("WEFT_CELERY_BROKER", &env.broker)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for "ready" (the worker is consuming).
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match out.read(&mut byte) {
-            Ok(1) => seen.push(byte[0]),
-            _ => panic!("the child worker ended: {}", String::from_utf8_lossy(&seen)),
-        }
-    }
-    Killed(child)
+    spawn_ready_child(
+        "child_worker_process",
+        &[
+            ("WEFT_CELERY_CHILD_QUEUE", q),
+            ("WEFT_REDIS_URL", &env.backend),
+            ("WEFT_CELERY_BROKER", &env.broker),
+        ],
+    )
 }
 
 #[test]

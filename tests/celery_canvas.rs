@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 mod common;
 
-use common::celery::{fixtures, python_worker_command, required, unique, Killed};
+use common::celery::{
+    fixtures, python_worker_command, required, spawn_ready_child, unique, Killed,
+};
 use weft::celery::Worker;
 use weft::registry::Registry;
 use weft::Priority;
@@ -578,24 +580,10 @@ fn a_chord_survives_a_killed_worker_and_its_body_runs_once() {
     let Some(env) = env() else { return };
     let q = unique("canvas-kill9");
     let key = unique("chord-runs");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "chord_child_worker_process", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env("WEFT_CANVAS_CHILD_QUEUE", &q)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match out.read(&mut byte) {
-            Ok(1) => seen.push(byte[0]),
-            _ => panic!("the child worker ended: {}", String::from_utf8_lossy(&seen)),
-        }
-    }
-    let mut child = Killed(child);
+    let mut child = spawn_ready_child(
+        "chord_child_worker_process",
+        &[("WEFT_CANVAS_CHILD_QUEUE", q.as_str())],
+    );
     let client = weft::celery::Client::with_backend(&env.broker, &env.backend).unwrap();
     let n = 40i64;
     let part = |i: i64| {

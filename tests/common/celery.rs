@@ -1,5 +1,6 @@
 //! Helpers of the Celery interop suites (`tests/celery.rs`, `tests/celery_canvas.rs`).
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -88,4 +89,27 @@ pub fn python_worker_command(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
+}
+
+/// Starts the test `name` of this same test binary as a child process with `envs` (a
+/// worker that prints `ready` once it consumes, then serves until killed), and waits for
+/// that line.
+pub fn spawn_ready_child(name: &str, envs: &[(&str, &str)]) -> Killed {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match out.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("the child worker ended: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    Killed(child)
 }
