@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::canvas::after::{chord_error, finish_chord, ChordPart, Flow, Next};
 use super::result::TaskResult;
+use super::source::Source;
 
 /// Celery's default result expiry (`result_expires`): one day.
 pub const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(86_400);
@@ -27,10 +28,7 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection with [`CONNECT_TIMEOUT`] and [`COMMAND_TIMEOUT`].
 pub fn connect(client: &redis::Client) -> RedisResult<Connection> {
-    let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-    Ok(conn)
+    Source::from(client.clone()).connect()
 }
 
 /// The result key of task `id`.

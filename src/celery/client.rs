@@ -5,13 +5,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 
-use super::backend::{add_chord_size, connect, result_key, DEFAULT_RESULT_EXPIRES};
+use super::backend::{add_chord_size, result_key, DEFAULT_RESULT_EXPIRES};
 use super::canvas::apply::{batches, Apply, Batch, ResultRef};
 use super::canvas::Signature;
 use super::error::Error;
 use super::protocol::{format_iso8601, TaskMessage};
 use super::redis::RedisPublisher;
 use super::result::TaskResult;
+use super::source::Source;
 use super::transport::{BrokerKind, Publish};
 
 /// Options of one [`Client::send_task`]; the defaults are Celery's.
@@ -51,7 +52,7 @@ pub struct SendOptions {
 /// ```
 pub struct Client {
     publisher: Box<dyn Publish>,
-    backend: redis::Client,
+    backend: Source,
 }
 
 impl Client {
@@ -71,13 +72,13 @@ impl Client {
     /// [`max_priority`](Self::max_priority).
     pub fn with_backend(broker: &str, backend: &str) -> Result<Client, Error> {
         let publisher: Box<dyn Publish> = match BrokerKind::of(broker, Some(backend))? {
-            BrokerKind::Redis => Box::new(RedisPublisher::new(redis::Client::open(broker)?)?),
+            BrokerKind::Redis => Box::new(RedisPublisher::new(Source::open(broker)?)?),
             #[cfg(feature = "amqp")]
             BrokerKind::Amqp { .. } => Box::new(super::amqp::AmqpPublisher::new(broker)?),
         };
-        let backend = redis::Client::open(backend)?;
+        let backend = Source::open(backend)?;
         // Fails now rather than at the first `get`.
-        let _: () = redis::cmd("PING").query(&mut backend.get_connection()?)?;
+        let _: () = redis::cmd("PING").query(&mut backend.connect()?)?;
         Ok(Client { publisher, backend })
     }
 
@@ -117,7 +118,7 @@ impl Client {
         self.publisher.publish(&msg)?;
         Ok(AsyncResult {
             id: msg.id,
-            client: self.backend.clone(),
+            source: self.backend.clone(),
         })
     }
 
@@ -154,7 +155,7 @@ impl Client {
                 Batch::ChordSize { group, size } => {
                     let mut pipe = redis::pipe();
                     add_chord_size(&mut pipe, group, size, DEFAULT_RESULT_EXPIRES);
-                    pipe.query::<()>(&mut connect(&self.backend)?)?;
+                    pipe.query::<()>(&mut self.backend.connect()?)?;
                 }
             }
         }
@@ -175,7 +176,7 @@ impl Client {
     pub fn result(&self, id: impl Into<String>) -> AsyncResult {
         AsyncResult {
             id: id.into(),
-            client: self.backend.clone(),
+            source: self.backend.clone(),
         }
     }
 }
@@ -227,7 +228,7 @@ impl Applied {
 #[derive(Clone)]
 pub struct AsyncResult {
     id: String,
-    client: redis::Client,
+    source: Source,
 }
 
 impl AsyncResult {
@@ -238,7 +239,7 @@ impl AsyncResult {
 
     /// The final result if there is one now (`None` while pending or running).
     pub fn try_get(&self) -> Result<Option<TaskResult>, Error> {
-        let mut conn = self.client.get_connection()?;
+        let mut conn = self.source.connect()?;
         let meta: Option<Vec<u8>> = redis::cmd("GET")
             .arg(result_key(&self.id))
             .query(&mut conn)?;
@@ -254,7 +255,7 @@ impl AsyncResult {
     pub fn get(&self, timeout: Duration) -> Result<TaskResult, Error> {
         let deadline = Instant::now() + timeout;
         let key = result_key(&self.id);
-        let mut sub_conn = self.client.get_connection()?;
+        let mut sub_conn = self.source.connect()?;
         let mut pubsub = sub_conn.as_pubsub();
         pubsub.subscribe(&key)?;
         if let Some(r) = self.try_get()? {

@@ -54,7 +54,8 @@
 //! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported as [`TaskResult`]) |
 //! | `error.rs` | [`Error`] |
 //! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
-//! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters, the Redis connection |
+//! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters |
+//! | `source.rs` | where every Redis connection comes from (a URL; asked again at each reconnect) |
 //! | `canvas/` | workflows ([`canvas`]): `signature.rs` signatures, `apply.rs` Celery's `apply_async` of each kind, `after.rs` what follows a task's end |
 //! | `transport.rs` | the crate-private transport trait under the worker and the client |
 //! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks |
@@ -76,6 +77,7 @@ mod iso8601;
 pub mod protocol;
 pub mod redis;
 mod result;
+mod source;
 mod transport;
 mod worker;
 

@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use super::super::backend::{
-    add_chord_size, add_next_records, add_record, add_result, connect, count_parts,
+    add_chord_size, add_next_records, add_record, add_result, count_parts,
 };
 use super::super::canvas::after::{ChordPart, Next};
 use super::super::canvas::apply::{batches, Batch};
 use super::super::error::Error;
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
+use super::super::source::Source;
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
 use super::broker::{ack_all, Broker, Consumer, Delivery};
 use super::wire::amqp_to_json;
@@ -23,7 +24,7 @@ use super::wire::amqp_to_json;
 #[derive(Clone)]
 pub(crate) struct AmqpTransport {
     pub url: String,
-    pub backend: redis::Client,
+    pub backend: Source,
     pub result_expires: Duration,
     pub max_priority: Option<u8>,
     pub hold_limit: Duration,
@@ -137,7 +138,7 @@ impl Consume for AmqpConsumer {
 pub(crate) struct AmqpSettler {
     url: String,
     broker: Broker,
-    backend: redis::Client,
+    backend: Source,
     conn: Option<redis::Connection>,
     expires: Duration,
     max_priority: Option<u8>,
@@ -183,7 +184,7 @@ impl AmqpSettler {
         for i in 0..3 {
             let conn = match self.conn.take() {
                 Some(c) => Some(c),
-                None => connect(&self.backend).ok(),
+                None => self.backend.connect().ok(),
             };
             if let Some(mut conn) = conn {
                 if pipe.query::<()>(&mut conn).is_ok() {
@@ -244,7 +245,7 @@ impl AmqpSettler {
     fn count_parts(&mut self, parts: &[ChordPart]) -> bool {
         let conn = match self.conn.take() {
             Some(c) => Some(c),
-            None => connect(&self.backend).ok(),
+            None => self.backend.connect().ok(),
         };
         let Some(mut conn) = conn else {
             return false;
@@ -404,7 +405,7 @@ impl Transport for AmqpTransport {
         queues: &[String],
         prefetch: usize,
     ) -> Result<(AmqpConsumer, AmqpSettler), Error> {
-        let mut backend = super::super::backend::connect(&self.backend)?;
+        let mut backend = self.backend.connect()?;
         let _: () = redis::cmd("PING").query(&mut backend)?;
         let mut consumer = AmqpConsumer {
             url: self.url.clone(),

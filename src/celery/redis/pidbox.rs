@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::super::control::{has_expired, Request, PIDBOX};
+use super::super::source::Source;
 use super::PRIORITY_SEP;
 
 fn decode(raw: &[u8]) -> Option<Request> {
@@ -98,17 +99,17 @@ fn reply(
 /// `ping` and `revoke` (handed to `revoke` with its `terminate` flag); other methods are
 /// ignored. Ends when `stop` is set (checked every second).
 pub(crate) fn serve(
-    client: redis::Client,
+    source: Source,
     hostname: String,
     revoke: &dyn Fn(&[String], bool),
     stop: &dyn Fn() -> bool,
     subscribed: std::sync::mpsc::Sender<()>,
 ) {
-    let db = client.get_connection_info().redis.db;
+    let db = source.db();
     let channel = format!("/{db}.{PIDBOX}");
     let mut clock = 0u64;
     while !stop() {
-        let (Ok(mut sub), Ok(mut conn)) = (client.get_connection(), client.get_connection()) else {
+        let (Ok(mut sub), Ok(mut conn)) = (source.connect(), source.connect()) else {
             std::thread::sleep(Duration::from_secs(1));
             continue;
         };

@@ -8,14 +8,15 @@ use std::time::Duration;
 use redis::Connection;
 use serde_json::Value;
 
-use super::super::backend::{add_chord_size, add_next_records, add_record, connect, count_parts};
+use super::super::backend::{add_chord_size, add_next_records, add_record, count_parts};
 use super::super::canvas::after::Next;
 use super::super::canvas::apply::Op;
 use super::super::error::Error;
 use super::super::protocol::{ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
+use super::super::source::Source;
 use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
-use super::wake::{track, Wake};
+use super::wake::{track_on, Wake};
 use super::{
     add_ack, add_dead_letter, add_finish, add_retry, consume_keys, heartbeat, pop_and_record,
     publish, queue_for_priority, queue_of_list, restore_by_tag, restore_visible,
@@ -25,7 +26,7 @@ use super::{
 /// `unacked`, a heartbeat of held messages and the restore sweep.
 #[derive(Clone)]
 pub(crate) struct RedisTransport {
-    pub client: redis::Client,
+    pub source: Source,
     pub visibility_timeout: Duration,
     pub restore_interval: Duration,
     pub result_expires: Duration,
@@ -34,7 +35,7 @@ pub(crate) struct RedisTransport {
 /// The consumer side: pops with [`pop_and_record`], waits on a [`Wake`] moved by a
 /// tracking thread it owns.
 pub(crate) struct RedisConsumer {
-    client: redis::Client,
+    source: Source,
     conn: Connection,
     keys: Vec<String>,
     key_queues: Vec<String>,
@@ -95,7 +96,7 @@ impl Consume for RedisConsumer {
             Ok(batch) => batch,
             Err(e) => {
                 // A new connection for the next try (the worker backs off meanwhile).
-                if let Ok(conn) = connect(&self.client) {
+                if let Ok(conn) = self.source.connect() {
                     self.conn = conn;
                 }
                 return Err(e.into());
@@ -133,7 +134,7 @@ impl Consume for RedisConsumer {
 
 /// The settling side: every batch in one `MULTI`.
 pub(crate) struct RedisSettler {
-    client: redis::Client,
+    source: Source,
     conn: Connection,
     expires: Duration,
 }
@@ -147,7 +148,7 @@ impl RedisSettler {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100 << i));
-            if let Ok(conn) = connect(&self.client) {
+            if let Ok(conn) = self.source.connect() {
                 self.conn = conn;
             }
         }
@@ -275,15 +276,15 @@ impl Transport for RedisTransport {
         queues: &[String],
         _prefetch: usize,
     ) -> Result<(RedisConsumer, RedisSettler), Error> {
-        let mut conn = connect(&self.client)?;
+        let mut conn = self.source.connect()?;
         let _: () = redis::cmd("PING").query(&mut conn)?;
-        let settle_conn = connect(&self.client)?;
+        let settle_conn = self.source.connect()?;
         let keys = consume_keys(queues);
         let wake = std::sync::Arc::new(Wake::new());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tracker = {
-            let (client, keys, wake, stop) = (
-                self.client.clone(),
+            let (source, keys, wake, stop) = (
+                self.source.clone(),
                 keys.clone(),
                 wake.clone(),
                 stop.clone(),
@@ -291,14 +292,14 @@ impl Transport for RedisTransport {
             std::thread::Builder::new()
                 .name("weft-celery-track".into())
                 .spawn(move || {
-                    track(&client, &keys, &wake, || {
+                    track_on(&source, &keys, &wake, || {
                         stop.load(std::sync::atomic::Ordering::Acquire)
                     })
                 })?
         };
         Ok((
             RedisConsumer {
-                client: self.client.clone(),
+                source: self.source.clone(),
                 conn,
                 key_queues: keys.iter().map(|k| queue_of_list(k).to_owned()).collect(),
                 keys,
@@ -310,7 +311,7 @@ impl Transport for RedisTransport {
                 last_sweep: std::time::Instant::now(),
             },
             RedisSettler {
-                client: self.client.clone(),
+                source: self.source.clone(),
                 conn: settle_conn,
                 expires: self.result_expires,
             },
@@ -324,22 +325,22 @@ impl Transport for RedisTransport {
         stop: &dyn Fn() -> bool,
         ready: std::sync::mpsc::Sender<()>,
     ) {
-        super::pidbox::serve(self.client, hostname, revoke, stop, ready);
+        super::pidbox::serve(self.source, hostname, revoke, stop, ready);
     }
 }
 
 /// The client's side: `LPUSH` on the queue's list for the message's priority.
 pub(crate) struct RedisPublisher {
-    client: redis::Client,
+    source: Source,
     conn: parking_lot::Mutex<Option<Connection>>,
 }
 
 impl RedisPublisher {
     /// Connects now.
-    pub fn new(client: redis::Client) -> Result<RedisPublisher, Error> {
-        let conn = connect(&client)?;
+    pub fn new(source: Source) -> Result<RedisPublisher, Error> {
+        let conn = source.connect()?;
         Ok(RedisPublisher {
-            client,
+            source,
             conn: parking_lot::Mutex::new(Some(conn)),
         })
     }
@@ -350,7 +351,7 @@ impl Publish for RedisPublisher {
         let mut slot = self.conn.lock();
         let mut conn = match slot.take() {
             Some(c) => c,
-            None => connect(&self.client)?,
+            None => self.source.connect()?,
         };
         publish(&mut conn, msg)?;
         // Kept only after a success: a broken connection is replaced next time.
@@ -367,7 +368,7 @@ impl Publish for RedisPublisher {
         let mut slot = self.conn.lock();
         let mut conn = match slot.take() {
             Some(c) => c,
-            None => connect(&self.client)?,
+            None => self.source.connect()?,
         };
         pipe.query::<()>(&mut conn)?;
         *slot = Some(conn);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{Connection, RedisResult};
 
-use super::super::backend::connect;
+use super::super::source::Source;
 
 /// How often a consumer looks at its lists when the server cannot wake it (Redis before
 /// 6.0, or a connection refused `CLIENT TRACKING`).
@@ -92,9 +92,14 @@ impl Wake {
 /// and moves `wake`'s generation on at each. Reconnects after a connection error (the
 /// consumer polls meanwhile); returns for good if the server refuses `CLIENT TRACKING`.
 pub fn track(client: &redis::Client, keys: &[String], wake: &Wake, stop: impl Fn() -> bool) {
+    track_on(&Source::from(client.clone()), keys, wake, stop)
+}
+
+/// [`track`] with connections from `source`.
+pub(crate) fn track_on(source: &Source, keys: &[String], wake: &Wake, stop: impl Fn() -> bool) {
     let mut backoff = Duration::from_millis(100);
     while !stop() {
-        match track_session(client, keys, wake, &stop) {
+        match track_session(source, keys, wake, &stop) {
             Ok(()) => return,
             Err(e) => {
                 wake.set_tracking(false);
@@ -110,18 +115,18 @@ pub fn track(client: &redis::Client, keys: &[String], wake: &Wake, stop: impl Fn
 }
 
 fn track_session(
-    client: &redis::Client,
+    source: &Source,
     keys: &[String],
     wake: &Wake,
     stop: &impl Fn() -> bool,
 ) -> RedisResult<()> {
     const CHANNEL: &str = "__redis__:invalidate";
-    let mut sub = client.get_connection()?;
+    let mut sub = source.connect()?;
     let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut sub)?;
     let mut pubsub = sub.as_pubsub();
     pubsub.subscribe(CHANNEL)?;
     pubsub.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut cmd = connect(client)?;
+    let mut cmd = source.connect()?;
     redis::cmd("CLIENT")
         .arg("TRACKING")
         .arg("ON")

@@ -20,6 +20,7 @@ use super::backend::DEFAULT_RESULT_EXPIRES;
 use super::control::Revoked;
 use super::error::Error;
 use super::redis::{self as redis_transport, RedisTransport};
+use super::source::Source;
 use super::transport::{BrokerKind, Transport};
 use crate::registry::Registry;
 use crate::{Pool, Priority};
@@ -248,7 +249,7 @@ impl Worker {
         match BrokerKind::of(&self.url, self.backend.as_deref())? {
             BrokerKind::Redis => {
                 let transport = RedisTransport {
-                    client: redis::Client::open(self.url.as_str())?,
+                    source: Source::open(&self.url)?,
                     visibility_timeout: self.visibility_timeout,
                     restore_interval: self.restore_interval,
                     result_expires: self.result_expires,
@@ -259,7 +260,7 @@ impl Worker {
             BrokerKind::Amqp { backend } => {
                 let transport = super::amqp::AmqpTransport {
                     url: self.url.clone(),
-                    backend: redis::Client::open(backend.as_str())?,
+                    backend: Source::open(&backend)?,
                     result_expires: self.result_expires,
                     max_priority: self.max_priority,
                     hold_limit: self.hold_limit,
