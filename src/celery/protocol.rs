@@ -59,6 +59,9 @@ pub enum ProtocolError {
     /// A workflow field of the embed (`callbacks`, `errbacks`, `chain`, `chord`) that is
     /// not what Celery writes.
     Canvas(String),
+    /// An `eta` or `expires` header that is not an ISO 8601 date-time (refused, not run
+    /// at once as if it had none): the header's name and value.
+    Date(&'static str, String),
 }
 
 impl fmt::Display for ProtocolError {
@@ -70,6 +73,10 @@ impl fmt::Display for ProtocolError {
                 "refused content type {t:?}: weft accepts {CONTENT_TYPE_JSON} only (never pickle)"
             ),
             ProtocolError::BodyEncoding(e) => write!(f, "bad body encoding: {e}"),
+            ProtocolError::Date(name, v) => write!(
+                f,
+                "unreadable {name} {v:?} (expected an ISO 8601 date-time, as Celery writes it)"
+            ),
             ProtocolError::Field(name) => write!(f, "missing or malformed field {name:?}"),
             ProtocolError::UnknownField(name) => write!(
                 f,
@@ -331,9 +338,20 @@ impl TaskMessage {
             .collect();
         // A workflow Celery would not have written is refused now, not dropped later.
         super::canvas::Embed::check(&embed)?;
+        // A date that cannot be read is refused, not ignored (the task would run at once,
+        // or never expire).
+        let date = |name: &'static str| -> Result<Option<String>, ProtocolError> {
+            let v = s(name)?;
+            match v.as_deref() {
+                Some(d) if parse_iso8601(d).is_none() => {
+                    Err(ProtocolError::Date(name, d.to_owned()))
+                }
+                _ => Ok(v),
+            }
+        };
         Ok(TaskMessage {
-            eta: s("eta")?,
-            expires: s("expires")?,
+            eta: date("eta")?,
+            expires: date("expires")?,
             root_id: s("root_id")?,
             parent_id: s("parent_id")?,
             group: s("group")?,

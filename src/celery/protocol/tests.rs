@@ -132,6 +132,18 @@ fn refuses_pickle_and_malformed_messages() {
         bad(&|v| v["surprise"] = json!(1)),
         ProtocolError::UnknownField("surprise".into())
     );
+    // A date that cannot be read is refused, not ignored.
+    assert_eq!(
+        bad(&|v| v["headers"]["eta"] = json!("tomorrow")),
+        ProtocolError::Date("eta", "tomorrow".into())
+    );
+    assert_eq!(
+        bad(&|v| v["headers"]["expires"] = json!("2026-13-40T00:00:00")),
+        ProtocolError::Date("expires", "2026-13-40T00:00:00".into())
+    );
+    let mut v = good.clone();
+    v["headers"]["eta"] = json!("2026-12-05T11:35:55.123456+00:00");
+    assert!(TaskMessage::from_envelope(&v).is_ok());
     // Unknown headers are Celery's own evolution: accepted.
     let mut v = good.clone();
     v["headers"]["stamps"] = json!({});
