@@ -113,6 +113,16 @@ pub(crate) enum Settlement<T> {
 }
 
 impl<K> Settlement<K> {
+    /// What acknowledges the message it settles, if anything.
+    pub fn tag(&self) -> Option<&K> {
+        match self {
+            Settlement::Ack(k) | Settlement::Republish { tag: k, .. } => Some(k),
+            Settlement::Result { tag, .. }
+            | Settlement::Retry { tag, .. }
+            | Settlement::Refuse { tag, .. } => tag.as_ref(),
+        }
+    }
+
     /// The same settlement with each tag replaced by `f`'s; `None` when an
     /// acknowledgement or a copy to send has no tag any more (already settled).
     pub fn with_tag<T>(self, mut f: impl FnMut(K) -> Option<T>) -> Option<Settlement<T>> {
@@ -153,6 +163,12 @@ impl<K> Settlement<K> {
             },
         })
     }
+}
+
+/// A batch [`Settle::settle`] could not write, and why.
+pub(crate) struct Unsettled<T> {
+    pub batch: Vec<Settlement<T>>,
+    pub error: Error,
 }
 
 /// The consumer side of a transport (the worker's consumer thread).
@@ -209,12 +225,15 @@ pub(crate) trait Settle: Send + 'static {
     type Tag: Send + 'static;
 
     /// Writes `batch` in order: every result before any acknowledgement of its message.
-    /// Failures are retried here as far as they safely can be; what is left unsettled is
-    /// delivered again (at-least-once).
-    fn settle(&mut self, batch: Vec<Settlement<Self::Tag>>);
+    /// When it cannot (the broker or the result backend is unreachable), the batch comes
+    /// back in [`Unsettled`], and the worker hands the same batch again, unchanged, before
+    /// any other, until it is written: the settler must make that retry take effect
+    /// once, whether or not the failed try took effect.
+    fn settle(&mut self, batch: Vec<Settlement<Self::Tag>>) -> Result<(), Unsettled<Self::Tag>>;
 
-    /// Puts held messages back on their queues (shutdown); returns how many.
-    fn requeue(&mut self, tags: Vec<Self::Tag>) -> usize;
+    /// Puts held messages back on their queues (shutdown): how many were put back, and
+    /// the ones the broker could not be reached for (handed again later).
+    fn requeue(&mut self, tags: Vec<Self::Tag>) -> (usize, Vec<Self::Tag>);
 }
 
 /// A broker a worker can run on: opens its consumer and settler, and serves remote control.

@@ -15,7 +15,9 @@ use super::super::error::Error;
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::source::Source;
-use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
+use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport,
+    Unsettled,
+};
 use super::broker::{ack_all, Broker, Consumer, Delivery};
 use super::wire::amqp_to_json;
 
@@ -279,7 +281,7 @@ impl Settle for AmqpSettler {
     /// waits for a step that will never run), its record gets its workflow fields, and
     /// its chord parts are counted (and a completed chord's body sent) before its
     /// delivery is acknowledged.
-    fn settle(&mut self, mut batch: Vec<Settlement<Delivery>>) {
+    fn settle(&mut self, mut batch: Vec<Settlement<Delivery>>) -> Result<(), Unsettled<Delivery>> {
         for s in &mut batch {
             if let Settlement::Result {
                 result,
@@ -385,12 +387,16 @@ impl Settle for AmqpSettler {
         }
         let _ = self.write_results(&final_failures);
         ack_all(&acks);
+        Ok(())
     }
 
-    fn requeue(&mut self, tags: Vec<Delivery>) -> usize {
-        tags.iter()
+    /// A delivery whose channel is gone is delivered again by the broker anyway.
+    fn requeue(&mut self, tags: Vec<Delivery>) -> (usize, Vec<Delivery>) {
+        let n = tags
+            .iter()
             .filter(|d| matches!(d.requeue(), Ok(true)))
-            .count()
+            .count();
+        (n, Vec::new())
     }
 }
 

@@ -130,6 +130,11 @@ pub fn publish(conn: &mut Connection, msg: &TaskMessage) -> RedisResult<()> {
 /// verbatim), so either kind of worker can restore it. An entry that is not a kombu
 /// envelope with a delivery tag is returned without a record (it is dead-lettered).
 ///
+/// The same script also writes the tags it recorded under `fetch`'s key (see
+/// [`Fetch`]), so that a consumer that did not get the answer (the connection dropped, the
+/// command timed out while Redis was stalled) can find and put back what it took
+/// ([`recover_fetch`]) instead of leaving it in `unacked` until the visibility timeout.
+///
 /// Returns `(list, bytes, tag)` of each message taken, oldest first within a list: `tag`
 /// is the delivery tag it was recorded under, `None` if it was not recorded. A key that is
 /// not a list is skipped.
@@ -138,16 +143,17 @@ pub fn pop_and_record(
     keys: &[String],
     queues: &[String],
     max: usize,
+    fetch: &Fetch,
 ) -> RedisResult<Vec<Popped>> {
     if max == 0 || keys.is_empty() {
         return Ok(Vec::new());
     }
     let mut inv = POP_AND_RECORD.prepare_invoke();
-    inv.key(UNACKED_INDEX).key(UNACKED);
+    inv.key(UNACKED_INDEX).key(UNACKED).key(&fetch.key);
     for k in keys {
         inv.key(k);
     }
-    inv.arg(max).arg(now_secs());
+    inv.arg(max).arg(now_secs()).arg(fetch.seq);
     for q in queues {
         inv.arg(q);
     }
@@ -165,14 +171,94 @@ pub fn pop_and_record(
 /// delivery tag it was recorded under (`None`: not recorded).
 pub type Popped = (String, Vec<u8>, Option<String>);
 
-/// KEYS: unacked_index, unacked, then the lists; ARGV: max, now, then each list's queue.
+/// Which take a [`pop_and_record`] is: a consumer's own record key (`weft.fetch.<uuid>`,
+/// one per consumer, overwritten by each take that records something, expiring after a
+/// day) and the take's number, which moves on at each take.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The record key.
+    pub key: String,
+    /// The take's number.
+    pub seq: u64,
+}
+
+impl Fetch {
+    /// A new consumer's record, before its first take.
+    pub fn new() -> Fetch {
+        Fetch {
+            key: format!("weft.fetch.{}", uuid::Uuid::new_v4()),
+            seq: 0,
+        }
+    }
+}
+
+impl Default for Fetch {
+    fn default() -> Self {
+        Fetch::new()
+    }
+}
+
+/// After a [`pop_and_record`] whose answer was lost: puts back on their queues
+/// ([`restore_by_tag`]) the messages that take recorded, if it ran. Call it on a new
+/// connection, after [`fence`] has closed the one the take was sent on (a take still
+/// queued behind a stalled Redis could otherwise run after this looked). Returns how many
+/// were put back.
+pub fn recover_fetch(conn: &mut Connection, fetch: &Fetch) -> RedisResult<usize> {
+    let record: Option<String> = conn.get(&fetch.key)?;
+    let Some(Value::Array(parts)) = record.and_then(|r| serde_json::from_str(&r).ok()) else {
+        return Ok(0);
+    };
+    if parts.first().and_then(Value::as_str) != Some(fetch.seq.to_string().as_str()) {
+        return Ok(0); // the record of an earlier take: this one took nothing
+    }
+    let mut n = 0;
+    for tag in parts
+        .get(1)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if restore_by_tag(conn, tag)? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The id Redis gives `conn` (`CLIENT ID`), for [`fence`]; `None` where refused.
+pub fn client_id(conn: &mut Connection) -> Option<i64> {
+    redis::cmd("CLIENT").arg("ID").query(conn).ok()
+}
+
+/// Closes, from `conn`, the connection whose [`client_id`] was `old` (`CLIENT KILL ID`),
+/// so that nothing it sent is still to run: Redis runs one command at a time, so once the
+/// kill is answered, a command of the old connection has either run or never will (a
+/// `MULTI` not yet executed is discarded). An old connection already gone (or a Redis that
+/// restarted) is fine.
+pub fn fence(conn: &mut Connection, old: Option<i64>) -> RedisResult<()> {
+    if let Some(id) = old {
+        let r: RedisResult<i64> = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(conn);
+        if let Err(e) = r {
+            // "No such client" is the answer for a connection already closed.
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// KEYS: unacked_index, unacked, the fetch record, then the lists; ARGV: max, now, the
+/// fetch's number, then each list's queue (`ARGV[i]` is the queue of `KEYS[i]`).
 static POP_AND_RECORD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
 local max = tonumber(ARGV[1])
 local out = {}
+local tags = {}
 local n = 0
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   while n < max do
     local raw = redis.pcall('RPOP', KEYS[i])
     if type(raw) ~= 'string' then break end
@@ -194,6 +280,7 @@ for i = 3, #KEYS do
       redis.call('HSET', KEYS[2], tag,
         '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(rk) .. ']')
       recorded = tag
+      tags[#tags + 1] = tag
     end
     out[#out + 1] = KEYS[i]
     out[#out + 1] = raw
@@ -201,6 +288,9 @@ for i = 3, #KEYS do
     n = n + 1
   end
   if n >= max then break end
+end
+if #tags > 0 then
+  redis.call('SET', KEYS[3], cjson.encode({ARGV[3], tags}), 'EX', 86400)
 end
 return out
 "#,

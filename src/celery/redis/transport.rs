@@ -15,11 +15,14 @@ use super::super::error::Error;
 use super::super::protocol::{ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::source::Source;
-use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport};
+use super::super::transport::{
+    Consume, Incoming, Publish, Refused, Settle, Settlement, Transport, Unsettled,
+};
 use super::wake::{track_on, Wake};
 use super::{
-    add_ack, add_dead_letter, add_finish, add_retry, consume_keys, heartbeat, pop_and_record,
-    publish, queue_for_priority, queue_of_list, restore_by_tag, restore_visible,
+    add_ack, add_dead_letter, add_finish, add_retry, client_id, consume_keys, fence, heartbeat,
+    pop_and_record, publish, queue_for_priority, queue_of_list, recover_fetch, restore_by_tag,
+    restore_visible, Fetch,
 };
 
 /// A [`Worker`](super::super::Worker)'s transport over Redis: kombu's layout, acks emulated with
@@ -45,6 +48,14 @@ pub(crate) struct RedisConsumer {
     visibility_timeout: Duration,
     restore_interval: Duration,
     last_sweep: std::time::Instant,
+    /// This consumer's take record ([`pop_and_record`]).
+    fetch: Fetch,
+    /// The `CLIENT ID` of `conn`, to fence it off after a failed command.
+    client_id: Option<i64>,
+    /// A take whose answer was lost: recovered before the next take.
+    lost: Option<Fetch>,
+    /// A command on `conn` failed: a new connection before the next.
+    broken: bool,
 }
 
 impl Drop for RedisConsumer {
@@ -90,15 +101,28 @@ fn incoming(list: &str, raw: Vec<u8>, tag: Option<String>) -> Incoming<String> {
 impl Consume for RedisConsumer {
     type Tag = String;
 
+    /// A take whose answer was lost is recovered first: on a new connection, the old one
+    /// is fenced off and what the take recorded is put back on its queues
+    /// ([`recover_fetch`]), so that nothing stays in `unacked` without this worker knowing.
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<String>>, Error> {
+        if self.broken || self.lost.is_some() {
+            self.recover()?;
+        }
         let seen = self.wake.generation();
-        let batch = match pop_and_record(&mut self.conn, &self.keys, &self.key_queues, max) {
+        self.fetch.seq += 1;
+        let batch = match pop_and_record(
+            &mut self.conn,
+            &self.keys,
+            &self.key_queues,
+            max,
+            &self.fetch,
+        ) {
             Ok(batch) => batch,
             Err(e) => {
-                // A new connection for the next try (the worker backs off meanwhile).
-                if let Ok(conn) = self.source.connect() {
-                    self.conn = conn;
-                }
+                // Whether it ran is found out on a new connection (the worker backs off
+                // between tries).
+                self.lost = Some(self.fetch.clone());
+                let _ = self.recover();
                 return Err(e.into());
             }
         };
@@ -120,39 +144,119 @@ impl Consume for RedisConsumer {
     /// The heartbeat of held messages, so that no sweep restores a message whose worker
     /// is alive.
     fn upkeep(&mut self, held: &[&String]) {
-        let _ = heartbeat(&mut self.conn, held);
+        if self.broken && self.recover().is_err() {
+            return;
+        }
+        if heartbeat(&mut self.conn, held).is_err() {
+            self.broken = true;
+        }
     }
 
     /// The restore sweep, every `restore_interval`.
     fn sweep(&mut self) {
-        if self.last_sweep.elapsed() >= self.restore_interval {
-            self.last_sweep = std::time::Instant::now();
-            let _ = restore_visible(&mut self.conn, self.visibility_timeout);
+        if self.broken || self.last_sweep.elapsed() < self.restore_interval {
+            return;
+        }
+        self.last_sweep = std::time::Instant::now();
+        if restore_visible(&mut self.conn, self.visibility_timeout).is_err() {
+            self.broken = true;
         }
     }
 }
 
-/// The settling side: every batch in one `MULTI`.
+impl RedisConsumer {
+    /// After a command failed: a new connection, the old one fenced off, and, if a take's
+    /// answer was lost, what it recorded put back. `broken` and `lost` stay set until
+    /// this succeeds. (A connection whose command failed is never used again: a reply that
+    /// comes late would be read as the next command's.)
+    fn recover(&mut self) -> Result<(), Error> {
+        let mut conn = self.source.connect()?;
+        fence(&mut conn, self.client_id)?;
+        if let Some(lost) = &self.lost {
+            let restored = recover_fetch(&mut conn, lost)?;
+            if restored > 0 {
+                eprintln!(
+                    "weft celery: a take from Redis lost its answer; the {restored} message(s) it took were put back on their queues"
+                );
+            }
+        }
+        self.client_id = client_id(&mut conn);
+        self.conn = conn;
+        self.lost = None;
+        self.broken = false;
+        Ok(())
+    }
+}
+
+/// The settling side: every batch in one `MULTI`, retried until Redis takes it, never
+/// applied twice.
+///
+/// Each `MULTI` also sets this settler's marker key (`weft.settled.<uuid>`) to the batch's
+/// number. When a write fails, whether it took effect is not known (the connection may
+/// have dropped after `EXEC`, or a stalled Redis may still run it); the next try is on a new
+/// connection that first fences the old one off ([`fence`]) and then reads the marker: if
+/// it holds this batch's number, the `MULTI` ran and is not sent again (its `LPUSH`es of a
+/// workflow's next steps would run them twice). The worker hands a failed batch again,
+/// unchanged, until it is written ([`Settle::settle`]).
 pub(crate) struct RedisSettler {
     source: Source,
-    conn: Connection,
+    conn: Option<Connection>,
+    client_id: Option<i64>,
     expires: Duration,
+    marker: String,
+    /// The number of the batch being written.
+    seq: u64,
+    /// The last try of batch `seq` failed: its `MULTI` may or may not have run.
+    unsure: bool,
 }
 
 impl RedisSettler {
-    /// Runs `pipe`, retried a few times on a new connection: what is not written stays
-    /// unacknowledged, to be restored and run again (at-least-once). True once written.
-    fn write(&mut self, pipe: &redis::Pipeline) -> bool {
-        for i in 0..3 {
-            if pipe.query::<()>(&mut self.conn).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100 << i));
-            if let Ok(conn) = self.source.connect() {
-                self.conn = conn;
+    fn new(source: Source, expires: Duration) -> RedisSettler {
+        RedisSettler {
+            source,
+            conn: None,
+            client_id: None,
+            expires,
+            marker: format!("weft.settled.{}", uuid::Uuid::new_v4()),
+            seq: 0,
+            unsure: false,
+        }
+    }
+
+    /// The connection, a new one (with the old fenced off) after a failure.
+    fn conn(&mut self) -> redis::RedisResult<&mut Connection> {
+        if self.conn.is_none() {
+            let mut conn = self.source.connect()?;
+            fence(&mut conn, self.client_id.take())?;
+            self.client_id = client_id(&mut conn);
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Runs `pipe`; on an error the connection is dropped (never used again: a late reply
+    /// would be read as the next command's).
+    fn run(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        let r = pipe.query::<()>(self.conn()?);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+
+    /// Whether the `MULTI` of batch `seq` ran (read after a fenced reconnect).
+    fn applied(&mut self) -> redis::RedisResult<bool> {
+        let marker = self.marker.clone();
+        let seq = self.seq;
+        let conn = self.conn()?;
+        let r: redis::RedisResult<Option<u64>> = redis::cmd("GET").arg(&marker).query(conn);
+        match r {
+            Ok(v) => Ok(v == Some(seq)),
+            Err(e) => {
+                self.conn = None;
+                Err(e)
             }
         }
-        false
     }
 }
 
@@ -178,12 +282,60 @@ impl Settle for RedisSettler {
     /// results, then the acknowledgements. Then the chord parts of the batch are counted
     /// (a script each), the body of a completed chord sent, and their messages
     /// acknowledged.
-    fn settle(&mut self, batch: Vec<Settlement<String>>) {
+    fn settle(&mut self, batch: Vec<Settlement<String>>) -> Result<(), Unsettled<String>> {
+        match self.try_settle(&batch) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(Unsettled {
+                batch,
+                error: error.into(),
+            }),
+        }
+    }
+
+    fn requeue(&mut self, tags: Vec<String>) -> (usize, Vec<String>) {
+        let mut restored = 0;
+        let mut left = tags.into_iter();
+        while let Some(tag) = left.next() {
+            let done = match self.conn() {
+                Ok(conn) => restore_by_tag(conn, &tag),
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(_) => {
+                    self.conn = None;
+                    return (restored, std::iter::once(tag).chain(left).collect());
+                }
+            }
+        }
+        (restored, Vec::new())
+    }
+}
+
+impl RedisSettler {
+    /// One try of [`Settle::settle`]: the `MULTI` (unless a failed try of the same batch
+    /// is found to have run it), then the chord parts.
+    fn try_settle(&mut self, batch: &[Settlement<String>]) -> redis::RedisResult<()> {
+        if !self.unsure {
+            self.seq += 1;
+        }
+        if self.unsure {
+            // Kept alive first: a long outage must not let a restore sweep take them.
+            let tags: Vec<&String> = batch.iter().filter_map(Settlement::tag).collect();
+            let r = heartbeat(self.conn()?, &tags);
+            if r.is_err() {
+                self.conn = None;
+                r?;
+            }
+        }
+        let ran = self.unsure && self.applied()?;
+        self.unsure = true;
         let mut pipe = redis::pipe();
         pipe.atomic();
         let expires = self.expires;
         let mut chord_parts = Vec::new();
-        for s in &batch {
+        for s in batch {
             match s {
                 Settlement::Ack(tag) => add_ack(&mut pipe, tag),
                 Settlement::Result {
@@ -240,28 +392,36 @@ impl Settle for RedisSettler {
                 }
             }
         }
-        if !self.write(&pipe) {
-            return;
+        pipe.set_ex(&self.marker, self.seq, expires.as_secs().max(1))
+            .ignore();
+        if !ran {
+            self.run(&pipe)?;
         }
+        // Counting is idempotent (each part is counted once, by its id and index), so a
+        // retry counts again what a failed try may have counted.
         for (parts, tag) in chord_parts {
-            let counted = count_parts(&mut self.conn, parts, expires, |conn, next| {
+            let conn = self.conn()?;
+            let mut sent = Ok(());
+            let counted = count_parts(conn, parts, expires, |conn, next| {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 add_next(&mut pipe, next, expires);
-                pipe.query::<()>(conn).is_ok()
+                sent = pipe.query::<()>(conn);
+                sent.is_ok()
             });
-            if let (true, Some(tag)) = (counted, tag) {
+            if !counted {
+                self.conn = None;
+                sent?;
+                return Err((redis::ErrorKind::IoError, "a chord part could not be counted").into());
+            }
+            if let Some(tag) = tag {
                 let mut pipe = redis::pipe();
                 add_ack(&mut pipe, tag);
-                self.write(&pipe);
+                self.run(&pipe)?;
             }
         }
-    }
-
-    fn requeue(&mut self, tags: Vec<String>) -> usize {
-        tags.iter()
-            .filter(|t| restore_by_tag(&mut self.conn, t).unwrap_or(false))
-            .count()
+        self.unsure = false;
+        Ok(())
     }
 }
 
@@ -278,7 +438,7 @@ impl Transport for RedisTransport {
     ) -> Result<(RedisConsumer, RedisSettler), Error> {
         let mut conn = self.source.connect()?;
         let _: () = redis::cmd("PING").query(&mut conn)?;
-        let settle_conn = self.source.connect()?;
+        let client_id = client_id(&mut conn);
         let keys = consume_keys(queues);
         let wake = std::sync::Arc::new(Wake::new());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -309,12 +469,12 @@ impl Transport for RedisTransport {
                 visibility_timeout: self.visibility_timeout,
                 restore_interval: self.restore_interval,
                 last_sweep: std::time::Instant::now(),
+                fetch: Fetch::new(),
+                client_id,
+                lost: None,
+                broken: false,
             },
-            RedisSettler {
-                source: self.source.clone(),
-                conn: settle_conn,
-                expires: self.result_expires,
-            },
+            RedisSettler::new(self.source.clone(), self.result_expires),
         ))
     }
 

@@ -42,7 +42,7 @@ pub(super) fn consume<C: Consume>(
     let upkeep_every = consumer.upkeep_interval();
     let wait = upkeep_every.min(Duration::from_millis(250));
     let mut last_upkeep = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Duration::from_millis(20);
     let mut seq = 0u64;
     let mut generation = consumer.generation();
     while !shared.stop.load(Ordering::Acquire) {
@@ -69,12 +69,13 @@ pub(super) fn consume<C: Consume>(
         consumer.set_prefetch(cfg.prefetch + shared.eta_waiting.load(Ordering::Relaxed));
         let batch = match consumer.fetch(room, wait) {
             Ok(batch) => {
-                backoff = Duration::from_millis(100);
+                backoff = Duration::from_millis(20);
                 batch
             }
             Err(_) => {
+                // At most a quarter second: work resumes promptly once the broker answers.
                 thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_millis(250));
                 continue;
             }
         };

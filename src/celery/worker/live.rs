@@ -38,6 +38,9 @@ pub(super) struct Shared {
     /// number of their message, for revoke, the hold limit, a lost broker connection and
     /// shutdown (finished ones are pruned at each upkeep).
     pub(super) live: Mutex<HashMap<u64, Live>>,
+    /// Set by a shutdown with a timeout: when it passes, the finisher stops waiting for
+    /// running tasks and for an unreachable broker, puts back what it still holds, and ends.
+    pub(super) deadline: Mutex<Option<Instant>>,
 }
 
 /// [`Live::state`]: handed to the pool, not started.
@@ -83,6 +86,11 @@ impl Live {
 }
 
 impl Shared {
+    /// True once a shutdown's deadline has passed.
+    pub(super) fn past_deadline(&self) -> bool {
+        self.deadline.lock().is_some_and(|d| Instant::now() >= d)
+    }
+
     /// `app.control.revoke(ids, terminate=...)`: each id is remembered as revoked (a
     /// message of it taken later ends `REVOKED` unrun). A task of this worker that has not
     /// started (queued, or waiting for its ETA) is cancelled in the pool and ends `REVOKED`

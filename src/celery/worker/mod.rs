@@ -135,6 +135,7 @@ pub struct Worker {
     acks_late: bool,
     max_priority: Option<u8>,
     hold_limit: Duration,
+    shutdown_timeout: Option<Duration>,
 }
 
 impl Worker {
@@ -157,6 +158,7 @@ impl Worker {
             acks_late: false,
             max_priority: None,
             hold_limit: Duration::from_secs(15 * 60),
+            shutdown_timeout: None,
         }
     }
 
@@ -238,6 +240,19 @@ impl Worker {
         self
     }
 
+    /// The longest a shutdown (warm: [`RunningWorker::shutdown`], the first signal of
+    /// [`run`](Self::run), or dropping the [`RunningWorker`]) waits, for running tasks and
+    /// for an unreachable broker together. When it passes, the worker stops waiting: the
+    /// messages it still holds are put back on their queues (those of tasks still running
+    /// too, if they are acknowledged late, as Celery's cold shutdown puts them back: they
+    /// may run again elsewhere, so let the process exit), results not written by then are
+    /// not written, and the shutdown returns. Default: none (wait as long as the tasks run
+    /// and until the broker answers, as Celery's warm shutdown does).
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = Some(d);
+        self
+    }
+
     /// Connects, builds the pool and starts consuming.
     pub fn start(mut self) -> Result<RunningWorker, Error> {
         if self.queues.is_empty() {
@@ -289,6 +304,7 @@ impl Worker {
             eta_waiting: Arc::new(AtomicUsize::new(0)),
             revoked: Arc::new(Revoked::new()),
             live: Mutex::new(HashMap::new()),
+            deadline: Mutex::new(None),
         });
         let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
         let hostname = self.hostname.take().unwrap_or_else(|| {
@@ -345,6 +361,7 @@ impl Worker {
         Ok(RunningWorker {
             pool,
             shared,
+            shutdown_timeout: self.shutdown_timeout,
             hostname,
             consumer: Some(consumer),
             finisher: Some(finisher),
@@ -357,6 +374,7 @@ impl Worker {
 pub struct RunningWorker {
     pool: Pool,
     shared: Arc<Shared>,
+    shutdown_timeout: Option<Duration>,
     hostname: String,
     consumer: Option<thread::JoinHandle<()>>,
     finisher: Option<thread::JoinHandle<usize>>,
@@ -378,6 +396,10 @@ impl RunningWorker {
     }
 
     fn stop(&mut self) -> usize {
+        let deadline = self
+            .shutdown_timeout
+            .and_then(|t| std::time::Instant::now().checked_add(t));
+        *self.shared.deadline.lock() = deadline;
         self.shared.stop.store(true, Ordering::Release);
         self.shared.room.notify_all();
         if let Some(c) = self.consumer.take() {
@@ -390,8 +412,15 @@ impl RunningWorker {
         for task in self.shared.live.lock().values() {
             task.withdraw();
         }
-        // Waits for the running tasks; the withdrawn ones return at once if run.
-        self.pool.shutdown();
+        // Waits for the running tasks (until the deadline, if any); the withdrawn ones
+        // return at once if run.
+        match deadline {
+            None => self.pool.shutdown(),
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                let _ = self.pool.shutdown_timeout(left);
+            }
+        }
         // Every sender of `Done` is gone: the finisher drains, puts back what is still
         // held, and ends.
         self.finisher.take().map_or(0, |f| f.join().unwrap_or(0))
