@@ -13,21 +13,27 @@ use super::error::Error;
 #[derive(Clone)]
 pub(crate) struct Source {
     client: redis::Client,
+    command_timeout: std::time::Duration,
 }
 
 impl Source {
     /// The Redis at `url` (`redis://`, `rediss://`, `unix://`).
     pub fn open(url: &str) -> Result<Source, Error> {
-        Ok(Source {
-            client: redis::Client::open(url)?,
-        })
+        Ok(Source::from(redis::Client::open(url)?))
     }
 
-    /// A connection with [`CONNECT_TIMEOUT`] and [`COMMAND_TIMEOUT`].
+    /// The same source with another command timeout.
+    pub fn command_timeout(mut self, d: std::time::Duration) -> Source {
+        self.command_timeout = d;
+        self
+    }
+
+    /// A connection with [`CONNECT_TIMEOUT`] and the command timeout
+    /// ([`COMMAND_TIMEOUT`] unless set).
     pub fn connect(&self) -> RedisResult<Connection> {
         let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+        conn.set_read_timeout(Some(self.command_timeout))?;
+        conn.set_write_timeout(Some(self.command_timeout))?;
         Ok(conn)
     }
 
@@ -39,6 +45,9 @@ impl Source {
 
 impl From<redis::Client> for Source {
     fn from(client: redis::Client) -> Source {
-        Source { client }
+        Source {
+            client,
+            command_timeout: COMMAND_TIMEOUT,
+        }
     }
 }

@@ -15,8 +15,8 @@ use super::super::error::Error;
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::source::Source;
-use super::super::transport::{Consume, Incoming, Publish, Refused, Settle, Settlement, Transport,
-    Unsettled,
+use super::super::transport::{
+    Consume, Incoming, Publish, Refused, Settle, Settlement, Transport, Unsettled,
 };
 use super::broker::{ack_all, Broker, Consumer, Delivery};
 use super::wire::amqp_to_json;

