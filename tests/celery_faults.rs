@@ -313,3 +313,154 @@ fn worker_connections_killed() {
 fn redis_stalls_longer_than_the_command_timeout() {
     survive(Fault::Stall);
 }
+
+/// The worker process of the signal tests: runs `slow(i)` (counts its runs in the hash
+/// `<queue>:runs`, then sleeps 300 ms) from the queue `WEFT_FAULTS_CHILD_QUEUE` of the
+/// Redis at `WEFT_FAULTS_CHILD_URL` until SIGINT or SIGTERM, as `Worker::run` does.
+#[test]
+fn signal_child_worker() {
+    let (Ok(url), Ok(q)) = (
+        std::env::var("WEFT_FAULTS_CHILD_URL"),
+        std::env::var("WEFT_FAULTS_CHILD_QUEUE"),
+    ) else {
+        return;
+    };
+    let worker = Worker::new(url.as_str(), slow_registry(&url, &q))
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .start()
+        .unwrap();
+    println!("ready");
+    let stopped = worker.wait_for_signal().unwrap();
+    // stderr: the parent stopped reading stdout after `ready`.
+    eprintln!("{stopped}");
+}
+
+/// `slow(i)`: counts its run in the hash `<q>:runs` of the Redis at `url`, sleeps 300 ms.
+fn slow_registry(url: &str, q: &str) -> Registry {
+    let client = redis::Client::open(url).unwrap();
+    let runs = format!("{q}:runs");
+    Registry::new().task("slow", move |(i,): (u64,)| {
+        let mut c = client.get_connection().map_err(|e| e.to_string())?;
+        let _: i64 = c.hincr(&runs, i, 1).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok::<_, String>(i)
+    })
+}
+
+/// A worker process holding running, prefetched and ETA messages is stopped by `signal`:
+/// it finishes what runs and puts back everything else, ETA messages included, so that a
+/// new worker runs every task exactly once, the ETA ones at their ETA.
+fn stopped_by(signal: &str) {
+    let Some(_) = required("WEFT_REDIS_URL") else {
+        return;
+    };
+    let server = Server::start();
+    let url = server.url();
+    let q = unique("signal");
+    let child = spawn_ready_child(
+        "signal_child_worker",
+        &[
+            ("WEFT_FAULTS_CHILD_URL", &url),
+            ("WEFT_FAULTS_CHILD_QUEUE", &q),
+        ],
+    );
+    let client = Client::new(&url).unwrap();
+    let send = |i: u64, countdown: Option<Duration>| {
+        client
+            .send_task(
+                "slow",
+                vec![i.into()],
+                Default::default(),
+                SendOptions {
+                    queue: Some(q.clone()),
+                    countdown,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let eta = Duration::from_secs(6);
+    let sent_at = Instant::now();
+    let mut results: Vec<_> = (0..10).map(|i| send(i, Some(eta))).collect();
+    results.extend((10..30).map(|i| send(i, None)));
+    let mut conn = server.conn().unwrap();
+    let runs = format!("{q}:runs");
+    // The prefetch limit (8) taken: two running (acknowledged as they started), six
+    // waiting; and the 10 ETA tasks held.
+    wait_for(
+        "the worker holds 16 messages",
+        Duration::from_secs(30),
+        || {
+            conn.hlen::<_, usize>("unacked").unwrap() >= 16
+                && conn.hlen::<_, usize>(&runs).unwrap() >= 1
+        },
+    );
+    let pid = child.0.id().to_string();
+    let stop_at = Instant::now();
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut child = child;
+    let status = {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the worker did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let stop_took = stop_at.elapsed();
+    assert!(status.success(), "the worker exited with {status}");
+    let held: usize = conn.hlen("unacked").unwrap();
+    let ran_before: usize = conn.hlen(&runs).unwrap();
+    let queued: usize = conn.llen(&q).unwrap();
+    eprintln!(
+        "{signal}: stopped in {} ms; {ran_before} ran, {queued} put back, {held} left unacknowledged",
+        stop_took.as_millis()
+    );
+    assert_eq!(
+        held, 0,
+        "messages left unacknowledged by the stopped worker"
+    );
+    assert_eq!(ran_before + queued, 30, "every task either ran or is back");
+    // A new worker runs the rest, the ETA tasks at their ETA.
+    let worker = Worker::new(url.as_str(), slow_registry(&url, &q))
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .start()
+        .unwrap();
+    for r in &results {
+        assert!(matches!(
+            r.get(Duration::from_secs(60)).unwrap(),
+            TaskResult::Success(_)
+        ));
+    }
+    let all_done = sent_at.elapsed();
+    worker.shutdown();
+    let counts: HashMap<u64, u32> = conn.hgetall(&runs).unwrap();
+    assert_eq!(counts.len(), 30);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(twice.is_empty(), "tasks run more than once: {twice:?}");
+    assert!(
+        all_done < eta + Duration::from_secs(20),
+        "the ETA tasks ran {all_done:?} after they were sent (ETA {eta:?})"
+    );
+}
+
+#[test]
+fn sigterm_puts_back_prefetched_and_eta_messages() {
+    stopped_by("-TERM");
+}
+
+#[test]
+fn sigint_puts_back_prefetched_and_eta_messages() {
+    stopped_by("-INT");
+}

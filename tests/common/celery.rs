@@ -93,7 +93,7 @@ pub fn python_worker_command(
 
 /// Starts the test `name` of this same test binary as a child process with `envs` (a
 /// worker that prints `ready` once it consumes, then serves until killed), and waits for
-/// that line.
+/// that line; the rest of its output is read and dropped.
 pub fn spawn_ready_child(name: &str, envs: &[(&str, &str)]) -> Killed {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--nocapture", "--test-threads", "1"])
@@ -111,5 +111,8 @@ pub fn spawn_ready_child(name: &str, envs: &[(&str, &str)]) -> Killed {
             _ => panic!("the child worker ended: {}", String::from_utf8_lossy(&seen)),
         }
     }
+    // The rest is drained, so that the child never writes to a closed pipe (its test
+    // harness would fail it).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Killed(child)
 }

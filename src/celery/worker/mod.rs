@@ -416,12 +416,13 @@ impl RunningWorker {
         if let Some(c) = self.consumer.take() {
             let _ = c.join();
         }
-        if let Some(c) = self.control.take() {
-            let _ = c.join();
-        }
-        // Tasks not started are taken back: their messages stay held, to be put back.
+        // Tasks not started are taken back at once (no new one comes now that the
+        // consumer has ended): their messages stay held, to be put back.
         for task in self.shared.live.lock().values() {
             task.withdraw();
+        }
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
         }
         // Waits for the running tasks (until the deadline, if any); the withdrawn ones
         // return at once if run.
