@@ -418,7 +418,7 @@ fn shutdown_puts_back_the_messages_whose_tasks_did_not_run() {
     assert_eq!(worker.shutdown(), 0);
 }
 
-/// Pushes six unreadable messages of kombu's Redis envelope onto `q` (one a pickle
+/// Pushes seven unreadable messages of kombu's Redis envelope onto `q` (one a pickle
 /// message with the id `pickle_id`; one that Redis's Lua JSON reads but serde does not
 /// (`Infinity`), with the delivery tag `inf_tag`); returns a piece of each one's expected
 /// reason.
@@ -442,6 +442,10 @@ fn push_bad_redis(env: &Env, q: &str, pickle_id: &str, inf_tag: &str) -> Vec<&'s
     inf["headers"]["retries"] = json!("INF");
     inf["properties"]["delivery_tag"] = json!(inf_tag);
     let inf = inf.to_string().replace("\"INF\"", "Infinity");
+    // An ETA nobody can read: refused, not run at once.
+    let mut eta: Value = serde_json::from_str(&good).unwrap();
+    eta["headers"]["id"] = json!(format!("eta-{}", uuid_like()));
+    eta["headers"]["eta"] = json!("next tuesday");
     let mut conn = env.redis();
     for raw in [
         format!("{{\"truncated\": \"{}", uuid_like()),
@@ -450,6 +454,7 @@ fn push_bad_redis(env: &Env, q: &str, pickle_id: &str, inf_tag: &str) -> Vec<&'s
         no_task.to_string(),
         unknown.to_string(),
         inf,
+        eta.to_string(),
     ] {
         redis::cmd("LPUSH")
             .arg(q)
@@ -464,6 +469,7 @@ fn push_bad_redis(env: &Env, q: &str, pickle_id: &str, inf_tag: &str) -> Vec<&'s
         "\"task\"",
         "\"surprise\"",
         "invalid JSON",
+        "unreadable eta \"next tuesday\"",
     ]
 }
 

@@ -156,10 +156,19 @@ fn survive(fault: Fault) {
     let mut server = Server::start();
     let url = server.url();
     let q = unique("faults");
+    let n = 600u64;
     let runs = Arc::new(Mutex::new(Runs::default()));
+    // Tasks from n/5 on wait until the fault strikes, so that it always strikes mid-run,
+    // with messages held and results to write, however the machine schedules the test.
+    let gate = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
     let registry = {
-        let runs = runs.clone();
+        let (runs, gate) = (runs.clone(), gate.clone());
         Registry::new().task("count", move |(i,): (u64,)| {
+            if i >= n / 5 {
+                let mut open = gate.0.lock();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !*open && !gate.1.wait_until(&mut open, deadline).timed_out() {}
+            }
             {
                 let mut r = runs.lock();
                 *r.count.entry(i).or_default() += 1;
@@ -178,7 +187,6 @@ fn survive(fault: Fault) {
     // Every task is on the queue before the fault (a send retried after a lost answer
     // could be a second message of the same task, which is the client's doing, not the
     // worker's).
-    let n = 600u64;
     let client = Client::new(&url).unwrap();
     let ids: Vec<String> = (0..n)
         .map(|i| {
@@ -199,9 +207,12 @@ fn survive(fault: Fault) {
         .collect();
     drop(client);
     let ran = |runs: &Mutex<Runs>| runs.lock().count.len() as u64;
+    // Taken in order (FIFO), so every task before the gate runs.
     wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
         ran(&runs) >= n / 5
     });
+    *gate.0.lock() = true;
+    gate.1.notify_all();
     let back = match fault {
         Fault::Shutdown => {
             server.shutdown();
@@ -463,4 +474,57 @@ fn sigterm_puts_back_prefetched_and_eta_messages() {
 #[test]
 fn sigint_puts_back_prefetched_and_eta_messages() {
     stopped_by("-INT");
+}
+
+/// `shutdown_timeout` bounds a warm shutdown: a task still running when it passes is not
+/// waited for, and its late-acknowledged message is put back (as Celery's cold shutdown
+/// does), so that another worker runs it.
+#[test]
+fn shutdown_timeout_bounds_a_shutdown() {
+    let Some(_) = required("WEFT_REDIS_URL") else {
+        return;
+    };
+    let server = Server::start();
+    let url = server.url();
+    let q = unique("shutdown-timeout");
+    let started = Arc::new(Mutex::new(false));
+    let registry = {
+        let started = started.clone();
+        Registry::new().task("long", move |(): ()| {
+            *started.lock() = true;
+            std::thread::sleep(Duration::from_secs(20));
+            Ok::<_, String>(())
+        })
+    };
+    let worker = Worker::new(url.as_str(), registry)
+        .queue(q.as_str(), Priority::Normal)
+        .workers(1)
+        .acks_late(true)
+        .shutdown_timeout(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    Client::new(&url)
+        .unwrap()
+        .send_task(
+            "long",
+            vec![],
+            Default::default(),
+            SendOptions {
+                queue: Some(q.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    wait_for("the task started", Duration::from_secs(20), || {
+        *started.lock()
+    });
+    let start = Instant::now();
+    let put_back = worker.shutdown();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(1), "returned after {took:?}");
+    assert!(took < Duration::from_secs(5), "returned after {took:?}");
+    assert_eq!(put_back, 1);
+    let mut conn = server.conn().unwrap();
+    assert_eq!(conn.llen::<_, usize>(&q).unwrap(), 1, "the message is back");
+    assert_eq!(conn.hlen::<_, usize>("unacked").unwrap(), 0);
 }

@@ -370,7 +370,7 @@ impl Worker {
                 .spawn(move || consume(consumer, cfg, pool, shared, held, done_tx, parked_tx))?
         };
         Ok(RunningWorker {
-            pool,
+            pool: Some(pool),
             shared,
             shutdown_timeout: self.shutdown_timeout,
             hostname,
@@ -383,7 +383,8 @@ impl Worker {
 
 /// A started [`Worker`].
 pub struct RunningWorker {
-    pool: Pool,
+    /// `None` once stopped.
+    pool: Option<Pool>,
     shared: Arc<Shared>,
     shutdown_timeout: Option<Duration>,
     hostname: String,
@@ -426,11 +427,19 @@ impl RunningWorker {
         }
         // Waits for the running tasks (until the deadline, if any); the withdrawn ones
         // return at once if run.
-        match deadline {
-            None => self.pool.shutdown(),
-            Some(d) => {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                let _ = self.pool.shutdown_timeout(left);
+        if let Some(pool) = self.pool.take() {
+            match deadline {
+                None => pool.shutdown(),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if pool.shutdown_timeout(left).threads_still_running > 0 {
+                        // Left to finish on their own: the last handle (whose drop joins
+                        // the threads) is dropped elsewhere.
+                        let _ = thread::Builder::new()
+                            .name("weft-celery-drain".into())
+                            .spawn(move || drop(pool));
+                    }
+                }
             }
         }
         // Every sender of `Done` is gone: the finisher drains, puts back what is still
