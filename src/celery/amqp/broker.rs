@@ -30,6 +30,11 @@ use super::{
 /// alarm blocks publishers) before it is an error.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`Broker::connect`] waits for the broker to open the connection and its
+/// channel (a host that takes the TCP connection and never answers would hang lapin's
+/// connect forever) before it is an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `fut`'s output, or `None` if it takes longer than `limit`.
 async fn within<F: Future>(rt: &Runtime, limit: Duration, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
@@ -86,6 +91,21 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// `url` with its password (if any) written `***`, for error messages.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 /// A lapin error for a refusal of ours (a nack'd publish).
 fn refused(what: &str) -> Error {
     Error::Io(std::io::Error::other(what.to_owned()))
@@ -99,10 +119,12 @@ impl Broker {
     }
 
     /// As [`connect`](Self::connect), with the connection name the broker shows (e.g. in
-    /// `rabbitmqctl list_connections client_properties`).
+    /// `rabbitmqctl list_connections client_properties`). A broker that has not opened
+    /// the connection within [`CONNECT_TIMEOUT`] is an error ([`Error::Io`] of kind
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut)).
     pub fn connect_named(url: &str, name: &str) -> Result<Broker, Error> {
         let rt = Runtime::async_global_executor();
-        let (conn, channel) = rt.block_on(async {
+        let opened = rt.block_on(within(&rt, CONNECT_TIMEOUT, async {
             let conn = Connection::connect_with_runtime(
                 url,
                 ConnectionProperties::default().with_connection_name(name.into()),
@@ -114,7 +136,18 @@ impl Broker {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             Ok::<_, lapin::Error>((conn, channel))
-        })?;
+        }));
+        let Some(opened) = opened else {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the AMQP broker at {} did not open a connection within {} s",
+                    without_password(url),
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            )));
+        };
+        let (conn, channel) = opened?;
         Ok(Broker { rt, conn, channel })
     }
 

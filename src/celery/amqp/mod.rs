@@ -76,7 +76,7 @@ mod pidbox;
 mod transport;
 mod wire;
 
-pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT};
+pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
 pub use pidbox::{ControlRequest, Pidbox};
 pub(crate) use transport::{AmqpPublisher, AmqpTransport};
 pub use wire::{
