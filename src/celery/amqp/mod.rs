@@ -72,12 +72,19 @@
 use super::control;
 
 mod broker;
+mod delayed;
 mod pidbox;
+mod topology;
 mod transport;
 mod wire;
 
 pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
+pub use delayed::{
+    delayed_routing_key, level_name, strip_delay, DELAYED_DELIVERY_EXCHANGE, DELAYED_LEVELS,
+    FIRST_LEVEL, MAX_DELAY_SECS,
+};
 pub use pidbox::{ControlRequest, Pidbox};
+pub use topology::QueueType;
 pub(crate) use transport::{AmqpPublisher, AmqpTransport};
 pub use wire::{
     amqp_to_json, decode_task, encode_task, json_to_amqp, json_to_table, table_to_json,

@@ -134,6 +134,8 @@ pub struct Worker {
     hostname: Option<String>,
     acks_late: bool,
     max_priority: Option<u8>,
+    #[cfg(feature = "amqp")]
+    queue_type: super::amqp::QueueType,
     hold_limit: Duration,
 }
 
@@ -156,6 +158,8 @@ impl Worker {
             hostname: None,
             acks_late: false,
             max_priority: None,
+            #[cfg(feature = "amqp")]
+            queue_type: super::amqp::QueueType::Classic,
             hold_limit: Duration::from_secs(15 * 60),
         }
     }
@@ -230,6 +234,24 @@ impl Worker {
         self
     }
 
+    /// RabbitMQ: the type of the consumed queues (default
+    /// [`Classic`](super::amqp::QueueType::Classic), Celery's default). With
+    /// [`Quorum`](super::amqp::QueueType::Quorum) the worker declares what a Celery 5.5+
+    /// worker declares with `task_default_queue_type="quorum"` and
+    /// `task_default_exchange_type="topic"`: each queue a quorum queue bound to a topic
+    /// exchange of its name, and native delayed delivery (see
+    /// [`amqp`](super::amqp)'s module doc), so that a Python worker or client and this
+    /// one may start in either order. Countdown and ETA tasks then wait in the broker;
+    /// the prefetch is static (no channel-wide QoS on quorum queues). Every declaration of
+    /// a queue must agree: a queue that exists as the other type makes RabbitMQ refuse the
+    /// worker (`PRECONDITION_FAILED`). Quorum queues take no
+    /// [`max_priority`](Self::max_priority). Ignored on Redis.
+    #[cfg(feature = "amqp")]
+    pub fn queue_type(mut self, t: super::amqp::QueueType) -> Self {
+        self.queue_type = t;
+        self
+    }
+
     /// RabbitMQ: how long a delivery of a task waiting for its ETA is held before it is
     /// sent again and acknowledged (default 15 minutes; keep it under the broker's
     /// `consumer_timeout`, 30 minutes by default). Ignored on Redis.
@@ -263,6 +285,7 @@ impl Worker {
                     backend: Source::open(&backend)?,
                     result_expires: self.result_expires,
                     max_priority: self.max_priority,
+                    queue_type: self.queue_type,
                     hold_limit: self.hold_limit,
                 };
                 self.start_on(transport)
