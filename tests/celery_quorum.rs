@@ -157,9 +157,14 @@ fn declare_errors(log: &PathBuf) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .filter(|l| {
-            ["PRECONDITION_FAILED", "inequivalent", "NOT_IMPLEMENTED", "Failed to"]
-                .iter()
-                .any(|bad| l.contains(bad))
+            [
+                "PRECONDITION_FAILED",
+                "inequivalent",
+                "NOT_IMPLEMENTED",
+                "Failed to",
+            ]
+            .iter()
+            .any(|bad| l.contains(bad))
         })
         .map(str::to_owned)
         .collect()
@@ -220,7 +225,11 @@ fn weft_quorum_client_sends_python_worker_runs() {
         )
         .unwrap();
     assert_eq!(r.get_value(WAIT).unwrap(), json!(3));
-    assert!(sent.elapsed() >= Duration::from_secs(3), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
     drop(python);
     assert_eq!(declare_errors(&log), Vec::<String>::new());
 }
@@ -254,8 +263,16 @@ fn a_countdown_task_waits_in_the_broker() {
     // second): never in its queue or held by the worker.
     loop {
         let ((ready, unacked), delayed) = env.where_messages_are(&q);
-        assert!(sent.elapsed() < Duration::from_secs(8), "{:?}", sent.elapsed());
-        assert_eq!((ready, unacked), (0, 0), "the task is in its queue or the worker");
+        assert!(
+            sent.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert_eq!(
+            (ready, unacked),
+            (0, 0),
+            "the task is in its queue or the worker"
+        );
         if delayed >= 1 {
             break;
         }

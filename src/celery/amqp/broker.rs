@@ -430,7 +430,9 @@ impl Consumer {
                     Poll::Ready(None) => {
                         draining.swap_remove(k);
                     }
-                    Poll::Ready(Some(item)) => return Poll::Ready(Some((draining[k].0, Some(item)))),
+                    Poll::Ready(Some(item)) => {
+                        return Poll::Ready(Some((draining[k].0, Some(item))))
+                    }
                     Poll::Pending => k += 1,
                 }
             }

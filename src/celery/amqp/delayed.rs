@@ -2,30 +2,7 @@
 //! quorum queues a countdown or ETA task waits in the broker, not unacknowledged in a
 //! worker.
 //!
-//! # Topology (declared by the worker, [`Broker::declare_delayed_delivery`])
-//!
-//! For each level `L` = 27..=0 ([`DELAYED_LEVELS`] levels), the durable topic exchange
-//! `celery_delayed_L` ([`level_name`]) and the durable queue of the same name, with
-//! exactly these arguments (Celery's `broker_native_delayed_delivery_queue_type` is
-//! `quorum` by default):
-//!
-//! | argument | value |
-//! | --- | --- |
-//! | `x-queue-type` | `quorum` |
-//! | `x-overflow` | `reject-publish` |
-//! | `x-message-ttl` | 2^L × 1000 (milliseconds) |
-//! | `x-dead-letter-exchange` | `celery_delayed_{L-1}`; level 0: [`DELAYED_DELIVERY_EXCHANGE`] |
-//! | `x-dead-letter-strategy` | `at-least-once` |
-//!
-//! A message's routing key is its delay in whole seconds as 28 binary digits, most
-//! significant first, each followed by a dot, then the queue's routing key
-//! ([`delayed_routing_key`]). Bit `27 - L` (counting from the left, 0-based) is level
-//! `L`'s: queue `celery_delayed_L` is bound to exchange `celery_delayed_L` with
-//! `*.`×(27-L) `1.#` (the message waits 2^L s, then is dead-lettered to the next level),
-//! and exchange `celery_delayed_{L-1}` to exchange `celery_delayed_L` with `*.`×(27-L)
-//! `0.#` (it goes on at once); exchange [`DELAYED_DELIVERY_EXCHANGE`] (durable, topic) to
-//! `celery_delayed_0` with `*.`×27 `0.#`. A message is published on `celery_delayed_27`
-//! ([`FIRST_LEVEL`]); it reaches the delivery exchange after the sum of its levels' TTLs.
+//! The topology is [`Broker::declare_delayed_delivery`]'s doc.
 //!
 //! Each task queue `q` then gets ([`Broker::bind_delayed_delivery`], kombu's
 //! `bind_queue_to_native_delayed_delivery_exchange`): exchange `q` bound to
@@ -125,13 +102,38 @@ pub fn strip_delay(routing_key: &str) -> &str {
 
 /// The binding key of level `level` for the digit `digit` (`*.` once per higher level).
 fn level_key(level: u32, digit: char) -> String {
-    format!("{}{digit}.#", "*.".repeat((DELAYED_LEVELS - 1 - level) as usize))
+    format!(
+        "{}{digit}.#",
+        "*.".repeat((DELAYED_LEVELS - 1 - level) as usize)
+    )
 }
 
 impl Broker {
-    /// Declares native delayed delivery's exchanges, queues and bindings (the
-    /// [module doc](self)'s topology) exactly as Celery's worker does at start, so that
-    /// either may declare them first.
+    /// Declares native delayed delivery's exchanges, queues and bindings exactly as
+    /// Celery's worker does at start, so that either may declare them first:
+    ///
+    /// For each level `L` = 27..=0 ([`DELAYED_LEVELS`] levels), the durable topic exchange
+    /// `celery_delayed_L` ([`level_name`]) and the durable queue of the same name, with
+    /// exactly these arguments (Celery's `broker_native_delayed_delivery_queue_type` is
+    /// `quorum` by default):
+    ///
+    /// | argument | value |
+    /// | --- | --- |
+    /// | `x-queue-type` | `quorum` |
+    /// | `x-overflow` | `reject-publish` |
+    /// | `x-message-ttl` | 2^L × 1000 (milliseconds) |
+    /// | `x-dead-letter-exchange` | `celery_delayed_{L-1}`; level 0: [`DELAYED_DELIVERY_EXCHANGE`] |
+    /// | `x-dead-letter-strategy` | `at-least-once` |
+    ///
+    /// A message's routing key is its delay in whole seconds as 28 binary digits, most
+    /// significant first, each followed by a dot, then the queue's routing key
+    /// ([`delayed_routing_key`]). Bit `27 - L` (counting from the left, 0-based) is level
+    /// `L`'s: queue `celery_delayed_L` is bound to exchange `celery_delayed_L` with
+    /// `*.`×(27-L) `1.#` (the message waits 2^L s, then is dead-lettered to the next level),
+    /// and exchange `celery_delayed_{L-1}` to exchange `celery_delayed_L` with `*.`×(27-L)
+    /// `0.#` (it goes on at once); exchange [`DELAYED_DELIVERY_EXCHANGE`] (durable, topic) to
+    /// `celery_delayed_0` with `*.`×27 `0.#`. A message is published on `celery_delayed_27`
+    /// ([`FIRST_LEVEL`]); it reaches the delivery exchange after the sum of its levels' TTLs.
     pub fn declare_delayed_delivery(&self) -> Result<(), Error> {
         self.block_on(async {
             let ch = &self.channel;

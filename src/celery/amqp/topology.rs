@@ -119,7 +119,7 @@ pub(super) fn durable() -> ExchangeDeclareOptions {
 
 impl Broker {
     /// Declares the task queue `name` as Celery declares a queue of `queue_type` (see the
-    /// [table](self)): its durable exchange `name` (direct for classic, topic for
+    /// [module doc](super)'s topology): its durable exchange `name` (direct for classic, topic for
     /// quorum), the durable queue `name` (with `x-queue-type` for quorum, `x-max-priority`
     /// when `max_priority` is given), bound with routing key `name`. The bindings of
     /// native delayed delivery are [`bind_delayed_delivery`](Self::bind_delayed_delivery)'s.

@@ -76,7 +76,11 @@ impl Routes {
         let stripped = strip_delay(&msg.routing_key);
         let came_delayed =
             stripped.len() != msg.routing_key.len() || msg.exchange.starts_with("celery_delayed");
-        let exchange = if came_delayed { "" } else { msg.exchange.as_str() };
+        let exchange = if came_delayed {
+            ""
+        } else {
+            msg.exchange.as_str()
+        };
         if !exchange.is_empty() && exchange != stripped {
             return Ok(Cow::Borrowed(msg)); // an exchange of the sender's: its routing
         }

@@ -70,9 +70,15 @@ use live::{Done, Held, Shared};
 ///   headers) never run and never stop the worker: each goes to the dead-letter place (the
 ///   Redis list `weft.dead_letter`; on RabbitMQ the exchange and queue `weft.dead_letter`)
 ///   with its reason, and a `FAILURE` is written when its id is known.
-/// * **ETA / countdown**: the task waits in weft's timing wheel, not in the broker, and
-///   does not count against the prefetch limit (on RabbitMQ the channel's `basic.qos` is
-///   raised by one per waiting ETA task, as Celery does).
+/// * **ETA / countdown**: the task waits in weft's timing wheel and does not count against
+///   the prefetch limit. On RabbitMQ the prefetch is always a per-consumer `basic.qos`
+///   (`global` false, as Celery 5.5+ sets it), one consumer per queue. With classic queues
+///   it is raised by one per waiting ETA task, as Celery raises its prefetch (a
+///   per-consumer `basic.qos` reaches only consumers started after it, so the consumers
+///   are started again under the new bound). With quorum queues
+///   ([`queue_type`](Self::queue_type)) ETA tasks wait in the broker (native delayed
+///   delivery, to the whole second; the worker holds a task that last second until its
+///   `eta`) and the prefetch is static, as Celery's.
 /// * **Held messages.** On Redis, while the worker holds a message (running, queued, or
 ///   waiting for its ETA) it refreshes the message's `unacked_index` score every second (or
 ///   every third of a visibility timeout under 3 s), so the restore sweep never
@@ -86,8 +92,8 @@ use live::{Done, Held, Shared};
 ///   delivery acknowledged: a far ETA goes around the queue every 15 minutes, and is never
 ///   lost. The same timeout applies to a late-acknowledged task that runs longer, or a
 ///   message queued in the pool that long: raise the broker's `consumer_timeout` for such
-///   work. The prefetch bound is a channel-wide `basic.qos` (`global`), which RabbitMQ's
-///   classic queues support and quorum queues do not.
+///   work. With quorum queues such a copy goes through native delayed delivery, so it
+///   waits in the broker for the rest of its delay.
 /// * **Retries** (Celery's semantics): a failed run of a task registered with a
 ///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
 ///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
