@@ -380,3 +380,58 @@ fn classic_queues_raise_the_per_consumer_prefetch_for_eta_tasks() {
     }
     assert_eq!(worker.shutdown(), 6);
 }
+
+/// A task that arrived through native delayed delivery (its routing key carries the delay
+/// prefix) and fails is retried through it again, to its own queue (the prefix stripped,
+/// as kombu strips it), and runs once more after the retry's delay.
+#[test]
+fn a_retry_of_a_delayed_task_goes_through_delayed_delivery_again() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use weft::registry::TaskOptions;
+    use weft::RetryPolicy;
+
+    let Some(env) = env() else { return };
+    let q = unique("quorum-retry");
+    let runs = Arc::new(AtomicU32::new(0));
+    let seen = runs.clone();
+    let registry = Registry::new().task_with(
+        "flaky",
+        TaskOptions::new().retry(RetryPolicy::fixed(Duration::from_secs(2)).max_attempts(2)),
+        move |_: Vec<i64>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            if n < 2 {
+                Err(format!("run {n} failed"))
+            } else {
+                Ok(n)
+            }
+        },
+    );
+    let worker = Worker::new(env.broker.as_str(), registry)
+        .backend(env.backend.as_str())
+        .queue_type(QueueType::Quorum)
+        .queue(q.as_str(), Priority::Normal)
+        .start()
+        .unwrap();
+    let sent = Instant::now();
+    let r = env
+        .client()
+        .send_task(
+            "flaky",
+            vec![],
+            Map::new(),
+            SendOptions {
+                countdown: Some(Duration::from_secs(1)),
+                ..on(&q)
+            },
+        )
+        .unwrap();
+    assert_eq!(r.get_value(WAIT).unwrap(), json!(2));
+    assert!(
+        sent.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(worker.shutdown(), 0);
+}
