@@ -151,11 +151,12 @@ impl Env {
 }
 
 /// The warnings and errors a Python worker logged about declarations; empty when it
-/// declared everything (its queue, native delayed delivery) without a refusal.
+/// declared everything (its queue, native delayed delivery) without a refusal. Removes
+/// the log.
 fn declare_errors(log: &PathBuf) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    text.lines()
         .filter(|l| {
             [
                 "PRECONDITION_FAILED",
