@@ -4,7 +4,10 @@
 //!
 //! The broker is `$BROKER_URL` if set (Redis, or RabbitMQ `amqp://...` with the feature
 //! `amqp`), else the Redis at `$REDIS_URL` (default `redis://127.0.0.1:6379/0`), which is
-//! also where results are kept.
+//! also where results are kept. On RabbitMQ, `$WEFT_QUEUE_TYPE` (`classic`, the default,
+//! or `quorum`) says how the queue is declared: `quorum` as Celery 5.5+ with
+//! `task_default_queue_type="quorum"` and `task_default_exchange_type="topic"` (a quorum
+//! queue, native delayed delivery for countdown and ETA tasks).
 //!
 //! ```text
 //! cargo run --features redis --example celery_worker
@@ -16,6 +19,11 @@
 //!
 //! BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --features amqp --example celery_worker
 //! # in Python: Celery(broker="amqp://guest:guest@127.0.0.1:5672//", backend="redis://...")
+//!
+//! WEFT_QUEUE_TYPE=quorum BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --features amqp --example celery_worker
+//! # in Python, as above, and: app.conf.task_default_queue_type = "quorum"
+//! #                           app.conf.task_default_exchange_type = "topic"
+//! #                           app.conf.broker_transport_options = {"confirm_publish": True}
 //! ```
 //! Prints one line starting `weft celery worker on <broker>` once it consumes, then runs
 //! until SIGINT or SIGTERM: the first is a warm shutdown (stops taking messages, finishes
@@ -45,6 +53,7 @@ fn main() {
     if broker != redis {
         worker = worker.backend(redis.as_str());
     }
+    worker = queue_type(worker);
     let worker = worker
         .start()
         .unwrap_or_else(|e| panic!("cannot start the worker on {broker}: {e}"));
@@ -53,4 +62,19 @@ fn main() {
         Ok(stopped) => eprintln!("{stopped}"),
         Err(e) => panic!("cannot wait for signals: {e}"),
     }
+}
+
+/// `$WEFT_QUEUE_TYPE` (`classic` or `quorum`; RabbitMQ only).
+#[cfg(feature = "amqp")]
+fn queue_type(worker: Worker) -> Worker {
+    match std::env::var("WEFT_QUEUE_TYPE") {
+        Ok(t) => worker.queue_type(t.parse().unwrap_or_else(|e| panic!("WEFT_QUEUE_TYPE: {e}"))),
+        Err(_) => worker,
+    }
+}
+
+/// Without the feature `amqp` there are no queue types (Redis).
+#[cfg(not(feature = "amqp"))]
+fn queue_type(worker: Worker) -> Worker {
+    worker
 }

@@ -259,3 +259,27 @@ print(json.dumps({"ping": ping, "revoke": revoke}))
     pidbox.close().unwrap();
     broker.close().unwrap();
 }
+
+/// A broker that takes the TCP connection and never answers (a listener that never
+/// accepts) makes `Broker::connect` fail after `CONNECT_TIMEOUT`, not hang; the error says
+/// so and does not show the password. Needs no RabbitMQ.
+#[test]
+fn connect_to_a_silent_broker_times_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("amqp://guest:secret@{}/%2f", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let err = Broker::connect(&url).unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= weft::celery::amqp::CONNECT_TIMEOUT && took < PATIENCE,
+        "took {took:?}"
+    );
+    match &err {
+        weft::celery::Error::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("not a timeout: {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("did not open a connection"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    drop(silent);
+}

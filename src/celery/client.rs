@@ -90,6 +90,22 @@ impl Client {
         self
     }
 
+    /// RabbitMQ: the type of the queues this client declares (default
+    /// [`Classic`](super::amqp::QueueType::Classic)); it must agree with how the workers
+    /// declare them ([`Worker::queue_type`](super::Worker::queue_type)). With
+    /// [`Quorum`](super::amqp::QueueType::Quorum) a queue is declared as Celery 5.5+
+    /// declares it with `task_default_queue_type="quorum"` and
+    /// `task_default_exchange_type="topic"` (a quorum queue on a topic exchange of its
+    /// name, bound to native delayed delivery), and a task with a countdown or ETA at least
+    /// a second away is published through native delayed delivery (on the exchange
+    /// `celery_delayed_27`, its delay in whole seconds in the routing key), so that it
+    /// waits in the broker, not in a worker. Ignored on Redis.
+    #[cfg(feature = "amqp")]
+    pub fn queue_type(mut self, t: super::amqp::QueueType) -> Self {
+        self.publisher.set_queue_type(t);
+        self
+    }
+
     /// Sends task `name` with `args` and `kwargs` (a protocol v2 message on the queue: on
     /// Redis an `LPUSH` on the queue's list for its priority, on RabbitMQ a publish
     /// confirmed by the broker) and returns the handle of its result.

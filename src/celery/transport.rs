@@ -206,9 +206,10 @@ pub(crate) trait Consume: Send + 'static {
     /// but keep what is held until it is settled or put back.
     fn stop_consuming(&mut self) {}
 
-    /// The broker-side bound on messages held unacknowledged (AMQP's `basic.qos`): the
-    /// worker raises it by one per task waiting for its ETA, as Celery does, so that ETA
-    /// tasks never stop delivery.
+    /// The broker-side bound on messages held unacknowledged (AMQP's per-consumer
+    /// `basic.qos`): the worker asks for one more per task waiting for its ETA, as Celery
+    /// does, so that ETA tasks never stop delivery. A transport may keep it static where
+    /// ETA tasks wait in the broker (AMQP quorum queues).
     fn set_prefetch(&mut self, _n: usize) {}
 
     /// How long the broker lets a message stay unacknowledged (RabbitMQ's
@@ -279,4 +280,9 @@ pub(crate) trait Publish: Send + Sync {
 
     /// The `x-max-priority` of the queues this publisher declares (AMQP only).
     fn set_max_priority(&mut self, _n: u8) {}
+
+    /// The type of the queues this publisher declares (AMQP only): with quorum queues,
+    /// countdown and ETA tasks go through native delayed delivery.
+    #[cfg(feature = "amqp")]
+    fn set_queue_type(&mut self, _t: super::amqp::QueueType) {}
 }

@@ -116,3 +116,41 @@ pub fn spawn_ready_child(name: &str, envs: &[(&str, &str)]) -> Killed {
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Killed(child)
 }
+
+/// `rabbitmqctl ARGS` against the test broker (`.ci/rabbitmq.sh ctl DIR`, its state in
+/// `WEFT_RABBITMQ_DIR`); its stdout.
+pub fn rabbitmqctl(dir: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/rabbitmq.sh"))
+        .args(["ctl", dir])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every queue of the test broker: its name, its messages ready and unacknowledged.
+pub fn rabbit_queues(dir: &str) -> Vec<(String, u64, u64)> {
+    rabbitmqctl(
+        dir,
+        &[
+            "list_queues",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+    )
+    .lines()
+    .filter_map(|l| {
+        let mut f = l.split_whitespace();
+        let name = f.next()?.to_owned();
+        Some((name, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+    .collect()
+}

@@ -30,6 +30,11 @@ use super::{
 /// alarm blocks publishers) before it is an error.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`Broker::connect`] waits for the broker to open the connection and its
+/// channel (a host that takes the TCP connection and never answers would hang lapin's
+/// connect forever) before it is an error.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `fut`'s output, or `None` if it takes longer than `limit`.
 async fn within<F: Future>(rt: &Runtime, limit: Duration, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
@@ -68,6 +73,32 @@ fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
     })
 }
 
+/// Sets the per-consumer `basic.qos` of `channel` to `prefetch` (`global` false: it
+/// applies to the consumers started after it), then starts a consumer of each of `queues`.
+async fn start_consumers(
+    channel: &Channel,
+    queues: &[String],
+    prefetch: u16,
+) -> Result<Vec<lapin::Consumer>, lapin::Error> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    let mut consumers = Vec::with_capacity(queues.len());
+    for q in queues {
+        consumers.push(
+            channel
+                .basic_consume(
+                    q.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        );
+    }
+    Ok(consumers)
+}
+
 /// A blocking connection to RabbitMQ: one AMQP connection with one channel (in publisher
 /// confirm mode) for declarations and publishing; each [`Consumer`] and
 /// [`Pidbox`](super::Pidbox) has a channel of its own. `Broker` is `Send + Sync`; calls
@@ -86,6 +117,21 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// `url` with its password (if any) written `***`, for error messages.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 /// A lapin error for a refusal of ours (a nack'd publish).
 fn refused(what: &str) -> Error {
     Error::Io(std::io::Error::other(what.to_owned()))
@@ -99,10 +145,12 @@ impl Broker {
     }
 
     /// As [`connect`](Self::connect), with the connection name the broker shows (e.g. in
-    /// `rabbitmqctl list_connections client_properties`).
+    /// `rabbitmqctl list_connections client_properties`). A broker that has not opened
+    /// the connection within [`CONNECT_TIMEOUT`] is an error ([`Error::Io`] of kind
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut)).
     pub fn connect_named(url: &str, name: &str) -> Result<Broker, Error> {
         let rt = Runtime::async_global_executor();
-        let (conn, channel) = rt.block_on(async {
+        let opened = rt.block_on(within(&rt, CONNECT_TIMEOUT, async {
             let conn = Connection::connect_with_runtime(
                 url,
                 ConnectionProperties::default().with_connection_name(name.into()),
@@ -114,7 +162,18 @@ impl Broker {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             Ok::<_, lapin::Error>((conn, channel))
-        })?;
+        }));
+        let Some(opened) = opened else {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the AMQP broker at {} did not open a connection within {} s",
+                    without_password(url),
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            )));
+        };
+        let (conn, channel) = opened?;
         Ok(Broker { rt, conn, channel })
     }
 
@@ -122,47 +181,13 @@ impl Broker {
         self.rt.block_on(f)
     }
 
-    /// Declares the task queue `name` as Celery does: a durable direct exchange `name`,
-    /// the durable queue `name` (with `x-max-priority` when `max_priority` is given, none
-    /// otherwise, like Celery's default `celery` queue), bound with routing key `name`.
+    /// Declares the task queue `name` as Celery declares its classic queues: a durable
+    /// direct exchange `name`, the durable queue `name` (with `x-max-priority` when
+    /// `max_priority` is given, none otherwise, like Celery's default `celery` queue),
+    /// bound with routing key `name`. [`declare_task_queue`](Self::declare_task_queue)
+    /// declares quorum queues too.
     pub fn declare_queue(&self, name: &str, max_priority: Option<u8>) -> Result<(), Error> {
-        let mut args = FieldTable::default();
-        if let Some(p) = max_priority {
-            args.insert("x-max-priority".into(), AMQPValue::LongInt(i32::from(p)));
-        }
-        self.block_on(async {
-            self.channel
-                .exchange_declare(
-                    name.into(),
-                    ExchangeKind::Direct,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            self.channel
-                .queue_declare(
-                    name.into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    args,
-                )
-                .await?;
-            self.channel
-                .queue_bind(
-                    name.into(),
-                    name.into(),
-                    name.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        })?;
-        Ok(())
+        self.declare_task_queue(name, super::QueueType::Classic, max_priority)
     }
 
     /// Publishes raw `body` with `props`, and waits until the broker has taken it
@@ -263,46 +288,35 @@ impl Broker {
         Ok(q.message_count())
     }
 
-    /// Starts consuming `queue` on a channel of its own that holds at most `prefetch`
-    /// unacknowledged deliveries (`basic.qos`; 0 means no bound).
+    /// Starts consuming `queue` on a channel of its own whose consumer holds at most
+    /// `prefetch` unacknowledged deliveries (per-consumer `basic.qos`; 0 means no bound).
     pub fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer, Error> {
         self.consume_queues(&[queue], prefetch)
     }
 
-    /// Starts consuming every one of `queues` on one channel of its own, which holds at
-    /// most `prefetch` unacknowledged deliveries in all (`basic.qos` shared by the
-    /// channel's consumers; 0 means no bound). When several queues have deliveries
-    /// waiting, [`Consumer::next`] takes from the first of `queues` first.
+    /// Starts consuming every one of `queues` on one channel of its own; each queue's
+    /// consumer holds at most `prefetch` unacknowledged deliveries (`basic.qos` with
+    /// `global` false, set once before the consumers start, as Celery 5.5+ sets it:
+    /// quorum queues have no channel-wide QoS; 0 means no bound). When several queues
+    /// have deliveries waiting, [`Consumer::next`] takes from the first of `queues` first.
     pub fn consume_queues<S: AsRef<str>>(
         &self,
         queues: &[S],
         prefetch: u16,
     ) -> Result<Consumer, Error> {
+        let queues: Vec<String> = queues.iter().map(|q| q.as_ref().to_owned()).collect();
         let (channel, consumers) = self.block_on(async {
             let channel = self.conn.create_channel().await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions { global: true })
-                .await?;
-            let mut consumers = Vec::with_capacity(queues.len());
-            for q in queues {
-                consumers.push(
-                    channel
-                        .basic_consume(
-                            q.as_ref().into(),
-                            "".into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?,
-                );
-            }
+            let consumers = start_consumers(&channel, &queues, prefetch).await?;
             Ok::<_, lapin::Error>((channel, consumers))
         })?;
         Ok(Consumer {
             rt: self.rt.clone(),
             channel,
-            queues: queues.iter().map(|q| q.as_ref().to_owned()).collect(),
+            queues,
             consumers,
+            draining: Vec::new(),
+            prefetch,
         })
     }
 
@@ -381,7 +395,13 @@ pub struct Consumer {
     pub(super) rt: Runtime,
     pub(super) channel: Channel,
     pub(super) queues: Vec<String>,
+    /// One per queue, in the order of `queues`, started under the prefetch `prefetch`.
     pub(super) consumers: Vec<lapin::Consumer>,
+    /// Consumers replaced by [`set_prefetch`](Consumer::set_prefetch) and cancelled:
+    /// (index in `queues`, consumer), read until lapin ends them (what they had received
+    /// before the broker's `cancel-ok` is still delivered).
+    pub(super) draining: Vec<(usize, lapin::Consumer)>,
+    pub(super) prefetch: u16,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -400,8 +420,22 @@ impl Consumer {
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Delivery>, Error> {
         let rt = self.rt.clone();
         let consumers = &mut self.consumers;
+        let draining = &mut self.draining;
         let mut sleep = pin!(rt.sleep(timeout));
         let got = rt.block_on(std::future::poll_fn(|cx| {
+            // What cancelled consumers still hold first: it came before.
+            let mut k = 0;
+            while k < draining.len() {
+                match std::pin::Pin::new(&mut draining[k].1).poll_next(cx) {
+                    Poll::Ready(None) => {
+                        draining.swap_remove(k);
+                    }
+                    Poll::Ready(Some(item)) => {
+                        return Poll::Ready(Some((draining[k].0, Some(item))))
+                    }
+                    Poll::Pending => k += 1,
+                }
+            }
             for (i, c) in consumers.iter_mut().enumerate() {
                 if let Poll::Ready(item) = std::pin::Pin::new(c).poll_next(cx) {
                     return Poll::Ready(Some((i, item)));
@@ -438,12 +472,35 @@ impl Consumer {
         Ok(())
     }
 
-    /// Changes the channel's bound on unacknowledged deliveries (`basic.qos`).
-    pub fn set_prefetch(&self, prefetch: u16) -> Result<(), Error> {
-        self.rt.block_on(
-            self.channel
-                .basic_qos(prefetch, BasicQosOptions { global: true }),
-        )?;
+    /// The bound on unacknowledged deliveries of each queue's consumer.
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch
+    }
+
+    /// Changes the bound on unacknowledged deliveries of each queue's consumer. A
+    /// per-consumer `basic.qos` applies only to consumers started after it, so this starts
+    /// a new consumer of each queue under the new bound and cancels the old ones; what
+    /// they received before their cancellation is still returned by [`next`](Self::next),
+    /// and their unacknowledged deliveries stay held (and are settled) on this channel.
+    /// Until those are settled the broker may hand out up to `prefetch` more per queue.
+    pub fn set_prefetch(&mut self, prefetch: u16) -> Result<(), Error> {
+        if prefetch == self.prefetch {
+            return Ok(());
+        }
+        let fresh = self
+            .rt
+            .block_on(start_consumers(&self.channel, &self.queues, prefetch))?;
+        let old = std::mem::replace(&mut self.consumers, fresh);
+        self.prefetch = prefetch;
+        self.rt.block_on(async {
+            for c in &old {
+                self.channel
+                    .basic_cancel(c.tag(), lapin::options::BasicCancelOptions::default())
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        })?;
+        self.draining.extend(old.into_iter().enumerate());
         Ok(())
     }
 

@@ -26,11 +26,29 @@
 //!
 //! # Topology
 //!
-//! * A task queue `q` is declared as Celery declares its queues: durable, not exclusive,
-//!   not auto-deleted, no arguments (Celery's default `celery` queue), bound to a durable
-//!   direct exchange of the same name with routing key `q` ([`Broker::declare_queue`]).
-//!   Priorities need `x-max-priority` on the queue; every declaration of a queue must
-//!   agree on its arguments, or RabbitMQ closes the channel (`PRECONDITION_FAILED`).
+//! * A task queue `q` is declared as Celery declares its queues, with exactly Celery's
+//!   arguments and no others, so that a Python worker or client and a weft one may
+//!   declare it in either order ([`Broker::declare_task_queue`], `topology.rs`): durable,
+//!   not exclusive, not auto-deleted, bound with routing key `q` to a durable exchange `q`.
+//!   By [`QueueType`] ([`Worker::queue_type`](super::Worker::queue_type),
+//!   [`Client::queue_type`](super::Client::queue_type)):
+//!   * [`Classic`](QueueType::Classic) (default; Celery's default): a direct exchange, no
+//!     queue arguments (Celery's default `celery` queue). Priorities need
+//!     `x-max-priority` on the queue.
+//!   * [`Quorum`](QueueType::Quorum) (Celery 5.5+ with `task_default_queue_type="quorum"`,
+//!     `task_default_exchange_type="topic"`): a topic exchange, `x-queue-type` =
+//!     `quorum`. The worker also declares Celery's native delayed delivery (levels
+//!     `celery_delayed_27`..`celery_delayed_0`, the exchange
+//!     [`DELAYED_DELIVERY_EXCHANGE`], and `#.q` bindings: [`Broker::declare_delayed_delivery`],
+//!     [`Broker::bind_delayed_delivery`], `delayed.rs`), and countdown and ETA tasks (a
+//!     client's, a retry, a held ETA task sent again) are published on [`FIRST_LEVEL`]
+//!     with the delay in whole seconds in the routing key ([`delayed_routing_key`]): they
+//!     wait in the broker, and arrive up to a second before their `eta`, which the worker
+//!     still honours.
+//!
+//!   Every declaration of a queue must agree on its arguments, or RabbitMQ closes the
+//!   channel (`PRECONDITION_FAILED`): a queue of the other type, or with another
+//!   `x-max-priority`, is refused.
 //! * Refused messages go to the durable fanout exchange [`DEAD_LETTER_EXCHANGE`], bound to
 //!   the durable queue [`DEAD_LETTER_QUEUE`], with the reason in the header
 //!   [`REASON_HEADER`] ([`Broker::dead_letter`]).
@@ -46,8 +64,13 @@
 //!
 //! # Acknowledgements
 //!
-//! A [`Consumer`] holds at most `prefetch` unacknowledged deliveries (`basic.qos`); each is
-//! acked ([`Delivery::ack`]), rejected or dead-lettered by its holder. A connection that
+//! Each queue's consumer in a [`Consumer`] holds at most `prefetch` unacknowledged
+//! deliveries: a per-consumer `basic.qos` (`global` false) set before the consumers start,
+//! never a channel-wide one (quorum queues refuse it: `540 NOT_IMPLEMENTED`), as Celery
+//! 5.5+ sets it. Such a `basic.qos` reaches only consumers started after it, so
+//! [`Consumer::set_prefetch`] starts the consumers again (the worker does, for classic
+//! queues, as its ETA tasks come and go; with quorum queues the prefetch is static).
+//! Each delivery is acked ([`Delivery::ack`]), rejected or dead-lettered by its holder. A connection that
 //! dies has its unacked deliveries redelivered (with `redelivered` set). RabbitMQ closes a
 //! channel whose delivery stays unacked longer than its `consumer_timeout` (30 minutes by
 //! default), so a long-held delivery (an ETA task) must be settled (or re-published and
@@ -64,7 +87,9 @@
 //!
 //! `wire.rs`: header tables and task messages ([`json_to_table`], [`encode_task`],
 //! [`decode_task`], ...); `broker.rs`: the blocking client ([`Broker`], [`Consumer`],
-//! [`Delivery`], [`ack_all`]); `pidbox.rs`: remote control ([`Pidbox`],
+//! [`Delivery`], [`ack_all`]), bounded by [`CONNECT_TIMEOUT`] and [`CONFIRM_TIMEOUT`];
+//! `topology.rs`: [`QueueType`] and the task queues' declarations; `delayed.rs`: native
+//! delayed delivery; `pidbox.rs`: remote control ([`Pidbox`],
 //! [`ControlRequest`]); `transport.rs`: the worker's and the client's transport, with
 //! results in the Redis result backend (`celery/backend.rs`). This file: the constants of
 //! the topology.
@@ -72,12 +97,19 @@
 use super::control;
 
 mod broker;
+mod delayed;
 mod pidbox;
+mod topology;
 mod transport;
 mod wire;
 
-pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT};
+pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
+pub use delayed::{
+    delayed_routing_key, level_name, strip_delay, DELAYED_DELIVERY_EXCHANGE, DELAYED_LEVELS,
+    FIRST_LEVEL, MAX_DELAY_SECS,
+};
 pub use pidbox::{ControlRequest, Pidbox};
+pub use topology::QueueType;
 pub(crate) use transport::{AmqpPublisher, AmqpTransport};
 pub use wire::{
     amqp_to_json, decode_task, encode_task, json_to_amqp, json_to_table, table_to_json,

@@ -153,6 +153,8 @@ impl Broker {
                 channel,
                 queues: vec![queue],
                 consumers: vec![consumer],
+                draining: Vec::new(),
+                prefetch: 0,
             },
             hostname: hostname.to_owned(),
             clock: 0,

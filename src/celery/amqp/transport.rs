@@ -4,7 +4,9 @@
 //! backend, one transaction per batch, then each delivery settled on its channel);
 //! [`AmqpPublisher`] is the client's side.
 
-use std::time::Duration;
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use super::super::backend::{
     add_chord_size, add_next_records, add_record, add_result, count_parts,
@@ -12,14 +14,112 @@ use super::super::backend::{
 use super::super::canvas::after::{ChordPart, Next};
 use super::super::canvas::apply::{batches, Batch};
 use super::super::error::Error;
-use super::super::protocol::TaskMessage;
+use super::super::protocol::{parse_iso8601, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::source::Source;
 use super::super::transport::{
     Consume, Incoming, Publish, Refused, Settle, Settlement, Transport, Unsettled,
 };
 use super::broker::{ack_all, Broker, Consumer, Delivery};
+use super::delayed::{delayed_routing_key, strip_delay, FIRST_LEVEL};
+use super::topology::QueueType;
 use super::wire::amqp_to_json;
+
+/// What a message needs before it is published, and where it goes: its queue declared
+/// (once per name, as Celery's producer declares it: a message routed to a queue that
+/// does not exist would be dropped) and, with quorum queues, through native delayed
+/// delivery when it has an ETA a second or more away (as Celery's `send_task`).
+pub(crate) struct Routes {
+    queue_type: QueueType,
+    max_priority: Option<u8>,
+    declared: HashSet<String>,
+    /// Whether native delayed delivery's topology was declared (quorum queues).
+    delayed: bool,
+}
+
+impl Routes {
+    pub fn new(queue_type: QueueType, max_priority: Option<u8>) -> Routes {
+        Routes {
+            queue_type,
+            max_priority,
+            declared: HashSet::new(),
+            delayed: false,
+        }
+    }
+
+    /// Declares the task queue `q` as this side's queues are declared, once, with its
+    /// delayed-delivery bindings for quorum queues.
+    fn declare(&mut self, broker: &Broker, q: &str) -> Result<(), Error> {
+        if self.declared.contains(q) {
+            return Ok(());
+        }
+        broker.declare_task_queue(q, self.queue_type, self.max_priority)?;
+        if self.queue_type == QueueType::Quorum {
+            if !self.delayed {
+                broker.declare_delayed_delivery()?;
+                self.delayed = true;
+            }
+            broker.bind_delayed_delivery(q)?;
+        }
+        self.declared.insert(q.to_owned());
+        Ok(())
+    }
+
+    /// `msg` as it is published, its queue declared first. A message that came through
+    /// delayed delivery (a retry or an ETA copy keeps the delivery's routing key) goes to
+    /// its queue again, the delay prefix stripped. A message to a queue (the default
+    /// exchange, or the queue's own exchange) with an ETA at least a second away goes, with
+    /// quorum queues, to [`FIRST_LEVEL`] with the delay in its routing key.
+    pub fn route<'m>(
+        &mut self,
+        broker: &Broker,
+        msg: &'m TaskMessage,
+    ) -> Result<Cow<'m, TaskMessage>, Error> {
+        let stripped = strip_delay(&msg.routing_key);
+        let came_delayed =
+            stripped.len() != msg.routing_key.len() || msg.exchange.starts_with("celery_delayed");
+        let exchange = if came_delayed {
+            ""
+        } else {
+            msg.exchange.as_str()
+        };
+        if !exchange.is_empty() && exchange != stripped {
+            return Ok(Cow::Borrowed(msg)); // an exchange of the sender's: its routing
+        }
+        self.declare(broker, stripped)?;
+        let delay = match (&msg.eta, self.queue_type) {
+            (Some(eta), QueueType::Quorum) => parse_iso8601(eta)
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .and_then(|left| delayed_routing_key(left.as_secs(), stripped)),
+            _ => None,
+        };
+        Ok(match delay {
+            Some(key) => {
+                let mut m = msg.clone();
+                m.exchange = FIRST_LEVEL.to_owned();
+                m.routing_key = key;
+                Cow::Owned(m)
+            }
+            None if came_delayed => {
+                let mut m = msg.clone();
+                m.exchange = String::new();
+                m.routing_key = stripped.to_owned();
+                Cow::Owned(m)
+            }
+            None => Cow::Borrowed(msg),
+        })
+    }
+
+    /// Routes every one of `msgs` ([`route`](Self::route)), then publishes them all and
+    /// waits for all their confirms at once.
+    pub fn publish_all(&mut self, broker: &Broker, msgs: &[&TaskMessage]) -> Result<(), Error> {
+        let routed = msgs
+            .iter()
+            .map(|m| self.route(broker, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        broker.publish_task_refs(&routed.iter().map(|m| m.as_ref()).collect::<Vec<_>>())
+    }
+}
 
 /// A [`Worker`](super::super::Worker)'s transport over AMQP, with results in Celery's Redis
 /// result backend.
@@ -29,6 +129,7 @@ pub(crate) struct AmqpTransport {
     pub backend: Source,
     pub result_expires: Duration,
     pub max_priority: Option<u8>,
+    pub queue_type: QueueType,
     pub hold_limit: Duration,
 }
 
@@ -41,6 +142,7 @@ pub(crate) struct AmqpConsumer {
     name: String,
     queues: Vec<String>,
     max_priority: Option<u8>,
+    queue_type: QueueType,
     /// The connection and its consumer; `None` after a failure, until the next fetch.
     live: Option<(Broker, Consumer)>,
     /// How many times it connected.
@@ -50,10 +152,18 @@ pub(crate) struct AmqpConsumer {
 }
 
 impl AmqpConsumer {
+    /// Connects, declares the queues as Celery's worker does (with quorum queues, native
+    /// delayed delivery's topology and each queue's bindings to it), and consumes them.
     fn connect(&self) -> Result<(Broker, Consumer), Error> {
         let broker = Broker::connect_named(&self.url, &self.name)?;
         for q in &self.queues {
-            broker.declare_queue(q, self.max_priority)?;
+            broker.declare_task_queue(q, self.queue_type, self.max_priority)?;
+        }
+        if self.queue_type == QueueType::Quorum {
+            broker.declare_delayed_delivery()?;
+            for q in &self.queues {
+                broker.bind_delayed_delivery(q)?;
+            }
         }
         let consumer = broker.consume_queues(
             &self.queues,
@@ -111,12 +221,24 @@ impl Consume for AmqpConsumer {
         Ok(out)
     }
 
+    /// Quorum queues: nothing, the prefetch is static (Celery: "Global QoS is disabled.
+    /// Prefetch count is now static"; ETA tasks wait in the broker). Classic queues: the
+    /// consumers are started again under the new bound when it grows, or shrinks to half
+    /// or less (not on every change: each is a new consumer per queue).
     fn set_prefetch(&mut self, n: usize) {
-        if n != self.prefetch {
-            self.prefetch = n;
-            if let Some((_, consumer)) = &self.live {
-                let _ = consumer.set_prefetch(u16::try_from(n).unwrap_or(u16::MAX));
+        if self.queue_type == QueueType::Quorum {
+            return;
+        }
+        let n16 = u16::try_from(n).unwrap_or(u16::MAX);
+        match self.live.as_mut() {
+            Some((_, consumer)) => {
+                let current = consumer.prefetch();
+                if n16 > current || u32::from(n16) * 2 <= u32::from(current) {
+                    self.prefetch = n;
+                    let _ = consumer.set_prefetch(n16);
+                }
             }
+            None => self.prefetch = n,
         }
     }
 
@@ -143,19 +265,15 @@ pub(crate) struct AmqpSettler {
     backend: Source,
     conn: Option<redis::Connection>,
     expires: Duration,
-    max_priority: Option<u8>,
-    /// The queues declared by this settler (the first message to each declares it).
-    declared: std::collections::HashSet<String>,
+    /// Declares queues (the first message to each) and routes messages.
+    routes: Routes,
 }
 
 impl AmqpSettler {
-    /// Publishes `msg` (confirmed), on a new connection if the current one failed.
+    /// Publishes `msg` (routed and confirmed), on a new connection if the current one
+    /// failed.
     fn publish(&mut self, msg: &TaskMessage) -> Result<(), Error> {
-        if self.broker.publish_task(msg).is_ok() {
-            return Ok(());
-        }
-        self.broker = Broker::connect(&self.url)?;
-        self.broker.publish_task(msg)
+        self.publish_declared(&[msg])
     }
 
     /// Dead-letters `d` (then acks it), on a new connection if the current one failed.
@@ -222,25 +340,14 @@ impl AmqpSettler {
         Ok(())
     }
 
-    /// Publishes `msgs` (confirmed as one batch), declaring each queue first the first
-    /// time (a message routed to a queue that does not exist would be dropped); on a
-    /// failure, once more on a new connection.
+    /// Publishes `msgs` (confirmed as one batch), each routed by [`Routes::route`] (its
+    /// queue declared the first time); on a failure, once more on a new connection.
     fn publish_declared(&mut self, msgs: &[&TaskMessage]) -> Result<(), Error> {
-        let max_priority = self.max_priority;
-        let send = |broker: &Broker, declared: &mut std::collections::HashSet<String>| {
-            for m in msgs {
-                if m.exchange.is_empty() && !declared.contains(&m.routing_key) {
-                    broker.declare_queue(&m.routing_key, max_priority)?;
-                    declared.insert(m.routing_key.clone());
-                }
-            }
-            broker.publish_task_refs(msgs)
-        };
-        if send(&self.broker, &mut self.declared).is_ok() {
+        if self.routes.publish_all(&self.broker, msgs).is_ok() {
             return Ok(());
         }
         self.broker = Broker::connect(&self.url)?;
-        send(&self.broker, &mut self.declared)
+        self.routes.publish_all(&self.broker, msgs)
     }
 
     /// Counts chord parts in the Redis backend and sends a completed chord's body.
@@ -418,6 +525,7 @@ impl Transport for AmqpTransport {
             name: format!("weft consumer {hostname}"),
             queues: queues.to_vec(),
             max_priority: self.max_priority,
+            queue_type: self.queue_type,
             live: None,
             generation: 1,
             hold_limit: self.hold_limit,
@@ -433,8 +541,7 @@ impl Transport for AmqpTransport {
                 backend: self.backend.clone(),
                 conn: Some(backend),
                 expires: self.result_expires,
-                max_priority: self.max_priority,
-                declared: std::collections::HashSet::new(),
+                routes: Routes::new(self.queue_type, self.max_priority),
             },
         ))
     }
@@ -468,13 +575,13 @@ impl Transport for AmqpTransport {
 }
 
 /// The client's side: declares a queue the first time it sends to it (as Celery's
-/// producer does: a message routed to a queue that does not exist would be dropped), then
+/// producer does: a message routed to a queue that does not exist would be dropped), routes
+/// countdown and ETA tasks through native delayed delivery with quorum queues, and
 /// publishes with a publisher confirm.
 pub(crate) struct AmqpPublisher {
     url: String,
-    broker: parking_lot::Mutex<Broker>,
-    max_priority: Option<u8>,
-    declared: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// The connection and the routes, behind one lock (a publish declares, then sends).
+    inner: parking_lot::Mutex<(Broker, Routes)>,
 }
 
 impl AmqpPublisher {
@@ -482,53 +589,39 @@ impl AmqpPublisher {
     pub fn new(url: &str) -> Result<AmqpPublisher, Error> {
         Ok(AmqpPublisher {
             url: url.to_owned(),
-            broker: parking_lot::Mutex::new(Broker::connect(url)?),
-            max_priority: None,
-            declared: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            inner: parking_lot::Mutex::new((
+                Broker::connect(url)?,
+                Routes::new(QueueType::Classic, None),
+            )),
         })
     }
 }
 
 impl Publish for AmqpPublisher {
-    /// Declares the queue the first time, then publishes (confirmed); on a failure,
-    /// once more on a new connection.
+    /// Routes (declaring the queue the first time), then publishes (confirmed); on a
+    /// failure, once more on a new connection.
     fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
-        let mut broker = self.broker.lock();
-        let send = |broker: &Broker| -> Result<(), Error> {
-            if msg.exchange.is_empty() && !self.declared.lock().contains(&msg.routing_key) {
-                broker.declare_queue(&msg.routing_key, self.max_priority)?;
-                self.declared.lock().insert(msg.routing_key.clone());
-            }
-            broker.publish_task(msg)
-        };
-        if send(&broker).is_ok() {
-            return Ok(());
-        }
-        *broker = Broker::connect(&self.url)?;
-        send(&broker)
+        self.publish_all(&[msg])
     }
 
-    /// Declares the queues not declared yet, then publishes all and waits for all the
-    /// confirms at once; on a failure, once more on a new connection.
+    /// Routes every message (declaring the queues not declared yet), then publishes all
+    /// and waits for all the confirms at once; on a failure, once more on a new
+    /// connection.
     fn publish_all(&self, msgs: &[&TaskMessage]) -> Result<(), Error> {
-        let mut broker = self.broker.lock();
-        let send = |broker: &Broker| -> Result<(), Error> {
-            for m in msgs {
-                if m.exchange.is_empty() && !self.declared.lock().contains(&m.routing_key) {
-                    broker.declare_queue(&m.routing_key, self.max_priority)?;
-                    self.declared.lock().insert(m.routing_key.clone());
-                }
-            }
-            broker.publish_task_refs(msgs)
-        };
-        if send(&broker).is_ok() {
+        let mut inner = self.inner.lock();
+        let (broker, routes) = &mut *inner;
+        if routes.publish_all(broker, msgs).is_ok() {
             return Ok(());
         }
         *broker = Broker::connect(&self.url)?;
-        send(&broker)
+        routes.publish_all(broker, msgs)
     }
 
     fn set_max_priority(&mut self, n: u8) {
-        self.max_priority = Some(n);
+        self.inner.get_mut().1.max_priority = Some(n);
+    }
+
+    fn set_queue_type(&mut self, t: QueueType) {
+        self.inner.get_mut().1.queue_type = t;
     }
 }

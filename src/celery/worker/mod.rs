@@ -70,9 +70,15 @@ use live::{Done, Held, Shared};
 ///   headers) never run and never stop the worker: each goes to the dead-letter place (the
 ///   Redis list `weft.dead_letter`; on RabbitMQ the exchange and queue `weft.dead_letter`)
 ///   with its reason, and a `FAILURE` is written when its id is known.
-/// * **ETA / countdown**: the task waits in weft's timing wheel, not in the broker, and
-///   does not count against the prefetch limit (on RabbitMQ the channel's `basic.qos` is
-///   raised by one per waiting ETA task, as Celery does).
+/// * **ETA / countdown**: the task waits in weft's timing wheel and does not count against
+///   the prefetch limit. On RabbitMQ the prefetch is always a per-consumer `basic.qos`
+///   (`global` false, as Celery 5.5+ sets it), one consumer per queue. With classic queues
+///   it is raised by one per waiting ETA task, as Celery raises its prefetch (a
+///   per-consumer `basic.qos` reaches only consumers started after it, so the consumers
+///   are started again under the new bound). With quorum queues
+///   ([`queue_type`](Self::queue_type)) ETA tasks wait in the broker (native delayed
+///   delivery, to the whole second; the worker holds a task that last second until its
+///   `eta`) and the prefetch is static, as Celery's.
 /// * **Held messages.** On Redis, while the worker holds a message (running, queued, or
 ///   waiting for its ETA) it refreshes the message's `unacked_index` score every second (or
 ///   every third of a visibility timeout under 3 s), so the restore sweep never
@@ -86,8 +92,8 @@ use live::{Done, Held, Shared};
 ///   delivery acknowledged: a far ETA goes around the queue every 15 minutes, and is never
 ///   lost. The same timeout applies to a late-acknowledged task that runs longer, or a
 ///   message queued in the pool that long: raise the broker's `consumer_timeout` for such
-///   work. The prefetch bound is a channel-wide `basic.qos` (`global`), which RabbitMQ's
-///   classic queues support and quorum queues do not.
+///   work. With quorum queues such a copy goes through native delayed delivery, so it
+///   waits in the broker for the rest of its delay.
 /// * **Retries** (Celery's semantics): a failed run of a task registered with a
 ///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
 ///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
@@ -134,6 +140,8 @@ pub struct Worker {
     hostname: Option<String>,
     acks_late: bool,
     max_priority: Option<u8>,
+    #[cfg(feature = "amqp")]
+    queue_type: super::amqp::QueueType,
     hold_limit: Duration,
     shutdown_timeout: Option<Duration>,
     command_timeout: Duration,
@@ -158,6 +166,8 @@ impl Worker {
             hostname: None,
             acks_late: false,
             max_priority: None,
+            #[cfg(feature = "amqp")]
+            queue_type: super::amqp::QueueType::Classic,
             hold_limit: Duration::from_secs(15 * 60),
             shutdown_timeout: None,
             command_timeout: redis_transport::COMMAND_TIMEOUT,
@@ -234,6 +244,24 @@ impl Worker {
         self
     }
 
+    /// RabbitMQ: the type of the consumed queues (default
+    /// [`Classic`](super::amqp::QueueType::Classic), Celery's default). With
+    /// [`Quorum`](super::amqp::QueueType::Quorum) the worker declares what a Celery 5.5+
+    /// worker declares with `task_default_queue_type="quorum"` and
+    /// `task_default_exchange_type="topic"`: each queue a quorum queue bound to a topic
+    /// exchange of its name, and native delayed delivery (see
+    /// [`amqp`](super::amqp)'s module doc), so that a Python worker or client and this
+    /// one may start in either order. Countdown and ETA tasks then wait in the broker;
+    /// the prefetch is static (no channel-wide QoS on quorum queues). Every declaration of
+    /// a queue must agree: a queue that exists as the other type makes RabbitMQ refuse the
+    /// worker (`PRECONDITION_FAILED`). Quorum queues take no
+    /// [`max_priority`](Self::max_priority). Ignored on Redis.
+    #[cfg(feature = "amqp")]
+    pub fn queue_type(mut self, t: super::amqp::QueueType) -> Self {
+        self.queue_type = t;
+        self
+    }
+
     /// RabbitMQ: how long a delivery of a task waiting for its ETA is held before it is
     /// sent again and acknowledged (default 15 minutes; keep it under the broker's
     /// `consumer_timeout`, 30 minutes by default). Ignored on Redis.
@@ -289,6 +317,7 @@ impl Worker {
                     backend: Source::open(&backend)?.command_timeout(self.command_timeout),
                     result_expires: self.result_expires,
                     max_priority: self.max_priority,
+                    queue_type: self.queue_type,
                     hold_limit: self.hold_limit,
                 };
                 self.start_on(transport)
