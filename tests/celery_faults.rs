@@ -10,8 +10,12 @@
 //! answers again. Each test prints its row of the fault table (lost / stranded /
 //! duplicates / recovery).
 //!
+//! With the feature `amqp`, the same bar for a RabbitMQ connection closed by `rabbitmqctl`
+//! mid-run (the broker delivers again what the connection held, started tasks included).
+//!
 //! Runs when `WEFT_REDIS_URL` is set (as `.ci/run` sets it; a failure in CI when it is
-//! not), with `redis-server` on the `PATH`.
+//! not), with `redis-server` on the `PATH`; the RabbitMQ test with `WEFT_AMQP_URL` and
+//! `WEFT_RABBITMQ_DIR` (`.ci/rabbitmq.sh`) too.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -527,4 +531,95 @@ fn shutdown_timeout_bounds_a_shutdown() {
     let mut conn = server.conn().unwrap();
     assert_eq!(conn.llen::<_, usize>(&q).unwrap(), 1, "the message is back");
     assert_eq!(conn.hlen::<_, usize>("unacked").unwrap(), 0);
+}
+
+/// A RabbitMQ connection of the worker closed by `rabbitmqctl` mid-run: the broker
+/// delivers again every message the connection held, tasks that had started (their
+/// acknowledgement was lost with the connection) included; the worker runs none twice.
+#[cfg(feature = "amqp")]
+#[test]
+fn amqp_connection_closed() {
+    let (Some(backend), Some(amqp), Some(dir)) = (
+        required("WEFT_REDIS_URL"),
+        required("WEFT_AMQP_URL"),
+        required("WEFT_RABBITMQ_DIR"),
+    ) else {
+        return;
+    };
+    let q = unique("faults-amqp");
+    let name = format!("{q}@here");
+    let n = 400u64;
+    let runs = Arc::new(Mutex::new(Runs::default()));
+    let gate = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+    let registry = {
+        let (runs, gate) = (runs.clone(), gate.clone());
+        Registry::new().task("count", move |(i,): (u64,)| {
+            if i >= n / 5 {
+                let mut open = gate.0.lock();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !*open && !gate.1.wait_until(&mut open, deadline).timed_out() {}
+            }
+            *runs.lock().count.entry(i).or_default() += 1;
+            std::thread::sleep(Duration::from_millis(4));
+            Ok::<_, String>(i)
+        })
+    };
+    let worker = Worker::new(amqp.as_str(), registry)
+        .backend(backend.as_str())
+        .hostname(name.as_str())
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .start()
+        .unwrap();
+    let client = Client::with_backend(&amqp, &backend).unwrap();
+    let results: Vec<_> = (0..n)
+        .map(|i| {
+            client
+                .send_task(
+                    "count",
+                    vec![i.into()],
+                    Default::default(),
+                    SendOptions {
+                        queue: Some(q.clone()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
+    let ran = |runs: &Mutex<Runs>| runs.lock().count.len() as u64;
+    wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
+        ran(&runs) >= n / 5
+    });
+    // The worker's consumer connection (its deliveries and their acknowledgements).
+    let wanted = format!("{{\"connection_name\",\"weft consumer {name}\"}}");
+    let conns =
+        common::celery::rabbitmqctl(&dir, &["list_connections", "pid", "client_properties"]);
+    let pid = conns
+        .lines()
+        .find(|l| l.contains(&wanted))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection {wanted} in {conns}"))
+        .to_owned();
+    *gate.0.lock() = true;
+    gate.1.notify_all();
+    common::celery::rabbitmqctl(&dir, &["close_connection", &pid, "weft test: dropped"]);
+    let at_fault = ran(&runs);
+    let lost = results
+        .iter()
+        .filter(|r| !matches!(r.get(Duration::from_secs(60)), Ok(TaskResult::Success(_))))
+        .count();
+    worker.shutdown();
+    let duplicates = runs.lock().count.values().filter(|c| **c > 1).count();
+    let left = common::celery::rabbit_queues(&dir)
+        .into_iter()
+        .find(|(qn, _, _)| *qn == q)
+        .map_or(0, |(_, ready, unacked)| ready + unacked);
+    eprintln!(
+        "fault AmqpConnectionClosed after {at_fault} of {n} tasks ran: lost {lost}, \
+         left on the queue {left}, duplicates {duplicates}"
+    );
+    assert_eq!(lost, 0, "results lost");
+    assert_eq!(duplicates, 0, "tasks run twice");
+    assert_eq!(left, 0, "messages left on the queue");
 }

@@ -66,6 +66,9 @@ pub(crate) struct Incoming<T> {
     pub message: Result<TaskMessage, Refused>,
     /// What acknowledges it; `None` when there is nothing to acknowledge.
     pub tag: Option<T>,
+    /// The broker delivers it again (AMQP's `redelivered`: a connection that held it
+    /// closed): this worker may have started its task already.
+    pub redelivered: bool,
 }
 
 /// A message that is not a task weft can run.
@@ -200,6 +203,13 @@ pub(crate) trait Consume: Send + 'static {
     /// (Redis).
     fn generation(&self) -> u64 {
         0
+    }
+
+    /// Whether the broker delivers again, to this live worker, messages it already
+    /// delivered (AMQP, after a connection closed): the worker then remembers which tasks
+    /// it started, so that a copy of one is acknowledged, not run a second time.
+    fn redelivers(&self) -> bool {
+        false
     }
 
     /// No more messages will be fetched (shutdown): stop the broker from sending more,

@@ -188,6 +188,7 @@ fn incoming(d: Delivery) -> Incoming<Delivery> {
     Incoming {
         queue: d.queue().to_owned(),
         message,
+        redelivered: d.redelivered(),
         tag: Some(d),
     }
 }
@@ -248,6 +249,10 @@ impl Consume for AmqpConsumer {
 
     fn generation(&self) -> u64 {
         self.generation
+    }
+
+    fn redelivers(&self) -> bool {
+        true
     }
 
     fn stop_consuming(&mut self) {

@@ -95,6 +95,8 @@ fn incoming(list: &str, raw: Vec<u8>, tag: Option<String>) -> Incoming<String> {
         queue,
         message,
         tag,
+        // Put back by a restore: a dead worker's, never this live one's.
+        redelivered: false,
     }
 }
 

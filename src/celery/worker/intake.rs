@@ -28,17 +28,21 @@ pub(super) struct Config {
     pub(super) lanes: HashMap<String, Priority>,
     pub(super) prefetch: usize,
     pub(super) acks_late: bool,
+    /// The broker redelivers to a live worker ([`Consume::redelivers`]): starts are
+    /// remembered ([`Started`](super::live::Started)).
+    pub(super) track_starts: bool,
 }
 
 pub(super) fn consume<C: Consume>(
     mut consumer: C,
-    cfg: Config,
+    mut cfg: Config,
     pool: Pool,
     shared: Arc<Shared>,
     held: Held<C::Tag>,
     done: mpsc::Sender<Done>,
     parked: mpsc::Sender<C>,
 ) {
+    cfg.track_starts = consumer.redelivers();
     let upkeep_every = consumer.upkeep_interval();
     let wait = upkeep_every.min(Duration::from_millis(250));
     let mut last_upkeep = Instant::now();
@@ -95,6 +99,7 @@ pub(super) fn consume<C: Consume>(
                 key,
                 generation,
                 queue: incoming.queue,
+                redelivered: incoming.redelivered,
             };
             take(&cfg, &pool, &shared, &done, taken, incoming.message);
         }
@@ -184,6 +189,8 @@ struct Taken {
     /// The consumer's connection generation it came on.
     generation: u64,
     queue: String,
+    /// Delivered again by the broker.
+    redelivered: bool,
 }
 
 /// Starts the task of one message taken, in named steps: [`refuse`] a message that is not
@@ -205,6 +212,20 @@ fn take(
     // Retries and hold-limit copies go back to the queue it came from.
     if msg.routing_key.is_empty() {
         msg.routing_key = taken.queue.clone();
+    }
+    if taken.redelivered && cfg.track_starts {
+        // A copy of a task this worker started: acknowledged (once the run's result is
+        // written), not run twice.
+        match shared.started.lock().copy(&msg.id, msg.retries, taken.key) {
+            None => {}
+            Some(true) => {
+                if let Some(k) = taken.key {
+                    let _ = done.send(Done::uncounted(Settlement::Ack(k)));
+                }
+                return;
+            }
+            Some(false) => return,
+        }
     }
     let Some(now) = screen(shared, done, &msg, taken.key) else {
         return;
@@ -360,6 +381,8 @@ struct Plan {
     chord_part: Option<Box<TaskMessage>>,
     /// A built-in that runs from its message ([`builtins::run_with_message`]).
     builtin: bool,
+    /// Its start is remembered ([`Config::track_starts`]).
+    track_starts: bool,
 }
 
 /// Plans the run of `msg` from `queue`: its lane, ETA delay and count, time limit,
@@ -402,6 +425,7 @@ fn plan(
         eta,
         chord_part: in_chord.then(|| Box::new(msg.clone())),
         builtin: cfg.message_builtins.contains(&msg.task.as_str()),
+        track_starts: cfg.track_starts,
     }
 }
 
@@ -419,6 +443,7 @@ fn build_run(
 ) -> impl FnOnce() + Send + 'static {
     let (counted, acks_late, policy) = (plan.counted, plan.acks_late, plan.policy);
     let builtin = plan.builtin;
+    let started = plan.track_starts.then(|| shared.started.clone());
     let tx = done.clone();
     let revoked = shared.revoked.clone();
     let state_here = state.clone();
@@ -434,6 +459,19 @@ fn build_run(
             eta_waiting.fetch_sub(1, Ordering::Relaxed);
         }
         let id = msg.id.clone();
+        let retries = msg.retries;
+        if let Some(started) = &started {
+            started.lock().start(&id, retries);
+        }
+        // Once its result is handed to the finisher: copies delivered meanwhile are
+        // acknowledged after it.
+        let end = |tx: &mpsc::Sender<Done>| {
+            if let Some(started) = &started {
+                for k in started.lock().end(&id, retries) {
+                    let _ = tx.send(Done::uncounted(Settlement::Ack(k)));
+                }
+            }
+        };
         // Revoked meanwhile, or expired while it waited for its ETA: not run.
         let expired = msg
             .expires
@@ -444,6 +482,7 @@ fn build_run(
             let why = if expired { "expired" } else { "revoked" };
             let revoked = TaskResult::Revoked(why.into());
             let _ = tx.send(Done::finished(&mut msg, key, revoked, counted, None));
+            end(&tx);
             return;
         }
         // Acks early: acknowledged as it starts; the result comes later.
@@ -512,6 +551,7 @@ fn build_run(
             },
             None => Done::finished(&mut msg, key, result, counted, sent),
         });
+        end(&tx);
     }
 }
 

@@ -38,9 +38,78 @@ pub(super) struct Shared {
     /// number of their message, for revoke, the hold limit, a lost broker connection and
     /// shutdown (finished ones are pruned at each upkeep).
     pub(super) live: Mutex<HashMap<u64, Live>>,
+    /// The tasks this worker started, where the broker may deliver their messages again
+    /// (AMQP): see [`Started`].
+    pub(super) started: Arc<Mutex<Started>>,
     /// Set by a shutdown with a timeout: when it passes, the finisher stops waiting for
     /// running tasks and for an unreachable broker, puts back what it still holds, and ends.
     pub(super) deadline: Mutex<Option<Instant>>,
+}
+
+/// The tasks (id and retry number) this worker started, remembered where the broker
+/// delivers a message again to a live worker (AMQP, after its connection closed: an
+/// acknowledgement sent on it may have been lost). A copy of a task that started here is
+/// not run again: it is acknowledged once the first run's result is written. The last
+/// [`Started::CAPACITY`] starts are remembered.
+#[derive(Default)]
+pub(super) struct Started {
+    runs: HashMap<(String, u32), Run>,
+    order: std::collections::VecDeque<(String, u32)>,
+}
+
+/// A task in [`Started`].
+enum Run {
+    /// Running; the keys of copies delivered meanwhile, acknowledged when it ends.
+    Running(Vec<u64>),
+    /// Its result was handed to the finisher.
+    Ended,
+}
+
+impl Started {
+    /// How many starts are remembered.
+    pub(super) const CAPACITY: usize = 1 << 16;
+
+    /// The task `(id, retries)` starts.
+    pub(super) fn start(&mut self, id: &str, retries: u32) {
+        let k = (id.to_owned(), retries);
+        if self
+            .runs
+            .insert(k.clone(), Run::Running(Vec::new()))
+            .is_none()
+        {
+            self.order.push_back(k);
+            if self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.runs.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The task `(id, retries)` ended (its result already sent to the finisher): the
+    /// copies delivered meanwhile, to acknowledge now.
+    pub(super) fn end(&mut self, id: &str, retries: u32) -> Vec<u64> {
+        match self.runs.get_mut(&(id.to_owned(), retries)) {
+            Some(run) => match std::mem::replace(run, Run::Ended) {
+                Run::Running(copies) => copies,
+                Run::Ended => Vec::new(),
+            },
+            None => Vec::new(),
+        }
+    }
+
+    /// A copy of `(id, retries)` came with `key`: `None` if that task never started here
+    /// (run the copy); else `Some(true)` if the copy is to be acknowledged now (the run
+    /// ended), `Some(false)` if it waits for the run's end.
+    pub(super) fn copy(&mut self, id: &str, retries: u32, key: Option<u64>) -> Option<bool> {
+        match self.runs.get_mut(&(id.to_owned(), retries))? {
+            Run::Ended => Some(true),
+            Run::Running(copies) => {
+                copies.extend(key);
+                Some(false)
+            }
+        }
+    }
 }
 
 /// [`Live::state`]: handed to the pool, not started.

@@ -345,6 +345,7 @@ impl Worker {
             revoked: Arc::new(Revoked::new()),
             live: Mutex::new(HashMap::new()),
             deadline: Mutex::new(None),
+            started: Arc::new(Mutex::new(live::Started::default())),
         });
         let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
         let hostname = self.hostname.take().unwrap_or_else(|| {
@@ -393,6 +394,7 @@ impl Worker {
                 lanes: self.queues.into_iter().collect(),
                 prefetch: self.prefetch,
                 acks_late: self.acks_late,
+                track_starts: false,
             };
             thread::Builder::new()
                 .name("weft-celery-consume".into())
