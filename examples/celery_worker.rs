@@ -4,7 +4,10 @@
 //!
 //! The broker is `$BROKER_URL` if set (Redis, or RabbitMQ `amqp://...` with the feature
 //! `amqp`), else the Redis at `$REDIS_URL` (default `redis://127.0.0.1:6379/0`), which is
-//! also where results are kept.
+//! also where results are kept. With `$WEFT_SENTINEL_MASTER` set, the Redis URLs may be
+//! Redis Sentinel ones (`sentinel://host:26379;sentinel://host:26380/0`) and that is the
+//! master's name (Celery's `broker_transport_options={'master_name': ...}`): the worker
+//! follows a failover without a restart.
 //!
 //! ```text
 //! cargo run --features redis --example celery_worker
@@ -16,6 +19,12 @@
 //!
 //! BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --features amqp --example celery_worker
 //! # in Python: Celery(broker="amqp://guest:guest@127.0.0.1:5672//", backend="redis://...")
+//!
+//! REDIS_URL="sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380/0" WEFT_SENTINEL_MASTER=mymaster \
+//!   cargo run --features redis --example celery_worker
+//! # in Python: app = Celery(broker=url, backend=url)
+//! #   app.conf.broker_transport_options = {"master_name": "mymaster"}
+//! #   app.conf.result_backend_transport_options = {"master_name": "mymaster"}
 //! ```
 //! Prints one line starting `weft celery worker on <broker>` once it consumes, then runs
 //! until SIGINT or SIGTERM: the first is a warm shutdown (stops taking messages, finishes
@@ -42,6 +51,9 @@ fn main() {
             Ok::<_, String>(ms)
         });
     let mut worker = Worker::new(broker.as_str(), registry);
+    if let Ok(master) = std::env::var("WEFT_SENTINEL_MASTER") {
+        worker = worker.sentinel_master(master);
+    }
     if broker != redis {
         worker = worker.backend(redis.as_str());
     }
