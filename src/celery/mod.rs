@@ -28,7 +28,9 @@
 //! One worker and one client serve both brokers: a crate-private transport trait sits
 //! under the protocol layer (a consumer that takes messages, a settler that writes results
 //! and acknowledges, remote control), with a Redis and an AMQP implementation. The URL's
-//! scheme (`redis://`, `amqp://`) picks one.
+//! scheme (`redis://`, `amqp://`) picks one; a Redis behind Redis Sentinel is named by
+//! kombu's `sentinel://` URL, with the master's name given apart
+//! ([`Worker::sentinel_master`], [`ClientBuilder::sentinel_master`]).
 //!
 //! A task acknowledged as it starts (Celery's default) is lost if its worker dies while it
 //! runs; with late acknowledgement
