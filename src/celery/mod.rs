@@ -58,7 +58,7 @@
 //! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
 //! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters |
 //! | `source.rs` | where every Redis connection comes from (a URL; asked again at each reconnect) |
-//! | `sentinel.rs` | Redis Sentinel: kombu's `sentinel://` URL, the lookup of the current master |
+//! | `sentinel.rs` (+ `sentinel/tests.rs`) | Redis Sentinel: kombu's `sentinel://` URL, the lookup of the current master |
 //! | `canvas/` | workflows ([`canvas`]): `signature.rs` signatures, `apply.rs` Celery's `apply_async` of each kind, `after.rs` what follows a task's end |
 //! | `transport.rs` | the crate-private transport trait under the worker and the client |
 //! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks |
