@@ -7,7 +7,10 @@
 //! also where results are kept. On RabbitMQ, `$WEFT_QUEUE_TYPE` (`classic`, the default,
 //! or `quorum`) says how the queue is declared: `quorum` as Celery 5.5+ with
 //! `task_default_queue_type="quorum"` and `task_default_exchange_type="topic"` (a quorum
-//! queue, native delayed delivery for countdown and ETA tasks).
+//! queue, native delayed delivery for countdown and ETA tasks). With `$WEFT_SENTINEL_MASTER` set, the Redis URLs may be
+//! Redis Sentinel ones (`sentinel://host:26379;sentinel://host:26380/0`) and that is the
+//! master's name (Celery's `broker_transport_options={'master_name': ...}`): the worker
+//! follows a failover without a restart.
 //!
 //! ```text
 //! cargo run --features redis --example celery_worker
@@ -24,6 +27,12 @@
 //! # in Python, as above, and: app.conf.task_default_queue_type = "quorum"
 //! #                           app.conf.task_default_exchange_type = "topic"
 //! #                           app.conf.broker_transport_options = {"confirm_publish": True}
+//!
+//! REDIS_URL="sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380/0" WEFT_SENTINEL_MASTER=mymaster \
+//!   cargo run --features redis --example celery_worker
+//! # in Python: app = Celery(broker=url, backend=url)
+//! #   app.conf.broker_transport_options = {"master_name": "mymaster"}
+//! #   app.conf.result_backend_transport_options = {"master_name": "mymaster"}
 //! ```
 //! Prints one line starting `weft celery worker on <broker>` once it consumes, then runs
 //! until SIGINT or SIGTERM: the first is a warm shutdown (stops taking messages, finishes
@@ -50,6 +59,9 @@ fn main() {
             Ok::<_, String>(ms)
         });
     let mut worker = Worker::new(broker.as_str(), registry);
+    if let Ok(master) = std::env::var("WEFT_SENTINEL_MASTER") {
+        worker = worker.sentinel_master(master);
+    }
     if broker != redis {
         worker = worker.backend(redis.as_str());
     }

@@ -57,9 +57,10 @@ pub struct Client {
 
 impl Client {
     /// A client of the Redis at `url` (`redis://host:port/db`), which is both the broker
-    /// and the result backend; connects now.
+    /// and the result backend; connects now. Behind Redis Sentinel (`sentinel://`), use
+    /// [`Client::builder`] to give the master's name.
     pub fn new(url: &str) -> Result<Client, Error> {
-        Client::with_backend(url, url)
+        Client::builder(url).connect()
     }
 
     /// A client of the broker at `broker` (`redis://...`, or with the feature `amqp`
@@ -71,15 +72,32 @@ impl Client {
     /// as Celery declares it) the first time a task is sent to it; see
     /// [`max_priority`](Self::max_priority).
     pub fn with_backend(broker: &str, backend: &str) -> Result<Client, Error> {
-        let publisher: Box<dyn Publish> = match BrokerKind::of(broker, Some(backend))? {
-            BrokerKind::Redis => Box::new(RedisPublisher::new(Source::open(broker)?)?),
-            #[cfg(feature = "amqp")]
-            BrokerKind::Amqp { .. } => Box::new(super::amqp::AmqpPublisher::new(broker)?),
-        };
-        let backend = Source::open(backend)?;
-        // Fails now rather than at the first `get`.
-        let _: () = redis::cmd("PING").query(&mut backend.connect()?)?;
-        Ok(Client { publisher, backend })
+        Client::builder(broker).backend(backend).connect()
+    }
+
+    /// A client of the broker at `broker` to set up before it connects
+    /// ([`ClientBuilder::connect`]): its result backend, the master's name under Redis
+    /// Sentinel.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use weft::celery::{Client, SendOptions};
+    ///
+    /// let client = Client::builder("sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379/0")
+    ///     .sentinel_master("mymaster")
+    ///     .connect()
+    ///     .unwrap();
+    /// let r = client
+    ///     .send_task("add", vec![2.into(), 3.into()], Default::default(), SendOptions::default())
+    ///     .unwrap();
+    /// assert_eq!(r.get_value(Duration::from_secs(10)).unwrap(), 5);
+    /// ```
+    pub fn builder(broker: &str) -> ClientBuilder {
+        ClientBuilder {
+            broker: broker.to_owned(),
+            backend: None,
+            sentinel_master: None,
+        }
     }
 
     /// RabbitMQ: the queues this client declares get `x-max-priority` = `n`, so that
@@ -237,6 +255,52 @@ impl Applied {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
         }
+    }
+}
+
+/// A [`Client`] before it connects ([`Client::builder`]).
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    broker: String,
+    backend: Option<String>,
+    sentinel_master: Option<String>,
+}
+
+impl ClientBuilder {
+    /// The Redis result backend (`redis://...` or `sentinel://...`), for an AMQP broker;
+    /// default: the broker itself (a Redis broker is its own backend: naming another is
+    /// an error).
+    pub fn backend(mut self, url: &str) -> Self {
+        self.backend = Some(url.to_owned());
+        self
+    }
+
+    /// The master's name under Redis Sentinel (Celery's transport option `master_name`):
+    /// required when the broker or the result backend is a `sentinel://` URL (kombu's:
+    /// sentinels separated by `;`, each `sentinel://[user:password@]host[:port][/db]`, port
+    /// 26379 by default, the database and password those of the first one, for the
+    /// master); ignored otherwise. Each connection asks the sentinels for the current
+    /// master, so the client follows a failover.
+    pub fn sentinel_master(mut self, name: &str) -> Self {
+        self.sentinel_master = Some(name.to_owned());
+        self
+    }
+
+    /// Connects now: to the broker, and to the result backend (`PING`).
+    pub fn connect(self) -> Result<Client, Error> {
+        let backend = self.backend.as_deref().unwrap_or(&self.broker);
+        let master = self.sentinel_master.as_deref();
+        let publisher: Box<dyn Publish> = match BrokerKind::of(&self.broker, Some(backend))? {
+            BrokerKind::Redis => {
+                Box::new(RedisPublisher::new(Source::open(&self.broker, master)?)?)
+            }
+            #[cfg(feature = "amqp")]
+            BrokerKind::Amqp { .. } => Box::new(super::amqp::AmqpPublisher::new(&self.broker)?),
+        };
+        let backend = Source::open(backend, master)?;
+        // Fails now rather than at the first `get`.
+        let _: () = redis::cmd("PING").query(&mut backend.connect()?)?;
+        Ok(Client { publisher, backend })
     }
 }
 

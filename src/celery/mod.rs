@@ -28,7 +28,9 @@
 //! One worker and one client serve both brokers: a crate-private transport trait sits
 //! under the protocol layer (a consumer that takes messages, a settler that writes results
 //! and acknowledges, remote control), with a Redis and an AMQP implementation. The URL's
-//! scheme (`redis://`, `amqp://`) picks one.
+//! scheme (`redis://`, `amqp://`) picks one; a Redis behind Redis Sentinel is named by
+//! kombu's `sentinel://` URL, with the master's name given apart
+//! ([`Worker::sentinel_master`], [`ClientBuilder::sentinel_master`]).
 //!
 //! A task acknowledged as it starts (Celery's default) is lost if its worker dies while it
 //! runs; with late acknowledgement
@@ -56,6 +58,7 @@
 //! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
 //! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters |
 //! | `source.rs` | where every Redis connection comes from (a URL; asked again at each reconnect) |
+//! | `sentinel.rs` (+ `sentinel/tests.rs`) | Redis Sentinel: kombu's `sentinel://` URL, the lookup of the current master |
 //! | `canvas/` | workflows ([`canvas`]): `signature.rs` signatures, `apply.rs` Celery's `apply_async` of each kind, `after.rs` what follows a task's end |
 //! | `transport.rs` | the crate-private transport trait under the worker and the client |
 //! | `worker/` | [`Worker`]: `mod.rs` builder and lifecycle, `live.rs` shared state, `intake.rs` consumer, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks |
@@ -77,11 +80,12 @@ mod iso8601;
 pub mod protocol;
 pub mod redis;
 mod result;
+mod sentinel;
 mod source;
 mod transport;
 mod worker;
 
-pub use client::{Applied, AsyncResult, Client, SendOptions};
+pub use client::{Applied, AsyncResult, Client, ClientBuilder, SendOptions};
 pub use error::Error;
 pub use protocol::{ProtocolError, TaskMessage};
 pub use result::TaskResult;

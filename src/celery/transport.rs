@@ -18,7 +18,7 @@ use super::result::TaskResult;
 /// The kind of broker a URL names, checked against the result backend given with it
 /// (`None`: none named).
 pub(crate) enum BrokerKind {
-    /// `redis://`, `rediss://`, `unix://`: its own result backend.
+    /// `redis://`, `rediss://`, `unix://`, `sentinel://`: its own result backend.
     Redis,
     /// `amqp://`, `amqps://`, with the Redis result backend at this URL.
     #[cfg(feature = "amqp")]
@@ -31,7 +31,7 @@ impl BrokerKind {
     /// backend.
     pub fn of(url: &str, backend: Option<&str>) -> Result<BrokerKind, Error> {
         match url.split_once("://").map_or("", |(s, _)| s) {
-            "redis" | "rediss" | "unix" | "redis+unix" => match backend {
+            "redis" | "rediss" | "unix" | "redis+unix" | "sentinel" => match backend {
                 Some(b) if b != url => Err(Error::Config(
                     "a Redis broker is its own result backend: do not name another".into(),
                 )),
@@ -52,7 +52,7 @@ impl BrokerKind {
                 "weft was built without the feature `amqp`".into(),
             )),
             other => Err(Error::Config(format!(
-                "unknown broker URL scheme {other:?} (expected redis:// or amqp://)"
+                "unknown broker URL scheme {other:?} (expected redis://, sentinel:// or amqp://)"
             ))),
         }
     }

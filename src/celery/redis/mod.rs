@@ -19,6 +19,13 @@
 //! ago than the visibility timeout, whoever took it (a Python worker restores a dead weft
 //! worker's messages and the other way round). Delivery is therefore at-least-once.
 //!
+//! Behind Redis Sentinel (`sentinel://`, [`Worker::sentinel_master`](super::Worker::sentinel_master))
+//! the layout is the same on whichever Redis is the master: every connection of the
+//! transport (consumer, settler, tracker, remote control) asks the sentinels for the
+//! current master when it connects, so each reconnect after a failover reaches the
+//! promoted replica. What the old master had not replicated is lost with it (messages,
+//! `unacked` records, results); a message whose pop was lost is taken again.
+//!
 //! This file holds the key layout and its operations (publish, pop-and-record, heartbeat,
 //! acknowledge, dead-letter, restore); `transport.rs` the worker's and the client's
 //! transport over them; `wake.rs` how a consumer waits for a message ([`Wake`], [`track`]);

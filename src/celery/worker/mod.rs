@@ -39,9 +39,10 @@ use live::{Done, Held, Shared};
 /// backend keeps it, and acknowledges the message.
 ///
 /// The broker is chosen by the URL given to [`Worker::new`]: `redis://` (kombu's Redis
-/// transport; the same Redis is the result backend) or, with the feature `amqp`,
-/// `amqp://` (RabbitMQ; results go to the Redis named by [`backend`](Self::backend)).
-/// Everything below holds for both, unless it names one.
+/// transport; the same Redis is the result backend), `sentinel://` (the same behind Redis
+/// Sentinel, see [`sentinel_master`](Self::sentinel_master)) or, with the feature `amqp`,
+/// `amqp://` (RabbitMQ; results go to the Redis named by [`backend`](Self::backend), which
+/// may be a `sentinel://` one). Everything below holds for both, unless it names one.
 ///
 /// * **Queues and lanes.** Each queue is bound to a weft lane ([`Priority`]): a worker
 ///   consuming `high` → High, `celery` → Normal, `bulk` → Low runs urgent work first, and
@@ -117,6 +118,14 @@ use live::{Done, Held, Shared};
 ///   could not settle is delivered again later (Redis: after the visibility timeout;
 ///   RabbitMQ: when the connection closes). Nothing is acknowledged before its result is
 ///   written, except a task acknowledged early as it starts.
+/// * **Redis Sentinel** (`sentinel://`): every connection (consumer, finisher, wake-up
+///   tracker, remote control) asks the sentinels for the current master when it connects
+///   and reconnects, skips a master the sentinels flag down and uses only a Redis whose
+///   `ROLE` is `master`; so after a failover the worker reconnects to the promoted replica
+///   without a restart, re-subscribes remote control and its wake-ups, and runs every task
+///   sent after the failover. What the old master had not yet replicated when it died
+///   (Redis replication is asynchronous) is lost with it: messages, results,
+///   acknowledgements (a message taken again after the failover runs again).
 ///
 /// ```no_run
 /// use weft::celery::Worker;
@@ -145,11 +154,14 @@ pub struct Worker {
     hold_limit: Duration,
     shutdown_timeout: Option<Duration>,
     command_timeout: Duration,
+    sentinel_master: Option<String>,
 }
 
 impl Worker {
-    /// A worker for the broker at `url` (`redis://host:port/db`, or with the feature
-    /// `amqp` `amqp://user:password@host:port/vhost`), running `registry`'s tasks,
+    /// A worker for the broker at `url` (`redis://host:port/db`,
+    /// `sentinel://host:port;sentinel://host:port/db` with
+    /// [`sentinel_master`](Self::sentinel_master), or with the feature `amqp`
+    /// `amqp://user:password@host:port/vhost`), running `registry`'s tasks,
     /// consuming the queue `celery` (Normal lane) until [`queue`](Self::queue) names
     /// others.
     pub fn new(url: impl Into<String>, registry: Registry) -> Worker {
@@ -171,10 +183,35 @@ impl Worker {
             hold_limit: Duration::from_secs(15 * 60),
             shutdown_timeout: None,
             command_timeout: redis_transport::COMMAND_TIMEOUT,
+            sentinel_master: None,
         }
     }
 
-    /// The Redis result backend (`redis://...`), for an AMQP broker (which cannot keep
+    /// The master's name under Redis Sentinel (Celery's transport option `master_name`, in
+    /// `broker_transport_options` and `result_backend_transport_options`): required when
+    /// the broker or the result backend is a `sentinel://` URL (kombu's: sentinels
+    /// separated by `;`, each `sentinel://[user:password@]host[:port][/db]`, port 26379 by
+    /// default, the database and password those of the first one, for the master); ignored
+    /// otherwise.
+    ///
+    /// ```no_run
+    /// use weft::celery::Worker;
+    /// use weft::registry::Registry;
+    ///
+    /// let registry = Registry::new().task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y));
+    /// let worker = Worker::new("sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379/0", registry)
+    ///     .sentinel_master("mymaster")
+    ///     .start()
+    ///     .unwrap();
+    /// worker.shutdown();
+    /// ```
+    pub fn sentinel_master(mut self, name: impl Into<String>) -> Self {
+        self.sentinel_master = Some(name.into());
+        self
+    }
+
+    /// The Redis result backend (`redis://...`, or `sentinel://...` with
+    /// [`sentinel_master`](Self::sentinel_master)), for an AMQP broker (which cannot keep
     /// results). A Redis broker is its own result backend; naming another is an error.
     pub fn backend(mut self, url: impl Into<String>) -> Self {
         self.backend = Some(url.into());
@@ -303,7 +340,8 @@ impl Worker {
         match BrokerKind::of(&self.url, self.backend.as_deref())? {
             BrokerKind::Redis => {
                 let transport = RedisTransport {
-                    source: Source::open(&self.url)?.command_timeout(self.command_timeout),
+                    source: Source::open(&self.url, self.sentinel_master.as_deref())?
+                        .command_timeout(self.command_timeout),
                     visibility_timeout: self.visibility_timeout,
                     restore_interval: self.restore_interval,
                     result_expires: self.result_expires,
@@ -314,7 +352,8 @@ impl Worker {
             BrokerKind::Amqp { backend } => {
                 let transport = super::amqp::AmqpTransport {
                     url: self.url.clone(),
-                    backend: Source::open(&backend)?.command_timeout(self.command_timeout),
+                    backend: Source::open(&backend, self.sentinel_master.as_deref())?
+                        .command_timeout(self.command_timeout),
                     result_expires: self.result_expires,
                     max_priority: self.max_priority,
                     queue_type: self.queue_type,
