@@ -539,13 +539,30 @@ fn shutdown_timeout_bounds_a_shutdown() {
 #[cfg(feature = "amqp")]
 #[test]
 fn amqp_connection_closed() {
-    let (Some(backend), Some(amqp), Some(dir)) = (
+    amqp_survives(false);
+}
+
+/// On RabbitMQ, the Redis result backend shut down for 2 s mid-run: the results are kept
+/// and written once it is back, none lost and no task run again.
+#[cfg(feature = "amqp")]
+#[test]
+fn amqp_result_backend_shut_down_and_restarted() {
+    amqp_survives(true);
+}
+
+/// The RabbitMQ fault tests: the worker's connection closed (`backend_down` false), or
+/// its private Redis result backend shut down for 2 s and restarted.
+#[cfg(feature = "amqp")]
+fn amqp_survives(backend_down: bool) {
+    let (Some(_), Some(amqp), Some(dir)) = (
         required("WEFT_REDIS_URL"),
         required("WEFT_AMQP_URL"),
         required("WEFT_RABBITMQ_DIR"),
     ) else {
         return;
     };
+    let mut server = Server::start();
+    let backend = server.url();
     let q = unique("faults-amqp");
     let name = format!("{q}@here");
     let n = 400u64;
@@ -603,7 +620,13 @@ fn amqp_connection_closed() {
         .to_owned();
     *gate.0.lock() = true;
     gate.1.notify_all();
-    common::celery::rabbitmqctl(&dir, &["close_connection", &pid, "weft test: dropped"]);
+    if backend_down {
+        server.shutdown();
+        std::thread::sleep(Duration::from_secs(2)); // the outage itself
+        server.restart();
+    } else {
+        common::celery::rabbitmqctl(&dir, &["close_connection", &pid, "weft test: dropped"]);
+    }
     let at_fault = ran(&runs);
     let lost = results
         .iter()
@@ -616,8 +639,13 @@ fn amqp_connection_closed() {
         .find(|(qn, _, _)| *qn == q)
         .map_or(0, |(_, ready, unacked)| ready + unacked);
     eprintln!(
-        "fault AmqpConnectionClosed after {at_fault} of {n} tasks ran: lost {lost}, \
-         left on the queue {left}, duplicates {duplicates}"
+        "fault {} after {at_fault} of {n} tasks ran: lost {lost}, \
+         left on the queue {left}, duplicates {duplicates}",
+        if backend_down {
+            "AmqpResultBackendShutdown"
+        } else {
+            "AmqpConnectionClosed"
+        }
     );
     assert_eq!(lost, 0, "results lost");
     assert_eq!(duplicates, 0, "tasks run twice");

@@ -272,6 +272,8 @@ pub(crate) struct AmqpSettler {
     expires: Duration,
     /// Declares queues (the first message to each) and routes messages.
     routes: Routes,
+    /// The batch being settled is one handed again (see [`Settle::settle`]).
+    retrying: bool,
 }
 
 impl AmqpSettler {
@@ -382,9 +384,10 @@ impl AmqpSettler {
 impl Settle for AmqpSettler {
     type Tag = Delivery;
 
-    /// Results first (one Redis transaction), then each delivery: acknowledged (all the
-    /// plain ones at once), or, when its result could not be written, put back on its
-    /// queue to run again (at-least-once). A retry or an ETA copy is sent (confirmed)
+    /// Results first (one Redis transaction), then each delivery acknowledged (all the
+    /// plain ones at once). When the results cannot be written (the Redis result backend
+    /// does not answer), the batch is handed back, and written again until the backend
+    /// answers, without sending its workflow's next steps a second time. A retry or an ETA copy is sent (confirmed)
     /// before the old delivery is acknowledged; a retry that cannot be sent makes the
     /// failure final; a dead letter or ETA copy that cannot be sent goes back to its queue.
     ///
@@ -394,17 +397,21 @@ impl Settle for AmqpSettler {
     /// its chord parts are counted (and a completed chord's body sent) before its
     /// delivery is acknowledged.
     fn settle(&mut self, mut batch: Vec<Settlement<Delivery>>) -> Result<(), Unsettled<Delivery>> {
-        for s in &mut batch {
-            if let Settlement::Result {
-                result,
-                flow: Some(flow),
-                ..
-            } = s
-            {
-                if let Err(e) = self.send_next(&flow.next) {
-                    *result = TaskResult::error(format!(
-                        "the next step of its workflow could not be sent: {e}"
-                    ));
+        // A batch handed again (its results could not be written) has sent its next steps
+        // already: they are not sent twice.
+        if !std::mem::take(&mut self.retrying) {
+            for s in &mut batch {
+                if let Settlement::Result {
+                    result,
+                    flow: Some(flow),
+                    ..
+                } = s
+                {
+                    if let Err(e) = self.send_next(&flow.next) {
+                        *result = TaskResult::error(format!(
+                            "the next step of its workflow could not be sent: {e}"
+                        ));
+                    }
                 }
             }
         }
@@ -443,7 +450,17 @@ impl Settle for AmqpSettler {
         }
         let any =
             !results.is_empty() || batch.iter().any(|s| matches!(s, Settlement::Result { .. }));
-        let written = !any || self.write(&pipe);
+        if any && !self.write(&pipe) {
+            // Kept, deliveries and all, and handed again until the backend answers: a
+            // delivery put back instead would run its task a second time.
+            self.retrying = true;
+            return Err(Unsettled {
+                batch,
+                error: Error::Io(std::io::Error::other(
+                    "the Redis result backend does not answer",
+                )),
+            });
+        }
         let mut acks = Vec::new();
         let mut final_failures = Vec::new();
         for s in batch {
@@ -453,7 +470,7 @@ impl Settle for AmqpSettler {
                     tag: Some(d),
                     flow: Some(flow),
                     ..
-                } if written && !flow.next.parts.is_empty() => {
+                } if !flow.next.parts.is_empty() => {
                     if self.count_parts(&flow.next.parts) {
                         acks.push(d);
                     } else {
@@ -464,16 +481,10 @@ impl Settle for AmqpSettler {
                     tag: None,
                     flow: Some(flow),
                     ..
-                } if written => {
+                } => {
                     self.count_parts(&flow.next.parts);
                 }
-                Settlement::Result { tag: Some(d), .. } if written => acks.push(d),
-                Settlement::Result { tag: Some(d), .. } => {
-                    let _ = d.reject(true);
-                }
-                Settlement::Retry { tag: Some(d), .. } if !written => {
-                    let _ = d.reject(true);
-                }
+                Settlement::Result { tag: Some(d), .. } => acks.push(d),
                 Settlement::Retry { next, failure, tag } => {
                     if self.publish(&next).is_err() {
                         final_failures.push((next.id.clone(), failure));
@@ -547,6 +558,7 @@ impl Transport for AmqpTransport {
                 conn: Some(backend),
                 expires: self.result_expires,
                 routes: Routes::new(self.queue_type, self.max_priority),
+                retrying: false,
             },
         ))
     }
