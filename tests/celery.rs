@@ -1401,6 +1401,46 @@ fn the_pop_script_reads_the_fields_of_every_kind_of_envelope() {
     }
 }
 
+/// The weft half of [`throughput_weft_vs_python_celery`] alone (named so that the filter
+/// `throughput` does not run it beside that test), for profiling and for
+/// other shapes (ignored by default): `WEFT_CELERY_BENCH_TASKS` tasks (default 5000),
+/// `WEFT_CELERY_BENCH_RUNS` runs (default 3) on one worker, `WEFT_CELERY_BENCH_PREFETCH`
+/// (default Celery's, 4 per pool thread), concurrency 2.
+#[test]
+#[ignore]
+fn weft_alone_noop_rate() {
+    let Some(env) = env() else {
+        return;
+    };
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = var("WEFT_CELERY_BENCH_TASKS", 5000);
+    let runs = var("WEFT_CELERY_BENCH_RUNS", 3);
+    let prefetch = var("WEFT_CELERY_BENCH_PREFETCH", 0);
+    let q = unique("bench-weft-only");
+    let worker = env
+        .worker(Registry::new().task("noop", |(): ()| Ok::<_, String>(())))
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .prefetch(prefetch)
+        .start()
+        .unwrap();
+    for _ in 0..runs {
+        let rate = noop_throughput(&env, &q, n);
+        eprintln!(
+            "no-op throughput over {}, {n} tasks, concurrency 2, prefetch {}: \
+             weft worker {rate:.0} tasks/s",
+            if env.amqp { "RabbitMQ" } else { "Redis" },
+            if prefetch == 0 { 8 } else { prefetch },
+        );
+    }
+    worker.shutdown();
+}
+
 #[test]
 fn a_python_worker_recovers_a_killed_weft_workers_tasks() {
     let (Some(env), Some(py)) = (env(), python()) else {
