@@ -1309,6 +1309,144 @@ fn throughput_weft_vs_python_celery() {
     );
 }
 
+/// The pop script reads each envelope's delivery tag, exchange and routing key without
+/// decoding it when it can (the fields occur once, after `"properties"`, as plain
+/// strings), and decodes it otherwise: both readings record the same `unacked` entries,
+/// whatever the spacing (kombu's `", "` or serde's compact form).
+#[test]
+fn the_pop_script_reads_the_fields_of_every_kind_of_envelope() {
+    let Some(env) = env() else {
+        return;
+    };
+    let q = unique("pop-fields");
+    let mut conn = env.redis();
+    let envelope = |tag: Value, info: Value, extra_header: Option<(&str, Value)>| {
+        let mut headers = json!({"id": uuid_like(), "task": "noop", "lang": "py"});
+        if let Some((k, v)) = extra_header {
+            headers[k] = v;
+        }
+        json!({
+            "body": "W1tdLCB7fSwge31d",
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {"delivery_info": info, "delivery_tag": tag, "priority": 0},
+        })
+    };
+    let tag = uuid_like;
+    let info = |ex: &str, rk: &str| json!({"exchange": ex, "routing_key": rk});
+    // (raw, the tag it must be recorded under, the exchange and routing key recorded)
+    let mut cases: Vec<(String, Option<String>, String, String)> = Vec::new();
+    let t = tag();
+    let e = envelope(json!(t), info("", &q), None);
+    // kombu's spacing, and serde's compact form.
+    let spaced = serde_json::to_string_pretty(&e).unwrap().replace('\n', " ");
+    cases.push((spaced, Some(t.clone()), String::new(), q.clone()));
+    let t = tag();
+    let e = envelope(json!(t), info("ex", "rk"), None);
+    cases.push((e.to_string(), Some(t), "ex".into(), "rk".into()));
+    // An escaped character in the tag: decoded.
+    let t = format!("{}/\"x", tag());
+    let e = envelope(json!(t), info("", &q), None);
+    cases.push((e.to_string(), Some(t), String::new(), q.clone()));
+    // A header of the same name (twice in the text): decoded, the properties' one wins.
+    let t = tag();
+    let e = envelope(
+        json!(t),
+        info("", &q),
+        Some(("delivery_tag", json!("not-it"))),
+    );
+    cases.push((e.to_string(), Some(t), String::new(), q.clone()));
+    // No delivery_info: the queue's name as routing key, exchange "".
+    let t = tag();
+    let e = envelope(
+        json!(t),
+        Value::Null,
+        Some(("routing_key", json!("not-it"))),
+    );
+    cases.push((e.to_string(), Some(t), String::new(), q.clone()));
+    // A tag that is not a string: not recorded.
+    let e = envelope(json!(7), info("", &q), None);
+    cases.push((e.to_string(), None, String::new(), q.clone()));
+    let mut pipe = redis::pipe();
+    for (raw, ..) in &cases {
+        pipe.lpush(&q, raw).ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+    let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
+    let queues: Vec<String> = keys.iter().map(|_| q.clone()).collect();
+    let popped = weft::celery::redis::pop_and_record(&mut conn, &keys, &queues, 100).unwrap();
+    assert_eq!(popped.len(), cases.len());
+    for ((_, raw, recorded), (sent, want, exchange, routing_key)) in popped.iter().zip(&cases) {
+        assert_eq!(std::str::from_utf8(raw).unwrap(), sent);
+        assert_eq!(recorded, want, "{sent}");
+        let Some(t) = want else { continue };
+        let entry: String = redis::cmd("HGET")
+            .arg("unacked")
+            .arg(t)
+            .query(&mut conn)
+            .unwrap();
+        let entry: Value = serde_json::from_str(&entry).unwrap();
+        let want_entry = json!([
+            serde_json::from_str::<Value>(sent).unwrap(),
+            exchange,
+            routing_key
+        ]);
+        assert_eq!(entry, want_entry, "{sent}");
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg("unacked_index")
+            .arg(t)
+            .query(&mut conn)
+            .unwrap();
+        assert!(score.is_some());
+        redis::pipe()
+            .hdel("unacked", t)
+            .zrem("unacked_index", t)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+}
+
+/// The weft half of [`throughput_weft_vs_python_celery`] alone (named so that the filter
+/// `throughput` does not run it beside that test), for profiling and for
+/// other shapes (ignored by default): `WEFT_CELERY_BENCH_TASKS` tasks (default 5000),
+/// `WEFT_CELERY_BENCH_RUNS` runs (default 3) on one worker, `WEFT_CELERY_BENCH_PREFETCH`
+/// (default Celery's, 4 per pool thread), concurrency 2.
+#[test]
+#[ignore]
+fn weft_alone_noop_rate() {
+    let Some(env) = env() else {
+        return;
+    };
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = var("WEFT_CELERY_BENCH_TASKS", 5000);
+    let runs = var("WEFT_CELERY_BENCH_RUNS", 3);
+    let prefetch = var("WEFT_CELERY_BENCH_PREFETCH", 0);
+    let q = unique("bench-weft-only");
+    let worker = env
+        .worker(Registry::new().task("noop", |(): ()| Ok::<_, String>(())))
+        .queue(q.as_str(), Priority::Normal)
+        .workers(2)
+        .prefetch(prefetch)
+        .start()
+        .unwrap();
+    for _ in 0..runs {
+        let rate = noop_throughput(&env, &q, n);
+        eprintln!(
+            "no-op throughput over {}, {n} tasks, concurrency 2, prefetch {}: \
+             weft worker {rate:.0} tasks/s",
+            if env.amqp { "RabbitMQ" } else { "Redis" },
+            if prefetch == 0 { 8 } else { prefetch },
+        );
+    }
+    worker.shutdown();
+}
+
 #[test]
 fn a_python_worker_recovers_a_killed_weft_workers_tasks() {
     let (Some(env), Some(py)) = (env(), python()) else {
