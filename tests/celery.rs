@@ -1375,7 +1375,14 @@ fn the_pop_script_reads_the_fields_of_every_kind_of_envelope() {
     pipe.query::<()>(&mut conn).unwrap();
     let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
     let queues: Vec<String> = keys.iter().map(|_| q.clone()).collect();
-    let popped = weft::celery::redis::pop_and_record(&mut conn, &keys, &queues, 100).unwrap();
+    let popped = weft::celery::redis::pop_and_record(
+        &mut conn,
+        &keys,
+        &queues,
+        100,
+        &weft::celery::redis::Fetch::new(),
+    )
+    .unwrap();
     assert_eq!(popped.len(), cases.len());
     for ((_, raw, recorded), (sent, want, exchange, routing_key)) in popped.iter().zip(&cases) {
         assert_eq!(std::str::from_utf8(raw).unwrap(), sent);
