@@ -38,9 +38,11 @@
 //! acknowledged after its result is written, and a message whose worker died is delivered
 //! again (on Redis after the visibility timeout, on RabbitMQ when the connection drops):
 //! at-least-once. Messages not yet started are never acknowledged early, and either way a
-//! task can run twice (a worker dead between the run and the acknowledgement, a dropped
-//! broker connection): make tasks idempotent where that matters, as with Celery. Only
-//! JSON messages are accepted; pickle is never deserialized.
+//! task can run twice when its worker dies between the run and the acknowledgement: make
+//! tasks idempotent where that matters, as with Celery. A worker that lives through a
+//! broker fault (an outage, a restart, a stall, killed connections, a Sentinel failover)
+//! loses nothing, leaves nothing held and runs nothing twice: see the [`Worker`] docs.
+//! Only JSON messages are accepted; pickle is never deserialized.
 //!
 //! Python side: `app = Celery(broker=url, backend=url)` (or `broker="amqp://..."`,
 //! `backend="redis://..."`) with the default JSON serializer;

@@ -63,10 +63,11 @@ use live::{Done, Held, Shared};
 ///   result was written. With late acks a worker that dies loses nothing: its messages are
 ///   delivered again (at-least-once); with early acks the tasks it was running are lost.
 ///   Messages not yet started (queued in the pool, waiting for an ETA) are never
-///   acknowledged before they start, so a task may run twice either way: when its worker
-///   died after the run and before the acknowledgement, or, on RabbitMQ, when the
-///   connection dropped (the broker delivers again what the connection held; the worker
-///   drops its own not-started copies then, but one already running finishes).
+///   acknowledged before they start, so a task may run twice either way when its worker
+///   died after the run and before the acknowledgement. A live worker runs no task twice:
+///   on RabbitMQ, when a connection dropped and the broker delivers again what it held,
+///   the worker drops its own not-started copies and acknowledges, without running, the
+///   copies of tasks it had started (it remembers its last 65,536 starts).
 /// * **Bad messages** (not JSON, a content type other than JSON, bad base64, missing
 ///   headers) never run and never stop the worker: each goes to the dead-letter place (the
 ///   Redis list `weft.dead_letter`; on RabbitMQ the exchange and queue `weft.dead_letter`)
@@ -110,14 +111,22 @@ use live::{Done, Held, Shared};
 ///   to stop ([`checkpoint`](crate::checkpoint) returns `Err` in it; weft cannot kill a
 ///   thread, so a task that never checks runs to its end) and it ends `REVOKED`.
 /// * **Shutdown** ([`RunningWorker::shutdown`]), warm as Celery's: stops taking messages,
-///   waits for the running tasks (as long as they run), and puts back on their queues the
+///   waits for the running tasks (as long as they run, or until
+///   [`shutdown_timeout`](Self::shutdown_timeout)), and puts back on their queues the
 ///   messages of every task that had not started (queued in the pool, or waiting for an
-///   ETA). Held messages keep their heartbeat meanwhile (Redis).
-/// * **A dead or unreachable broker**: the consumer retries with a backoff (up to 5 s)
-///   on a new connection, the finisher retries a failed write three times, and what it
-///   could not settle is delivered again later (Redis: after the visibility timeout;
-///   RabbitMQ: when the connection closes). Nothing is acknowledged before its result is
-///   written, except a task acknowledged early as it starts.
+///   ETA), retried until the broker answers. Held messages keep their heartbeat meanwhile
+///   (Redis).
+/// * **A dead, restarted, stalled or unreachable broker** (or, on RabbitMQ, Redis result
+///   backend), while the worker lives: nothing is lost, left held or run twice. The
+///   consumer retries on a new connection every quarter second at most. A batch of results
+///   and acknowledgements that cannot be written is kept and handed again, oldest first,
+///   until it is written (memory stays bounded: prefetch room is freed only by written
+///   results), and written once even if a failed try took effect (Redis: a marker in the
+///   same `MULTI`, read after fencing the old connection off with `CLIENT KILL ID`). A
+///   take whose answer was lost is put back (Redis: the consumer's take record). A
+///   connection whose command failed or timed out ([`command_timeout`](Self::command_timeout))
+///   is never used again. On RabbitMQ, copies the broker delivers again of tasks this
+///   worker started are acknowledged without running.
 /// * **Redis Sentinel** (`sentinel://`): every connection (consumer, finisher, wake-up
 ///   tracker, remote control) asks the sentinels for the current master when it connects
 ///   and reconnects, skips a master the sentinels flag down and uses only a Redis whose
