@@ -6,7 +6,6 @@
 //! names, so the tests share one Redis database.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,8 @@ use serde_json::{json, Map, Value};
 mod common;
 
 use common::celery::{
-    fixtures, python_worker_command, required, spawn_ready_child, unique, uuid_like, Killed,
+    fixtures, python_sends_interop, python_worker_command, rabbitmqctl, required,
+    spawn_ready_child, unique, uuid_like, Killed,
 };
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
@@ -677,23 +677,6 @@ fn an_eta_task_held_past_the_hold_limit_is_sent_again_and_runs_once() {
     assert_eq!(env.queued(&q), 0);
 }
 
-/// `rabbitmqctl` against the test broker (`.ci/rabbitmq.sh ctl`, its state in
-/// `WEFT_RABBITMQ_DIR`).
-fn rabbitmqctl(dir: &str, args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/rabbitmq.sh"))
-        .args(["ctl", dir])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// RabbitMQ: when a worker's connection drops, the broker delivers again every message it
 /// held; the worker drops its own copies of those that had not started, so a task waiting
 /// for its ETA runs once, not twice.
@@ -832,27 +815,7 @@ fn python_sends_weft_runs_python_reads() {
         .workers(2)
         .start()
         .unwrap();
-    let out = Command::new(&py)
-        .arg(fixtures().join("interop_send.py"))
-        .arg(&env.broker)
-        .arg(&env.backend)
-        .arg(&q)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(seen["add"], json!(5));
-    assert_eq!(seen["add_kwargs"], json!(9));
-    assert_eq!(
-        seen["many"],
-        json!((0..1000).map(|i| i * 2).collect::<Vec<_>>())
-    );
-    assert_eq!(seen["fail"], json!(["RuntimeError", "fail() always fails"]));
+    let seen = python_sends_interop(&py, &env.broker, &env.backend, &q, &[]);
     assert_eq!(seen["unknown"][0], json!("NotRegistered"));
     assert!(seen["unknown"][1]
         .as_str()

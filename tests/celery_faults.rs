@@ -138,6 +138,88 @@ struct Runs {
     started: Vec<Instant>,
 }
 
+/// `count(i)` tasks whose runs are counted here: those from `n / 5` on wait until
+/// [`open`](Self::open) (so that a fault always strikes mid-run, with messages held and
+/// results to write, however the machine schedules the test).
+struct Counting {
+    n: u64,
+    runs: Arc<Mutex<Runs>>,
+    gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+}
+
+impl Counting {
+    fn new(n: u64) -> Counting {
+        Counting {
+            n,
+            runs: Arc::default(),
+            gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
+        }
+    }
+
+    /// The registry with `count`.
+    fn registry(&self) -> Registry {
+        let (runs, gate, n) = (self.runs.clone(), self.gate.clone(), self.n);
+        Registry::new().task("count", move |(i,): (u64,)| {
+            if i >= n / 5 {
+                let mut open = gate.0.lock();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !*open && !gate.1.wait_until(&mut open, deadline).timed_out() {}
+            }
+            {
+                let mut r = runs.lock();
+                *r.count.entry(i).or_default() += 1;
+                r.started.push(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(4));
+            Ok::<_, String>(i)
+        })
+    }
+
+    /// Sends `count(0)` .. `count(n - 1)` to `q`, every one before any fault (a send
+    /// retried after a lost answer could be a second message of the same task, which is
+    /// the client's doing, not the worker's).
+    fn send(&self, client: &Client, q: &str) -> Vec<weft::celery::AsyncResult> {
+        (0..self.n)
+            .map(|i| {
+                client
+                    .send_task(
+                        "count",
+                        vec![i.into()],
+                        Default::default(),
+                        SendOptions {
+                            queue: Some(q.to_owned()),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// How many tasks ran.
+    fn ran(&self) -> u64 {
+        self.runs.lock().count.len() as u64
+    }
+
+    /// Waits until the tasks before the gate ran (they are taken in order, FIFO).
+    fn wait_for_the_gate(&self) {
+        wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
+            self.ran() >= self.n / 5
+        });
+    }
+
+    /// Lets the tasks after the gate run.
+    fn open(&self) {
+        *self.gate.0.lock() = true;
+        self.gate.1.notify_all();
+    }
+
+    /// How many tasks ran more than once.
+    fn duplicates(&self) -> usize {
+        self.runs.lock().count.values().filter(|c| **c > 1).count()
+    }
+}
+
 /// What goes wrong, mid-run.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -161,62 +243,23 @@ fn survive(fault: Fault) {
     let url = server.url();
     let q = unique("faults");
     let n = 600u64;
-    let runs = Arc::new(Mutex::new(Runs::default()));
-    // Tasks from n/5 on wait until the fault strikes, so that it always strikes mid-run,
-    // with messages held and results to write, however the machine schedules the test.
-    let gate = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
-    let registry = {
-        let (runs, gate) = (runs.clone(), gate.clone());
-        Registry::new().task("count", move |(i,): (u64,)| {
-            if i >= n / 5 {
-                let mut open = gate.0.lock();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !*open && !gate.1.wait_until(&mut open, deadline).timed_out() {}
-            }
-            {
-                let mut r = runs.lock();
-                *r.count.entry(i).or_default() += 1;
-                r.started.push(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(4));
-            Ok::<_, String>(i)
-        })
-    };
+    let counting = Counting::new(n);
+    let registry = counting.registry();
     let worker = Worker::new(url.as_str(), registry)
         .queue(q.as_str(), Priority::Normal)
         .workers(2)
         .command_timeout(Duration::from_secs(1))
         .start()
         .unwrap();
-    // Every task is on the queue before the fault (a send retried after a lost answer
-    // could be a second message of the same task, which is the client's doing, not the
-    // worker's).
     let client = Client::new(&url).unwrap();
-    let ids: Vec<String> = (0..n)
-        .map(|i| {
-            client
-                .send_task(
-                    "count",
-                    vec![i.into()],
-                    Default::default(),
-                    SendOptions {
-                        queue: Some(q.clone()),
-                        ..Default::default()
-                    },
-                )
-                .unwrap()
-                .id()
-                .to_owned()
-        })
+    let ids: Vec<String> = counting
+        .send(&client, &q)
+        .iter()
+        .map(|r| r.id().to_owned())
         .collect();
     drop(client);
-    let ran = |runs: &Mutex<Runs>| runs.lock().count.len() as u64;
-    // Taken in order (FIFO), so every task before the gate runs.
-    wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
-        ran(&runs) >= n / 5
-    });
-    *gate.0.lock() = true;
-    gate.1.notify_all();
+    counting.wait_for_the_gate();
+    counting.open();
     let back = match fault {
         Fault::Shutdown => {
             server.shutdown();
@@ -253,12 +296,13 @@ fn survive(fault: Fault) {
             Instant::now()
         }
     };
-    let at_fault = ran(&runs);
+    let at_fault = counting.ran();
     wait_for("every task ran", Duration::from_secs(60), || {
-        ran(&runs) >= n
+        counting.ran() >= n
     });
     // Recovery: from Redis answering again to the first task started after it.
-    let recovery = runs
+    let recovery = counting
+        .runs
         .lock()
         .started
         .iter()
@@ -289,7 +333,7 @@ fn survive(fault: Fault) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let duplicates = runs.lock().count.values().filter(|c| **c > 1).count();
+    let duplicates = counting.duplicates();
     let queued: usize = conn.llen(&q).unwrap();
     worker.shutdown();
     eprintln!(
@@ -566,21 +610,8 @@ fn amqp_survives(backend_down: bool) {
     let q = unique("faults-amqp");
     let name = format!("{q}@here");
     let n = 400u64;
-    let runs = Arc::new(Mutex::new(Runs::default()));
-    let gate = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
-    let registry = {
-        let (runs, gate) = (runs.clone(), gate.clone());
-        Registry::new().task("count", move |(i,): (u64,)| {
-            if i >= n / 5 {
-                let mut open = gate.0.lock();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !*open && !gate.1.wait_until(&mut open, deadline).timed_out() {}
-            }
-            *runs.lock().count.entry(i).or_default() += 1;
-            std::thread::sleep(Duration::from_millis(4));
-            Ok::<_, String>(i)
-        })
-    };
+    let counting = Counting::new(n);
+    let registry = counting.registry();
     let worker = Worker::new(amqp.as_str(), registry)
         .backend(backend.as_str())
         .hostname(name.as_str())
@@ -589,25 +620,8 @@ fn amqp_survives(backend_down: bool) {
         .start()
         .unwrap();
     let client = Client::with_backend(&amqp, &backend).unwrap();
-    let results: Vec<_> = (0..n)
-        .map(|i| {
-            client
-                .send_task(
-                    "count",
-                    vec![i.into()],
-                    Default::default(),
-                    SendOptions {
-                        queue: Some(q.clone()),
-                        ..Default::default()
-                    },
-                )
-                .unwrap()
-        })
-        .collect();
-    let ran = |runs: &Mutex<Runs>| runs.lock().count.len() as u64;
-    wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
-        ran(&runs) >= n / 5
-    });
+    let results = counting.send(&client, &q);
+    counting.wait_for_the_gate();
     // The worker's consumer connection (its deliveries and their acknowledgements).
     let wanted = format!("{{\"connection_name\",\"weft consumer {name}\"}}");
     let conns =
@@ -618,8 +632,7 @@ fn amqp_survives(backend_down: bool) {
         .and_then(|l| l.split('\t').next())
         .unwrap_or_else(|| panic!("no connection {wanted} in {conns}"))
         .to_owned();
-    *gate.0.lock() = true;
-    gate.1.notify_all();
+    counting.open();
     if backend_down {
         server.shutdown();
         std::thread::sleep(Duration::from_secs(2)); // the outage itself
@@ -627,13 +640,13 @@ fn amqp_survives(backend_down: bool) {
     } else {
         common::celery::rabbitmqctl(&dir, &["close_connection", &pid, "weft test: dropped"]);
     }
-    let at_fault = ran(&runs);
+    let at_fault = counting.ran();
     let lost = results
         .iter()
         .filter(|r| !matches!(r.get(Duration::from_secs(60)), Ok(TaskResult::Success(_))))
         .count();
     worker.shutdown();
-    let duplicates = runs.lock().count.values().filter(|c| **c > 1).count();
+    let duplicates = counting.duplicates();
     let left = common::celery::rabbit_queues(&dir)
         .into_iter()
         .find(|(qn, _, _)| *qn == q)

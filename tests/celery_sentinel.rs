@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 mod common;
 
-use common::celery::{fixtures, required, unique, uuid_like};
+use common::celery::{fixtures, python_sends_interop, required, unique, uuid_like};
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
@@ -202,28 +202,13 @@ fn weft_and_python_over_sentinel() {
     for (i, r) in rs.iter().enumerate() {
         assert_eq!(r.get_value(WAIT).unwrap(), json!(2 * i));
     }
-    let out = Command::new(&py)
-        .arg(fixtures().join("interop_send.py"))
-        .arg(&set.url)
-        .arg(&set.url)
-        .arg(&q)
-        .env("WEFT_SENTINEL_MASTER", &set.master)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    python_sends_interop(
+        &py,
+        &set.url,
+        &set.url,
+        &q,
+        &[("WEFT_SENTINEL_MASTER", &set.master)],
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(seen["add"], json!(5));
-    assert_eq!(seen["add_kwargs"], json!(9));
-    assert_eq!(
-        seen["many"],
-        json!((0..1000).map(|i| i * 2).collect::<Vec<_>>())
-    );
-    assert_eq!(seen["fail"], json!(["RuntimeError", "fail() always fails"]));
     assert_eq!(worker.shutdown(), 0);
 }
 

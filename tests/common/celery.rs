@@ -154,3 +154,37 @@ pub fn rabbit_queues(dir: &str) -> Vec<(String, u64, u64)> {
     })
     .collect()
 }
+
+/// Runs `interop_send.py` (Python Celery's client: `add`, `add` with kwargs, 1,000 tasks,
+/// `fail`, an unknown name) against a worker consuming `q` on `broker`, with `envs`;
+/// checks what every suite expects of it and returns everything it saw.
+pub fn python_sends_interop(
+    python: &str,
+    broker: &str,
+    backend: &str,
+    q: &str,
+    envs: &[(&str, &str)],
+) -> serde_json::Value {
+    use serde_json::json;
+    let out = Command::new(python)
+        .arg(fixtures().join("interop_send.py"))
+        .args([broker, backend, q])
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["add"], json!(5));
+    assert_eq!(seen["add_kwargs"], json!(9));
+    assert_eq!(
+        seen["many"],
+        json!((0..1000).map(|i| i * 2).collect::<Vec<_>>())
+    );
+    assert_eq!(seen["fail"], json!(["RuntimeError", "fail() always fails"]));
+    seen
+}
