@@ -78,7 +78,7 @@ use live::{Done, Held, Shared};
 ///   it is raised by one per waiting ETA task, as Celery raises its prefetch (a
 ///   per-consumer `basic.qos` reaches only consumers started after it, so the consumers
 ///   are started again under the new bound). With quorum queues
-///   ([`queue_type`](Self::queue_type)) ETA tasks wait in the broker (native delayed
+///   (`queue_type`, feature `amqp`) ETA tasks wait in the broker (native delayed
 ///   delivery, to the whole second; the worker holds a task that last second until its
 ///   `eta`) and the prefetch is static, as Celery's.
 /// * **Held messages.** On Redis, while the worker holds a message (running, queued, or
