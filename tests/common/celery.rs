@@ -158,6 +158,7 @@ pub fn rabbit_queues(dir: &str) -> Vec<(String, u64, u64)> {
 /// Runs `interop_send.py` (Python Celery's client: `add`, `add` with kwargs, 1,000 tasks,
 /// `fail`, an unknown name) against a worker consuming `q` on `broker`, with `envs`;
 /// checks what every suite expects of it and returns everything it saw.
+#[cfg(feature = "redis")]
 pub fn python_sends_interop(
     python: &str,
     broker: &str,
