@@ -22,14 +22,40 @@ pub const POLL_WITHOUT_TRACKING: Duration = Duration::from_millis(20);
 /// `CLIENT TRACKING ... REDIRECT`: Redis ≥ 6.0) and moves the generation on at every
 /// change. Where tracking is refused the consumer polls every [`POLL_WITHOUT_TRACKING`].
 ///
-/// No wake-up is lost: the consumer reads the generation *before* it pops, and the tracker
-/// re-arms the watch on every list *before* it moves the generation on, so a message pushed
-/// after the consumer's pop either changes the generation the consumer waits on or is
-/// already on its list when the consumer reads the moved generation and pops again.
+/// The watch is armed only for a consumer about to wait. A report disarms it (Redis
+/// reports a key once, then it must be read again); re-arming it at once would cost a
+/// read of every list after nearly every pop of a busy consumer (its own pops change the
+/// lists). So a report only marks the watch unarmed and moves the generation on, and the
+/// tracker re-arms it when a consumer asks, in [`wait`](Self::wait).
+///
+/// No wake-up is lost. Under the one lock of [`State`]:
+/// 1. the consumer reads the generation *before* it pops;
+/// 2. the tracker marks the watch armed only *after* it has re-armed it (read every list),
+///    and moves the generation on with it;
+/// 3. at a report the tracker marks the watch unarmed and moves the generation on;
+/// 4. the consumer waits on a generation only while the watch is marked armed; else it
+///    asks for an arm and waits for the generation the arm moves on (2), then pops again.
+///
+/// So while a consumer waits on the generation it read before its pop, the watch was
+/// armed after that pop (4, 2: an arm after the read moves the generation on, ending the
+/// wait), and a message pushed after the pop is reported (3) and ends the wait; one
+/// pushed before the arm is found by the pop after it.
 pub struct Wake {
-    gen: parking_lot::Mutex<u64>,
+    state: parking_lot::Mutex<State>,
+    /// Consumers waiting for the generation to move on.
     cv: parking_lot::Condvar,
+    /// The tracker waiting for a consumer to ask for an arm.
+    asked: parking_lot::Condvar,
     tracking: std::sync::atomic::AtomicBool,
+}
+
+/// What [`Wake`]'s lock guards.
+struct State {
+    gen: u64,
+    /// The watch is armed: every change to the lists is still to be reported.
+    armed: bool,
+    /// A consumer is about to wait and asks the tracker to arm the watch.
+    arm_asked: bool,
 }
 
 impl Default for Wake {
@@ -42,19 +68,25 @@ impl Wake {
     /// A wake with no tracking yet (its waits poll until a tracker has armed the watch).
     pub fn new() -> Wake {
         Wake {
-            gen: parking_lot::Mutex::new(0),
+            state: parking_lot::Mutex::new(State {
+                gen: 0,
+                armed: false,
+                arm_asked: false,
+            }),
             cv: parking_lot::Condvar::new(),
+            asked: parking_lot::Condvar::new(),
             tracking: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The current generation: read it before popping, then [`wait`](Self::wait) on it.
     pub fn generation(&self) -> u64 {
-        *self.gen.lock()
+        self.state.lock().gen
     }
 
     /// Waits until the generation moves past `seen`, at most `timeout` (at most
-    /// [`POLL_WITHOUT_TRACKING`] while no tracker is armed).
+    /// [`POLL_WITHOUT_TRACKING`] while no tracker is armed). With the watch unarmed it
+    /// asks the tracker for an arm first, which moves the generation on: pop again then.
     pub fn wait(&self, seen: u64, timeout: Duration) {
         let timeout = if self.is_tracking() {
             timeout
@@ -62,8 +94,12 @@ impl Wake {
             timeout.min(POLL_WITHOUT_TRACKING)
         };
         let deadline = std::time::Instant::now() + timeout;
-        let mut g = self.gen.lock();
-        while *g == seen {
+        let mut g = self.state.lock();
+        if g.gen == seen && !g.armed && !g.arm_asked {
+            g.arm_asked = true;
+            self.asked.notify_one();
+        }
+        while g.gen == seen {
             if self.cv.wait_until(&mut g, deadline).timed_out() {
                 return;
             }
@@ -77,14 +113,42 @@ impl Wake {
 
     /// Moves the generation on and wakes every waiter.
     pub fn bump(&self) {
-        *self.gen.lock() += 1;
+        self.state.lock().gen += 1;
+        self.cv.notify_all();
+    }
+
+    /// The tracker: a report came (rule 3).
+    fn reported(&self) {
+        let mut g = self.state.lock();
+        g.armed = false;
+        g.gen += 1;
+        drop(g);
+        self.cv.notify_all();
+    }
+
+    /// The tracker: waits at most `timeout` for a consumer to ask for an arm.
+    fn is_arm_asked(&self, timeout: Duration) -> bool {
+        let mut g = self.state.lock();
+        if !g.arm_asked {
+            let _ = self.asked.wait_for(&mut g, timeout);
+        }
+        g.arm_asked
+    }
+
+    /// The tracker: the watch is armed (`true`, rule 2) or lost (`false`).
+    fn set_armed(&self, armed: bool) {
+        let mut g = self.state.lock();
+        g.armed = armed;
+        g.arm_asked = false;
+        g.gen += 1;
+        drop(g);
         self.cv.notify_all();
     }
 
     fn set_tracking(&self, on: bool) {
         self.tracking
             .store(on, std::sync::atomic::Ordering::Release);
-        self.bump();
+        self.set_armed(on);
     }
 }
 
@@ -144,12 +208,23 @@ fn track_session(
     };
     arm(&mut cmd)?;
     wake.set_tracking(true);
+    let mut armed = true;
     while !stop() {
+        if !armed {
+            // Re-armed (rule 2 in `Wake`) only for a consumer about to wait; reports of
+            // other lists meanwhile wait in the subscription (each moves the generation
+            // on when read: harmless).
+            if wake.is_arm_asked(Duration::from_millis(500)) {
+                arm(&mut cmd)?;
+                armed = true;
+                wake.set_armed(true);
+            }
+            continue;
+        }
         match pubsub.get_message() {
             Ok(_) => {
-                // Re-armed first, then the generation: see `Wake`.
-                arm(&mut cmd)?;
-                wake.bump();
+                wake.reported();
+                armed = false;
             }
             Err(e) if e.is_timeout() => {}
             Err(e) => return Err(e),

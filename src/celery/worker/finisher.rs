@@ -5,9 +5,10 @@
 //!
 //! A batch the transport cannot write (broker or result backend unreachable) is kept and
 //! handed again, oldest first, until it is written: no result or acknowledgement is ever
-//! dropped. Memory stays bounded meanwhile: a batch's prefetch room is freed only once it
-//! is written, so the consumer takes no more messages than the prefetch limit allows while
-//! results wait.
+//! dropped. Memory stays bounded meanwhile: a batch's messages count as taken until it is
+//! written, so the consumer takes no more than
+//! [`TAKEN_PER_PREFETCH`](super::live::TAKEN_PER_PREFETCH) × the prefetch limit while
+//! results wait (see [`InFlight`](super::live::InFlight)).
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ struct Pending<T> {
     batch: Vec<Settlement<T>>,
     /// Prefetch slots it frees once written.
     counted: usize,
+    /// Of those, the ones freed at their task's start ([`InFlight`](super::live::InFlight)).
+    started: usize,
     /// When its first try failed.
     since: Instant,
     tries: u32,
@@ -70,7 +73,7 @@ pub(super) fn finisher<C: Consume>(
                     p.batch.len()
                 );
             } else {
-                match settle(&mut settler, &shared, p.batch, p.counted) {
+                match settle(&mut settler, &shared, p.batch, p.counted, p.started) {
                     Ok(()) => eprintln!(
                         "weft celery: the broker answers again: results and acknowledgements kept for {:.1} s written",
                         p.since.elapsed().as_secs_f64()
@@ -117,6 +120,7 @@ pub(super) fn finisher<C: Consume>(
             }
         }
         let counted = batch.iter().filter(|d| d.counted).count();
+        let started = batch.iter().filter(|d| d.counted && d.started).count();
         let settlements: Vec<Settlement<C::Tag>> = {
             let mut held = held.lock();
             batch
@@ -124,7 +128,7 @@ pub(super) fn finisher<C: Consume>(
                 .filter_map(|d| d.settle.with_tag(|key| held.remove(&key)))
                 .collect()
         };
-        if let Err(u) = settle(&mut settler, &shared, settlements, counted) {
+        if let Err(u) = settle(&mut settler, &shared, settlements, counted, started) {
             eprintln!(
                 "weft celery: cannot write {} result(s)/acknowledgement(s): {}; kept and written again (oldest first) until the broker answers",
                 u.batch.len(),
@@ -133,6 +137,7 @@ pub(super) fn finisher<C: Consume>(
             pending = Some(Pending {
                 batch: u.batch,
                 counted,
+                started,
                 since: Instant::now(),
                 tries: 0,
             });
@@ -171,17 +176,18 @@ pub(super) fn finisher<C: Consume>(
     restored
 }
 
-/// Settles `batch`; once written, frees its `counted` prefetch slots.
+/// Settles `batch`; once written, frees its `counted` prefetch slots (`started` of them
+/// freed already at their task's start).
 fn settle<S: Settle>(
     settler: &mut S,
     shared: &Shared,
     batch: Vec<Settlement<S::Tag>>,
     counted: usize,
+    started: usize,
 ) -> Result<(), Unsettled<S::Tag>> {
     settler.settle(batch)?;
     if counted > 0 {
-        let mut n = shared.in_flight.lock();
-        *n = n.saturating_sub(counted);
+        shared.in_flight.lock().written(counted, started);
         shared.room.notify_one();
     }
     Ok(())

@@ -52,13 +52,13 @@ pub(super) fn consume<C: Consume>(
     while !shared.stop.load(Ordering::Acquire) {
         let room = {
             let mut n = shared.in_flight.lock();
-            while *n >= cfg.prefetch && !shared.stop.load(Ordering::Acquire) {
+            while n.room(cfg.prefetch) == 0 && !shared.stop.load(Ordering::Acquire) {
                 // Woken for the upkeep even while full.
                 if shared.room.wait_for(&mut n, wait).timed_out() {
                     break;
                 }
             }
-            cfg.prefetch.saturating_sub(*n)
+            n.room(cfg.prefetch)
         };
         if shared.stop.load(Ordering::Acquire) {
             break;
@@ -200,7 +200,7 @@ struct Taken {
 fn take(
     cfg: &Config,
     pool: &Pool,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     done: &mpsc::Sender<Done>,
     taken: Taken,
     message: Result<TaskMessage, super::super::transport::Refused>,
@@ -234,7 +234,7 @@ fn take(
     let counted = delay.is_none();
     // Counted before the registry is asked: a task settled unrun below frees its slot.
     if counted {
-        *shared.in_flight.lock() += 1;
+        shared.in_flight.lock().taken += 1;
     }
     let Some((entry, attempt)) = fit(cfg, done, &msg, taken.key, counted) else {
         return;
@@ -433,7 +433,7 @@ fn plan(
 /// acknowledges early unless acks are late, turns its outcome into a result (or Celery's
 /// retry), and reports through `done`.
 fn build_run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     done: &mpsc::Sender<Done>,
     mut msg: TaskMessage,
     key: Option<u64>,
@@ -448,6 +448,7 @@ fn build_run(
     let revoked = shared.revoked.clone();
     let state_here = state.clone();
     let eta_waiting = Arc::clone(&shared.eta_waiting);
+    let shared = Arc::clone(shared);
     move || {
         if state_here
             .compare_exchange(WAITING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
@@ -485,10 +486,16 @@ fn build_run(
             end(&tx);
             return;
         }
-        // Acks early: acknowledged as it starts; the result comes later.
+        // Acks early: acknowledged as it starts, which frees its prefetch slot as in
+        // Celery (see `InFlight`); the result comes later.
+        let mut started_early = false;
         let key = match key {
             Some(k) if !acks_late => {
                 let _ = tx.send(Done::uncounted(Settlement::Ack(k)));
+                if counted {
+                    shared.start_early();
+                    started_early = true;
+                }
                 None
             }
             other => other,
@@ -540,7 +547,7 @@ fn build_run(
             }
             _ => None,
         };
-        let _ = tx.send(match retry {
+        let mut done = match retry {
             Some(next) => Done {
                 settle: Settlement::Retry {
                     next,
@@ -548,9 +555,12 @@ fn build_run(
                     tag: key,
                 },
                 counted,
+                started: false,
             },
             None => Done::finished(&mut msg, key, result, counted, sent),
-        });
+        };
+        done.started = started_early;
+        let _ = tx.send(done);
         end(&tx);
     }
 }
@@ -593,7 +603,7 @@ fn spawn(
         }
         Err(_) => {
             if plan.counted {
-                *shared.in_flight.lock() -= 1;
+                shared.in_flight.lock().taken -= 1;
             } else {
                 shared.eta_waiting.fetch_sub(1, Ordering::Relaxed);
             }

@@ -27,8 +27,9 @@ pub(super) type Held<T> = Arc<Mutex<HashMap<u64, T>>>;
 
 pub(super) struct Shared {
     pub(super) stop: AtomicBool,
-    /// Messages taken and not finished, ETA tasks not counted.
-    pub(super) in_flight: Mutex<usize>,
+    /// The prefetch count: messages taken and not settled, ETA tasks not counted.
+    pub(super) in_flight: Mutex<InFlight>,
+    /// Signalled when [`InFlight::room`] may have grown (and at shutdown).
     pub(super) room: Condvar,
     /// Tasks waiting for their ETA (they hold a message but not a prefetch slot).
     pub(super) eta_waiting: Arc<AtomicUsize>,
@@ -44,6 +45,49 @@ pub(super) struct Shared {
     /// Set by a shutdown with a timeout: when it passes, the finisher stops waiting for
     /// running tasks and for an unreachable broker, puts back what it still holds, and ends.
     pub(super) deadline: Mutex<Option<Instant>>,
+}
+
+/// The prefetch count ([`Shared::in_flight`]), as Celery's: its prefetch limit counts
+/// *unacknowledged* messages, so the slot of a message acknowledged early is free as its
+/// task starts (running tasks are bounded by the pool's threads), while a late-acknowledged
+/// one holds its slot until its result is written.
+///
+/// Invariants, under the lock:
+/// 1. `started ≤ taken`: a task frees its slot at start ([`Shared::start_early`]) only
+///    once, and only if it counted; its result's [`Done`] says so (`started`), and the
+///    finisher takes it off both counts once that result is written, never before.
+/// 2. The consumer takes a message only while [`room`](Self::room) is not 0, so
+///    `taken − started ≤ prefetch` (Celery's bound) and `taken ≤`
+///    [`TAKEN_PER_PREFETCH`] `× prefetch`: the results waiting to be written (a batch the
+///    finisher cannot write is kept, see `finisher.rs`) stay bounded while the result
+///    backend is unreachable.
+#[derive(Default, Debug)]
+pub(super) struct InFlight {
+    /// Messages taken whose results (or settlements) are not yet written.
+    pub(super) taken: usize,
+    /// Of those, the ones acknowledged early as their task started.
+    pub(super) started: usize,
+}
+
+/// The most messages taken and not yet written, per prefetch slot (invariant 2 of
+/// [`InFlight`]).
+pub(super) const TAKEN_PER_PREFETCH: usize = 2;
+
+impl InFlight {
+    /// How many more messages may be taken under `prefetch` (invariant 2).
+    pub(super) fn room(&self, prefetch: usize) -> usize {
+        let unacked = self.taken - self.started;
+        prefetch
+            .saturating_sub(unacked)
+            .min((TAKEN_PER_PREFETCH * prefetch).saturating_sub(self.taken))
+    }
+
+    /// `counted` taken messages were written, `started` of them freed at their start.
+    pub(super) fn written(&mut self, counted: usize, started: usize) {
+        debug_assert!(started <= counted && counted <= self.taken && started <= self.started);
+        self.taken = self.taken.saturating_sub(counted);
+        self.started = self.started.saturating_sub(started);
+    }
 }
 
 /// The tasks (id and retry number) this worker started, remembered where the broker
@@ -155,6 +199,13 @@ impl Live {
 }
 
 impl Shared {
+    /// A counted task acknowledged early has started: its prefetch slot is free
+    /// ([`InFlight`]); its result's [`Done`] must say so (`started`).
+    pub(super) fn start_early(&self) {
+        self.in_flight.lock().started += 1;
+        self.room.notify_one();
+    }
+
     /// True once a shutdown's deadline has passed.
     pub(super) fn past_deadline(&self) -> bool {
         self.deadline.lock().is_some_and(|d| Instant::now() >= d)
@@ -219,7 +270,7 @@ impl Shared {
         });
         if freed > 0 {
             let mut n = self.in_flight.lock();
-            *n = n.saturating_sub(freed);
+            n.taken = n.taken.saturating_sub(freed);
             self.room.notify_one();
         }
     }
@@ -231,6 +282,8 @@ pub(super) struct Done {
     pub(super) settle: Settlement<u64>,
     /// True if the message counted against the prefetch limit (a task's end frees it).
     pub(super) counted: bool,
+    /// True if its task freed its prefetch slot as it started ([`Shared::start_early`]).
+    pub(super) started: bool,
 }
 
 impl Done {
@@ -245,6 +298,7 @@ impl Done {
                 flow: None,
             },
             counted,
+            started: false,
         }
     }
 
@@ -267,6 +321,7 @@ impl Done {
                 flow,
             },
             counted,
+            started: false,
         }
     }
 
@@ -275,6 +330,7 @@ impl Done {
         Done {
             settle,
             counted: false,
+            started: false,
         }
     }
 }

@@ -29,6 +29,8 @@ mod builtins;
 mod finisher;
 mod intake;
 mod live;
+#[cfg(test)]
+mod tests;
 
 use finisher::finisher;
 use intake::{consume, Config};
@@ -246,8 +248,11 @@ impl Worker {
         self
     }
 
-    /// At most this many messages taken and not finished at once, ETA tasks not counted
-    /// (default: 4 per pool worker, Celery's `worker_prefetch_multiplier`).
+    /// At most this many messages unacknowledged at once, ETA tasks not counted (default: 4
+    /// per pool worker, Celery's `worker_prefetch_multiplier`). As in Celery, a message
+    /// acknowledged early frees its slot as its task starts; a late-acknowledged one holds
+    /// it until its result is written. Messages taken whose results are not yet written are
+    /// bounded too, at twice this many.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n;
         self
@@ -387,7 +392,7 @@ impl Worker {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
-            in_flight: Mutex::new(0),
+            in_flight: Mutex::new(live::InFlight::default()),
             room: Condvar::new(),
             eta_waiting: Arc::new(AtomicUsize::new(0)),
             revoked: Arc::new(Revoked::new()),
