@@ -76,7 +76,7 @@ pub(super) const TAKEN_PER_PREFETCH: usize = 2;
 impl InFlight {
     /// How many more messages may be taken under `prefetch` (invariant 2).
     pub(super) fn room(&self, prefetch: usize) -> usize {
-        let unacked = self.taken - self.started;
+        let unacked = self.taken.saturating_sub(self.started);
         prefetch
             .saturating_sub(unacked)
             .min((TAKEN_PER_PREFETCH * prefetch).saturating_sub(self.taken))
