@@ -28,7 +28,7 @@ pub const POLL_WITHOUT_TRACKING: Duration = Duration::from_millis(20);
 /// lists). So a report only marks the watch unarmed and moves the generation on, and the
 /// tracker re-arms it when a consumer asks, in [`wait`](Self::wait).
 ///
-/// No wake-up is lost. Under the one lock of [`State`]:
+/// No wake-up is lost. Under the one lock of its state:
 /// 1. the consumer reads the generation *before* it pops;
 /// 2. the tracker marks the watch armed only *after* it has re-armed it (read every list),
 ///    and moves the generation on with it;
