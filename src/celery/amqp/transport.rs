@@ -461,29 +461,31 @@ impl Settle for AmqpSettler {
                 )),
             });
         }
+        // Chord parts are counted before any delivery is acknowledged. A count that fails
+        // keeps the batch too (counting is idempotent: each part counts once, by its id
+        // and index), instead of putting the delivery back (a second run) or, for a part
+        // acknowledged early, leaving its chord one part short for good.
+        for s in &batch {
+            if let Settlement::Result {
+                flow: Some(flow), ..
+            } = s
+            {
+                if !flow.next.parts.is_empty() && !self.count_parts(&flow.next.parts) {
+                    self.retrying = true;
+                    return Err(Unsettled {
+                        batch,
+                        error: Error::Io(std::io::Error::other(
+                            "a chord part could not be counted in the Redis result backend",
+                        )),
+                    });
+                }
+            }
+        }
         let mut acks = Vec::new();
         let mut final_failures = Vec::new();
         for s in batch {
             match s {
                 Settlement::Ack(d) => acks.push(d),
-                Settlement::Result {
-                    tag: Some(d),
-                    flow: Some(flow),
-                    ..
-                } if !flow.next.parts.is_empty() => {
-                    if self.count_parts(&flow.next.parts) {
-                        acks.push(d);
-                    } else {
-                        let _ = d.reject(true);
-                    }
-                }
-                Settlement::Result {
-                    tag: None,
-                    flow: Some(flow),
-                    ..
-                } => {
-                    self.count_parts(&flow.next.parts);
-                }
                 Settlement::Result { tag: Some(d), .. } => acks.push(d),
                 Settlement::Retry { next, failure, tag } => {
                     if self.publish(&next).is_err() {
