@@ -123,12 +123,22 @@ impl Drop for Server {
 }
 
 /// Waits until `cond()` holds, at most `limit` (then panics naming `what`).
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+/// For state only Redis or another process holds (nothing here can be woken by it): it is
+/// read again every 5 ms.
+fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    assert!(poll_until(limit, cond), "timed out waiting until {what}");
+}
+
+/// Whether `cond()` came to hold within `limit` (read again every 5 ms).
+fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+    true
 }
 
 /// Each task's runs (by its argument) and when each run started.
@@ -144,6 +154,8 @@ struct Runs {
 struct Counting {
     n: u64,
     runs: Arc<Mutex<Runs>>,
+    /// Signalled at each run.
+    ran: Arc<parking_lot::Condvar>,
     gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
 }
 
@@ -152,13 +164,19 @@ impl Counting {
         Counting {
             n,
             runs: Arc::default(),
+            ran: Arc::default(),
             gate: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
         }
     }
 
     /// The registry with `count`.
     fn registry(&self) -> Registry {
-        let (runs, gate, n) = (self.runs.clone(), self.gate.clone(), self.n);
+        let (runs, ran, gate, n) = (
+            self.runs.clone(),
+            self.ran.clone(),
+            self.gate.clone(),
+            self.n,
+        );
         Registry::new().task("count", move |(i,): (u64,)| {
             if i >= n / 5 {
                 let mut open = gate.0.lock();
@@ -170,6 +188,7 @@ impl Counting {
                 *r.count.entry(i).or_default() += 1;
                 r.started.push(Instant::now());
             }
+            ran.notify_all();
             std::thread::sleep(Duration::from_millis(4));
             Ok::<_, String>(i)
         })
@@ -201,11 +220,21 @@ impl Counting {
         self.runs.lock().count.len() as u64
     }
 
+    /// Waits until `k` tasks ran (woken at each run).
+    fn wait_ran(&self, k: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut r = self.runs.lock();
+        while (r.count.len() as u64) < k {
+            assert!(
+                !self.ran.wait_until(&mut r, deadline).timed_out(),
+                "timed out waiting until {what}"
+            );
+        }
+    }
+
     /// Waits until the tasks before the gate ran (they are taken in order, FIFO).
     fn wait_for_the_gate(&self) {
-        wait_for("a fifth of the tasks ran", Duration::from_secs(60), || {
-            self.ran() >= self.n / 5
-        });
+        self.wait_ran(self.n / 5, "a fifth of the tasks ran");
     }
 
     /// Lets the tasks after the gate run.
@@ -252,11 +281,7 @@ fn survive(fault: Fault) {
         .start()
         .unwrap();
     let client = Client::new(&url).unwrap();
-    let ids: Vec<String> = counting
-        .send(&client, &q)
-        .iter()
-        .map(|r| r.id().to_owned())
-        .collect();
+    let results = counting.send(&client, &q);
     drop(client);
     counting.wait_for_the_gate();
     counting.open();
@@ -297,9 +322,7 @@ fn survive(fault: Fault) {
         }
     };
     let at_fault = counting.ran();
-    wait_for("every task ran", Duration::from_secs(60), || {
-        counting.ran() >= n
-    });
+    counting.wait_ran(n, "every task ran");
     // Recovery: from Redis answering again to the first task started after it.
     let recovery = counting
         .runs
@@ -308,31 +331,22 @@ fn survive(fault: Fault) {
         .iter()
         .find(|t| **t >= back)
         .map(|t| t.duration_since(back));
+    // Results are written in batches after the runs: waited for (by SUBSCRIBE), not
+    // assumed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lost = results
+        .iter()
+        .filter(|r| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            !matches!(r.get(left), Ok(TaskResult::Success(_)))
+        })
+        .count();
     let mut conn = server.conn().unwrap();
-    let written = |conn: &mut redis::Connection| {
-        ids.iter()
-            .filter(|id| {
-                conn.get::<_, Option<Vec<u8>>>(format!("celery-task-meta-{id}"))
-                    .unwrap()
-                    .and_then(|m| TaskResult::from_meta(&m).ok().flatten())
-                    .is_some_and(|r| matches!(r, TaskResult::Success(_)))
-            })
-            .count()
-    };
-    // Results are written in batches after the runs: waited for, not assumed.
-    let start = Instant::now();
-    while written(&mut conn) < ids.len() && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let lost = ids.len() - written(&mut conn);
-    let start = Instant::now();
-    let stranded = loop {
-        let held: usize = conn.hlen("unacked").unwrap();
-        if held == 0 || start.elapsed() > Duration::from_secs(10) {
-            break held;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut stranded = 0;
+    poll_until(Duration::from_secs(10), || {
+        stranded = conn.hlen("unacked").unwrap();
+        stranded == 0
+    });
     let duplicates = counting.duplicates();
     let queued: usize = conn.llen(&q).unwrap();
     worker.shutdown();
@@ -463,19 +477,19 @@ fn stopped_by(signal: &str) {
         .unwrap()
         .success());
     let mut child = child;
-    let status = {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the worker did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+    // Waited for on a thread (woken by the exit itself), at most 30 s.
+    let status = std::thread::scope(|s| {
+        let (exited, exit) = std::sync::mpsc::channel();
+        let proc = &mut child.0;
+        s.spawn(move || {
+            let _ = exited.send(proc.wait().unwrap());
+        });
+        let status = exit.recv_timeout(Duration::from_secs(30));
+        if status.is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
-    };
+        status.expect("the worker did not exit")
+    });
     let stop_took = stop_at.elapsed();
     assert!(status.success(), "the worker exited with {status}");
     let held: usize = conn.hlen("unacked").unwrap();
