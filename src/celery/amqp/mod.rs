@@ -90,8 +90,9 @@
 //! [`Delivery`], [`ack_all`]), bounded by [`CONNECT_TIMEOUT`] and [`CONFIRM_TIMEOUT`];
 //! `topology.rs`: [`QueueType`] and the task queues' declarations; `delayed.rs`: native
 //! delayed delivery; `pidbox.rs`: remote control ([`Pidbox`],
-//! [`ControlRequest`]); `transport.rs`: the worker's and the client's transport, with
-//! results in the Redis result backend (`celery/backend.rs`). This file: the constants of
+//! [`ControlRequest`]); `transport.rs`: the worker's and the client's transport, whose
+//! settling side, with results in the Redis result backend (`celery/backend.rs`), is
+//! `settler.rs`. This file: the constants of
 //! the topology.
 
 use super::control;
@@ -99,6 +100,7 @@ use super::control;
 mod broker;
 mod delayed;
 mod pidbox;
+mod settler;
 mod topology;
 mod transport;
 mod wire;
