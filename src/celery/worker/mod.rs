@@ -2,7 +2,7 @@
 //! and runs the named tasks of a [`Registry`] on a weft [`Pool`].
 //!
 //! A running worker is three threads around a pool: the consumer (`intake.rs`: takes
-//! messages, screens them and spawns their tasks), the finisher (`finisher.rs`: settles
+//! messages, screens them and spawns their tasks, whose runs `run.rs` plans and builds), the finisher (`finisher.rs`: settles
 //! results and acknowledgements in batches) and remote control (the transport's); what
 //! they share is in `live.rs`. This file holds the builder and `start`/`run`;
 //! `running.rs` [`RunningWorker`]'s shutdown and its run until a signal.
@@ -29,6 +29,7 @@ mod builtins;
 mod finisher;
 mod intake;
 mod live;
+mod run;
 mod running;
 #[cfg(test)]
 mod tests;
