@@ -1,6 +1,6 @@
 //! The blocking lapin client: [`Broker`] (one connection, a confirmed publishing channel,
 //! Celery's queue and dead-letter topology), [`Consumer`] (a channel of its own with its
-//! `basic.qos`) and [`Delivery`] (one message, settled by its holder); every call blocks
+//! `basic.qos`; its messages are [`Delivery`]s, in `delivery.rs`); every call blocks
 //! on lapin's future (see the [module doc](super)'s runtime section).
 
 use std::future::Future;
@@ -11,16 +11,16 @@ use std::time::Duration;
 use async_rs::traits::{Executor as _, Reactor as _};
 use futures_core::Stream;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 use super::super::error::Error;
-use super::super::protocol::{ProtocolError, TaskMessage};
-use super::wire::{decode_task, encode_task};
+use super::super::protocol::TaskMessage;
+use super::delivery::Delivery;
+use super::wire::encode_task;
 use super::{
     Runtime, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
@@ -53,7 +53,7 @@ async fn within<F: Future>(rt: &Runtime, limit: Duration, fut: F) -> Option<F::O
 
 /// Runs every one of `futs` to completion, concurrently, in one future (so that a batch of
 /// acknowledgements or publishes is handed to lapin at once, not one round trip each).
-fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
+pub(super) fn join_all<F: Future>(futs: Vec<F>) -> impl Future<Output = Vec<F::Output>> {
     let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
     let mut left = futs.len();
@@ -509,121 +509,4 @@ impl Consumer {
         self.rt.block_on(self.channel.close(200, "bye".into()))?;
         Ok(())
     }
-}
-
-/// A message received by a [`Consumer`]; settle it with [`ack`](Delivery::ack),
-/// [`reject`](Delivery::reject) or [`Broker::dead_letter`] (an unsettled delivery stays
-/// with this channel until it closes, then is redelivered).
-pub struct Delivery {
-    rt: Runtime,
-    queue: String,
-    inner: lapin::message::Delivery,
-}
-
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("delivery_tag", &self.inner.delivery_tag)
-            .field("routing_key", &self.inner.routing_key)
-            .field("redelivered", &self.inner.redelivered)
-            .finish()
-    }
-}
-
-impl Delivery {
-    /// The queue it was consumed from.
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    /// The raw body.
-    pub fn body(&self) -> &[u8] {
-        &self.inner.data
-    }
-
-    /// The AMQP properties (headers included).
-    pub fn properties(&self) -> &BasicProperties {
-        &self.inner.properties
-    }
-
-    /// The exchange it was published to (`""`: the default exchange).
-    pub fn exchange(&self) -> &str {
-        self.inner.exchange.as_str()
-    }
-
-    /// The routing key it was published with (the queue, for Celery).
-    pub fn routing_key(&self) -> &str {
-        self.inner.routing_key.as_str()
-    }
-
-    /// Whether the broker delivered it before (to a consumer that did not settle it).
-    pub fn redelivered(&self) -> bool {
-        self.inner.redelivered
-    }
-
-    /// The channel's delivery tag.
-    pub fn delivery_tag(&self) -> u64 {
-        self.inner.delivery_tag
-    }
-
-    /// The task message it carries ([`decode_task`]).
-    pub fn task(&self) -> Result<TaskMessage, ProtocolError> {
-        decode_task(
-            &self.inner.data,
-            &self.inner.properties,
-            self.exchange(),
-            self.routing_key(),
-            self.inner.delivery_tag,
-        )
-    }
-
-    /// Acknowledges it: the broker forgets it.
-    pub fn ack(&self) -> Result<(), Error> {
-        self.rt
-            .block_on(self.inner.acker.ack(BasicAckOptions::default()))?;
-        Ok(())
-    }
-
-    /// Rejects it: back to its queue (`requeue`), or dropped (or dead-lettered by the
-    /// queue's own `x-dead-letter-exchange`, if it has one).
-    pub fn reject(&self, requeue: bool) -> Result<(), Error> {
-        self.rt
-            .block_on(self.inner.acker.reject(BasicRejectOptions { requeue }))?;
-        Ok(())
-    }
-
-    /// Puts it back on its queue (`basic.reject` with requeue): `Ok(false)` if it was
-    /// settled already or its channel is gone (the broker then has it back anyway).
-    pub fn requeue(&self) -> Result<bool, Error> {
-        Ok(self.rt.block_on(
-            self.inner
-                .acker
-                .reject(BasicRejectOptions { requeue: true }),
-        )?)
-    }
-
-    /// Negatively acknowledges it (`basic.nack`, one message), requeued or not.
-    pub fn nack(&self, requeue: bool) -> Result<(), Error> {
-        self.rt.block_on(self.inner.acker.nack(BasicNackOptions {
-            multiple: false,
-            requeue,
-        }))?;
-        Ok(())
-    }
-}
-
-/// Acknowledges every one of `deliveries` in one go; true if all were acknowledged.
-pub fn ack_all(deliveries: &[Delivery]) -> bool {
-    let Some(first) = deliveries.first() else {
-        return true;
-    };
-    let acks = deliveries
-        .iter()
-        .map(|d| d.inner.acker.ack(BasicAckOptions::default()))
-        .collect();
-    first
-        .rt
-        .block_on(join_all(acks))
-        .iter()
-        .all(|r| matches!(r, Ok(true)))
 }

@@ -86,8 +86,9 @@
 //! # Files
 //!
 //! `wire.rs`: header tables and task messages ([`json_to_table`], [`encode_task`],
-//! [`decode_task`], ...); `broker.rs`: the blocking client ([`Broker`], [`Consumer`],
-//! [`Delivery`], [`ack_all`]), bounded by [`CONNECT_TIMEOUT`] and [`CONFIRM_TIMEOUT`];
+//! [`decode_task`], ...); `broker.rs`: the blocking client ([`Broker`], [`Consumer`]),
+//! bounded by [`CONNECT_TIMEOUT`] and [`CONFIRM_TIMEOUT`]; `delivery.rs`: [`Delivery`],
+//! [`ack_all`];
 //! `topology.rs`: [`QueueType`] and the task queues' declarations; `delayed.rs`: native
 //! delayed delivery; `pidbox.rs`: remote control ([`Pidbox`],
 //! [`ControlRequest`]); `transport.rs`: the worker's and the client's transport, whose
@@ -99,17 +100,19 @@ use super::control;
 
 mod broker;
 mod delayed;
+mod delivery;
 mod pidbox;
 mod settler;
 mod topology;
 mod transport;
 mod wire;
 
-pub use broker::{ack_all, Broker, Consumer, Delivery, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
+pub use broker::{Broker, Consumer, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
 pub use delayed::{
     delayed_routing_key, level_name, strip_delay, DELAYED_DELIVERY_EXCHANGE, DELAYED_LEVELS,
     FIRST_LEVEL, MAX_DELAY_SECS,
 };
+pub use delivery::{ack_all, Delivery};
 pub use pidbox::{ControlRequest, Pidbox};
 pub use topology::QueueType;
 pub(crate) use transport::{AmqpPublisher, AmqpTransport};

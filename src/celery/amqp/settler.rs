@@ -14,7 +14,8 @@ use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::source::Source;
 use super::super::transport::{Settle, Settlement, Unsettled};
-use super::broker::{ack_all, Broker, Delivery};
+use super::broker::Broker;
+use super::delivery::{ack_all, Delivery};
 use super::transport::Routes;
 
 /// The settling side: results in one Redis transaction per batch, then each delivery
