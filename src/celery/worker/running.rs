@@ -12,7 +12,7 @@ use super::super::error::Error;
 use super::live::Shared;
 use crate::Pool;
 
-/// A started [`Worker`].
+/// A started [`Worker`](super::Worker).
 pub struct RunningWorker {
     /// `None` once stopped.
     pub(super) pool: Option<Pool>,
