@@ -1,11 +1,13 @@
 //! Celery's remote control (kombu's broadcast "pidbox"), broker-neutral, for a weft
-//! [`Worker`](super::Worker): `app.control.ping()` / `celery inspect ping` and
-//! `app.control.revoke(id)` (with `terminate=True`, a running task is asked to stop).
+//! [`Worker`](super::Worker): `celery inspect` / `app.control.inspect()` and
+//! `app.control.*` reach weft workers; the commands and their replies are listed in the
+//! [`Worker`](super::Worker) docs.
 //!
 //! This module owns what every transport shares: the exchange names ([`PIDBOX`],
 //! [`REPLY_PIDBOX`]), the request read from a message body (`{"method", "arguments",
 //! "destination", "ticket", "reply_to": {"exchange", "routing_key"}}`), whom it is for, its
-//! `expires` header, the answer, and the set of revoked ids. How a request arrives and how
+//! `expires` header, the reply shapes, and the set of revoked ids; the worker's command
+//! panel answers. How a request arrives and how
 //! the reply goes back is the transport's: on Redis a fanout channel and kombu's binding
 //! sets ([`redis`](super::redis)), on RabbitMQ a worker's pidbox queue (`amqp`, feature
 //! `amqp`).
@@ -50,6 +52,11 @@ impl Revoked {
 
     pub fn contains(&self, id: &str) -> bool {
         self.inner.lock().0.contains(id)
+    }
+
+    /// The ids, oldest first (Celery's `inspect revoked`, and `hello`'s reply).
+    pub fn list(&self) -> Vec<String> {
+        self.inner.lock().1.iter().cloned().collect()
     }
 }
 
@@ -100,32 +107,54 @@ impl Request {
             .is_none_or(|dest| dest.iter().any(|d| d == hostname))
     }
 
-    /// The answer of a worker: `ping` → `{"ok": "pong"}`; `revoke` hands the ids and its
-    /// `terminate` flag to `revoke`; `None` for the methods weft does not serve.
-    pub(crate) fn answer(&self, revoke: &dyn Fn(&[String], bool)) -> Option<Value> {
-        match self.method.as_str() {
-            "ping" => Some(json!({"ok": "pong"})),
-            "revoke" => {
-                let ids: Vec<String> = match self.arguments.get("task_id") {
-                    Some(Value::String(s)) => vec![s.clone()],
-                    Some(Value::Array(a)) => a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let terminate = self
-                    .arguments
-                    .get("terminate")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                revoke(&ids, terminate);
-                Some(json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))}))
-            }
+    /// The argument `name`, if given and not null.
+    pub(crate) fn arg(&self, name: &str) -> Option<&Value> {
+        self.arguments.get(name).filter(|v| !v.is_null())
+    }
+
+    /// The argument `name` as a string list: one string, or a list of them (Celery's
+    /// `maybe_list`); `None` if absent or of another type.
+    pub(crate) fn arg_list(&self, name: &str) -> Option<Vec<String>> {
+        match self.arg(name)? {
+            Value::String(s) => Some(vec![s.clone()]),
+            Value::Array(a) => a.iter().map(|v| v.as_str().map(str::to_owned)).collect(),
             _ => None,
         }
     }
+
+    /// The argument `name` as a boolean (Celery's `strtobool` for strings); `false` if
+    /// absent.
+    pub(crate) fn arg_bool(&self, name: &str) -> bool {
+        match self.arg(name) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            }
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+            _ => false,
+        }
+    }
+}
+
+/// What answers the control requests addressed to a worker (the worker's command panel,
+/// as Celery's `Panel`): the transports deliver the requests and send the replies.
+pub(crate) trait Panel: Sync {
+    /// The reply to `req` (`{"ok": ...}`, `{"error": ...}` or the command's value);
+    /// `None` when it gets none (`shutdown`, as in Celery).
+    fn answer(&self, req: &Request) -> Option<Value>;
+
+    /// The clock value a reply carries (the worker's Lamport clock, moved forward).
+    fn clock(&self) -> u64;
+}
+
+/// Celery's `ok(value)` reply.
+pub(crate) fn ok(value: impl Into<Value>) -> Value {
+    json!({ "ok": value.into() })
+}
+
+/// Celery's `nok(value)` reply: `{"error": ...}`.
+pub(crate) fn nok(value: impl Into<Value>) -> Value {
+    json!({ "error": value.into() })
 }
 
 /// Whether a request's `expires` header (seconds since the epoch; 0 or absent: never) has

@@ -78,6 +78,7 @@ pub mod canvas;
 mod client;
 pub mod control;
 mod error;
+mod events;
 mod iso8601;
 pub mod protocol;
 pub mod redis;

@@ -10,7 +10,10 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::canvas::after::Flow;
+use super::control::Panel;
 use super::error::Error;
 use super::protocol::{ProtocolError, TaskMessage};
 use super::result::TaskResult;
@@ -247,6 +250,15 @@ pub(crate) trait Settle: Send + 'static {
     fn requeue(&mut self, tags: Vec<Self::Tag>) -> (usize, Vec<Self::Tag>);
 }
 
+/// Where a worker's Celery events go ([`events`](super::events)): kombu's fanout channel
+/// on Redis, the topic exchange `celeryev` on RabbitMQ.
+pub(crate) trait EventSink: Send + 'static {
+    /// Publishes `body` (one event, or a list of task events under `task.multi`) with
+    /// `routing_key` (`worker.heartbeat`, `task.succeeded`, ...), from the worker
+    /// `hostname`. An error drops it; the next publish connects again.
+    fn publish(&mut self, routing_key: &str, body: &Value, hostname: &str) -> Result<(), Error>;
+}
+
 /// A broker a worker can run on: opens its consumer and settler, and serves remote control.
 pub(crate) trait Transport: Clone + Send + 'static {
     /// What acknowledges a message.
@@ -255,6 +267,11 @@ pub(crate) trait Transport: Clone + Send + 'static {
     type Consumer: Consume<Tag = Self::Tag>;
     /// The settling side.
     type Settler: Settle<Tag = Self::Tag>;
+    /// Where events go.
+    type Events: EventSink;
+
+    /// The event publisher of the worker `hostname` (it connects on its first publish).
+    fn events(&self, hostname: &str) -> Self::Events;
 
     /// Connects the worker `hostname` consuming `queues` (highest lane first) holding at
     /// most `prefetch` messages.
@@ -265,13 +282,13 @@ pub(crate) trait Transport: Clone + Send + 'static {
         prefetch: usize,
     ) -> Result<(Self::Consumer, Self::Settler), Error>;
 
-    /// Serves Celery's remote control for the worker `hostname` until `stop()`: `ping`,
-    /// and `revoke` (ids and `terminate`, handed to `revoke`). Sends on `ready` once
-    /// requests are being received.
+    /// Serves Celery's remote control for the worker `hostname` until `stop()`: each
+    /// request addressed to it goes to `panel`, whose answer (if any) is the reply. Sends
+    /// on `ready` once requests are being received.
     fn serve_control(
         self,
         hostname: String,
-        revoke: &dyn Fn(&[String], bool),
+        panel: &dyn Panel,
         stop: &dyn Fn() -> bool,
         ready: std::sync::mpsc::Sender<()>,
     );

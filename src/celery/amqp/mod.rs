@@ -101,6 +101,7 @@ use super::control;
 mod broker;
 mod delayed;
 mod delivery;
+mod events;
 mod pidbox;
 mod settler;
 mod topology;

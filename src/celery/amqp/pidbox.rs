@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{json, Value};
 
-use super::super::control::{has_expired, Request};
+use super::super::control::{has_expired, Panel, Request};
 use super::super::error::Error;
 use super::super::protocol::{check_content_type, CONTENT_TYPE_JSON};
 use super::broker::{Broker, Consumer};
@@ -224,21 +224,21 @@ impl Pidbox {
         broker.publish(exchange, routing_key, body.as_bytes(), props)
     }
 
-    /// Serves one request, if one comes within `timeout`: `ping`, and `revoke` (the ids and
-    /// the `terminate` flag go to `revoke`); other methods are ignored. Returns whether a
-    /// request was answered.
+    /// Serves one request, if one comes within `timeout`: `panel` answers it, and its
+    /// answer (if any) is the reply. Returns whether a request was answered.
     pub(crate) fn serve_one(
         &mut self,
         broker: &Broker,
-        revoke: &dyn Fn(&[String], bool),
+        panel: &dyn Panel,
         timeout: Duration,
     ) -> Result<bool, Error> {
         let Some(req) = self.recv(timeout)? else {
             return Ok(false);
         };
-        let Some(answer) = req.req.answer(revoke) else {
+        let Some(answer) = panel.answer(&req.req) else {
             return Ok(false);
         };
+        self.clock = panel.clock().saturating_sub(1);
         self.reply(broker, &req, answer)?;
         Ok(true)
     }

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use super::super::control::Panel;
 use super::super::error::Error;
 use super::super::protocol::{parse_iso8601, TaskMessage};
 use super::super::source::Source;
@@ -260,6 +261,11 @@ impl Transport for AmqpTransport {
     type Tag = Delivery;
     type Consumer = AmqpConsumer;
     type Settler = AmqpSettler;
+    type Events = super::events::AmqpEvents;
+
+    fn events(&self, hostname: &str) -> Self::Events {
+        super::events::AmqpEvents::new(&self.url, hostname)
+    }
 
     fn open(
         &self,
@@ -299,7 +305,7 @@ impl Transport for AmqpTransport {
     fn serve_control(
         self,
         hostname: String,
-        revoke: &dyn Fn(&[String], bool),
+        panel: &dyn Panel,
         stop: &dyn Fn() -> bool,
         ready: std::sync::mpsc::Sender<()>,
     ) {
@@ -310,7 +316,7 @@ impl Transport for AmqpTransport {
                 let mut pidbox = broker.pidbox(&hostname)?;
                 let _ = ready.send(());
                 while !stop() {
-                    pidbox.serve_one(&broker, revoke, Duration::from_millis(500))?;
+                    pidbox.serve_one(&broker, panel, Duration::from_millis(500))?;
                 }
                 let _ = pidbox.close();
                 broker.close()

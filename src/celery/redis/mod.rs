@@ -40,10 +40,14 @@ use super::backend::{add_result, retry_meta, store};
 use super::protocol::TaskMessage;
 use super::result::TaskResult;
 
+mod events;
 mod pidbox;
 mod transport;
 mod wake;
 
+pub(crate) use events::RedisEvents;
+#[cfg(feature = "amqp")]
+pub(crate) use events::EVENT_EXCHANGE;
 pub(crate) use transport::{RedisPublisher, RedisTransport};
 pub use wake::{track, Wake, POLL_WITHOUT_TRACKING};
 

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::super::control::{has_expired, Request, PIDBOX};
+use super::super::control::{has_expired, Panel, Request, PIDBOX};
 use super::super::source::Source;
 use super::PRIORITY_SEP;
 
@@ -95,19 +95,18 @@ fn reply(
     Ok(())
 }
 
-/// The remote-control loop of a worker: subscribes to the pidbox channel and answers
-/// `ping` and `revoke` (handed to `revoke` with its `terminate` flag); other methods are
-/// ignored. Ends when `stop` is set (checked every second).
+/// The remote-control loop of a worker: subscribes to the pidbox channel and hands each
+/// request addressed to it to `panel`, replying with its answer. Ends when `stop` is set
+/// (checked every second).
 pub(crate) fn serve(
     source: Source,
     hostname: String,
-    revoke: &dyn Fn(&[String], bool),
+    panel: &dyn Panel,
     stop: &dyn Fn() -> bool,
     subscribed: std::sync::mpsc::Sender<()>,
 ) {
     let db = source.db();
     let channel = format!("/{db}.{PIDBOX}");
-    let mut clock = 0u64;
     while !stop() {
         let (Ok(mut sub), Ok(mut conn)) = (source.connect(), source.connect()) else {
             std::thread::sleep(Duration::from_secs(1));
@@ -138,11 +137,10 @@ pub(crate) fn serve(
             if !req.is_for(&hostname) {
                 continue;
             }
-            let Some(answer) = req.answer(revoke) else {
+            let Some(answer) = panel.answer(&req) else {
                 continue;
             };
-            clock += 1;
-            let _ = reply(&mut conn, &hostname, &req, answer, clock);
+            let _ = reply(&mut conn, &hostname, &req, answer, panel.clock());
         }
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::super::backend::{add_chord_size, add_next_records, add_record, count_parts};
 use super::super::canvas::after::Next;
 use super::super::canvas::apply::Op;
+use super::super::control::Panel;
 use super::super::error::Error;
 use super::super::protocol::{ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
@@ -435,6 +436,11 @@ impl Transport for RedisTransport {
     type Tag = String;
     type Consumer = RedisConsumer;
     type Settler = RedisSettler;
+    type Events = super::RedisEvents;
+
+    fn events(&self, _hostname: &str) -> Self::Events {
+        super::RedisEvents::new(self.source.clone())
+    }
 
     fn open(
         &self,
@@ -487,11 +493,11 @@ impl Transport for RedisTransport {
     fn serve_control(
         self,
         hostname: String,
-        revoke: &dyn Fn(&[String], bool),
+        panel: &dyn Panel,
         stop: &dyn Fn() -> bool,
         ready: std::sync::mpsc::Sender<()>,
     ) {
-        super::pidbox::serve(self.source, hostname, revoke, stop, ready);
+        super::pidbox::serve(self.source, hostname, panel, stop, ready);
     }
 }
 

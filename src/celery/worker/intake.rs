@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::super::events::{py_repr, py_tuple_repr};
 use super::super::protocol::{parse_iso8601, ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::transport::{Consume, Settlement};
-use super::live::{Done, Held, Live, Shared, WAITING};
-use super::run::{build_run, plan, Plan};
+use super::live::{Done, Held, Live, Shared, TaskInfo, WAITING};
+use super::run::{build_run, plan, Plan, Tracked};
 use crate::registry::{Attempt, Entry, Registry};
 use crate::{Pool, Priority};
 
@@ -166,6 +167,49 @@ fn upkeep<C: Consume>(
     }
 }
 
+/// Celery's `task-received` event of `msg` (when task events are on).
+fn received(shared: &Shared, msg: &TaskMessage) {
+    shared.monitor.events.task("task-received", |e| {
+        e.insert("uuid".into(), json!(msg.id));
+        e.insert("name".into(), json!(msg.task));
+        e.insert("args".into(), json!(args_repr(msg)));
+        e.insert("kwargs".into(), json!(kwargs_repr(msg)));
+        e.insert("root_id".into(), json!(msg.root_id));
+        e.insert("parent_id".into(), json!(msg.parent_id));
+        e.insert("retries".into(), json!(msg.retries));
+        e.insert("eta".into(), json!(msg.eta));
+        e.insert("expires".into(), json!(msg.expires));
+    });
+}
+
+/// The message's `argsrepr` header, else Python's repr of its arguments (a tuple).
+pub(super) fn args_repr(msg: &TaskMessage) -> String {
+    msg.argsrepr
+        .clone()
+        .unwrap_or_else(|| py_tuple_repr(&msg.args))
+}
+
+/// The message's `kwargsrepr` header, else Python's repr of its keyword arguments.
+pub(super) fn kwargs_repr(msg: &TaskMessage) -> String {
+    msg.kwargsrepr
+        .clone()
+        .unwrap_or_else(|| py_repr(&Value::Object(msg.kwargs.clone())))
+}
+
+/// Celery's `task-revoked` event (`terminated`: stopped while it ran; `expired`: its
+/// `expires` passed).
+pub(super) fn revoked_event(shared: &Shared, id: &str, terminated: bool, expired: bool) {
+    shared.monitor.events.task("task-revoked", |e| {
+        e.insert("uuid".into(), json!(id));
+        e.insert("terminated".into(), json!(terminated));
+        e.insert(
+            "signum".into(),
+            if terminated { json!(15) } else { Value::Null },
+        );
+        e.insert("expired".into(), json!(expired));
+    });
+}
+
 /// The `FAILURE` written for a message refused unread.
 fn refusal_result(e: &ProtocolError) -> TaskResult {
     match e {
@@ -206,7 +250,7 @@ fn take(
 ) {
     let mut msg = match message {
         Ok(m) => m,
-        Err(refused) => return refuse(done, taken.queue, taken.key, refused),
+        Err(refused) => return refuse(shared, done, taken.queue, taken.key, refused),
     };
     // Retries and hold-limit copies go back to the queue it came from.
     if msg.routing_key.is_empty() {
@@ -229,33 +273,46 @@ fn take(
     let Some(now) = screen(shared, done, &msg, taken.key) else {
         return;
     };
+    let info = Arc::new(TaskInfo::new(&msg, &taken.queue, taken.redelivered));
+    received(shared, &msg);
     let delay = eta_delay(&msg, now);
     let counted = delay.is_none();
     // Counted before the registry is asked: a task settled unrun below frees its slot.
     if counted {
         shared.in_flight.lock().taken += 1;
     }
-    let Some((entry, attempt)) = fit(cfg, done, &msg, taken.key, counted) else {
+    let Some((entry, attempt)) = fit(cfg, shared, done, &msg, taken.key, counted) else {
         return;
     };
-    let plan = plan(cfg, entry, &msg, &taken.queue, delay, counted);
+    let time_limit = shared.monitor.time_limits.lock().get(&msg.task).copied();
+    let plan = plan(cfg, entry, &msg, &taken.queue, delay, counted, time_limit);
     let id = msg.id.clone();
     if !counted {
         shared.eta_waiting.fetch_add(1, Ordering::Relaxed);
     }
-    let state = Arc::new(AtomicU8::new(WAITING));
-    let run = build_run(shared, done, msg, taken.key, attempt, &plan, &state);
-    spawn(pool, shared, &taken, plan, id, state, run);
+    let tracked = Tracked {
+        state: Arc::new(AtomicU8::new(WAITING)),
+        info,
+    };
+    let run = build_run(shared, done, msg, taken.key, attempt, &plan, &tracked);
+    spawn(pool, shared, &taken, plan, id, tracked, run);
 }
 
 /// A message that is not a task never runs: it goes to the dead-letter place with its
 /// reason, with a `FAILURE` when its id is known ([`refusal_result`]).
 fn refuse(
+    shared: &Shared,
     done: &mpsc::Sender<Done>,
     queue: String,
     key: Option<u64>,
     refused: super::super::transport::Refused,
 ) {
+    if let Some(id) = &refused.id {
+        shared.monitor.events.task("task-rejected", |e| {
+            e.insert("uuid".into(), json!(id));
+            e.insert("requeue".into(), json!(false));
+        });
+    }
     let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
     let _ = done.send(Done::uncounted(Settlement::Refuse {
         queue,
@@ -284,6 +341,7 @@ fn screen(
     key: Option<u64>,
 ) -> Option<SystemTime> {
     if shared.revoked.contains(&msg.id) {
+        revoked_event(shared, &msg.id, false, false);
         let _ = done.send(settle_now(
             msg,
             key,
@@ -295,6 +353,7 @@ fn screen(
     let now = SystemTime::now();
     if let Some(exp) = msg.expires.as_deref().and_then(parse_iso8601) {
         if exp <= now {
+            revoked_event(shared, &msg.id, false, true);
             let _ = done.send(settle_now(
                 msg,
                 key,
@@ -322,12 +381,21 @@ fn eta_delay(msg: &TaskMessage, now: SystemTime) -> Option<Duration> {
 /// unknown name, `TypeError` for arguments that do not fit).
 fn fit<'r>(
     cfg: &'r Config,
+    shared: &Shared,
     done: &mpsc::Sender<Done>,
     msg: &TaskMessage,
     key: Option<u64>,
     counted: bool,
 ) -> Option<(&'r Entry, Attempt)> {
     let Some(entry) = cfg.registry.get(&msg.task) else {
+        // As Celery's `on_unknown_task`.
+        shared.monitor.events.task("task-failed", |e| {
+            e.insert("uuid".into(), json!(msg.id));
+            e.insert(
+                "exception".into(),
+                json!(format!("NotRegistered({})", py_repr(&json!(msg.task)))),
+            );
+        });
         let _ = done.send(settle_now(
             msg,
             key,
@@ -370,7 +438,7 @@ fn spawn(
     taken: &Taken,
     plan: Plan,
     id: String,
-    state: Arc<AtomicU8>,
+    tracked: Tracked,
     run: impl FnOnce() + Send + 'static,
 ) {
     let mut task = pool.task().priority(plan.lane);
@@ -388,8 +456,9 @@ fn spawn(
                 taken.seq,
                 Live {
                     id,
+                    info: tracked.info,
                     handle,
-                    state,
+                    state: tracked.state,
                     key: taken.key,
                     counted: plan.counted,
                     eta: plan.eta,

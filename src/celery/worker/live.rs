@@ -8,18 +8,21 @@
 //! limit, a lost connection, shutdown) and then settles its message itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use serde_json::{json, Value};
 
 use super::super::canvas::after::{after, Sent};
 use super::super::control::Revoked;
+use super::super::events::{Clock, Events};
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::transport::Settlement;
+use crate::Priority;
 
 /// The messages taken and not settled, by the worker's own key, with what acknowledges
 /// each.
@@ -45,6 +48,162 @@ pub(super) struct Shared {
     /// Set by a shutdown with a timeout: when it passes, the finisher stops waiting for
     /// running tasks and for an unreachable broker, puts back what it still holds, and ends.
     pub(super) deadline: Mutex<Option<Instant>>,
+    /// The worker's node name, as remote control and events show it.
+    pub(super) hostname: String,
+    /// The queues consumed now, highest lane first.
+    pub(super) queues: Mutex<Vec<(String, Priority)>>,
+    /// What monitoring sees: events, the clock, counters, per-task overrides.
+    pub(super) monitor: Monitor,
+}
+
+/// What monitoring (events and remote control) shares with the worker's threads.
+pub(super) struct Monitor {
+    /// The worker's events ([`events`](crate::celery::events)).
+    pub(super) events: Arc<Events>,
+    /// The worker's Lamport clock (events and control replies).
+    pub(super) clock: Arc<Clock>,
+    /// Tasks started, by name, since the worker started (`stats`' `total`).
+    pub(super) totals: Mutex<HashMap<String, u64>>,
+    /// Tasks started since the worker started (the heartbeat's `processed`).
+    pub(super) processed: AtomicU64,
+    /// Tasks running now (the heartbeat's `active`).
+    pub(super) active: AtomicUsize,
+    /// Time limits set by the `time_limit` command, by task name (`None`: no limit),
+    /// replacing the registry's.
+    pub(super) time_limits: Mutex<HashMap<String, Option<Duration>>>,
+    /// The `shutdown` command's request ([`Halt`]).
+    pub(super) halt: Mutex<Halt>,
+    /// Signalled when [`halt`](Self::halt) changes.
+    pub(super) halted: Condvar,
+    /// When the worker started.
+    pub(super) started_at: Instant,
+}
+
+/// Whether remote control asked the worker to shut down.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Halt {
+    /// Running.
+    Running,
+    /// `shutdown` came: the consumer stopped; whoever waits for the worker
+    /// ([`RunningWorker::wait_for_signal`](super::RunningWorker::wait_for_signal)) shuts it
+    /// down.
+    Asked,
+    /// The worker has stopped: nobody waits any more.
+    Over,
+}
+
+impl Monitor {
+    pub(super) fn new(events: Arc<Events>, clock: Arc<Clock>) -> Monitor {
+        Monitor {
+            events,
+            clock,
+            totals: Mutex::new(HashMap::new()),
+            processed: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            time_limits: Mutex::new(HashMap::new()),
+            halt: Mutex::new(Halt::Running),
+            halted: Condvar::new(),
+            started_at: Instant::now(),
+        }
+    }
+
+    /// A task of `name` starts.
+    pub(super) fn started(&self, name: &str) {
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let mut totals = self.totals.lock();
+        match totals.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                totals.insert(name.to_owned(), 1);
+            }
+        }
+    }
+
+    /// A task that started has ended.
+    pub(super) fn ended(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Moves [`halt`](Self::halt) to `to` unless it is [`Halt::Over`]; whether it moved.
+    pub(super) fn set_halt(&self, to: Halt) -> bool {
+        let mut h = self.halt.lock();
+        if *h == Halt::Over {
+            return false;
+        }
+        *h = to;
+        self.halted.notify_all();
+        true
+    }
+}
+
+/// What remote control shows of a task the worker holds (Celery's `Request.info()`).
+pub(super) struct TaskInfo {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) args: Value,
+    pub(super) kwargs: Value,
+    /// Where it came from: `{"exchange", "routing_key", "priority", "redelivered"}`.
+    pub(super) delivery_info: Value,
+    /// Its ETA as the message gave it.
+    pub(super) eta: Option<String>,
+    pub(super) priority: u8,
+    /// When it started, as seconds since the epoch (`f64` bits); 0 before.
+    time_start: AtomicU64,
+    /// Its message has been acknowledged.
+    acknowledged: AtomicBool,
+}
+
+impl TaskInfo {
+    pub(super) fn new(msg: &TaskMessage, queue: &str, redelivered: bool) -> TaskInfo {
+        TaskInfo {
+            id: msg.id.clone(),
+            name: msg.task.clone(),
+            args: Value::Array(msg.args.clone()),
+            kwargs: Value::Object(msg.kwargs.clone()),
+            delivery_info: json!({
+                "exchange": msg.exchange,
+                "routing_key": queue,
+                "priority": msg.priority,
+                "redelivered": redelivered,
+            }),
+            eta: msg.eta.clone(),
+            priority: msg.priority,
+            time_start: AtomicU64::new(0),
+            acknowledged: AtomicBool::new(false),
+        }
+    }
+
+    /// It starts now.
+    pub(super) fn start(&self) {
+        self.time_start
+            .store(crate::celery::events::now().to_bits(), Ordering::Relaxed);
+    }
+
+    /// Its message was acknowledged.
+    pub(super) fn acknowledge(&self) {
+        self.acknowledged.store(true, Ordering::Relaxed);
+    }
+
+    /// Celery's `Request.info()`: `{"id", "name", "args", "kwargs", "type", "hostname",
+    /// "time_start", "acknowledged", "delivery_info", "worker_pid"}` (`time_start` and
+    /// `worker_pid` null until it starts).
+    pub(super) fn info(&self, hostname: &str) -> Value {
+        let start = self.time_start.load(Ordering::Relaxed);
+        let started = start != 0;
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "type": self.name,
+            "hostname": hostname,
+            "time_start": started.then(|| f64::from_bits(start)),
+            "acknowledged": self.acknowledged.load(Ordering::Relaxed),
+            "delivery_info": self.delivery_info,
+            "worker_pid": started.then(std::process::id),
+        })
+    }
 }
 
 /// The prefetch count ([`Shared::in_flight`]), as Celery's: its prefetch limit counts
@@ -167,6 +326,8 @@ pub(super) const WITHDRAWN: u8 = 2;
 /// A task handed to the pool.
 pub(super) struct Live {
     pub(super) id: String,
+    /// What remote control shows of it.
+    pub(super) info: Arc<TaskInfo>,
     pub(super) handle: crate::JoinHandle<()>,
     /// [`WAITING`], then [`STARTED`] (by the task) or [`WITHDRAWN`] (by the worker): the
     /// one compare-and-swap that decides whether it runs.
@@ -226,6 +387,7 @@ impl Shared {
         for (seq, task) in live.iter().filter(|(_, t)| ids.contains(&t.id)) {
             if task.withdraw() {
                 // Never to run: its message is settled here.
+                super::intake::revoked_event(self, &task.id, false, false);
                 if !task.counted {
                     self.eta_waiting.fetch_sub(1, Ordering::Relaxed);
                 }

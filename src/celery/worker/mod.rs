@@ -19,6 +19,7 @@ use parking_lot::{Condvar, Mutex};
 use super::backend::DEFAULT_RESULT_EXPIRES;
 use super::control::Revoked;
 use super::error::Error;
+use super::events::{self, Clock, Events};
 use super::redis::{self as redis_transport, RedisTransport};
 use super::source::Source;
 use super::transport::{BrokerKind, Transport};
@@ -29,6 +30,7 @@ mod builtins;
 mod finisher;
 mod intake;
 mod live;
+mod panel;
 mod run;
 mod running;
 #[cfg(test)]
@@ -36,7 +38,8 @@ mod tests;
 
 use finisher::finisher;
 use intake::{consume, Config};
-use live::{Done, Held, Shared};
+use live::{Done, Held, Monitor, Shared};
+use panel::WorkerPanel;
 pub use running::{RunningWorker, Stopped};
 
 /// A Celery worker made of weft: takes messages from Celery queues, runs each named task
@@ -169,6 +172,7 @@ pub struct Worker {
     shutdown_timeout: Option<Duration>,
     command_timeout: Duration,
     sentinel_master: Option<String>,
+    task_events: bool,
 }
 
 impl Worker {
@@ -198,6 +202,7 @@ impl Worker {
             shutdown_timeout: None,
             command_timeout: redis_transport::COMMAND_TIMEOUT,
             sentinel_master: None,
+            task_events: false,
         }
     }
 
@@ -346,6 +351,16 @@ impl Worker {
         self
     }
 
+    /// Sends task events from the start (Celery's `worker_send_task_events`, `celery
+    /// worker -E`); default off, as Celery's: they are turned on and off at run time by
+    /// the `enable_events` and `disable_events` broadcasts (Flower sends `enable_events`
+    /// every few seconds). Worker events (`worker-online`, `worker-heartbeat` every 2 s,
+    /// `worker-offline`) are always sent. See [`Worker`]'s monitoring notes.
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
+        self
+    }
+
     /// Connects, builds the pool and starts consuming.
     pub fn start(mut self) -> Result<RunningWorker, Error> {
         if self.queues.is_empty() {
@@ -393,6 +408,14 @@ impl Worker {
         if self.prefetch == 0 {
             self.prefetch = pool.num_workers() * 4;
         }
+        let hostname = self.hostname.take().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("weft-{}@{host}", std::process::id())
+        });
+        let clock = Arc::new(Clock::default());
+        let events = Arc::new(Events::new(&hostname, self.task_events, clock.clone()));
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             in_flight: Mutex::new(live::InFlight::default()),
@@ -402,30 +425,54 @@ impl Worker {
             live: Mutex::new(HashMap::new()),
             deadline: Mutex::new(None),
             started: Arc::new(Mutex::new(live::Started::default())),
+            hostname: hostname.clone(),
+            queues: Mutex::new(self.queues.clone()),
+            monitor: Monitor::new(events.clone(), clock),
         });
         let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
-        let hostname = self.hostname.take().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("weft-{}@{host}", std::process::id())
-        });
         let names: Vec<String> = self.queues.iter().map(|(q, _)| q.clone()).collect();
         let (consumer, settler) = transport.open(&hostname, &names, self.prefetch)?;
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let control = {
+        let conf = self.conf(pool.num_workers());
+        let report = self.report();
+        let (registry, message_builtins) = builtins::with_builtins(self.registry);
+        let events_thread = {
             let shared = shared.clone();
+            let mut sink = transport.events(&hostname);
+            thread::Builder::new()
+                .name("weft-celery-events".into())
+                .spawn(move || {
+                    let m = &shared.monitor;
+                    let load = || events::Load {
+                        active: m.active.load(Ordering::Relaxed),
+                        processed: m.processed.load(Ordering::Relaxed),
+                    };
+                    events::send_loop(&m.events, &mut sink, &load, events::HEARTBEAT)
+                })?
+        };
+        let control = {
+            let mut tasks: Vec<String> = registry.names().map(str::to_owned).collect();
+            tasks.sort();
+            let panel = WorkerPanel {
+                shared: shared.clone(),
+                done: done_tx.clone(),
+                tasks,
+                concurrency: pool.num_workers(),
+                prefetch: self.prefetch,
+                broker: panel::broker_info(&self.url),
+                conf,
+                report,
+            };
             let hostname = hostname.clone();
-            let done = done_tx.clone();
             let transport = transport.clone();
             thread::Builder::new()
                 .name("weft-celery-control".into())
                 .spawn(move || {
                     transport.serve_control(
                         hostname,
-                        &|ids, terminate| shared.revoke(ids, terminate, &done),
-                        &|| shared.stop.load(Ordering::Acquire),
+                        &panel,
+                        &|| panel.shared.stop.load(Ordering::Acquire),
                         ready_tx,
                     )
                 })?
@@ -443,7 +490,6 @@ impl Worker {
         let consumer = {
             let shared = shared.clone();
             let pool = pool.clone();
-            let (registry, message_builtins) = builtins::with_builtins(self.registry);
             let cfg = Config {
                 registry,
                 message_builtins,
@@ -464,11 +510,48 @@ impl Worker {
             consumer: Some(consumer),
             finisher: Some(finisher),
             control: Some(control),
+            events: Some(events_thread),
         })
     }
 }
 
 impl Worker {
+    /// The settings `inspect conf` shows, under Celery's names.
+    fn conf(&self, concurrency: usize) -> serde_json::Value {
+        let backend = self.backend.as_deref().unwrap_or(&self.url);
+        let mut transport_options = serde_json::json!({
+            "visibility_timeout": self.visibility_timeout.as_secs_f64(),
+        });
+        if let Some(m) = &self.sentinel_master {
+            transport_options["master_name"] = serde_json::json!(m);
+        }
+        serde_json::json!({
+            "broker_url": panel::sanitize_url(&self.url),
+            "result_backend": panel::sanitize_url(backend),
+            "worker_concurrency": concurrency,
+            "worker_prefetch_multiplier": self.prefetch.div_ceil(concurrency.max(1)),
+            "task_acks_late": self.acks_late,
+            "result_expires": self.result_expires.as_secs_f64(),
+            "broker_transport_options": transport_options,
+            "worker_send_task_events": self.task_events,
+            "task_queues": self.queues.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `inspect report`'s text, in the layout of Celery's `bugreport`.
+    fn report(&self) -> String {
+        let backend = self.backend.as_deref().unwrap_or(&self.url);
+        let transport = self.url.split_once("://").map_or("redis", |(s, _)| s);
+        format!(
+            "software -> weft:{} (Rust)\nplatform -> system:{} arch:{}\nsettings -> \
+             transport:{transport} results:{}\n",
+            env!("CARGO_PKG_VERSION"),
+            events::software_info()[2].1.as_str().unwrap_or("unknown"),
+            std::env::consts::ARCH,
+            panel::sanitize_url(backend),
+        )
+    }
+
     /// Starts the worker and runs it until SIGINT or SIGTERM
     /// ([`RunningWorker::wait_for_signal`]): a deployable worker binary is
     /// `fn main() { Worker::new(url, registry).run().unwrap(); }`.

@@ -9,12 +9,16 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::json;
+
+use super::super::events::py_repr;
 use super::super::protocol::{format_iso8601, parse_iso8601, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::transport::Settlement;
 use super::builtins;
+use super::intake::revoked_event;
 use super::intake::Config;
-use super::live::{Done, Shared, STARTED, WAITING};
+use super::live::{Done, Shared, TaskInfo, STARTED, WAITING};
 use crate::registry::{Attempt, Entry};
 use crate::{Priority, RetryPolicy};
 
@@ -40,6 +44,13 @@ pub(super) struct Plan {
     pub(super) track_starts: bool,
 }
 
+/// What the worker and the task share about its run: the compare-and-swap state that
+/// decides whether it runs ([`WAITING`], [`STARTED`]) and what remote control shows.
+pub(super) struct Tracked {
+    pub(super) state: Arc<AtomicU8>,
+    pub(super) info: Arc<TaskInfo>,
+}
+
 /// Plans the run of `msg` from `queue`: its lane, ETA delay and count, time limit,
 /// acknowledgement and retry policy (the registry's options, else the worker's).
 pub(super) fn plan(
@@ -49,17 +60,19 @@ pub(super) fn plan(
     queue: &str,
     delay: Option<Duration>,
     counted: bool,
+    time_limit_set: Option<Option<Duration>>,
 ) -> Plan {
     let lane = cfg.lanes.get(queue).copied().unwrap_or_default();
     let policy = entry.options.get_retry();
     let acks_late = entry.options.get_acks_late().unwrap_or(cfg.acks_late);
-    // The shortest of the message's soft and hard limits and the registry's default.
+    // The shortest of the message's soft and hard limits and the task's own (set by the
+    // `time_limit` command, else the registry's).
     let time_limit = [msg.timelimit.1, msg.timelimit.0]
         .into_iter()
         .flatten()
         .filter(|s| *s > 0.0)
         .filter_map(|s| Duration::try_from_secs_f64(s).ok())
-        .chain(entry.options.get_time_limit())
+        .chain(time_limit_set.unwrap_or_else(|| entry.options.get_time_limit()))
         .min();
     let eta = delay.map(|_| {
         // A copy sent again goes straight to the queue it came from (not through its
@@ -94,14 +107,15 @@ pub(super) fn build_run(
     key: Option<u64>,
     mut attempt: Attempt,
     plan: &Plan,
-    state: &Arc<AtomicU8>,
+    tracked: &Tracked,
 ) -> impl FnOnce() + Send + 'static {
+    let info = Arc::clone(&tracked.info);
     let (counted, acks_late, policy) = (plan.counted, plan.acks_late, plan.policy);
     let builtin = plan.builtin;
     let started = plan.track_starts.then(|| shared.started.clone());
     let tx = done.clone();
     let revoked = shared.revoked.clone();
-    let state_here = state.clone();
+    let state_here = tracked.state.clone();
     let eta_waiting = Arc::clone(&shared.eta_waiting);
     let shared = Arc::clone(shared);
     move || {
@@ -135,6 +149,7 @@ pub(super) fn build_run(
             .and_then(parse_iso8601)
             .is_some_and(|exp| exp <= SystemTime::now());
         if expired || revoked.contains(&id) {
+            revoked_event(&shared, &id, false, expired);
             let why = if expired { "expired" } else { "revoked" };
             let revoked = TaskResult::Revoked(why.into());
             let _ = tx.send(Done::finished(&mut msg, key, revoked, counted, None));
@@ -144,8 +159,12 @@ pub(super) fn build_run(
         // Acks early: acknowledged as it starts, which frees its prefetch slot as in
         // Celery (see `InFlight`); the result comes later.
         let mut started_early = false;
+        info.start();
+        let monitor = &shared.monitor;
+        monitor.started(&msg.task);
         let key = match key {
             Some(k) if !acks_late => {
+                info.acknowledge();
                 let _ = tx.send(Done::uncounted(Settlement::Ack(k)));
                 if counted {
                     shared.start_early();
@@ -155,6 +174,10 @@ pub(super) fn build_run(
             }
             other => other,
         };
+        monitor.events.task("task-started", |e| {
+            e.insert("uuid".into(), json!(id));
+        });
+        let began = Instant::now();
         let mut result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
             // Revoked with `terminate` while it ran.
             Ok(_) if crate::checkpoint().is_err_and(|c| c.is_cancel_requested()) => {
@@ -202,6 +225,8 @@ pub(super) fn build_run(
             }
             _ => None,
         };
+        monitor.ended();
+        ended_event(&shared, &id, &result, retry.is_some(), began.elapsed());
         let mut done = match retry {
             Some(next) => Done {
                 settle: Settlement::Retry {
@@ -217,5 +242,50 @@ pub(super) fn build_run(
         done.started = started_early;
         let _ = tx.send(done);
         end(&tx);
+    }
+}
+
+/// Celery's event for a run's end: `task-succeeded` (`result` as Python's repr,
+/// `runtime` in seconds), `task-failed` or, when it is sent again, `task-retried`
+/// (`exception` as Python's repr of the exception, `traceback`), `task-revoked` when it
+/// was stopped while it ran.
+fn ended_event(shared: &Shared, id: &str, result: &TaskResult, retried: bool, runtime: Duration) {
+    let events = &shared.monitor.events;
+    if !events.task_events() {
+        return;
+    }
+    match result {
+        TaskResult::Success(v) => events.task("task-succeeded", |e| {
+            e.insert("uuid".into(), json!(id));
+            e.insert("result".into(), json!(py_repr(v)));
+            e.insert("runtime".into(), json!(runtime.as_secs_f64()));
+        }),
+        TaskResult::Failure {
+            exc_type,
+            exc_message,
+            traceback,
+            ..
+        } => {
+            let kind = if retried {
+                "task-retried"
+            } else {
+                "task-failed"
+            };
+            events.task(kind, |e| {
+                e.insert("uuid".into(), json!(id));
+                e.insert(
+                    "exception".into(),
+                    json!(format!("{exc_type}({})", py_repr(&json!(exc_message)))),
+                );
+                e.insert(
+                    "traceback".into(),
+                    json!(traceback
+                        .clone()
+                        .unwrap_or_else(|| format!("{exc_type}: {exc_message}"))),
+                );
+            })
+        }
+        TaskResult::Revoked(why) => revoked_event(shared, id, why == "terminated", false),
+        TaskResult::Retry(_) => {}
     }
 }

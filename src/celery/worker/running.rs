@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::super::error::Error;
-use super::live::Shared;
+use super::live::{Halt, Shared};
 use crate::Pool;
 
 /// A started [`Worker`](super::Worker).
@@ -22,6 +22,8 @@ pub struct RunningWorker {
     pub(super) consumer: Option<thread::JoinHandle<()>>,
     pub(super) finisher: Option<thread::JoinHandle<usize>>,
     pub(super) control: Option<thread::JoinHandle<()>>,
+    /// The events' send loop (ends after `worker-offline`).
+    pub(super) events: Option<thread::JoinHandle<()>>,
 }
 
 impl RunningWorker {
@@ -75,7 +77,23 @@ impl RunningWorker {
         }
         // Every sender of `Done` is gone: the finisher drains, puts back what is still
         // held, and ends.
-        self.finisher.take().map_or(0, |f| f.join().unwrap_or(0))
+        let put_back = self.finisher.take().map_or(0, |f| f.join().unwrap_or(0));
+        // The last events, then `worker-offline`.
+        self.shared.monitor.events.close();
+        if let Some(e) = self.events.take() {
+            let _ = e.join();
+        }
+        self.shared.monitor.set_halt(Halt::Over);
+        put_back
+    }
+
+    /// Whether remote control asked this worker to shut down (Celery's `shutdown`
+    /// broadcast): it has stopped taking messages, and
+    /// [`wait_for_signal`](Self::wait_for_signal) returns as after a signal. A worker
+    /// started with [`start`](super::Worker::start) and never waited for finishes the
+    /// tasks it took and keeps their results' writes going until it is shut down.
+    pub fn shutdown_requested(&self) -> bool {
+        *self.shared.monitor.halt.lock() == Halt::Asked
     }
 }
 
@@ -122,6 +140,24 @@ impl RunningWorker {
                     }
                 })?
         };
+        // Remote control's `shutdown` counts as the first signal.
+        let shared = self.shared.clone();
+        let halt_watcher = {
+            let tx = tx.clone();
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("weft-celery-halt".into())
+                .spawn(move || {
+                    let m = &shared.monitor;
+                    let mut h = m.halt.lock();
+                    while *h == Halt::Running {
+                        m.halted.wait(&mut h);
+                    }
+                    if *h == Halt::Asked {
+                        let _ = tx.send(None);
+                    }
+                })?
+        };
         // The first signal.
         let _ = rx.recv();
         let mut worker = self;
@@ -136,6 +172,9 @@ impl RunningWorker {
         };
         handle.close();
         let _ = watcher.join();
+        // Ends the halt watcher if it still waits.
+        shared.monitor.set_halt(Halt::Over);
+        let _ = halt_watcher.join();
         Ok(stopped)
     }
 }

@@ -1,0 +1,319 @@
+//! Celery's events, as a Python worker sends them (`celery/events/`, `celery/worker/`):
+//! what `celery events`, Flower and any `app.events.Receiver` see of a weft worker.
+//!
+//! * **Worker events** (`worker-online`, `worker-heartbeat` every 2 s, `worker-offline`)
+//!   are always sent, as a Celery worker sends them unless started `--without-heartbeat`;
+//!   they carry `freq`, `active` (tasks running), `processed` (tasks started since the
+//!   worker started), `loadavg`, `sw_ident` (`"weft"`), `sw_ver` and `sw_sys`.
+//! * **Task events** (`task-received`, `task-started`, `task-succeeded`, `task-failed`,
+//!   `task-retried`, `task-revoked`, `task-rejected`) are sent only while enabled: by
+//!   [`Worker::task_events`](super::Worker::task_events) (Celery's `-E`), or by the
+//!   `enable_events` broadcast (Flower sends it every few seconds) until `disable_events`.
+//!   Task events go out as `task.multi` lists (of those due together, often one), as a
+//!   prefork worker's buffered dispatcher sends them.
+//!
+//! Every event has Celery's common fields: `type`, `hostname` (the worker's node name, as
+//! it answers `ping`), `timestamp` (seconds since the epoch), `utcoffset` (hours west of
+//! UTC, as Python's `time.timezone // 3600`: 0 on UTC machines), `pid` and `clock` (the
+//! worker's Lamport clock, [`Clock`], shared with its remote-control replies).
+//!
+//! How they travel is the transport's ([`EventSink`](super::transport::EventSink)): on
+//! Redis kombu's fanout, `PUBLISH /<db>.celeryev/<routing key>`; on RabbitMQ the topic
+//! exchange `celeryev`. The routing key is the type with `-` made `.`
+//! (`worker.heartbeat`, `task.multi`).
+//!
+//! **Never in the way.** Producing an event takes one lock and a push onto a bounded
+//! outbox ([`OUTBOX_CAP`] events; when it is full, the oldest are dropped and counted), so
+//! a task never waits for the broker; with task events off, a task pays one atomic load
+//! per event site. One thread ([`send_loop`]) publishes; while the broker is unreachable
+//! events are dropped (as Celery drops them), never piled up.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
+use serde_json::{json, Map, Value};
+
+use super::transport::EventSink;
+
+mod repr;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use repr::{py_repr, py_tuple_repr};
+
+/// The most events waiting to be published; past it the oldest are dropped.
+pub(crate) const OUTBOX_CAP: usize = 8192;
+
+/// How often `worker-heartbeat` is sent (Celery's default, 2 s); also its `freq`.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The most task events in one `task.multi` message.
+const MULTI_MAX: usize = 256;
+
+/// A Lamport clock, as Celery's `app.clock` (kombu's `LamportClock`): every event and
+/// remote-control reply carries the next value.
+#[derive(Default)]
+pub(crate) struct Clock(AtomicU64);
+
+impl Clock {
+    /// The next value (Celery's `forward`).
+    pub(crate) fn forward(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The value now.
+    pub(crate) fn value(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the send loop asks of the worker for its heartbeats.
+pub(crate) struct Load {
+    /// Tasks running now.
+    pub(crate) active: usize,
+    /// Tasks started since the worker started.
+    pub(crate) processed: u64,
+}
+
+#[derive(Default)]
+struct Outbox {
+    events: VecDeque<Value>,
+    /// Events dropped because the outbox was full.
+    dropped: u64,
+    /// A heartbeat is asked for now (`heartbeat` command).
+    heartbeat_now: bool,
+    /// No more events: the send loop publishes what is left, then `worker-offline`.
+    closed: bool,
+}
+
+/// A worker's events: built here, published by [`send_loop`].
+pub(crate) struct Events {
+    hostname: String,
+    pid: u32,
+    clock: std::sync::Arc<Clock>,
+    task_events: AtomicBool,
+    outbox: Mutex<Outbox>,
+    wake: Condvar,
+}
+
+impl Events {
+    /// The events of the worker `hostname`, with task events on or off, stamped by `clock`.
+    pub(crate) fn new(hostname: &str, task_events: bool, clock: std::sync::Arc<Clock>) -> Events {
+        Events {
+            hostname: hostname.to_owned(),
+            pid: std::process::id(),
+            clock,
+            task_events: AtomicBool::new(task_events),
+            outbox: Mutex::new(Outbox::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Whether task events are sent now.
+    pub(crate) fn task_events(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+
+    /// Turns task events on or off (`enable_events` / `disable_events`); whether they were
+    /// on before.
+    pub(crate) fn set_task_events(&self, on: bool) -> bool {
+        self.task_events.swap(on, Ordering::Relaxed)
+    }
+
+    /// A task event `kind` (`task-started`, ...) with the fields `fields` adds, if task
+    /// events are on (`fields` is not called otherwise).
+    pub(crate) fn task(&self, kind: &'static str, fields: impl FnOnce(&mut Map<String, Value>)) {
+        if !self.task_events() {
+            return;
+        }
+        let mut map = Map::new();
+        fields(&mut map);
+        let event = self.stamp(kind, map);
+        self.push(event);
+    }
+
+    /// Asks the send loop for a `worker-heartbeat` now (the `heartbeat` command).
+    pub(crate) fn heartbeat_now(&self) {
+        self.outbox.lock().heartbeat_now = true;
+        self.wake.notify_one();
+    }
+
+    /// No more events: the send loop publishes those left, then `worker-offline`, and
+    /// returns.
+    pub(crate) fn close(&self) {
+        self.outbox.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// How many events were dropped because nobody could take them fast enough.
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
+        self.outbox.lock().dropped
+    }
+
+    fn push(&self, event: Value) {
+        let mut out = self.outbox.lock();
+        if out.closed {
+            return;
+        }
+        if out.events.len() >= OUTBOX_CAP {
+            out.events.pop_front();
+            out.dropped += 1;
+        }
+        out.events.push_back(event);
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// `fields` with Celery's common fields: `hostname`, `utcoffset`, `pid`, `clock`,
+    /// `timestamp`, `type`.
+    fn stamp(&self, kind: &str, mut fields: Map<String, Value>) -> Value {
+        fields.insert("hostname".into(), json!(self.hostname));
+        fields.insert("utcoffset".into(), json!(utcoffset()));
+        fields.insert("pid".into(), json!(self.pid));
+        fields.insert("clock".into(), json!(self.clock.forward()));
+        fields.insert("timestamp".into(), json!(now()));
+        fields.insert("type".into(), json!(kind));
+        Value::Object(fields)
+    }
+
+    /// A worker event (`worker-online`, `worker-heartbeat`, `worker-offline`) with the
+    /// heartbeat fields of `load`.
+    fn worker(&self, kind: &str, load: &Load) -> Value {
+        let mut map = Map::new();
+        map.insert("freq".into(), json!(HEARTBEAT.as_secs_f64()));
+        map.insert("active".into(), json!(load.active));
+        map.insert("processed".into(), json!(load.processed));
+        map.insert("loadavg".into(), json!(loadavg()));
+        for (k, v) in software_info() {
+            map.insert(k.into(), v);
+        }
+        self.stamp(kind, map)
+    }
+}
+
+/// Celery's `SOFTWARE_INFO`, for weft: `sw_ident` `"weft"`, `sw_ver` the crate's
+/// version, `sw_sys` the operating system as Python's `platform.system()` names it.
+pub(crate) fn software_info() -> [(&'static str, Value); 3] {
+    let sys = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "windows" => "Windows",
+        "freebsd" => "FreeBSD",
+        other => other,
+    };
+    [
+        ("sw_ident", json!("weft")),
+        ("sw_ver", json!(env!("CARGO_PKG_VERSION"))),
+        ("sw_sys", json!(sys)),
+    ]
+}
+
+/// Seconds since the epoch, as Python's `time.time()`.
+pub(crate) fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The machine's time zone offset as Celery's `utcoffset()` gives it: hours west of UTC
+/// (`time.timezone / 3600`, or `time.altzone / 3600` in daylight saving time). weft
+/// reads no time-zone database: it reports 0.0, what Celery reports on UTC machines (the
+/// usual for servers and containers); timestamps are absolute either way.
+fn utcoffset() -> f64 {
+    0.0
+}
+
+/// The 1, 5 and 15 minute load averages, rounded to two places as Celery's
+/// `load_average()`; zeros where the system does not say.
+pub(crate) fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = [0.0; 3];
+    for (slot, field) in out.iter_mut().zip(text.split_whitespace()) {
+        *slot = field
+            .parse::<f64>()
+            .map(|v| (v * 100.0).round() / 100.0)
+            .unwrap_or(0.0);
+    }
+    out
+}
+
+/// Publishes `events` until [`Events::close`]: `worker-online` first, a `worker-heartbeat`
+/// every `interval` ([`HEARTBEAT`] in a worker; and when asked for), the task events as they come (several at once
+/// as one `task.multi`), and `worker-offline` last. `load` gives the heartbeat's figures.
+/// A publish that fails drops its events; the sink reconnects on the next one.
+pub(crate) fn send_loop(
+    events: &Events,
+    sink: &mut dyn EventSink,
+    load: &dyn Fn() -> Load,
+    interval: Duration,
+) {
+    let hostname = events.hostname.clone();
+    let _ = sink.publish(
+        "worker.online",
+        &events.worker("worker-online", &load()),
+        &hostname,
+    );
+    let mut next_beat = Instant::now() + interval;
+    loop {
+        let (batch, beat, asked, closed) = {
+            let mut out = events.outbox.lock();
+            while out.events.is_empty()
+                && !out.heartbeat_now
+                && !out.closed
+                && Instant::now() < next_beat
+            {
+                events.wake.wait_until(&mut out, next_beat);
+            }
+            let asked = std::mem::take(&mut out.heartbeat_now);
+            let beat = Instant::now() >= next_beat;
+            (
+                out.events.drain(..).collect::<Vec<_>>(),
+                beat,
+                asked,
+                out.closed,
+            )
+        };
+        publish_tasks(sink, batch, &hostname);
+        if asked {
+            // As Celery's `heartbeat` command sends it: `freq` 5 and the software fields.
+            let mut map = Map::new();
+            map.insert("freq".into(), json!(5));
+            for (k, v) in software_info() {
+                map.insert(k.into(), v);
+            }
+            let _ = sink.publish(
+                "worker.heartbeat",
+                &events.stamp("worker-heartbeat", map),
+                &hostname,
+            );
+        }
+        if closed {
+            let _ = sink.publish(
+                "worker.offline",
+                &events.worker("worker-offline", &load()),
+                &hostname,
+            );
+            return;
+        }
+        if beat {
+            next_beat = Instant::now() + interval;
+            let _ = sink.publish(
+                "worker.heartbeat",
+                &events.worker("worker-heartbeat", &load()),
+                &hostname,
+            );
+        }
+    }
+}
+
+/// Publishes task events as a prefork Celery worker's buffered dispatcher does: as
+/// `task.multi` lists (of one event too), of at most [`MULTI_MAX`].
+fn publish_tasks(sink: &mut dyn EventSink, batch: Vec<Value>, hostname: &str) {
+    for chunk in batch.chunks(MULTI_MAX) {
+        let _ = sink.publish("task.multi", &Value::Array(chunk.to_vec()), hostname);
+    }
+}
