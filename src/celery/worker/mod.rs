@@ -28,6 +28,7 @@ use crate::{Pool, Priority};
 mod builtins;
 mod finisher;
 mod intake;
+mod limits;
 mod live;
 mod run;
 mod running;
