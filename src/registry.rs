@@ -1,7 +1,7 @@
 //! [`Registry`]: named tasks, each a typed Rust function over serde values, with its
-//! per-task defaults ([`TaskOptions`]). Built with the `service` or the `redis` feature;
-//! shared by the node-local service (`weft::service`, which re-exports it) and the Celery
-//! worker (`weft::celery`).
+//! per-task defaults ([`TaskOptions`], among them a Celery [`RateLimit`], in `rate.rs`).
+//! Built with the `service` or the `redis` feature; shared by the node-local service
+//! (`weft::service`, which re-exports it) and the Celery worker (`weft::celery`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,6 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{Priority, RetryPolicy};
+
+mod rate;
+
+pub use rate::{RateLimit, RateLimitError};
 
 /// One run of a task, with its arguments already decoded: the value as JSON, or the
 /// error's message. Called once per attempt.
@@ -43,6 +47,7 @@ pub struct TaskOptions {
     retry: Option<RetryPolicy>,
     time_limit: Option<Duration>,
     acks_late: Option<bool>,
+    rate_limit: Option<RateLimit>,
 }
 
 impl TaskOptions {
@@ -80,6 +85,30 @@ impl TaskOptions {
     pub fn acks_late(mut self, late: bool) -> Self {
         self.acks_late = Some(late);
         self
+    }
+
+    /// Celery's `rate_limit`: a Celery worker (feature `redis`) starts this task's runs at
+    /// most at this rate, [`RateLimit::interval`] apart; the first one after an idle spell
+    /// starts at once. Like Celery's it is a limit per worker, not across workers; Celery's
+    /// `rate_limit` control command changes it on a running worker. `None` (as
+    /// `RateLimit::parse("0")` gives) removes it. The node-local service does not use it.
+    ///
+    /// ```
+    /// use weft::registry::{RateLimit, TaskOptions};
+    ///
+    /// let opts = TaskOptions::new().rate_limit(RateLimit::per_second(10));
+    /// assert_eq!(opts.get_rate_limit().unwrap().to_string(), "10/s");
+    /// let opts = opts.rate_limit(RateLimit::parse("0").unwrap());
+    /// assert_eq!(opts.get_rate_limit(), None);
+    /// ```
+    pub fn rate_limit(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+        self.rate_limit = limit.into();
+        self
+    }
+
+    /// The task's rate limit, if set.
+    pub fn get_rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
     }
 
     /// The task's own acknowledgement choice, if set.
@@ -261,3 +290,6 @@ impl fmt::Debug for Registry {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -29,6 +29,7 @@ use crate::{Pool, Priority};
 mod builtins;
 mod finisher;
 mod intake;
+mod limits;
 mod live;
 mod panel;
 mod run;

@@ -1,0 +1,418 @@
+//! The worker's rate limits: Celery's per-worker `rate_limit` of each task, as kombu's
+//! `TokenBucket(fill_rate, capacity=1)` per task name, which Celery's consumer fills and
+//! drains (`celery/worker/consumer/consumer.py`, `_schedule_bucket_request`).
+//!
+//! # Actors
+//!
+//! * The consumer asks [`RateLimits::reserve`] when a task of a given name may start; it
+//!   answers an instant and counts that start against the task's limit.
+//! * Remote control's `rate_limit` command calls [`RateLimits::set`]; `inspect registered`
+//!   reads [`RateLimits::get`].
+//!
+//! # State
+//!
+//! `buckets` (behind a mutex) holds a [`Bucket`] for every task name with a limit: its
+//! [`RateLimit`] and `next`, the earliest instant its next start may have (`None`: the
+//! bucket holds its token, the next start is not held back). `limited` says whether
+//! `buckets` holds any bucket, so that a worker without limits takes no lock.
+//!
+//! # Invariants
+//!
+//! 1. `limited == !buckets.is_empty()` whenever the mutex is free: only `set` changes
+//!    `buckets`' keys, and it stores `limited` before it lets the mutex go.
+//! 2. A bucket's reservations are spaced at least its interval apart: reservation `i`
+//!    starts at `start_i = max(earliest_i, start_{i-1} + interval)`, and `next` is
+//!    `start_i + interval`. A new or reset bucket has `next == None` (`start_0 =
+//!    earliest_0`).
+//!
+//! # Why this is kombu's token bucket
+//!
+//! With capacity 1, the bucket is empty right after a start at `s` and refills at
+//! `fill_rate = 1 / interval` tokens a second, so it holds a whole token again at
+//! `s + interval` and from then on (the token is capped at 1: an idle spell saves no
+//! burst). Celery serves a task's waiting requests first in, first out, each as soon as
+//! the bucket holds a whole token. So a request that joins the bucket at `a_i` starts at
+//! `a_i` when the token is there, else when it is back: `max(a_i, start_{i-1} +
+//! interval)`, which is invariant 2 with `earliest_i = a_i`. The module's property test
+//! checks the two against each other.
+//!
+//! Celery puts a task in its bucket when the task is due: at once, or at its ETA
+//! (`_limit_post_eta`). `reserve` should be asked then too, in that order, so that a far
+//! ETA does not hold back the tasks behind it.
+
+// Until the consumer and remote control use it.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::registry::{RateLimit, Registry};
+
+/// The worker's rate limits by task name (Celery's per-worker token buckets with
+/// capacity 1).
+pub(super) struct RateLimits {
+    /// Whether `buckets` holds any bucket (invariant 1).
+    limited: AtomicBool,
+    /// The buckets of the tasks with a limit, by task name.
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// One task's token bucket of capacity 1.
+struct Bucket {
+    /// The limit in force.
+    limit: RateLimit,
+    /// The earliest instant of the next start; `None` when the token is there.
+    next: Option<Instant>,
+}
+
+impl Bucket {
+    /// A full bucket for `limit`.
+    fn new(limit: RateLimit) -> Bucket {
+        Bucket { limit, next: None }
+    }
+
+    /// Reserves a start not before `earliest` (invariant 2).
+    fn reserve(&mut self, earliest: Instant) -> Instant {
+        let start = match self.next {
+            Some(next) if next > earliest => next,
+            _ => earliest,
+        };
+        // `None` only past the instants the platform can hold (each interval is at most
+        // `RateLimit::MAX_INTERVAL`, about 136 years): then the token is there again.
+        self.next = start.checked_add(self.limit.interval());
+        start
+    }
+}
+
+impl RateLimits {
+    /// The limits the registry's TaskOptions set.
+    pub(super) fn new(registry: &Registry) -> RateLimits {
+        let buckets: HashMap<String, Bucket> = registry
+            .entries()
+            .filter_map(|(name, entry)| {
+                let limit = entry.options.get_rate_limit()?;
+                Some((name.to_owned(), Bucket::new(limit)))
+            })
+            .collect();
+        RateLimits {
+            limited: AtomicBool::new(!buckets.is_empty()),
+            buckets: Mutex::new(buckets),
+        }
+    }
+
+    /// Reserves the next start of a task `name` that may not start before `earliest`: the
+    /// instant it may start (`earliest` itself when it has no limit or a token is there).
+    /// Each call reserves one start: `start_i = max(earliest_i, start_{i-1} + interval)`,
+    /// equivalent to kombu's `TokenBucket(rate, capacity=1)` (see the module's doc).
+    pub(super) fn reserve(&self, name: &str, earliest: Instant) -> Instant {
+        // Relaxed: `limited` is a hint, the buckets are read under the mutex. A `set`
+        // that happened before this call is seen (coherence); one racing with it may
+        // apply to it or not, as a control command racing with a message in Celery.
+        if !self.limited.load(Ordering::Relaxed) {
+            return earliest;
+        }
+        match self.buckets.lock().get_mut(name) {
+            Some(bucket) => bucket.reserve(earliest),
+            None => earliest,
+        }
+    }
+
+    /// Celery's `rate_limit` control command: sets (or with "0"/"" removes) the limit of
+    /// `name`, resetting its bucket; `Err(message)` for an invalid rate string. Returns
+    /// whether a limit is now set.
+    ///
+    /// As Celery's `consumer.reset_rate_limits()`, which builds every task's bucket anew,
+    /// it refills the buckets of the other tasks too. Starts already reserved keep their
+    /// instants. It does not know which tasks are registered: the caller refuses unknown
+    /// names (Celery's `'unknown task'`), after the rate string (Celery checks it first).
+    pub(super) fn set(&self, name: &str, rate: &str) -> Result<bool, String> {
+        let limit = RateLimit::parse(rate).map_err(|e| e.to_string())?;
+        let mut buckets = self.buckets.lock();
+        for bucket in buckets.values_mut() {
+            bucket.next = None;
+        }
+        match limit {
+            Some(limit) => buckets.insert(name.to_owned(), Bucket::new(limit)),
+            None => buckets.remove(name),
+        };
+        // Under the mutex (invariant 1); Relaxed as in `reserve`.
+        self.limited.store(!buckets.is_empty(), Ordering::Relaxed);
+        Ok(limit.is_some())
+    }
+
+    /// The limit now in force for `name`, if any (for `inspect registered`).
+    pub(super) fn get(&self, name: &str) -> Option<RateLimit> {
+        if !self.limited.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.buckets.lock().get(name).map(|bucket| bucket.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::RateLimits;
+    use crate::registry::{RateLimit, Registry, TaskOptions};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Tasks "a" (5/s) and "b" (10/m), and "free" without a limit.
+    fn limits() -> RateLimits {
+        let with = |limit| TaskOptions::new().rate_limit(limit);
+        let registry = Registry::new()
+            .task_with("a", with(RateLimit::per_second(5)), |(): ()| {
+                Ok::<_, String>(())
+            })
+            .task_with("b", with(RateLimit::per_minute(10)), |(): ()| {
+                Ok::<_, String>(())
+            })
+            .task("free", |(): ()| Ok::<_, String>(()));
+        RateLimits::new(&registry)
+    }
+
+    #[test]
+    fn starts_are_spaced_by_the_interval() {
+        let limits = limits();
+        let t0 = Instant::now();
+        // A burst of five at t0: the first at once, then 200 ms apart.
+        let starts: Vec<_> = (0..5).map(|_| limits.reserve("a", t0)).collect();
+        assert_eq!(
+            starts,
+            [t0, t0 + ms(200), t0 + ms(400), t0 + ms(600), t0 + ms(800)]
+        );
+        // One due within the queue's span still waits its turn.
+        assert_eq!(limits.reserve("a", t0 + ms(900)), t0 + ms(1000));
+        // Another task's limit is its own.
+        assert_eq!(limits.reserve("b", t0), t0);
+        assert_eq!(limits.reserve("b", t0), t0 + Duration::from_secs(6));
+        // A task without a limit is never held back.
+        assert_eq!(limits.reserve("free", t0), t0);
+        assert_eq!(limits.reserve("free", t0), t0);
+        assert_eq!(limits.reserve("unknown", t0), t0);
+    }
+
+    #[test]
+    fn a_start_after_an_idle_spell_is_immediate() {
+        let limits = limits();
+        let t0 = Instant::now();
+        assert_eq!(limits.reserve("a", t0), t0);
+        // The token is back after one interval, no sooner...
+        assert_eq!(limits.reserve("a", t0 + ms(150)), t0 + ms(200));
+        assert_eq!(limits.reserve("a", t0 + ms(400)), t0 + ms(400));
+        // ...and an idle spell saves no burst (capacity 1).
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(limits.reserve("a", later), later);
+        assert_eq!(limits.reserve("a", later), later + ms(200));
+    }
+
+    #[test]
+    fn set_zero_or_empty_removes_the_limit() {
+        let limits = limits();
+        let t0 = Instant::now();
+        assert_eq!(limits.set("a", "0"), Ok(false));
+        assert_eq!(limits.get("a"), None);
+        assert_eq!(limits.reserve("a", t0), t0);
+        assert_eq!(limits.reserve("a", t0), t0);
+        assert_eq!(limits.set("b", ""), Ok(false));
+        assert_eq!(limits.get("b"), None);
+        // No limit left: the lock-free path answers.
+        assert!(!limits.limited.load(Ordering::Relaxed));
+        assert_eq!(limits.reserve("b", t0), t0);
+        assert_eq!(limits.set("free", "0"), Ok(false));
+        assert!(!limits.limited.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn set_replaces_the_limit_and_refills_every_bucket() {
+        let limits = limits();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            limits.reserve("a", t0);
+            limits.reserve("b", t0);
+        }
+        assert_eq!(limits.set("a", "100/m"), Ok(true));
+        assert_eq!(
+            limits.get("a").map(|l| l.to_string()).as_deref(),
+            Some("100/m")
+        );
+        // Both buckets are full again (as Celery's reset_rate_limits), "a" at its new pace.
+        assert_eq!(limits.reserve("a", t0), t0);
+        assert_eq!(limits.reserve("a", t0), t0 + ms(600));
+        assert_eq!(limits.reserve("b", t0), t0);
+        // A task without a limit gets one.
+        assert_eq!(limits.set("free", "5"), Ok(true));
+        assert_eq!(
+            limits.get("free").map(|l| l.to_string()).as_deref(),
+            Some("5")
+        );
+        assert_eq!(limits.reserve("free", t0), t0);
+        assert_eq!(limits.reserve("free", t0), t0 + ms(200));
+        // On a worker that had none, too.
+        let none = RateLimits::new(&Registry::new());
+        assert_eq!(none.get("x"), None);
+        assert_eq!(none.set("x", "1/h"), Ok(true));
+        assert_eq!(none.reserve("x", t0), t0);
+        assert_eq!(none.reserve("x", t0), t0 + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn invalid_strings_are_refused_and_change_nothing() {
+        let limits = limits();
+        let t0 = Instant::now();
+        limits.reserve("a", t0);
+        for rate in ["abc", "5/x", "-1/s", "nan", "inf/s", "5/s "] {
+            let message = limits.set("a", rate).unwrap_err();
+            assert!(message.contains(&format!("{rate:?}")), "{message}");
+            assert!(message.contains("\"10/s\""), "{message}");
+        }
+        assert_eq!(limits.get("a"), RateLimit::per_second(5));
+        // The bucket was not refilled.
+        assert_eq!(limits.reserve("a", t0), t0 + ms(200));
+    }
+
+    /// kombu's `TokenBucket(fill_rate, capacity=1)` on a simulated clock (seconds), as in
+    /// `kombu/utils/limits.py`.
+    struct TokenBucket {
+        fill_rate: f64,
+        tokens: f64,
+        timestamp: f64,
+    }
+
+    impl TokenBucket {
+        fn get_tokens(&mut self, now: f64) -> f64 {
+            if self.tokens < 1.0 {
+                let delta = self.fill_rate * (now - self.timestamp);
+                self.tokens = (self.tokens + delta).min(1.0);
+            }
+            self.timestamp = now;
+            self.tokens
+        }
+
+        /// Takes the token if it is whole. (The simulated timer fires exactly when the
+        /// token is back, where floating point may leave it a hair short of 1.)
+        fn can_consume(&mut self, now: f64) -> bool {
+            if self.get_tokens(now) >= 1.0 - 1e-9 {
+                self.tokens -= 1.0;
+                return true;
+            }
+            false
+        }
+
+        fn expected_time(&mut self, now: f64) -> f64 {
+            (1.0 - self.get_tokens(now)) / self.fill_rate
+        }
+    }
+
+    /// When Celery's consumer starts requests that join a bucket of `fill_rate` at
+    /// `arrivals` (ascending, seconds): each joins the bucket's queue; the queue's head
+    /// starts when it can consume the token, else a timer retries when the token is
+    /// expected (`_schedule_bucket_request`).
+    fn kombu_starts(fill_rate: f64, arrivals: &[f64]) -> Vec<f64> {
+        let mut bucket = TokenBucket {
+            fill_rate,
+            tokens: 1.0,
+            timestamp: 0.0,
+        };
+        let mut starts = vec![f64::NAN; arrivals.len()];
+        let mut waiting = VecDeque::new();
+        let mut timer: Option<f64> = None;
+        let mut next = 0;
+        while next < arrivals.len() || !waiting.is_empty() {
+            let now = match (arrivals.get(next), timer) {
+                (Some(&a), Some(t)) if t < a => {
+                    timer = None;
+                    t
+                }
+                (Some(&a), _) => {
+                    waiting.push_back(next);
+                    next += 1;
+                    a
+                }
+                (None, Some(t)) => {
+                    timer = None;
+                    t
+                }
+                (None, None) => unreachable!("requests wait without a timer"),
+            };
+            while let Some(&i) = waiting.front() {
+                if bucket.can_consume(now) {
+                    starts[i] = now;
+                    waiting.pop_front();
+                } else {
+                    timer = Some(now + bucket.expected_time(now));
+                    break;
+                }
+            }
+        }
+        starts
+    }
+
+    proptest! {
+        /// `reserve` starts each task when kombu's bucket would, within 1 µs, with
+        /// arrivals in bursts, within an interval and after idle spells, for two limited
+        /// tasks and one without a limit, interleaved.
+        #[test]
+        fn reserve_matches_kombus_token_bucket(
+            rates in (1u32..50, 1u32..600),
+            arrivals in proptest::collection::vec(
+                (0usize..3, prop_oneof![Just(0.0), 0.0..0.05f64, 0.0..3.0f64]),
+                1..120,
+            ),
+        ) {
+            let (per_second, per_minute) = rates;
+            let limit_a = RateLimit::per_second(per_second).unwrap();
+            let limit_b = RateLimit::per_minute(per_minute).unwrap();
+            let registry = Registry::new()
+                .task_with("a", TaskOptions::new().rate_limit(limit_a), |(): ()| Ok::<_, String>(()))
+                .task_with("b", TaskOptions::new().rate_limit(limit_b), |(): ()| Ok::<_, String>(()))
+                .task("free", |(): ()| Ok::<_, String>(()));
+            let limits = RateLimits::new(&registry);
+            let names = ["a", "b", "free"];
+            let intervals = [limit_a.interval().as_secs_f64(), limit_b.interval().as_secs_f64()];
+
+            // Arrival times: gaps in units of the task's interval (the free task: seconds).
+            let base = Instant::now();
+            let mut clock = 0.0;
+            let mut timed = Vec::new();
+            for &(task, gap) in &arrivals {
+                clock += gap * intervals.get(task).copied().unwrap_or(1.0);
+                timed.push((task, clock));
+            }
+            let got: Vec<(usize, f64)> = timed
+                .iter()
+                .map(|&(task, at)| {
+                    let start = limits.reserve(names[task], base + Duration::from_secs_f64(at));
+                    (task, (start - base).as_secs_f64())
+                })
+                .collect();
+
+            for (task, name) in names.iter().enumerate() {
+                let at: Vec<f64> = timed.iter().filter(|t| t.0 == task).map(|t| t.1).collect();
+                let want = match intervals.get(task) {
+                    Some(&interval) => kombu_starts(1.0 / interval, &at),
+                    None => at.clone(),
+                };
+                let got: Vec<f64> = got.iter().filter(|g| g.0 == task).map(|g| g.1).collect();
+                prop_assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    prop_assert!(
+                        (g - w).abs() < 1e-6,
+                        "task {} start {}: reserved {} s, kombu {} s (arrivals {:?})",
+                        name, i, g, w, at
+                    );
+                }
+            }
+        }
+    }
+}
