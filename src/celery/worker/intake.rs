@@ -285,7 +285,11 @@ fn take(
         return;
     };
     let time_limit = shared.monitor.time_limits.lock().get(&msg.task).copied();
-    let plan = plan(cfg, entry, &msg, &taken.queue, delay, counted, time_limit);
+    let mut plan = plan(cfg, entry, &msg, &taken.queue, delay, counted, time_limit);
+    // The rate limit's next start, from when it is due (at once, or at its ETA).
+    let due = Instant::now() + delay.unwrap_or_default();
+    let start = shared.limits.reserve(&msg.task, due);
+    plan.rate_wait = Some(start.saturating_duration_since(due)).filter(|d| !d.is_zero());
     let id = msg.id.clone();
     if !counted {
         shared.eta_waiting.fetch_add(1, Ordering::Relaxed);
@@ -442,8 +446,9 @@ fn spawn(
     run: impl FnOnce() + Send + 'static,
 ) {
     let mut task = pool.task().priority(plan.lane);
-    if let Some(d) = plan.delay {
-        task = task.delay(d);
+    let wait = plan.delay.unwrap_or_default() + plan.rate_wait.unwrap_or_default();
+    if !wait.is_zero() {
+        task = task.delay(wait);
     }
     if let Some(limit) = plan.time_limit {
         task = task.time_limit(limit);

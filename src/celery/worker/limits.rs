@@ -12,8 +12,8 @@
 //! # State
 //!
 //! `buckets` (behind a mutex) holds a [`Bucket`] for every task name with a limit: its
-//! [`RateLimit`] and `next`, the earliest instant its next start may have (`None`: the
-//! bucket holds its token, the next start is not held back). `limited` says whether
+//! [`RateLimit`] and the starts it reserved that are not yet an interval in the past
+//! (none: the bucket holds its token, the next start is not held back). `limited` says whether
 //! `buckets` holds any bucket, so that a worker without limits takes no lock.
 //!
 //! # Invariants
@@ -21,8 +21,9 @@
 //! 1. `limited == !buckets.is_empty()` whenever the mutex is free: only `set` changes
 //!    `buckets`' keys, and it stores `limited` before it lets the mutex go.
 //! 2. A bucket's reservations are spaced at least its interval apart: reservation `i`
-//!    starts at `start_i = max(earliest_i, start_{i-1} + interval)`, and `next` is
-//!    `start_i + interval`. A new or reset bucket has `next == None` (`start_0 =
+//!    is the first instant not before `earliest_i` an interval away from every start
+//!    reserved; with `earliest_i` never going back that is `start_i = max(earliest_i,
+//!    start_{i-1} + interval)`. A new or reset bucket has no start (`start_0 =
 //!    earliest_0`).
 //!
 //! # Why this is kombu's token bucket
@@ -37,13 +38,12 @@
 //! checks the two against each other.
 //!
 //! Celery puts a task in its bucket when the task is due: at once, or at its ETA
-//! (`_limit_post_eta`). `reserve` should be asked then too, in that order, so that a far
-//! ETA does not hold back the tasks behind it.
+//! (`_limit_post_eta`). weft reserves when it takes the message, with `earliest` the
+//! ETA: a start booked at a far ETA does not hold back the tasks due before it (they
+//! take the free starts around it), and starts stay an interval apart.
 
-// Until the consumer and remote control use it.
-#![cfg_attr(not(test), allow(dead_code))]
-
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -64,25 +64,47 @@ pub(super) struct RateLimits {
 struct Bucket {
     /// The limit in force.
     limit: RateLimit,
-    /// The earliest instant of the next start; `None` when the token is there.
-    next: Option<Instant>,
+    /// The starts reserved and not yet an interval in the past.
+    starts: BTreeSet<Instant>,
 }
 
 impl Bucket {
     /// A full bucket for `limit`.
     fn new(limit: RateLimit) -> Bucket {
-        Bucket { limit, next: None }
+        Bucket {
+            limit,
+            starts: BTreeSet::new(),
+        }
     }
 
-    /// Reserves a start not before `earliest` (invariant 2).
+    /// Reserves the first start not before `earliest` that is at least an interval away
+    /// from every start reserved (invariant 2). With `earliest` never going back (tasks
+    /// due as they come) that is `max(earliest, last start + interval)`, kombu's bucket;
+    /// a task due later (an ETA) books its own start without holding back the tasks due
+    /// before it.
     fn reserve(&mut self, earliest: Instant) -> Instant {
-        let start = match self.next {
-            Some(next) if next > earliest => next,
-            _ => earliest,
+        let interval = self.limit.interval();
+        // Starts an interval in the past cannot conflict with any start from now on.
+        if let Some(old) = Instant::now().checked_sub(interval) {
+            self.starts = self.starts.split_off(&old);
+        }
+        let mut start = earliest;
+        let from = earliest.checked_sub(interval);
+        let later = match from {
+            Some(f) => self.starts.range((Excluded(f), Unbounded)),
+            None => self.starts.range(..),
         };
-        // `None` only past the instants the platform can hold (each interval is at most
-        // `RateLimit::MAX_INTERVAL`, about 136 years): then the token is there again.
-        self.next = start.checked_add(self.limit.interval());
+        for &s in later {
+            // `None` only past the instants the platform can hold (each interval is at
+            // most `RateLimit::MAX_INTERVAL`, about 136 years): no conflict then.
+            match start.checked_add(interval) {
+                Some(end) if s < end => {
+                    start = start.max(s.checked_add(interval).unwrap_or(s));
+                }
+                _ => break,
+            }
+        }
+        self.starts.insert(start);
         start
     }
 }
@@ -105,8 +127,9 @@ impl RateLimits {
 
     /// Reserves the next start of a task `name` that may not start before `earliest`: the
     /// instant it may start (`earliest` itself when it has no limit or a token is there).
-    /// Each call reserves one start: `start_i = max(earliest_i, start_{i-1} + interval)`,
-    /// equivalent to kombu's `TokenBucket(rate, capacity=1)` (see the module's doc).
+    /// Each call reserves one start: for tasks due as they come, `start_i =
+    /// max(earliest_i, start_{i-1} + interval)`, kombu's `TokenBucket(rate, capacity=1)`
+    /// (see the module's doc); a task due later books its own start.
     pub(super) fn reserve(&self, name: &str, earliest: Instant) -> Instant {
         // Relaxed: `limited` is a hint, the buckets are read under the mutex. A `set`
         // that happened before this call is seen (coherence); one racing with it may
@@ -132,7 +155,7 @@ impl RateLimits {
         let limit = RateLimit::parse(rate).map_err(|e| e.to_string())?;
         let mut buckets = self.buckets.lock();
         for bucket in buckets.values_mut() {
-            bucket.next = None;
+            bucket.starts.clear();
         }
         match limit {
             Some(limit) => buckets.insert(name.to_owned(), Bucket::new(limit)),
@@ -179,6 +202,25 @@ mod tests {
             })
             .task("free", |(): ()| Ok::<_, String>(()));
         RateLimits::new(&registry)
+    }
+
+    /// A task due later (an ETA) books its own start: the tasks due now are not held
+    /// back behind it, and every start stays an interval from the others.
+    #[test]
+    fn a_later_start_does_not_hold_back_earlier_ones() {
+        let limits = limits();
+        let t0 = Instant::now();
+        assert_eq!(limits.reserve("a", t0 + ms(10_000)), t0 + ms(10_000));
+        let now: Vec<_> = (0..3).map(|_| limits.reserve("a", t0)).collect();
+        assert_eq!(now, [t0, t0 + ms(200), t0 + ms(400)]);
+        // Due just before the booked start: it goes after it.
+        assert_eq!(limits.reserve("a", t0 + ms(9_900)), t0 + ms(10_200));
+        // A gap between two starts that fits one more is used; one too small is not.
+        assert_eq!(limits.reserve("a", t0 + ms(9_000)), t0 + ms(9_000));
+        assert_eq!(limits.reserve("a", t0 + ms(9_700)), t0 + ms(9_700));
+        assert_eq!(limits.reserve("a", t0 + ms(9_100)), t0 + ms(9_200));
+        assert_eq!(limits.reserve("a", t0 + ms(9_300)), t0 + ms(9_400));
+        assert_eq!(limits.reserve("a", t0 + ms(9_500)), t0 + ms(10_400));
     }
 
     #[test]

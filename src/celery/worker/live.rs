@@ -22,6 +22,7 @@ use super::super::events::{Clock, Events};
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::transport::Settlement;
+use super::limits::RateLimits;
 use crate::Priority;
 
 /// The messages taken and not settled, by the worker's own key, with what acknowledges
@@ -54,6 +55,8 @@ pub(super) struct Shared {
     pub(super) queues: Mutex<Vec<(String, Priority)>>,
     /// What monitoring sees: events, the clock, counters, per-task overrides.
     pub(super) monitor: Monitor,
+    /// The tasks' rate limits (the registry's, then the `rate_limit` command's).
+    pub(super) limits: RateLimits,
 }
 
 /// What monitoring (events and remote control) shares with the worker's threads.

@@ -429,6 +429,7 @@ impl Worker {
             hostname: hostname.clone(),
             queues: Mutex::new(self.queues.clone()),
             monitor: Monitor::new(events.clone(), clock),
+            limits: limits::RateLimits::new(&self.registry),
         });
         let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
         let names: Vec<String> = self.queues.iter().map(|(q, _)| q.clone()).collect();

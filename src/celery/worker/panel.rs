@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use super::super::control::{nok, ok, Panel, Request};
 use super::super::events::{py_repr, py_tuple_repr};
 use super::live::{Done, Halt, Live, Shared, STARTED, WAITING};
+use crate::registry::RateLimit;
 
 /// What the panel knows of its worker beyond [`Shared`].
 pub(super) struct WorkerPanel {
@@ -78,6 +79,7 @@ impl Panel for WorkerPanel {
                 Value::Null
             }
             "time_limit" => self.time_limit(req),
+            "rate_limit" => self.rate_limit(req),
             "shutdown" => {
                 eprintln!("weft-celery {hostname}: shutdown asked by remote control");
                 self.shared.monitor.set_halt(Halt::Asked);
@@ -199,8 +201,10 @@ impl WorkerPanel {
     /// `add [rate_limit=10/s]`.
     fn registered(&self, req: &Request) -> Value {
         let builtins = req.arg_bool("builtins");
+        // Celery's `taskinfoitems or DEFAULT_TASK_INFO_ITEMS`: an empty list is the default.
         let items = req
             .arg_list("taskinfoitems")
+            .filter(|items| !items.is_empty())
             .unwrap_or_else(|| vec!["exchange".into(), "routing_key".into(), "rate_limit".into()]);
         let names = self
             .tasks
@@ -229,8 +233,52 @@ impl WorkerPanel {
     }
 
     /// The rate limit in force for `name`, as Celery shows it.
-    fn rate_limit_of(&self, _name: &str) -> Option<String> {
-        None
+    fn rate_limit_of(&self, name: &str) -> Option<String> {
+        self.shared.limits.get(name).map(|l| l.to_string())
+    }
+
+    /// Celery's `rate_limit`: the rate string is checked first (Celery's words for a bad
+    /// one), then the task's name; the task's token bucket takes the new limit (`""`,
+    /// `"0"`: none) and every bucket is refilled, as Celery's `reset_rate_limits`.
+    fn rate_limit(&self, req: &Request) -> Value {
+        let (Some(name), Some(rate)) = (
+            req.arg("task_name").and_then(Value::as_str),
+            req.arg("rate_limit"),
+        ) else {
+            return nok(
+                "rate_limit: the arguments `task_name` and `rate_limit` (e.g. \"5/s\") are \
+                 required",
+            );
+        };
+        let rate = match rate {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => return nok(format!("Invalid rate limit string: {other}")),
+        };
+        if let Err(e) = RateLimit::parse(&rate) {
+            let number = rate.split('/').next().unwrap_or("");
+            return nok(if e.is_bad_unit() {
+                // Celery's lookup of the unit fails with a KeyError, replied as is.
+                let unit = rate.split_once('/').map_or("", |(_, u)| u);
+                format!("KeyError({})", py_repr(&json!(unit)))
+            } else if e.is_not_a_number() {
+                format!(
+                    "Invalid rate limit string: ValueError(\"could not convert string to \
+                     float: {}\")",
+                    py_repr(&json!(number))
+                )
+            } else {
+                format!("Invalid rate limit string: {e}")
+            });
+        }
+        if !self.tasks.iter().any(|t| t == name) {
+            return nok("unknown task");
+        }
+        match self.shared.limits.set(name, &rate) {
+            Err(e) => nok(format!("Invalid rate limit string: {e}")),
+            Ok(_) if rate.is_empty() => ok("rate limit disabled successfully"),
+            Ok(_) => ok("new rate limit set successfully"),
+        }
     }
 
     /// Celery's `hello` (mingle): from another node, its revoked ids are merged into ours

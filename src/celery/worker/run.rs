@@ -42,6 +42,9 @@ pub(super) struct Plan {
     pub(super) builtin: bool,
     /// Its start is remembered ([`Config::track_starts`]).
     pub(super) track_starts: bool,
+    /// How much longer than its ETA (or than now) it waits for its rate limit's next
+    /// start ([`RateLimits`](super::limits::RateLimits)).
+    pub(super) rate_wait: Option<Duration>,
 }
 
 /// What the worker and the task share about its run: the compare-and-swap state that
@@ -94,6 +97,7 @@ pub(super) fn plan(
         chord_part: in_chord.then(|| Box::new(msg.clone())),
         builtin: cfg.message_builtins.contains(&msg.task.as_str()),
         track_starts: cfg.track_starts,
+        rate_wait: None,
     }
 }
 
