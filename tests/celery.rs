@@ -1272,6 +1272,77 @@ fn throughput_weft_vs_python_celery() {
     );
 }
 
+/// The cost of task events: no-op throughput of one weft worker with task events off and
+/// on (`Worker::task_events`), in pairs run one after the other, the order alternating,
+/// on the same broker (ignored by default: `WEFT_CELERY_BENCH_TASKS=N
+/// WEFT_CELERY_BENCH_ROUNDS=R cargo test --release --features redis --test celery
+/// events_cost -- --ignored --nocapture`; `WEFT_CELERY_BROKER=amqp://...` and `--features
+/// amqp` for RabbitMQ). Nobody listens to the events: each still costs its build and its
+/// share of a `PUBLISH` (a `task.multi` batch).
+#[test]
+#[ignore]
+fn events_cost_on_vs_off() {
+    let Some(env) = env() else {
+        return;
+    };
+    let var = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (n, rounds) = (
+        var("WEFT_CELERY_BENCH_TASKS", 5000),
+        var("WEFT_CELERY_BENCH_ROUNDS", 3),
+    );
+    let run = |events: bool| {
+        let q = unique(if events {
+            "bench-ev-on"
+        } else {
+            "bench-ev-off"
+        });
+        let worker = env
+            .worker(Registry::new().task("noop", |(): ()| Ok::<_, String>(())))
+            .queue(q.as_str(), Priority::Normal)
+            .workers(2)
+            .task_events(events)
+            .start()
+            .unwrap();
+        let rate = noop_throughput(&env, &q, n);
+        worker.shutdown();
+        rate
+    };
+    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = run(false);
+            (a, run(true))
+        } else {
+            let b = run(true);
+            (run(false), b)
+        };
+        eprintln!(
+            "round {round}: events off {a:.0} tasks/s, on {b:.0} tasks/s (on/off {:.3})",
+            b / a
+        );
+        off.push(a);
+        on.push(b);
+        ratios.push(b / a);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "task events over {}, {n} no-op tasks, 2 threads, {rounds} rounds: median off {:.0} \
+         tasks/s, on {:.0} tasks/s; median on/off ratio {:.3}",
+        if env.amqp { "RabbitMQ" } else { "Redis" },
+        median(&mut off),
+        median(&mut on),
+        median(&mut ratios)
+    );
+}
+
 /// The pop script reads each envelope's delivery tag, exchange and routing key without
 /// decoding it when it can (the fields occur once, after `"properties"`, as plain
 /// strings), and decodes it otherwise: both readings record the same `unacked` entries,

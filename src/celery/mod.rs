@@ -18,9 +18,10 @@
 //!   a header member whose own result is a group (a chain ending in a group). Celery saves
 //!   such a header's `GroupResult` so that the body gets nested lists; weft neither saves
 //!   nor reads it, so the body gets the flat list of the header's results.
-//! * [`control`]: Celery's remote control reaches weft workers: `app.control.ping()` and
-//!   `app.control.revoke(id)` (honoured for tasks not yet started; with `terminate=True`,
-//!   a running task is asked to stop).
+//! * [`control`]: Celery's remote control and monitoring reach weft workers: `celery
+//!   inspect` (`stats`, `active`, `registered`, ...), `celery control` (`revoke`,
+//!   `rate_limit`, `shutdown`, ...), Celery's events (`celery events`), and Flower; see the
+//!   [`Worker`] docs.
 //! * [`protocol`]: the message and result records; [`redis`]: kombu's Redis key layout
 //!   (queues with priority sub-lists, `unacked`, `unacked_index`, `unacked_mutex`);
 //!   `amqp` (feature `amqp`): the AMQP wire format, topology and a blocking lapin client.
@@ -57,19 +58,21 @@
 //! | `result.rs` | the result records ([`TaskResult`], re-exported as [`TaskResult`]) |
 //! | `iso8601.rs` | `eta` / `expires` date-times as Celery writes them (re-exported as [`TaskResult`]) |
 //! | `error.rs` | [`Error`] |
-//! | `control.rs` | remote control, broker-neutral: requests, answers, revoked ids ([`control`]) |
+//! | `control.rs` | remote control, broker-neutral: requests, reply shapes, revoked ids ([`control`]) |
+//! | `events/` | Celery's events, broker-neutral: the Lamport clock, the bounded outbox, the send loop, Python reprs (`repr.rs`) |
 //! | `backend.rs` | Celery's Redis result backend: result keys, store + publish, the chord counters |
 //! | `source.rs` | where every Redis connection comes from (a URL; asked again at each reconnect) |
 //! | `sentinel.rs` (+ `sentinel/tests.rs`) | Redis Sentinel: kombu's `sentinel://` URL, the lookup of the current master |
 //! | `canvas/` | workflows ([`canvas`]): `signature.rs` signatures, `apply.rs` Celery's `apply_async` of each kind, `after.rs` what follows a task's end |
 //! | `transport.rs` | the crate-private transport trait under the worker and the client |
-//! | `worker/` | [`Worker`]: `mod.rs` builder and start, `running.rs` [`RunningWorker`]: shutdown and signals, `live.rs` shared state, `intake.rs` consumer, `run.rs` a task's planned run, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks |
+//! | `worker/` | [`Worker`]: `mod.rs` builder and start, `running.rs` [`RunningWorker`]: shutdown and signals, `live.rs` shared state, `intake.rs` consumer, `run.rs` a task's planned run, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks, `panel.rs` the remote-control commands, `limits.rs` rate limits |
 //! | `client.rs` | [`Client`], [`AsyncResult`] |
-//! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs` |
-//! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `delivery.rs`, `topology.rs` (queue types), `delayed.rs` (native delayed delivery), `pidbox.rs`, `transport.rs`, `settler.rs` (its settling side) |
+//! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs`, `events.rs` |
+//! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `delivery.rs`, `topology.rs` (queue types), `delayed.rs` (native delayed delivery), `pidbox.rs`, `events.rs`, `transport.rs`, `settler.rs` (its settling side) |
 //!
 //! Arrows run one way: the worker and the client use the transports, which use `backend`,
-//! `control`, `protocol` and `transport`; neither broker's files use the other's.
+//! `control`, `events`, `protocol` and `transport`; neither broker's files use the
+//! other's.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;

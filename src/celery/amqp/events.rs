@@ -10,8 +10,8 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::Value;
 
 use super::super::error::Error;
+use super::super::events::EVENT_EXCHANGE;
 use super::super::protocol::CONTENT_TYPE_JSON;
-use super::super::redis::EVENT_EXCHANGE;
 use super::super::transport::EventSink;
 use super::broker::Broker;
 

@@ -43,6 +43,9 @@ mod tests;
 
 pub(crate) use repr::{py_repr, py_tuple_repr};
 
+/// The exchange Celery's events go to (a fanout on Redis, a topic exchange on AMQP).
+pub(crate) const EVENT_EXCHANGE: &str = "celeryev";
+
 /// The most events waiting to be published; past it the oldest are dropped.
 pub(crate) const OUTBOX_CAP: usize = 8192;
 

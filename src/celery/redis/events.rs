@@ -9,12 +9,10 @@ use redis::Connection;
 use serde_json::{json, Value};
 
 use super::super::error::Error;
+use super::super::events::EVENT_EXCHANGE;
 use super::super::protocol::CONTENT_TYPE_JSON;
 use super::super::source::Source;
 use super::super::transport::EventSink;
-
-/// The exchange Celery's events go to.
-pub(crate) const EVENT_EXCHANGE: &str = "celeryev";
 
 /// A worker's event publisher on Redis: one connection, opened on the first publish and
 /// again after a failed one.

@@ -46,8 +46,6 @@ mod transport;
 mod wake;
 
 pub(crate) use events::RedisEvents;
-#[cfg(feature = "amqp")]
-pub(crate) use events::EVENT_EXCHANGE;
 pub(crate) use transport::{RedisPublisher, RedisTransport};
 pub use wake::{track, Wake, POLL_WITHOUT_TRACKING};
 

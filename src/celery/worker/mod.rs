@@ -113,12 +113,40 @@ pub use running::{RunningWorker, Stopped};
 ///   registry's [`TaskOptions::time_limit`](crate::registry::TaskOptions::time_limit) is
 ///   the run's weft time limit: [`checkpoint`](crate::checkpoint) tells the task to stop,
 ///   and a run that ends past it is `FAILURE` with Celery's `TimeLimitExceeded`.
-/// * **Remote control** ([`control`](super::control)): answers `app.control.ping()` and
-///   honours `app.control.revoke(id)` for tasks not yet started (queued, or waiting for
-///   their ETA: they end `REVOKED` at once, without running, and a message of that id
-///   taken later is not run either); `revoke(id, terminate=True)` also asks a running task
-///   to stop ([`checkpoint`](crate::checkpoint) returns `Err` in it; weft cannot kill a
-///   thread, so a task that never checks runs to its end) and it ends `REVOKED`.
+/// * **Remote control** ([`control`](super::control)): `celery inspect`, `celery
+///   control`, `app.control.*` and Flower reach the worker, which answers only requests
+///   addressed to it (no destination, or its [`hostname`](Self::hostname)), in Celery's
+///   reply shapes: `ping`, `stats` (`total`: tasks started per name; `pool`'s
+///   `max-concurrency`: the pool's threads; `broker`, `prefetch_count`, `pid`, `clock`,
+///   `uptime`, `rusage`), `active`, `reserved` (taken, waiting for a thread or their rate
+///   limit), `scheduled` (waiting for their ETA), `registered` (`add [rate_limit=10/s]`),
+///   `revoked`, `active_queues`, `conf`, `query_task`, `report`, `clock`, `hello` (Celery's
+///   mingle: the revoked ids are exchanged with a starting worker). It honours
+///   `revoke(id)` for tasks not yet started (queued, or waiting for their ETA: they end
+///   `REVOKED` at once, without running, and a message of that id taken later is not run
+///   either); `revoke(id, terminate=True)` also asks a running task to stop
+///   ([`checkpoint`](crate::checkpoint) returns `Err` in it; weft cannot kill a thread, so
+///   a task that never checks runs to its end) and it ends `REVOKED`. `rate_limit`
+///   (Celery's per-worker token bucket of capacity 1: `"5/s"` spaces a task's starts
+///   200 ms apart; `""` or `"0"` removes it; the registry's
+///   [`TaskOptions::rate_limit`](crate::registry::TaskOptions::rate_limit) sets one from
+///   the start), `time_limit` (the task's limit becomes the shorter of `soft` and `hard`),
+///   `enable_events` / `disable_events`, `heartbeat`, `add_consumer` / `cancel_consumer`
+///   and `shutdown` (a warm shutdown: the worker stops taking messages,
+///   [`RunningWorker::wait_for_signal`] and so [`run`](Self::run) return, and
+///   `worker-offline` is sent). `pool_grow`, `pool_shrink`, `autoscale`, `pool_restart`
+///   (weft's pool has a fixed number of threads), Python's debugging commands, unknown
+///   commands, and requests with missing or wrong arguments get `{"error": ...}`, as
+///   Celery answers them, and the worker carries on.
+/// * **Events** (Celery's, [`task_events`](Self::task_events)): `worker-online`,
+///   `worker-heartbeat` every 2 s and `worker-offline` always; task events
+///   (`task-received`, `-started`, `-succeeded`, `-failed`, `-retried`, `-revoked`,
+///   `-rejected`) once enabled. On Redis they are published on kombu's fanout channels
+///   `/<db>.celeryev/<routing key>`, on RabbitMQ on the topic exchange `celeryev`, as
+///   Celery's prefork workers send them (task events as `task.multi` lists); `celery
+///   events` and Flower show them. Sending never holds a task up: events wait in a
+///   bounded outbox (8,192; the oldest dropped past it) for one publishing thread, and
+///   are dropped while the broker cannot be reached.
 /// * **Shutdown** ([`RunningWorker::shutdown`]), warm as Celery's: stops taking messages,
 ///   waits for the running tasks (as long as they run, or until
 ///   [`shutdown_timeout`](Self::shutdown_timeout)), and puts back on their queues the
