@@ -10,8 +10,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::canvas::after::Flow;
 use super::control::Panel;
 use super::error::Error;
@@ -253,10 +251,10 @@ pub(crate) trait Settle: Send + 'static {
 /// Where a worker's Celery events go ([`events`](super::events)): kombu's fanout channel
 /// on Redis, the topic exchange `celeryev` on RabbitMQ.
 pub(crate) trait EventSink: Send + 'static {
-    /// Publishes `body` (one event, or a list of task events under `task.multi`) with
-    /// `routing_key` (`worker.heartbeat`, `task.succeeded`, ...), from the worker
-    /// `hostname`. An error drops it; the next publish connects again.
-    fn publish(&mut self, routing_key: &str, body: &Value, hostname: &str) -> Result<(), Error>;
+    /// Publishes `body` (the JSON text of one event, or of a list of task events under
+    /// `task.multi`) with `routing_key` (`worker.heartbeat`, `task.multi`, ...), from the
+    /// worker `hostname`. An error drops it; the next publish connects again.
+    fn publish(&mut self, routing_key: &str, body: &str, hostname: &str) -> Result<(), Error>;
 }
 
 /// A broker a worker can run on: opens its consumer and settler, and serves remote control.

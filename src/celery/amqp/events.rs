@@ -7,7 +7,6 @@
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
-use serde_json::Value;
 
 use super::super::error::Error;
 use super::super::events::EVENT_EXCHANGE;
@@ -48,7 +47,7 @@ impl AmqpEvents {
 }
 
 impl EventSink for AmqpEvents {
-    fn publish(&mut self, routing_key: &str, body: &Value, hostname: &str) -> Result<(), Error> {
+    fn publish(&mut self, routing_key: &str, body: &str, hostname: &str) -> Result<(), Error> {
         let broker = match self.broker.take() {
             Some(b) => b,
             None => self.connect()?,
@@ -61,12 +60,7 @@ impl EventSink for AmqpEvents {
             .with_headers(headers)
             .with_delivery_mode(1)
             .with_priority(0);
-        let sent = broker.publish(
-            EVENT_EXCHANGE,
-            routing_key,
-            body.to_string().as_bytes(),
-            props,
-        );
+        let sent = broker.publish(EVENT_EXCHANGE, routing_key, body.as_bytes(), props);
         match sent {
             Ok(()) => self.broker = Some(broker),
             // A connection whose publish failed is not used again.

@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
-use serde_json::{json, Map, Value};
 
 use super::transport::EventSink;
 
@@ -86,9 +85,46 @@ pub(crate) struct Load {
     pub(crate) processed: u64,
 }
 
+/// An event's fields, written as JSON as they are given (no map is built): what a task
+/// event's closure fills in ([`Events::task`]).
+pub(crate) struct Fields {
+    buf: Vec<u8>,
+}
+
+impl Fields {
+    fn new() -> Fields {
+        let mut buf = Vec::with_capacity(256);
+        buf.push(b'{');
+        Fields { buf }
+    }
+
+    /// Adds the field `key` (a plain name: no character JSON escapes) with `value`.
+    pub(crate) fn insert<V: serde::Serialize>(&mut self, key: &str, value: V) {
+        if self.buf.len() > 1 {
+            self.buf.push(b',');
+        }
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+        // Writing into a Vec cannot fail, and these values (strings, numbers, JSON
+        // values) always serialize; `null` is the fallback all the same.
+        if serde_json::to_writer(&mut self.buf, &value).is_err() {
+            self.buf.extend_from_slice(b"null");
+        }
+    }
+
+    /// The event's JSON text.
+    fn finish(mut self) -> String {
+        self.buf.push(b'}');
+        // Only JSON text was written, which is UTF-8.
+        String::from_utf8(self.buf).unwrap_or_default()
+    }
+}
+
 #[derive(Default)]
 struct Outbox {
-    events: VecDeque<Value>,
+    /// Each event's JSON text.
+    events: VecDeque<String>,
     /// Events dropped because the outbox was full.
     dropped: u64,
     /// A heartbeat is asked for now (`heartbeat` command).
@@ -133,13 +169,13 @@ impl Events {
 
     /// A task event `kind` (`task-started`, ...) with the fields `fields` adds, if task
     /// events are on (`fields` is not called otherwise).
-    pub(crate) fn task(&self, kind: &'static str, fields: impl FnOnce(&mut Map<String, Value>)) {
+    pub(crate) fn task(&self, kind: &'static str, fields: impl FnOnce(&mut Fields)) {
         if !self.task_events() {
             return;
         }
-        let mut map = Map::new();
-        fields(&mut map);
-        let event = self.stamp(kind, map);
+        let mut f = Fields::new();
+        fields(&mut f);
+        let event = self.stamp(kind, f);
         self.push(event);
     }
 
@@ -162,7 +198,7 @@ impl Events {
         self.outbox.lock().dropped
     }
 
-    fn push(&self, event: Value) {
+    fn push(&self, event: String) {
         let mut out = self.outbox.lock();
         if out.closed {
             return;
@@ -183,34 +219,34 @@ impl Events {
 
     /// `fields` with Celery's common fields: `hostname`, `utcoffset`, `pid`, `clock`,
     /// `timestamp`, `type`.
-    fn stamp(&self, kind: &str, mut fields: Map<String, Value>) -> Value {
-        fields.insert("hostname".into(), json!(self.hostname));
-        fields.insert("utcoffset".into(), json!(utcoffset()));
-        fields.insert("pid".into(), json!(self.pid));
-        fields.insert("clock".into(), json!(self.clock.forward()));
-        fields.insert("timestamp".into(), json!(now()));
-        fields.insert("type".into(), json!(kind));
-        Value::Object(fields)
+    fn stamp(&self, kind: &str, mut fields: Fields) -> String {
+        fields.insert("hostname", &self.hostname);
+        fields.insert("utcoffset", utcoffset());
+        fields.insert("pid", self.pid);
+        fields.insert("clock", self.clock.forward());
+        fields.insert("timestamp", now());
+        fields.insert("type", kind);
+        fields.finish()
     }
 
     /// A worker event (`worker-online`, `worker-heartbeat`, `worker-offline`) with the
     /// heartbeat fields of `load`.
-    fn worker(&self, kind: &str, load: &Load) -> Value {
-        let mut map = Map::new();
-        map.insert("freq".into(), json!(HEARTBEAT.as_secs_f64()));
-        map.insert("active".into(), json!(load.active));
-        map.insert("processed".into(), json!(load.processed));
-        map.insert("loadavg".into(), json!(loadavg()));
+    fn worker(&self, kind: &str, load: &Load) -> String {
+        let mut f = Fields::new();
+        f.insert("freq", HEARTBEAT.as_secs_f64());
+        f.insert("active", load.active);
+        f.insert("processed", load.processed);
+        f.insert("loadavg", loadavg());
         for (k, v) in software_info() {
-            map.insert(k.into(), v);
+            f.insert(k, v);
         }
-        self.stamp(kind, map)
+        self.stamp(kind, f)
     }
 }
 
 /// Celery's `SOFTWARE_INFO`, for weft: `sw_ident` `"weft"`, `sw_ver` the crate's
 /// version, `sw_sys` the operating system as Python's `platform.system()` names it.
-pub(crate) fn software_info() -> [(&'static str, Value); 3] {
+pub(crate) fn software_info() -> [(&'static str, &'static str); 3] {
     let sys = match std::env::consts::OS {
         "linux" => "Linux",
         "macos" => "Darwin",
@@ -219,9 +255,9 @@ pub(crate) fn software_info() -> [(&'static str, Value); 3] {
         other => other,
     };
     [
-        ("sw_ident", json!("weft")),
-        ("sw_ver", json!(env!("CARGO_PKG_VERSION"))),
-        ("sw_sys", json!(sys)),
+        ("sw_ident", "weft"),
+        ("sw_ver", env!("CARGO_PKG_VERSION")),
+        ("sw_sys", sys),
     ]
 }
 
@@ -301,14 +337,14 @@ pub(crate) fn send_loop(
         publish_tasks(sink, batch, &hostname);
         if asked {
             // As Celery's `heartbeat` command sends it: `freq` 5 and the software fields.
-            let mut map = Map::new();
-            map.insert("freq".into(), json!(5));
+            let mut f = Fields::new();
+            f.insert("freq", 5);
             for (k, v) in software_info() {
-                map.insert(k.into(), v);
+                f.insert(k, v);
             }
             let _ = sink.publish(
                 "worker.heartbeat",
-                &events.stamp("worker-heartbeat", map),
+                &events.stamp("worker-heartbeat", f),
                 &hostname,
             );
         }
@@ -333,8 +369,17 @@ pub(crate) fn send_loop(
 
 /// Publishes task events as a prefork Celery worker's buffered dispatcher does: as
 /// `task.multi` lists (of one event too), of at most [`MULTI_MAX`].
-fn publish_tasks(sink: &mut dyn EventSink, batch: Vec<Value>, hostname: &str) {
+fn publish_tasks(sink: &mut dyn EventSink, batch: Vec<String>, hostname: &str) {
     for chunk in batch.chunks(MULTI_MAX) {
-        let _ = sink.publish("task.multi", &Value::Array(chunk.to_vec()), hostname);
+        let mut body = String::with_capacity(chunk.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        body.push('[');
+        for (i, e) in chunk.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(e);
+        }
+        body.push(']');
+        let _ = sink.publish("task.multi", &body, hostname);
     }
 }

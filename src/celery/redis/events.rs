@@ -28,9 +28,9 @@ impl RedisEvents {
 }
 
 /// kombu's envelope of an event message (delivery mode 1: transient, as Celery's events).
-pub(crate) fn envelope(routing_key: &str, body: &Value, hostname: &str) -> Value {
+pub(crate) fn envelope(routing_key: &str, body: &str, hostname: &str) -> Value {
     json!({
-        "body": BASE64.encode(body.to_string()),
+        "body": BASE64.encode(body),
         "content-encoding": "utf-8",
         "content-type": CONTENT_TYPE_JSON,
         "headers": {"hostname": hostname},
@@ -45,7 +45,7 @@ pub(crate) fn envelope(routing_key: &str, body: &Value, hostname: &str) -> Value
 }
 
 impl EventSink for RedisEvents {
-    fn publish(&mut self, routing_key: &str, body: &Value, hostname: &str) -> Result<(), Error> {
+    fn publish(&mut self, routing_key: &str, body: &str, hostname: &str) -> Result<(), Error> {
         let channel = format!("/{}.{EVENT_EXCHANGE}/{routing_key}", self.source.db());
         let payload = envelope(routing_key, body, hostname).to_string();
         let conn = match &mut self.conn {

@@ -170,43 +170,32 @@ fn upkeep<C: Consume>(
 /// Celery's `task-received` event of `msg` (when task events are on).
 fn received(shared: &Shared, msg: &TaskMessage) {
     shared.monitor.events.task("task-received", |e| {
-        e.insert("uuid".into(), json!(msg.id));
-        e.insert("name".into(), json!(msg.task));
-        e.insert("args".into(), json!(args_repr(msg)));
-        e.insert("kwargs".into(), json!(kwargs_repr(msg)));
-        e.insert("root_id".into(), json!(msg.root_id));
-        e.insert("parent_id".into(), json!(msg.parent_id));
-        e.insert("retries".into(), json!(msg.retries));
-        e.insert("eta".into(), json!(msg.eta));
-        e.insert("expires".into(), json!(msg.expires));
+        e.insert("uuid", &msg.id);
+        e.insert("name", &msg.task);
+        match &msg.argsrepr {
+            Some(a) => e.insert("args", a),
+            None => e.insert("args", py_tuple_repr(&msg.args)),
+        }
+        match &msg.kwargsrepr {
+            Some(k) => e.insert("kwargs", k),
+            None => e.insert("kwargs", py_repr(&Value::Object(msg.kwargs.clone()))),
+        }
+        e.insert("root_id", &msg.root_id);
+        e.insert("parent_id", &msg.parent_id);
+        e.insert("retries", msg.retries);
+        e.insert("eta", &msg.eta);
+        e.insert("expires", &msg.expires);
     });
-}
-
-/// The message's `argsrepr` header, else Python's repr of its arguments (a tuple).
-pub(super) fn args_repr(msg: &TaskMessage) -> String {
-    msg.argsrepr
-        .clone()
-        .unwrap_or_else(|| py_tuple_repr(&msg.args))
-}
-
-/// The message's `kwargsrepr` header, else Python's repr of its keyword arguments.
-pub(super) fn kwargs_repr(msg: &TaskMessage) -> String {
-    msg.kwargsrepr
-        .clone()
-        .unwrap_or_else(|| py_repr(&Value::Object(msg.kwargs.clone())))
 }
 
 /// Celery's `task-revoked` event (`terminated`: stopped while it ran; `expired`: its
 /// `expires` passed).
 pub(super) fn revoked_event(shared: &Shared, id: &str, terminated: bool, expired: bool) {
     shared.monitor.events.task("task-revoked", |e| {
-        e.insert("uuid".into(), json!(id));
-        e.insert("terminated".into(), json!(terminated));
-        e.insert(
-            "signum".into(),
-            if terminated { json!(15) } else { Value::Null },
-        );
-        e.insert("expired".into(), json!(expired));
+        e.insert("uuid", id);
+        e.insert("terminated", terminated);
+        e.insert("signum", terminated.then_some(15));
+        e.insert("expired", expired);
     });
 }
 
@@ -313,8 +302,8 @@ fn refuse(
 ) {
     if let Some(id) = &refused.id {
         shared.monitor.events.task("task-rejected", |e| {
-            e.insert("uuid".into(), json!(id));
-            e.insert("requeue".into(), json!(false));
+            e.insert("uuid", id);
+            e.insert("requeue", false);
         });
     }
     let result = refused.id.map(|id| (id, refusal_result(&refused.error)));
@@ -394,10 +383,10 @@ fn fit<'r>(
     let Some(entry) = cfg.registry.get(&msg.task) else {
         // As Celery's `on_unknown_task`.
         shared.monitor.events.task("task-failed", |e| {
-            e.insert("uuid".into(), json!(msg.id));
+            e.insert("uuid", &msg.id);
             e.insert(
-                "exception".into(),
-                json!(format!("NotRegistered({})", py_repr(&json!(msg.task)))),
+                "exception",
+                format!("NotRegistered({})", py_repr(&json!(msg.task))),
             );
         });
         let _ = done.send(settle_now(

@@ -576,7 +576,7 @@ impl Worker {
             "software -> weft:{} (Rust)\nplatform -> system:{} arch:{}\nsettings -> \
              transport:{transport} results:{}\n",
             env!("CARGO_PKG_VERSION"),
-            events::software_info()[2].1.as_str().unwrap_or("unknown"),
+            events::software_info()[2].1,
             std::env::consts::ARCH,
             panel::sanitize_url(backend),
         )

@@ -179,7 +179,7 @@ pub(super) fn build_run(
             other => other,
         };
         monitor.events.task("task-started", |e| {
-            e.insert("uuid".into(), json!(id));
+            e.insert("uuid", &id);
         });
         let began = Instant::now();
         let mut result = match catch_unwind(AssertUnwindSafe(&mut attempt)) {
@@ -260,9 +260,9 @@ fn ended_event(shared: &Shared, id: &str, result: &TaskResult, retried: bool, ru
     }
     match result {
         TaskResult::Success(v) => events.task("task-succeeded", |e| {
-            e.insert("uuid".into(), json!(id));
-            e.insert("result".into(), json!(py_repr(v)));
-            e.insert("runtime".into(), json!(runtime.as_secs_f64()));
+            e.insert("uuid", id);
+            e.insert("result", py_repr(v));
+            e.insert("runtime", runtime.as_secs_f64());
         }),
         TaskResult::Failure {
             exc_type,
@@ -276,17 +276,15 @@ fn ended_event(shared: &Shared, id: &str, result: &TaskResult, retried: bool, ru
                 "task-failed"
             };
             events.task(kind, |e| {
-                e.insert("uuid".into(), json!(id));
+                e.insert("uuid", id);
                 e.insert(
-                    "exception".into(),
-                    json!(format!("{exc_type}({})", py_repr(&json!(exc_message)))),
+                    "exception",
+                    format!("{exc_type}({})", py_repr(&json!(exc_message))),
                 );
-                e.insert(
-                    "traceback".into(),
-                    json!(traceback
-                        .clone()
-                        .unwrap_or_else(|| format!("{exc_type}: {exc_message}"))),
-                );
+                match traceback {
+                    Some(t) => e.insert("traceback", t),
+                    None => e.insert("traceback", format!("{exc_type}: {exc_message}")),
+                }
             })
         }
         TaskResult::Revoked(why) => revoked_event(shared, id, why == "terminated", false),
