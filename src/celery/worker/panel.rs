@@ -5,10 +5,11 @@
 //! Inspect: `ping`, `stats`, `active`, `reserved`, `scheduled`, `registered`, `revoked`,
 //! `active_queues`, `conf`, `query_task`, `report`, `clock`, `hello`. Control: `revoke`,
 //! `terminate`, `enable_events`, `disable_events`, `heartbeat`, `rate_limit`,
-//! `time_limit`, `add_consumer`, `cancel_consumer`, `shutdown`. What weft cannot honour
-//! (`pool_grow`, `pool_shrink`, `pool_restart`, `autoscale` on a fixed pool, Python's
-//! debugging commands) and unknown commands get `{"error": ...}`, as Celery answers them;
-//! so do requests with missing or wrong arguments, and the worker carries on.
+//! `time_limit`, `shutdown`. What weft cannot honour (`pool_grow`, `pool_shrink`,
+//! `pool_restart`, `autoscale` on a fixed pool; `add_consumer`, `cancel_consumer`: a worker
+//! consumes the queues it was started with; Python's debugging commands) and unknown
+//! commands get `{"error": ...}`, as Celery answers them; so do requests with missing or
+//! wrong arguments, and the worker carries on.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -95,6 +96,12 @@ impl Panel for WorkerPanel {
                 "{}: weft's pool has a fixed number of threads ({}); start the worker with \
                  another `workers` count instead",
                 req.method, self.concurrency
+            )),
+            // Not a `KeyError`: the command is known, the consumer cannot change its queues.
+            "add_consumer" | "cancel_consumer" => nok(format!(
+                "{}: weft workers consume the queues they were started with \
+                 (`Worker::queue`); start a worker for the queue instead",
+                req.method
             )),
             "memsample" | "memdump" | "objgraph" | "election" | "revoke_by_stamped_headers" => {
                 nok(format!("{}: not supported by weft workers", req.method))
