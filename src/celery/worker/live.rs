@@ -1,7 +1,8 @@
 //! What the worker's threads share about the messages it holds: [`Shared`] (stop flag,
-//! prefetch room, ETA count, revoked ids, the [`Live`] tasks), [`Held`] (the messages
-//! taken and not settled, with what acknowledges each) and [`Done`] (what the consumer and
-//! the tasks tell the finisher).
+//! prefetch room, ETA count, revoked ids, the [`Live`] tasks, the queues consumed and the
+//! changes to them asked by remote control), [`Held`] (the messages taken and not settled,
+//! with what acknowledges each) and [`Done`] (what the consumer and the tasks tell the
+//! finisher).
 //!
 //! A task handed to the pool is [`WAITING`] until one compare-and-swap decides it: the task
 //! moves it to [`STARTED`] as it runs, or the worker to [`WITHDRAWN`] (revoke, the hold
@@ -20,6 +21,7 @@ use super::super::control::Revoked;
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::transport::Settlement;
+use crate::Priority;
 
 /// The messages taken and not settled, by the worker's own key, with what acknowledges
 /// each.
@@ -45,6 +47,41 @@ pub(super) struct Shared {
     /// Set by a shutdown with a timeout: when it passes, the finisher stops waiting for
     /// running tasks and for an unreachable broker, puts back what it still holds, and ends.
     pub(super) deadline: Mutex<Option<Instant>>,
+    /// The queues consumed now, highest lane first, with the lane of each; written only by
+    /// the consumer thread, as it applies a [`QueueChange`] (`queues.rs`).
+    pub(super) queues: Mutex<Vec<(String, Priority)>>,
+    /// The changes to the queues asked ([`change_queues`](Self::change_queues)) and not
+    /// yet applied, oldest first.
+    pub(super) queue_changes: Mutex<QueueChanges>,
+    /// Set by [`change_queues`](Self::change_queues), cleared by the consumer thread as it
+    /// looks at `queue_changes`: ends its wait for prefetch room.
+    pub(super) queues_asked: AtomicBool,
+}
+
+/// A change to the queues a worker consumes, asked by remote control.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        reason = "asked by remote control's add_consumer / cancel_consumer"
+    )
+)]
+pub(super) enum QueueChange {
+    /// Consume this queue too (Celery's `add_consumer`), in the Normal lane.
+    Add(String),
+    /// Stop consuming this queue (Celery's `cancel_consumer`).
+    Cancel(String),
+}
+
+/// [`Shared::queue_changes`].
+#[derive(Default, Debug)]
+pub(super) struct QueueChanges {
+    /// Not yet applied, oldest first: one the broker refused stays first, tried again at
+    /// the consumer's next turn.
+    pub(super) pending: Vec<QueueChange>,
+    /// The last error of the first one, logged once.
+    pub(super) error: Option<String>,
 }
 
 /// The prefetch count ([`Shared::in_flight`]), as Celery's: its prefetch limit counts
@@ -204,6 +241,27 @@ impl Shared {
     pub(super) fn start_early(&self) {
         self.in_flight.lock().started += 1;
         self.room.notify_one();
+    }
+
+    /// Asks the consumer thread to add or cancel a queue (applied at its next turn, within
+    /// 250 ms; `queues.rs`). Adding a queue consumed already, or cancelling one not
+    /// consumed, changes nothing; cancelling the last one leaves a worker that takes
+    /// nothing until one is added. A change the broker refuses is logged and tried again
+    /// at each turn, before the changes asked after it.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "called by remote control's add_consumer / cancel_consumer"
+        )
+    )]
+    pub(super) fn change_queues(&self, change: QueueChange) {
+        self.queue_changes.lock().pending.push(change);
+        // Relaxed: read by the consumer under `in_flight`'s lock, taken below before the
+        // notification.
+        self.queues_asked.store(true, Ordering::Relaxed);
+        let _n = self.in_flight.lock();
+        self.room.notify_all();
     }
 
     /// True once a shutdown's deadline has passed.

@@ -2,9 +2,10 @@
 //! and runs the named tasks of a [`Registry`] on a weft [`Pool`].
 //!
 //! A running worker is three threads around a pool: the consumer (`intake.rs`: takes
-//! messages, screens them and spawns their tasks, whose runs `run.rs` plans and builds), the finisher (`finisher.rs`: settles
-//! results and acknowledgements in batches) and remote control (the transport's); what
-//! they share is in `live.rs`. This file holds the builder and `start`/`run`;
+//! messages, screens them and spawns their tasks, whose runs `run.rs` plans and builds;
+//! `queues.rs`: the queues it consumes, added and cancelled at run time), the finisher
+//! (`finisher.rs`: settles results and acknowledgements in batches) and remote control
+//! (the transport's); what they share is in `live.rs`. This file holds the builder and `start`/`run`;
 //! `running.rs` [`RunningWorker`]'s shutdown and its run until a signal.
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ mod builtins;
 mod finisher;
 mod intake;
 mod live;
+mod queues;
 mod run;
 mod running;
 #[cfg(test)]
@@ -402,6 +404,9 @@ impl Worker {
             live: Mutex::new(HashMap::new()),
             deadline: Mutex::new(None),
             started: Arc::new(Mutex::new(live::Started::default())),
+            queues: Mutex::new(self.queues.clone()),
+            queue_changes: Mutex::new(live::QueueChanges::default()),
+            queues_asked: AtomicBool::new(false),
         });
         let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
         let hostname = self.hostname.take().unwrap_or_else(|| {
