@@ -500,6 +500,149 @@ mod on_amqp {
         assert_eq!(worker.shutdown(), 0);
     }
 
+    /// The type and arguments RabbitMQ lists for `queue`, and the type of its exchange.
+    fn declared(rabbit: &Rabbit, queue: &str) -> (String, String, String) {
+        let field = |out: String| -> Vec<String> {
+            out.lines()
+                .map(|l| l.split('\t').map(str::to_owned).collect::<Vec<_>>())
+                .find(|f| f[0] == queue)
+                .unwrap_or_else(|| panic!("no {queue} in {out}"))
+        };
+        let q = field(rabbit.ctl(&[
+            "list_queues",
+            "--no-table-headers",
+            "name",
+            "type",
+            "arguments",
+        ]));
+        let x = field(rabbit.ctl(&["list_exchanges", "--no-table-headers", "name", "type"]));
+        (q[1].clone(), q[2].clone(), x[1].clone())
+    }
+
+    /// A classic worker's added queue gets its `x-max-priority`, on a direct exchange of
+    /// its name; message priorities order it.
+    #[test]
+    fn added_queue_is_declared_as_the_workers_own_classic() {
+        let Some((rabbit, backend)) = Rabbit::find() else {
+            return;
+        };
+        let client = Client::with_backend(&rabbit.url, &backend)
+            .unwrap()
+            .max_priority(9);
+        let a = unique("classic");
+        let b = format!("{a}-added");
+        let worker = Worker::new(rabbit.url.as_str(), registry(&Gate::default()))
+            .backend(backend.as_str())
+            .queue(a.as_str(), Priority::Normal)
+            .max_priority(9)
+            .start()
+            .unwrap();
+        change(&worker, QueueChange::Add(b.clone()));
+        let (kind, args, exchange) = declared(&rabbit, &b);
+        assert_eq!(kind, "classic");
+        assert!(
+            args.contains("x-max-priority") && args.contains('9'),
+            "{args}"
+        );
+        assert_eq!(exchange, "direct");
+        // The client declares it with the same arguments: no PRECONDITION_FAILED.
+        assert_eq!(add(&client, &b, 1).get_value(PATIENCE).unwrap(), json!(2));
+        assert_eq!(worker.shutdown(), 0);
+    }
+
+    /// A quorum worker's added queue is a quorum queue on a topic exchange, bound to
+    /// native delayed delivery: a countdown task sent to it waits in the broker and runs.
+    #[test]
+    fn added_queue_is_declared_as_the_workers_own_quorum() {
+        use crate::celery::amqp::QueueType;
+        let Some((rabbit, backend)) = Rabbit::find() else {
+            return;
+        };
+        let client = Client::with_backend(&rabbit.url, &backend)
+            .unwrap()
+            .queue_type(QueueType::Quorum);
+        let a = unique("quorum");
+        let b = format!("{a}-added");
+        let worker = Worker::new(rabbit.url.as_str(), registry(&Gate::default()))
+            .backend(backend.as_str())
+            .queue(a.as_str(), Priority::Normal)
+            .queue_type(QueueType::Quorum)
+            .start()
+            .unwrap();
+        change(&worker, QueueChange::Add(b.clone()));
+        let (kind, args, exchange) = declared(&rabbit, &b);
+        assert_eq!(kind, "quorum");
+        assert!(!args.contains("x-max-priority"), "{args}");
+        assert_eq!(exchange, "topic");
+        // Bound by the worker (the client would bind it too when it first sends).
+        let bindings = rabbit.ctl(&[
+            "list_bindings",
+            "--no-table-headers",
+            "source_name",
+            "destination_name",
+            "routing_key",
+        ]);
+        let wanted = format!(
+            "{}\t{b}\t#.{b}",
+            crate::celery::amqp::DELAYED_DELIVERY_EXCHANGE
+        );
+        assert!(
+            bindings.lines().any(|l| l == wanted),
+            "no {wanted:?} in {bindings}"
+        );
+        let r = client
+            .send_task(
+                "add",
+                vec![json!(1), json!(2)],
+                Map::new(),
+                SendOptions {
+                    // Whole seconds of delayed delivery: at least one.
+                    countdown: Some(Duration::from_secs(2)),
+                    ..on(&b)
+                },
+            )
+            .unwrap();
+        assert_eq!(r.get_value(PATIENCE).unwrap(), json!(3));
+        assert_eq!(worker.shutdown(), 0);
+    }
+
+    /// An add the broker refuses (the queue exists with other arguments) leaves the worker
+    /// as it was, running its queues, and is tried again until it succeeds.
+    #[test]
+    fn a_refused_add_is_tried_again_until_it_succeeds() {
+        let Some((rabbit, backend)) = Rabbit::find() else {
+            return;
+        };
+        let client = Client::with_backend(&rabbit.url, &backend).unwrap();
+        let a = unique("refused");
+        let b = format!("{a}-added");
+        let other = Amqp::connect(&rabbit.url).unwrap();
+        other.declare_queue(&b, Some(5)).unwrap();
+        let _ = other.close();
+        let worker = Worker::new(rabbit.url.as_str(), registry(&Gate::default()))
+            .backend(backend.as_str())
+            .queue(a.as_str(), Priority::Normal)
+            .start()
+            .unwrap();
+        shared(&worker).change_queues(QueueChange::Add(b.clone()));
+        wait_until("the refusal is logged", || {
+            shared(&worker).queue_changes.lock().error.is_some()
+        });
+        assert_eq!(add(&client, &a, 1).get_value(PATIENCE).unwrap(), json!(2));
+        assert_eq!(
+            *shared(&worker).queues.lock(),
+            vec![(a.clone(), Priority::Normal)]
+        );
+        rabbit.ctl(&["delete_queue", &b]);
+        wait_until("b is consumed", || {
+            shared(&worker).queues.lock().iter().any(|(q, _)| *q == b)
+        });
+        assert!(shared(&worker).queue_changes.lock().pending.is_empty());
+        assert_eq!(add(&client, &b, 2).get_value(PATIENCE).unwrap(), json!(3));
+        assert_eq!(add(&client, &a, 3).get_value(PATIENCE).unwrap(), json!(4));
+        assert_eq!(worker.shutdown(), 0);
+    }
+
     /// An added queue's consumer has the worker's prefetch; after the connection drops,
     /// the worker consumes again the queues of now (the added one, not the cancelled one).
     #[test]
