@@ -248,6 +248,54 @@ fn held_message_of_cancelled_queue_is_acknowledged(
     assert_eq!(worker.shutdown(), 0);
 }
 
+/// A message of a queue cancelled while its task waits in the pool (not started) is put
+/// back on its queue at shutdown.
+fn not_started_message_of_cancelled_queue_is_put_back(
+    worker: impl FnOnce(Registry) -> Worker,
+    client: &Client,
+    broker: &dyn Broker,
+    a: &str,
+) {
+    use super::super::live::WITHDRAWN;
+    let b = format!("{a}-back");
+    let gate = Gate::default();
+    let worker = worker(registry(&gate))
+        .queue(a, Priority::Normal)
+        .workers(1)
+        .start()
+        .unwrap();
+    let _open = gate.opener();
+    change(&worker, QueueChange::Add(b.clone()));
+    let running = client
+        .send_task("gate", vec![], Map::new(), on(&b))
+        .unwrap();
+    gate.wait_started();
+    // Taken, and waiting in the pool behind the gate (one thread).
+    let queued = add(client, &b, 1);
+    wait_until("both are taken", || shared(&worker).live.lock().len() == 2);
+    change(&worker, QueueChange::Cancel(b.clone()));
+    // The shutdown takes back the queued task, then waits for the running one.
+    let opener = {
+        let (shared, gate) = (worker.shared.clone(), gate.clone());
+        std::thread::spawn(move || {
+            // Opened when this ends, even by a failure: the shutdown waits for it.
+            let _open = gate.opener();
+            wait_until("the queued task is taken back", || {
+                shared
+                    .live
+                    .lock()
+                    .values()
+                    .any(|t| t.state.load(std::sync::atomic::Ordering::SeqCst) == WITHDRAWN)
+            });
+        })
+    };
+    assert_eq!(worker.shutdown(), 1, "put back");
+    opener.join().unwrap();
+    assert_eq!(running.get_value(PATIENCE).unwrap(), json!("passed"));
+    assert!(queued.try_get().unwrap().is_none());
+    assert_eq!(broker.waiting(&b), 1, "back on its queue");
+}
+
 mod on_redis {
     use std::time::Duration;
 
@@ -284,6 +332,20 @@ mod on_redis {
             &client,
             &Redis(url.clone()),
             &unique("queues"),
+        );
+    }
+
+    #[test]
+    fn not_started_message_of_cancelled_queue_is_put_back() {
+        let Some(url) = required("WEFT_REDIS_URL") else {
+            return;
+        };
+        let client = Client::new(&url).unwrap();
+        super::not_started_message_of_cancelled_queue_is_put_back(
+            |registry| Worker::new(url.as_str(), registry),
+            &client,
+            &Redis(url.clone()),
+            &unique("back"),
         );
     }
 
@@ -439,6 +501,20 @@ mod on_amqp {
             &client,
             &rabbit,
             &unique("queues"),
+        );
+    }
+
+    #[test]
+    fn not_started_message_of_cancelled_queue_is_put_back() {
+        let Some((rabbit, backend)) = Rabbit::find() else {
+            return;
+        };
+        let client = Client::with_backend(&rabbit.url, &backend).unwrap();
+        super::not_started_message_of_cancelled_queue_is_put_back(
+            |registry| Worker::new(rabbit.url.as_str(), registry).backend(backend.as_str()),
+            &client,
+            &rabbit,
+            &unique("back"),
         );
     }
 
