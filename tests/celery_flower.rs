@@ -477,29 +477,70 @@ fn flower_watches_a_mixed_fleet() {
     let revoked = format!("never-sent-{id}");
     let (status, body) = flower.request("POST", &format!("/api/task/revoke/{revoked}"), "");
     assert_eq!(status, 200, "{body}");
-    // What a fixed pool and a fixed set of queues cannot do: Flower shows weft's error.
-    let extra = form(&[("queue", &format!("extra-{q}"))]);
+    // What a fixed pool cannot do: Flower shows weft's error.
     for (action, args, error) in [
         ("pool/grow", "n=1", "fixed number of threads"),
         ("pool/shrink", "n=1", "fixed number of threads"),
         ("pool/autoscale", "min=1&max=2", "Autoscale not enabled"),
         ("pool/restart", "", "Pool restarts not enabled"),
-        (
-            "queue/add-consumer",
-            &extra,
-            "the queues they were started with",
-        ),
-        (
-            "queue/cancel-consumer",
-            &extra,
-            "the queues they were started with",
-        ),
     ] {
         let (status, body) =
             flower.request("POST", &format!("/api/worker/{action}/{weft_name}"), args);
         assert_eq!(status, 403, "{action}: {body}");
         assert!(body.contains(error), "{action}: {body}");
     }
+    // A queue added through Flower is consumed (a task sent to it runs), then cancelled.
+    let extra_q = format!("extra-{q}");
+    let extra = form(&[("queue", &extra_q)]);
+    let consumes = |want: bool| {
+        wait_until(&format!("active_queues has {extra_q}: {want}"), |last| {
+            let one = flower.get_json(&format!(
+                "/api/workers?refresh=1&workername={}",
+                enc(&weft_name)
+            ));
+            *last = one.to_string();
+            let queues = one[&weft_name]["active_queues"].as_array()?.clone();
+            (queues.iter().any(|aq| aq["name"] == extra_q.as_str()) == want).then_some(())
+        })
+    };
+    let (status, body) = flower.request(
+        "POST",
+        &format!("/api/worker/queue/add-consumer/{weft_name}"),
+        &extra,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("add consumer {extra_q}")), "{body}");
+    consumes(true);
+    let out = Command::new(&env.python)
+        .args([
+            "-c",
+            "import os, sys\n\
+             from celery import Celery\n\
+             app = Celery(broker=os.environ['GOLD_BROKER'], backend=os.environ['GOLD_BACKEND'])\n\
+             print(app.send_task('add', args=[20, 22], queue=sys.argv[1]).get(timeout=60))",
+            &extra_q,
+        ])
+        .env("GOLD_BROKER", &env.broker)
+        .env("GOLD_BACKEND", &env.backend)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = flower.request(
+        "POST",
+        &format!("/api/worker/queue/cancel-consumer/{weft_name}"),
+        &extra,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("no longer consuming from {extra_q}")),
+        "{body}"
+    );
+    consumes(false);
     // Flower's worker page: every inspect method, the rate limit in `registered`.
     let one = flower.get_json(&format!(
         "/api/workers?refresh=1&workername={}",

@@ -65,7 +65,7 @@
 //! | `sentinel.rs` (+ `sentinel/tests.rs`) | Redis Sentinel: kombu's `sentinel://` URL, the lookup of the current master |
 //! | `canvas/` | workflows ([`canvas`]): `signature.rs` signatures, `apply.rs` Celery's `apply_async` of each kind, `after.rs` what follows a task's end |
 //! | `transport.rs` | the crate-private transport trait under the worker and the client |
-//! | `worker/` | [`Worker`]: `mod.rs` builder and start, `running.rs` [`RunningWorker`]: shutdown and signals, `live.rs` shared state, `intake.rs` consumer, `run.rs` a task's planned run, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks, `panel.rs` the remote-control commands, `limits.rs` rate limits |
+//! | `worker/` | [`Worker`]: `mod.rs` builder and start, `running.rs` [`RunningWorker`]: shutdown and signals, `live.rs` shared state, `intake.rs` consumer, `queues.rs` queues added and cancelled at run time, `run.rs` a task's planned run, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks, `panel.rs` the remote-control commands, `limits.rs` rate limits |
 //! | `client.rs` | [`Client`], [`AsyncResult`] |
 //! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs`, `events.rs` |
 //! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `delivery.rs`, `topology.rs` (queue types), `delayed.rs` (native delayed delivery), `pidbox.rs`, `events.rs`, `transport.rs`, `settler.rs` (its settling side) |

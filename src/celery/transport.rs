@@ -213,6 +213,19 @@ pub(crate) trait Consume: Send + 'static {
         false
     }
 
+    /// Starts consuming `queue` too (Celery's `add_consumer`), declared as the worker's own
+    /// queues are (AMQP: the same queue type and `x-max-priority`, on an exchange named like
+    /// the queue, bound with the queue's name as routing key); its messages are taken after
+    /// those of the queues already consumed. `Ok(false)` if it is consumed already. On an
+    /// error nothing changed: the worker asks again.
+    fn add_queue(&mut self, queue: &str) -> Result<bool, Error>;
+
+    /// Stops consuming `queue` (Celery's `cancel_consumer`): no new message is taken from
+    /// it; the messages already taken stay held (their heartbeat, acknowledgement and
+    /// put-back go on) until settled (AMQP: `basic.cancel`, keeping the channel that holds
+    /// them). `Ok(false)` if it was not consumed. On an error the worker asks again.
+    fn cancel_queue(&mut self, queue: &str) -> Result<bool, Error>;
+
     /// No more messages will be fetched (shutdown): stop the broker from sending more,
     /// but keep what is held until it is settled or put back.
     fn stop_consuming(&mut self) {}

@@ -154,6 +154,7 @@ impl Broker {
                 queues: vec![queue],
                 consumers: vec![consumer],
                 draining: Vec::new(),
+                cancelled: Vec::new(),
                 prefetch: 0,
             },
             hostname: hostname.to_owned(),

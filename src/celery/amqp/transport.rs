@@ -138,7 +138,8 @@ pub(crate) struct AmqpConsumer {
     queues: Vec<String>,
     max_priority: Option<u8>,
     queue_type: QueueType,
-    /// The connection and its consumer; `None` after a failure, until the next fetch.
+    /// The connection and its consumer of `queues`; `None` after a failure, until the next
+    /// fetch (or `add_queue`).
     live: Option<(Broker, Consumer)>,
     /// How many times it connected.
     generation: u64,
@@ -164,6 +165,24 @@ impl AmqpConsumer {
             &self.queues,
             u16::try_from(self.prefetch).unwrap_or(u16::MAX),
         )?;
+        Ok((broker, consumer))
+    }
+
+    /// The connection and its consumer, connected again if there is none or its
+    /// consumer's channel was closed (the next fetch sees the new generation).
+    fn live(&mut self) -> Result<(&mut Broker, &mut Consumer), Error> {
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|(_, consumer)| !consumer.is_open())
+        {
+            self.live = None;
+        }
+        if self.live.is_none() {
+            self.live = Some(self.connect()?);
+            self.generation += 1;
+        }
+        let (broker, consumer) = self.live.as_mut().expect("just connected");
         Ok((broker, consumer))
     }
 }
@@ -192,13 +211,7 @@ impl Consume for AmqpConsumer {
     type Tag = Delivery;
 
     fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Incoming<Delivery>>, Error> {
-        if self.live.is_none() {
-            self.live = Some(self.connect()?);
-            self.generation += 1;
-        }
-        let Some((_, consumer)) = self.live.as_mut() else {
-            return Ok(Vec::new());
-        };
+        let (_, consumer) = self.live()?;
         let mut out = Vec::new();
         let mut wait = wait;
         while out.len() < max {
@@ -240,6 +253,46 @@ impl Consume for AmqpConsumer {
 
     fn hold_limit(&self) -> Option<Duration> {
         Some(self.hold_limit)
+    }
+
+    /// Declared as [`connect`](AmqpConsumer::connect) declares the worker's queues (the
+    /// worker's queue type and `x-max-priority`, its exchange named like it and bound with
+    /// its name; with quorum queues, its native delayed delivery binding), then consumed
+    /// on the consumer's channel under the same per-consumer prefetch. Celery's
+    /// `add_consumer` of a queue missing from its `task_queues` declares a classic queue
+    /// on a direct exchange whatever `task_default_queue_type` says; weft keeps one type
+    /// per worker, so that its own clients and the queue agree. A refused declaration
+    /// (the queue exists with other arguments) leaves the consumer as it was.
+    fn add_queue(&mut self, queue: &str) -> Result<bool, Error> {
+        if self.queues.iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        let (queue_type, max_priority) = (self.queue_type, self.max_priority);
+        let (broker, consumer) = self.live()?;
+        broker.reopen_channel()?;
+        broker.declare_task_queue(queue, queue_type, max_priority)?;
+        if queue_type == QueueType::Quorum {
+            broker.bind_delayed_delivery(queue)?;
+        }
+        consumer.add_queue(queue)?;
+        self.queues.push(queue.to_owned());
+        Ok(true)
+    }
+
+    /// `basic.cancel` of the queue's consumer, on the channel that keeps holding its
+    /// deliveries (what was received and not fetched yet is put back); without a
+    /// connection, only forgotten (the next connection does not consume it).
+    fn cancel_queue(&mut self, queue: &str) -> Result<bool, Error> {
+        if !self.queues.iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        if let Some((_, consumer)) = self.live.as_mut() {
+            if consumer.is_open() {
+                consumer.cancel_queue(queue)?;
+            }
+        }
+        self.queues.retain(|q| q != queue);
+        Ok(true)
     }
 
     fn generation(&self) -> u64 {

@@ -41,6 +41,9 @@ pub(crate) struct RedisTransport {
 pub(crate) struct RedisConsumer {
     source: Source,
     conn: Connection,
+    /// The queues consumed now, in the order they are taken from.
+    queues: Vec<String>,
+    /// Their lists ([`consume_keys`]), and the queue of each.
     keys: Vec<String>,
     key_queues: Vec<String>,
     wake: std::sync::Arc<Wake>,
@@ -155,6 +158,30 @@ impl Consume for RedisConsumer {
         }
     }
 
+    /// Nothing to declare on Redis: the queue's lists join the take script's and the
+    /// tracker's, last at each priority step ([`consume_keys`]: its priority-0 list after
+    /// the other queues' priority-0 lists, before their step-3 lists).
+    fn add_queue(&mut self, queue: &str) -> Result<bool, Error> {
+        if self.queues.iter().any(|q| q == queue) {
+            return Ok(false);
+        }
+        self.queues.push(queue.to_owned());
+        self.set_keys();
+        Ok(true)
+    }
+
+    /// The queue's lists leave the take script's and the tracker's; its messages held are
+    /// kept alive and settled by their tags, whatever queue they came from.
+    fn cancel_queue(&mut self, queue: &str) -> Result<bool, Error> {
+        let before = self.queues.len();
+        self.queues.retain(|q| q != queue);
+        if self.queues.len() == before {
+            return Ok(false);
+        }
+        self.set_keys();
+        Ok(true)
+    }
+
     /// The restore sweep, every `restore_interval`.
     fn sweep(&mut self) {
         if self.broken || self.last_sweep.elapsed() < self.restore_interval {
@@ -168,6 +195,17 @@ impl Consume for RedisConsumer {
 }
 
 impl RedisConsumer {
+    /// The lists of `queues`, for the next take and the tracker's next arm.
+    fn set_keys(&mut self) {
+        self.keys = consume_keys(&self.queues);
+        self.key_queues = self
+            .keys
+            .iter()
+            .map(|k| queue_of_list(k).to_owned())
+            .collect();
+        self.wake.watch(self.keys.clone());
+    }
+
     /// After a command failed: a new connection, the old one fenced off, and, if a take's
     /// answer was lost, what it recorded put back. `broken` and `lost` stay set until
     /// this succeeds. (A connection whose command failed is never used again: a reply that
@@ -473,6 +511,7 @@ impl Transport for RedisTransport {
             RedisConsumer {
                 source: self.source.clone(),
                 conn,
+                queues: queues.to_vec(),
                 key_queues: keys.iter().map(|k| queue_of_list(k).to_owned()).collect(),
                 keys,
                 wake,

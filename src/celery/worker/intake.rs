@@ -1,5 +1,6 @@
 //! The consumer thread: [`consume`] takes messages while there is prefetch room, does the
-//! [`upkeep`] (heartbeat, restore sweep, pruning, the hold limit), and hands each message
+//! [`upkeep`] (heartbeat, restore sweep, pruning, the hold limit), applies the queue
+//! changes remote control asked ([`apply_queue_changes`]), and hands each message
 //! to [`take`], which refuses it, settles it unrun (revoked, expired, unknown, arguments
 //! that do not fit) or spawns its task on the pool.
 
@@ -17,6 +18,7 @@ use super::super::protocol::{parse_iso8601, ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::transport::{Consume, Settlement};
 use super::live::{Done, Held, Live, Shared, TaskInfo, WAITING};
+use super::queues::apply_queue_changes;
 use super::run::{build_run, plan, Plan, Tracked};
 use crate::registry::{Attempt, Entry, Registry};
 use crate::{Pool, Priority};
@@ -52,8 +54,11 @@ pub(super) fn consume<C: Consume>(
     while !shared.stop.load(Ordering::Acquire) {
         let room = {
             let mut n = shared.in_flight.lock();
-            while n.room(cfg.prefetch) == 0 && !shared.stop.load(Ordering::Acquire) {
-                // Woken for the upkeep even while full.
+            while n.room(cfg.prefetch) == 0
+                && !shared.stop.load(Ordering::Acquire)
+                && !shared.queues_asked.load(Ordering::Relaxed)
+            {
+                // Woken for the upkeep and queue changes even while full.
                 if shared.room.wait_for(&mut n, wait).timed_out() {
                     break;
                 }
@@ -67,6 +72,7 @@ pub(super) fn consume<C: Consume>(
             last_upkeep = Instant::now();
             upkeep(&mut consumer, &held, &shared, &done);
         }
+        apply_queue_changes(&mut consumer, &mut cfg.lanes, &shared);
         if room == 0 {
             continue;
         }

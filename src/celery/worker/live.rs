@@ -1,7 +1,8 @@
 //! What the worker's threads share about the messages it holds: [`Shared`] (stop flag,
-//! prefetch room, ETA count, revoked ids, the [`Live`] tasks), [`Held`] (the messages
-//! taken and not settled, with what acknowledges each) and [`Done`] (what the consumer and
-//! the tasks tell the finisher).
+//! prefetch room, ETA count, revoked ids, the [`Live`] tasks, the queues consumed and the
+//! changes to them asked by remote control), [`Held`] (the messages taken and not settled,
+//! with what acknowledges each) and [`Done`] (what the consumer and the tasks tell the
+//! finisher).
 //!
 //! A task handed to the pool is [`WAITING`] until one compare-and-swap decides it: the task
 //! moves it to [`STARTED`] as it runs, or the worker to [`WITHDRAWN`] (revoke, the hold
@@ -51,8 +52,15 @@ pub(super) struct Shared {
     pub(super) deadline: Mutex<Option<Instant>>,
     /// The worker's node name, as remote control and events show it.
     pub(super) hostname: String,
-    /// The queues consumed now, highest lane first.
+    /// The queues consumed now, highest lane first, with the lane of each; written only by
+    /// the consumer thread, as it applies a [`QueueChange`] (`queues.rs`).
     pub(super) queues: Mutex<Vec<(String, Priority)>>,
+    /// The changes to the queues asked ([`change_queues`](Self::change_queues)) and not
+    /// yet applied, oldest first.
+    pub(super) queue_changes: Mutex<QueueChanges>,
+    /// Set by [`change_queues`](Self::change_queues), cleared by the consumer thread as it
+    /// looks at `queue_changes`: ends its wait for prefetch room.
+    pub(super) queues_asked: AtomicBool,
     /// What monitoring sees: events, the clock, counters, per-task overrides.
     pub(super) monitor: Monitor,
     /// The tasks' rate limits (the registry's, then the `rate_limit` command's).
@@ -207,6 +215,25 @@ impl TaskInfo {
             "worker_pid": started.then(std::process::id),
         })
     }
+}
+
+/// A change to the queues a worker consumes, asked by remote control.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum QueueChange {
+    /// Consume this queue too (Celery's `add_consumer`), in the Normal lane.
+    Add(String),
+    /// Stop consuming this queue (Celery's `cancel_consumer`).
+    Cancel(String),
+}
+
+/// [`Shared::queue_changes`].
+#[derive(Default, Debug)]
+pub(super) struct QueueChanges {
+    /// Not yet applied, oldest first: one the broker refused stays first, tried again at
+    /// the consumer's next turn.
+    pub(super) pending: Vec<QueueChange>,
+    /// The last error of the first one, logged once.
+    pub(super) error: Option<String>,
 }
 
 /// The prefetch count ([`Shared::in_flight`]), as Celery's: its prefetch limit counts
@@ -368,6 +395,20 @@ impl Shared {
     pub(super) fn start_early(&self) {
         self.in_flight.lock().started += 1;
         self.room.notify_one();
+    }
+
+    /// Asks the consumer thread to add or cancel a queue (applied at its next turn, within
+    /// 250 ms; `queues.rs`). Adding a queue consumed already, or cancelling one not
+    /// consumed, changes nothing; cancelling the last one leaves a worker that takes
+    /// nothing until one is added. A change the broker refuses is logged and tried again
+    /// at each turn, before the changes asked after it.
+    pub(super) fn change_queues(&self, change: QueueChange) {
+        self.queue_changes.lock().pending.push(change);
+        // Relaxed: read by the consumer under `in_flight`'s lock, taken below before the
+        // notification.
+        self.queues_asked.store(true, Ordering::Relaxed);
+        let _n = self.in_flight.lock();
+        self.room.notify_all();
     }
 
     /// True once a shutdown's deadline has passed.

@@ -2,9 +2,10 @@
 //! and runs the named tasks of a [`Registry`] on a weft [`Pool`].
 //!
 //! A running worker is three threads around a pool: the consumer (`intake.rs`: takes
-//! messages, screens them and spawns their tasks, whose runs `run.rs` plans and builds), the finisher (`finisher.rs`: settles
-//! results and acknowledgements in batches) and remote control (the transport's); what
-//! they share is in `live.rs`. This file holds the builder and `start`/`run`;
+//! messages, screens them and spawns their tasks, whose runs `run.rs` plans and builds;
+//! `queues.rs`: the queues it consumes, added and cancelled at run time), the finisher
+//! (`finisher.rs`: settles results and acknowledgements in batches) and remote control
+//! (the transport's); what they share is in `live.rs`. This file holds the builder and `start`/`run`;
 //! `running.rs` [`RunningWorker`]'s shutdown and its run until a signal.
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ mod intake;
 mod limits;
 mod live;
 mod panel;
+mod queues;
 mod run;
 mod running;
 #[cfg(test)]
@@ -458,6 +460,8 @@ impl Worker {
             queues: Mutex::new(self.queues.clone()),
             monitor: Monitor::new(events.clone(), clock),
             limits: limits::RateLimits::new(&self.registry),
+            queue_changes: Mutex::new(live::QueueChanges::default()),
+            queues_asked: AtomicBool::new(false),
         });
         let held: Held<T::Tag> = Arc::new(Mutex::new(HashMap::new()));
         let names: Vec<String> = self.queues.iter().map(|(q, _)| q.clone()).collect();

@@ -5,9 +5,9 @@
 //! Inspect: `ping`, `stats`, `active`, `reserved`, `scheduled`, `registered`, `revoked`,
 //! `active_queues`, `conf`, `query_task`, `report`, `clock`, `hello`. Control: `revoke`,
 //! `terminate`, `enable_events`, `disable_events`, `heartbeat`, `rate_limit`,
-//! `time_limit`, `shutdown`. What weft cannot honour (`pool_grow`, `pool_shrink`,
-//! `pool_restart`, `autoscale` on a fixed pool; `add_consumer`, `cancel_consumer`: a worker
-//! consumes the queues it was started with; Python's debugging commands) and unknown
+//! `time_limit`, `add_consumer`, `cancel_consumer`, `shutdown`. What weft cannot honour
+//! (`pool_grow`, `pool_shrink`, `pool_restart`, `autoscale` on a fixed pool; Python's
+//! debugging commands) and unknown
 //! commands get `{"error": ...}`, as Celery answers them; so do requests with missing or
 //! wrong arguments, and the worker carries on.
 
@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::control::{nok, ok, Panel, Request};
 use super::super::events::{py_repr, py_tuple_repr};
-use super::live::{Done, Halt, Live, Shared, STARTED, WAITING};
+use super::live::{Done, Halt, Live, QueueChange, Shared, STARTED, WAITING};
 use crate::registry::RateLimit;
 
 /// What the panel knows of its worker beyond [`Shared`].
@@ -97,12 +97,7 @@ impl Panel for WorkerPanel {
                  another `workers` count instead",
                 req.method, self.concurrency
             )),
-            // Not a `KeyError`: the command is known, the consumer cannot change its queues.
-            "add_consumer" | "cancel_consumer" => nok(format!(
-                "{}: weft workers consume the queues they were started with \
-                 (`Worker::queue`); start a worker for the queue instead",
-                req.method
-            )),
+            "add_consumer" | "cancel_consumer" => self.change_queue(req),
             "memsample" | "memdump" | "objgraph" | "election" | "revoke_by_stamped_headers" => {
                 nok(format!("{}: not supported by weft workers", req.method))
             }
@@ -285,6 +280,33 @@ impl WorkerPanel {
             Err(e) => nok(format!("Invalid rate limit string: {e}")),
             Ok(_) if rate.is_empty() => ok("rate limit disabled successfully"),
             Ok(_) => ok("new rate limit set successfully"),
+        }
+    }
+
+    /// Celery's `add_consumer` / `cancel_consumer`: the consumer thread adds or cancels the
+    /// queue at its next turn (within a quarter second), as Celery's `call_soon`; the
+    /// reply comes first, in Celery's words. An added queue is declared as the worker's
+    /// own queues are (its `exchange`, `exchange_type` and `routing_key` arguments are not
+    /// used) and runs in the Normal lane.
+    fn change_queue(&self, req: &Request) -> Value {
+        let Some(queue) = req
+            .arg("queue")
+            .and_then(Value::as_str)
+            .filter(|q| !q.is_empty())
+        else {
+            return nok(format!(
+                "TypeError(\"{}() missing 1 required positional argument: 'queue'\")",
+                req.method
+            ));
+        };
+        if req.method == "add_consumer" {
+            self.shared
+                .change_queues(QueueChange::Add(queue.to_owned()));
+            ok(format!("add consumer {queue}"))
+        } else {
+            self.shared
+                .change_queues(QueueChange::Cancel(queue.to_owned()));
+            ok(format!("no longer consuming from {queue}"))
         }
     }
 
