@@ -279,7 +279,7 @@ fn take(
     let Some((entry, attempt)) = fit(cfg, shared, done, &msg, taken.key, counted) else {
         return;
     };
-    let time_limit = shared.monitor.time_limits.lock().get(&msg.task).copied();
+    let time_limit = shared.monitor.time_limit(&msg.task);
     let mut plan = plan(cfg, entry, &msg, &taken.queue, delay, counted, time_limit);
     // The rate limit's next start, from when it is due (at once, or at its ETA).
     let due = Instant::now() + delay.unwrap_or_default();

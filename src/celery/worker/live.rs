@@ -81,7 +81,10 @@ pub(super) struct Monitor {
     pub(super) active: AtomicUsize,
     /// Time limits set by the `time_limit` command, by task name (`None`: no limit),
     /// replacing the registry's.
-    pub(super) time_limits: Mutex<HashMap<String, Option<Duration>>>,
+    time_limits: Mutex<HashMap<String, Option<Duration>>>,
+    /// Whether `time_limits` holds any entry (so that a worker without them takes no
+    /// lock per task).
+    time_limits_set: AtomicBool,
     /// The `shutdown` command's request ([`Halt`]).
     pub(super) halt: Mutex<Halt>,
     /// Signalled when [`halt`](Self::halt) changes.
@@ -112,6 +115,7 @@ impl Monitor {
             processed: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             time_limits: Mutex::new(HashMap::new()),
+            time_limits_set: AtomicBool::new(false),
             halt: Mutex::new(Halt::Running),
             halted: Condvar::new(),
             started_at: Instant::now(),
@@ -129,6 +133,21 @@ impl Monitor {
                 totals.insert(name.to_owned(), 1);
             }
         }
+    }
+
+    /// The time limit the `time_limit` command set for `name`, if it set one (`Some(None)`:
+    /// no limit).
+    pub(super) fn time_limit(&self, name: &str) -> Option<Option<Duration>> {
+        if !self.time_limits_set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.time_limits.lock().get(name).copied()
+    }
+
+    /// The `time_limit` command: `name`'s limit is `limit` from now on.
+    pub(super) fn set_time_limit(&self, name: &str, limit: Option<Duration>) {
+        self.time_limits.lock().insert(name.to_owned(), limit);
+        self.time_limits_set.store(true, Ordering::Release);
     }
 
     /// A task that started has ended.

@@ -386,11 +386,7 @@ impl WorkerPanel {
                 limit = Some(limit.map_or(d, |l: std::time::Duration| l.min(d)));
             }
         }
-        self.shared
-            .monitor
-            .time_limits
-            .lock()
-            .insert(name.to_owned(), limit);
+        self.shared.monitor.set_time_limit(name, limit);
         ok("time limits set successfully")
     }
 
