@@ -109,7 +109,8 @@ pub use running::{RunningWorker, Stopped};
 ///   waits in the broker for the rest of its delay.
 /// * **Retries** (Celery's semantics): a failed run of a task registered with a
 ///   [`RetryPolicy`](crate::RetryPolicy) that allows more attempts than the message's
-///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay),
+///   `retries + 1` is sent again (same id, `retries + 1`, an ETA after the policy's delay,
+///   itself as `parent_id`, as Celery's `self.retry()`),
 ///   with `RETRY` recorded; Python's `AsyncResult.get()` keeps waiting for the final state.
 /// * **Time limits**: the shortest of the message's `timelimit` (soft, hard) and the
 ///   registry's [`TaskOptions::time_limit`](crate::registry::TaskOptions::time_limit) is

@@ -319,10 +319,26 @@ impl WorkerPanel {
         if from == self.shared.hostname {
             return Value::Null;
         }
-        if let Some(ids) = req.arg_list("revoked") {
-            for id in &ids {
-                self.shared.revoked.add(id);
+        // Celery iterates `revoked` (a str is its characters there; here one id).
+        let ids = match req.arg("revoked") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v @ (Value::Bool(_) | Value::Number(_))) => {
+                let ty = if v.is_boolean() {
+                    "bool"
+                } else if v.is_f64() {
+                    "float"
+                } else {
+                    "int"
+                };
+                return nok(format!("TypeError(\"'{ty}' object is not iterable\")"));
             }
+            Some(_) => match req.arg_list("revoked") {
+                Some(ids) => ids,
+                None => return nok("hello: `revoked` must be a list of task ids"),
+            },
+        };
+        for id in &ids {
+            self.shared.revoked.add(id);
         }
         json!({
             "revoked": self.shared.revoked.list(),

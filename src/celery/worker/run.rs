@@ -215,12 +215,14 @@ pub(super) fn build_run(
             }
         }
         // Celery's retry: a failed run of a task whose registry options allow more
-        // attempts is sent again with `retries + 1` and a new ETA.
+        // attempts is sent again with `retries + 1`, a new ETA and itself as parent.
         let next_try = msg.retries.saturating_add(1);
         let retry = match (&result, policy) {
             (TaskResult::Failure { .. }, Some(p)) if next_try < p.attempts() => {
                 let mut next = msg.clone();
                 next.retries = next_try;
+                // Celery's retry is sent from inside the task: its parent is itself.
+                next.parent_id = Some(next.id.clone());
                 next.eta = Some(format_iso8601(
                     SystemTime::now() + p.delay_before(next.retries),
                 ));
