@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use super::apply::{sig_list, Apply, ApplyError, Op, Parent, ResultRef};
 use super::signature::{group, Kind, Signature};
 use super::{maybe_list, Embed};
+use crate::celery::events::py_str_repr;
 use crate::celery::protocol::TaskMessage;
 use crate::celery::result::TaskResult;
 
@@ -201,32 +202,6 @@ pub(crate) fn send_errbacks(failed_id: &str, root_id: &str, errbacks: &[Signatur
     send.ops
 }
 
-/// Python's `repr()` of a string: single quotes unless it holds one and no double quote.
-fn py_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
-}
-
 /// Celery's `ChordError("Dependency <id> raised <repr of its exception>")` for a header
 /// part that ended `FAILURE` or `REVOKED`.
 pub(crate) fn chord_error(part_id: &str, failed: &TaskResult) -> TaskResult {
@@ -235,8 +210,8 @@ pub(crate) fn chord_error(part_id: &str, failed: &TaskResult) -> TaskResult {
             exc_type,
             exc_message,
             ..
-        } => format!("{exc_type}({})", py_repr(exc_message)),
-        TaskResult::Revoked(reason) => format!("TaskRevokedError({})", py_repr(reason)),
+        } => format!("{exc_type}({})", py_str_repr(exc_message)),
+        TaskResult::Revoked(reason) => format!("TaskRevokedError({})", py_str_repr(reason)),
         other => format!("{other:?}"),
     };
     TaskResult::Failure {

@@ -41,7 +41,7 @@ mod repr;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use repr::{py_repr, py_tuple_repr};
+pub(crate) use repr::{py_repr, py_str_repr, py_tuple_repr};
 
 /// The exchange Celery's events go to (a fanout on Redis, a topic exchange on AMQP).
 pub(crate) const EVENT_EXCHANGE: &str = "celeryev";

@@ -15,6 +15,13 @@ pub(crate) fn py_repr(v: &Value) -> String {
     cut(out)
 }
 
+/// Python's `repr` of a `str`, whole (not cut): `'it'`, `"it's"`.
+pub(crate) fn py_str_repr(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    string(&mut out, s);
+    out
+}
+
 /// `out` cut at [`MAX_REPR`] bytes (on a character boundary), ending with `...` if cut.
 fn cut(mut out: String) -> String {
     if out.len() > MAX_REPR {
