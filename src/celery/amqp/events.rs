@@ -6,13 +6,13 @@
 
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::ExchangeKind;
 
 use super::super::error::Error;
 use super::super::events::EVENT_EXCHANGE;
-use super::super::protocol::CONTENT_TYPE_JSON;
 use super::super::transport::EventSink;
 use super::broker::Broker;
+use super::wire::transient_json;
 
 /// A worker's event publisher on RabbitMQ: its own connection, opened (and the exchange
 /// declared) on the first publish and again after a failed one.
@@ -54,12 +54,7 @@ impl EventSink for AmqpEvents {
         };
         let mut headers = FieldTable::default();
         headers.insert("hostname".into(), AMQPValue::LongString(hostname.into()));
-        let props = BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_content_encoding("utf-8".into())
-            .with_headers(headers)
-            .with_delivery_mode(1)
-            .with_priority(0);
+        let props = transient_json(headers);
         let sent = broker.publish(EVENT_EXCHANGE, routing_key, body.as_bytes(), props);
         match sent {
             Ok(()) => self.broker = Some(broker),

@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use super::super::control::{has_expired, Panel, Request};
 use super::super::error::Error;
-use super::super::protocol::{check_content_type, CONTENT_TYPE_JSON};
+use super::super::protocol::check_content_type;
 use super::broker::{Broker, Consumer};
-use super::wire::{amqp_to_json, json_to_amqp};
+use super::wire::{amqp_to_json, json_to_amqp, transient_json};
 use super::{PIDBOX_EXCHANGE, PIDBOX_MESSAGE_TTL_MS, PIDBOX_QUEUE_EXPIRES_MS};
 
 /// A worker's remote-control mailbox over AMQP (see [`Broker::pidbox`] and the module
@@ -208,12 +208,7 @@ impl Pidbox {
                 .map_or(AMQPValue::Void, |t| AMQPValue::LongString(t.into())),
         );
         headers.insert("clock".into(), json_to_amqp(&json!(self.clock)));
-        let props = BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_content_encoding("utf-8".into())
-            .with_headers(headers)
-            .with_delivery_mode(1)
-            .with_priority(0);
+        let props = transient_json(headers);
         let body = json!({ self.hostname.as_str(): answer }).to_string();
         // kombu: Exchange(exchange, 'direct', durable=False), declared before each reply.
         broker.block_on(broker.channel.exchange_declare(

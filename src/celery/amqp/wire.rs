@@ -100,6 +100,17 @@ pub fn amqp_to_json(v: &AMQPValue) -> Value {
 // Task messages
 // ---------------------------------------------------------------------------------------
 
+/// The properties kombu gives a transient JSON message (remote-control replies, events):
+/// JSON, UTF-8, delivery mode 1, priority 0, with `headers`.
+pub fn transient_json(headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE_JSON.into())
+        .with_content_encoding("utf-8".into())
+        .with_headers(headers)
+        .with_delivery_mode(1)
+        .with_priority(0)
+}
+
 /// The body and properties of `msg` as Celery publishes it over AMQP (see the module doc);
 /// publish them on `msg.exchange` with routing key `msg.routing_key`.
 ///
