@@ -10,7 +10,10 @@
 //! queue, native delayed delivery for countdown and ETA tasks). With `$WEFT_SENTINEL_MASTER` set, the Redis URLs may be
 //! Redis Sentinel ones (`sentinel://host:26379;sentinel://host:26380/0`) and that is the
 //! master's name (Celery's `broker_transport_options={'master_name': ...}`): the worker
-//! follows a failover without a restart.
+//! follows a failover without a restart. `$WEFT_TASK_EVENTS=1` sends task events from the
+//! start (Celery's `celery worker -E`); without it they start when Flower (or `celery
+//! control enable_events`) turns them on. Remote control (`celery inspect`, `celery
+//! control`, Flower's actions) reaches it; a `shutdown` broadcast ends it as SIGTERM does.
 //!
 //! ```text
 //! cargo run --features redis --example celery_worker
@@ -66,6 +69,11 @@ fn main() {
         worker = worker.backend(redis.as_str());
     }
     worker = queue_type(worker);
+    // Celery's `-E`: task events from the start (Flower's `enable_events` turns them on
+    // anyway); worker events (heartbeats) are always sent.
+    if std::env::var("WEFT_TASK_EVENTS").is_ok_and(|v| v == "1") {
+        worker = worker.task_events(true);
+    }
     let worker = worker
         .start()
         .unwrap_or_else(|e| panic!("cannot start the worker on {broker}: {e}"));
