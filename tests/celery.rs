@@ -1295,6 +1295,28 @@ fn events_cost_on_vs_off() {
         var("WEFT_CELERY_BENCH_TASKS", 5000),
         var("WEFT_CELERY_BENCH_ROUNDS", 3),
     );
+    // The CPU time (user + system, clock ticks of 10 ms) of the worker's threads (named
+    // `weft-celery-*`: the pool's, the consumer, the finisher, remote control, events).
+    let worker_cpu = || -> f64 {
+        let mut total = 0.0;
+        for t in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            if !head.contains("(weft-celery") {
+                continue;
+            }
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            total += (ticks(11) + ticks(12)) / 100.0;
+        }
+        total
+    };
     let run = |events: bool| {
         let q = unique(if events {
             "bench-ev-on"
@@ -1309,12 +1331,15 @@ fn events_cost_on_vs_off() {
             .start()
             .unwrap();
         let rate = noop_throughput(&env, &q, n);
+        // The worker's threads started with it: their CPU time is all this run's.
+        let used = worker_cpu();
         worker.shutdown();
-        rate
+        (rate, used * 1e6 / n as f64)
     };
-    let (mut off, mut on, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut off, mut on, mut ratios, mut cpu_ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let (a, b) = if round % 2 == 0 {
+        let ((a, ca), (b, cb)) = if round % 2 == 0 {
             let a = run(false);
             (a, run(true))
         } else {
@@ -1322,12 +1347,15 @@ fn events_cost_on_vs_off() {
             (run(false), b)
         };
         eprintln!(
-            "round {round}: events off {a:.0} tasks/s, on {b:.0} tasks/s (on/off {:.3})",
-            b / a
+            "round {round}: events off {a:.0} tasks/s ({ca:.1} µs CPU/task), on {b:.0} tasks/s \
+             ({cb:.1} µs CPU/task); on/off {:.3} throughput, {:.3} CPU",
+            b / a,
+            cb / ca
         );
         off.push(a);
         on.push(b);
         ratios.push(b / a);
+        cpu_ratios.push(cb / ca);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -1335,11 +1363,13 @@ fn events_cost_on_vs_off() {
     };
     eprintln!(
         "task events over {}, {n} no-op tasks, 2 threads, {rounds} rounds: median off {:.0} \
-         tasks/s, on {:.0} tasks/s; median on/off ratio {:.3}",
+         tasks/s, on {:.0} tasks/s; median on/off ratio {:.3} (throughput), {:.3} (the \
+         worker's CPU per task)",
         if env.amqp { "RabbitMQ" } else { "Redis" },
         median(&mut off),
         median(&mut on),
-        median(&mut ratios)
+        median(&mut ratios),
+        median(&mut cpu_ratios)
     );
 }
 

@@ -282,9 +282,11 @@ fn take(
     let time_limit = shared.monitor.time_limit(&msg.task);
     let mut plan = plan(cfg, entry, &msg, &taken.queue, delay, counted, time_limit);
     // The rate limit's next start, from when it is due (at once, or at its ETA).
-    let due = Instant::now() + delay.unwrap_or_default();
-    let start = shared.limits.reserve(&msg.task, due);
-    plan.rate_wait = Some(start.saturating_duration_since(due)).filter(|d| !d.is_zero());
+    if shared.limits.any() {
+        let due = Instant::now() + delay.unwrap_or_default();
+        let start = shared.limits.reserve(&msg.task, due);
+        plan.rate_wait = Some(start.saturating_duration_since(due)).filter(|d| !d.is_zero());
+    }
     let id = msg.id.clone();
     if !counted {
         shared.eta_waiting.fetch_add(1, Ordering::Relaxed);

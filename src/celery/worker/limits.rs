@@ -166,6 +166,12 @@ impl RateLimits {
         Ok(limit.is_some())
     }
 
+    /// Whether any task has a limit (when none has, [`reserve`](Self::reserve) need not be
+    /// asked).
+    pub(super) fn any(&self) -> bool {
+        self.limited.load(Ordering::Relaxed)
+    }
+
     /// The limit now in force for `name`, if any (for `inspect registered`).
     pub(super) fn get(&self, name: &str) -> Option<RateLimit> {
         if !self.limited.load(Ordering::Relaxed) {

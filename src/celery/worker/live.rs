@@ -74,7 +74,8 @@ pub(super) struct Monitor {
     /// The worker's Lamport clock (events and control replies).
     pub(super) clock: Arc<Clock>,
     /// Tasks started, by name, since the worker started (`stats`' `total`).
-    pub(super) totals: Mutex<HashMap<String, u64>>,
+    /// One counter per task the worker runs, made at its start (no lock per task).
+    totals: HashMap<String, AtomicU64>,
     /// Tasks started since the worker started (the heartbeat's `processed`).
     pub(super) processed: AtomicU64,
     /// Tasks running now (the heartbeat's `active`).
@@ -107,11 +108,16 @@ pub(super) enum Halt {
 }
 
 impl Monitor {
-    pub(super) fn new(events: Arc<Events>, clock: Arc<Clock>) -> Monitor {
+    /// The monitor of a worker running the tasks `names`.
+    pub(super) fn new<'a>(
+        events: Arc<Events>,
+        clock: Arc<Clock>,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Monitor {
         Monitor {
             events,
             clock,
-            totals: Mutex::new(HashMap::new()),
+            totals: names.map(|n| (n.to_owned(), AtomicU64::new(0))).collect(),
             processed: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             time_limits: Mutex::new(HashMap::new()),
@@ -126,13 +132,18 @@ impl Monitor {
     pub(super) fn started(&self, name: &str) {
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
-        let mut totals = self.totals.lock();
-        match totals.get_mut(name) {
-            Some(n) => *n += 1,
-            None => {
-                totals.insert(name.to_owned(), 1);
-            }
+        // Only registered tasks start.
+        if let Some(n) = self.totals.get(name) {
+            n.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Tasks started by name, those that did (`stats`' `total`).
+    pub(super) fn totals(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.totals
+            .iter()
+            .map(|(k, n)| (k.as_str(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
     }
 
     /// The time limit the `time_limit` command set for `name`, if it set one (`Some(None)`:
@@ -167,17 +178,19 @@ impl Monitor {
     }
 }
 
-/// What remote control shows of a task the worker holds (Celery's `Request.info()`).
+/// What remote control shows of a task the worker holds (Celery's `Request.info()`);
+/// its id is its [`Live`]'s. Kept cheap to make: the JSON is built only when asked.
 pub(super) struct TaskInfo {
-    pub(super) id: String,
     pub(super) name: String,
     pub(super) args: Value,
     pub(super) kwargs: Value,
-    /// Where it came from: `{"exchange", "routing_key", "priority", "redelivered"}`.
-    pub(super) delivery_info: Value,
+    /// Where it came from: the exchange and queue, its priority, whether delivered again.
+    exchange: String,
+    queue: String,
+    pub(super) priority: u8,
+    redelivered: bool,
     /// Its ETA as the message gave it.
     pub(super) eta: Option<String>,
-    pub(super) priority: u8,
     /// When it started, as seconds since the epoch (`f64` bits); 0 before.
     time_start: AtomicU64,
     /// Its message has been acknowledged.
@@ -187,18 +200,14 @@ pub(super) struct TaskInfo {
 impl TaskInfo {
     pub(super) fn new(msg: &TaskMessage, queue: &str, redelivered: bool) -> TaskInfo {
         TaskInfo {
-            id: msg.id.clone(),
             name: msg.task.clone(),
             args: Value::Array(msg.args.clone()),
             kwargs: Value::Object(msg.kwargs.clone()),
-            delivery_info: json!({
-                "exchange": msg.exchange,
-                "routing_key": queue,
-                "priority": msg.priority,
-                "redelivered": redelivered,
-            }),
-            eta: msg.eta.clone(),
+            exchange: msg.exchange.clone(),
+            queue: queue.to_owned(),
             priority: msg.priority,
+            redelivered,
+            eta: msg.eta.clone(),
             time_start: AtomicU64::new(0),
             acknowledged: AtomicBool::new(false),
         }
@@ -218,11 +227,11 @@ impl TaskInfo {
     /// Celery's `Request.info()`: `{"id", "name", "args", "kwargs", "type", "hostname",
     /// "time_start", "acknowledged", "delivery_info", "worker_pid"}` (`time_start` and
     /// `worker_pid` null until it starts).
-    pub(super) fn info(&self, hostname: &str) -> Value {
+    pub(super) fn info(&self, id: &str, hostname: &str) -> Value {
         let start = self.time_start.load(Ordering::Relaxed);
         let started = start != 0;
         json!({
-            "id": self.id,
+            "id": id,
             "name": self.name,
             "args": self.args,
             "kwargs": self.kwargs,
@@ -230,7 +239,12 @@ impl TaskInfo {
             "hostname": hostname,
             "time_start": started.then(|| f64::from_bits(start)),
             "acknowledged": self.acknowledged.load(Ordering::Relaxed),
-            "delivery_info": self.delivery_info,
+            "delivery_info": {
+                "exchange": self.exchange,
+                "routing_key": self.queue,
+                "priority": self.priority,
+                "redelivered": self.redelivered,
+            },
             "worker_pid": started.then(std::process::id),
         })
     }

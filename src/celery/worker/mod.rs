@@ -446,6 +446,9 @@ impl Worker {
                 .unwrap_or_else(|_| "localhost".into());
             format!("weft-{}@{host}", std::process::id())
         });
+        let conf = self.conf(pool.num_workers());
+        let report = self.report();
+        let (registry, message_builtins) = builtins::with_builtins(self.registry);
         let clock = Arc::new(Clock::default());
         let events = Arc::new(Events::new(&hostname, self.task_events, clock.clone()));
         let shared = Arc::new(Shared {
@@ -459,8 +462,8 @@ impl Worker {
             started: Arc::new(Mutex::new(live::Started::default())),
             hostname: hostname.clone(),
             queues: Mutex::new(self.queues.clone()),
-            monitor: Monitor::new(events.clone(), clock),
-            limits: limits::RateLimits::new(&self.registry),
+            monitor: Monitor::new(events.clone(), clock, registry.names()),
+            limits: limits::RateLimits::new(&registry),
             queue_changes: Mutex::new(live::QueueChanges::default()),
             queues_asked: AtomicBool::new(false),
         });
@@ -469,9 +472,6 @@ impl Worker {
         let (consumer, settler) = transport.open(&hostname, &names, self.prefetch)?;
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let conf = self.conf(pool.num_workers());
-        let report = self.report();
-        let (registry, message_builtins) = builtins::with_builtins(self.registry);
         let events_thread = {
             let shared = shared.clone();
             let mut sink = transport.events(&hostname);

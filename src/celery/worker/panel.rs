@@ -147,7 +147,7 @@ impl WorkerPanel {
             .values()
             .filter(|t| held_as(t) == Some(which))
             .map(|t| {
-                let mut info = t.info.info(hostname);
+                let mut info = t.info.info(&t.id, hostname);
                 if safe {
                     // Arguments as Python's reprs: `"(4,)"`, `"{}"`.
                     let args = py_tuple_repr(t.info.args.as_array().map_or(&[], |a| a));
@@ -170,7 +170,7 @@ impl WorkerPanel {
                     json!({
                         "eta": t.info.eta,
                         "priority": t.info.priority,
-                        "request": t.info.info(hostname),
+                        "request": t.info.info(&t.id, hostname),
                     })
                 })
                 .collect(),
@@ -192,7 +192,7 @@ impl WorkerPanel {
                 Some(Held::Scheduled) => "scheduled",
                 None => continue,
             };
-            out.insert(t.id.clone(), json!([state, t.info.info(hostname)]));
+            out.insert(t.id.clone(), json!([state, t.info.info(&t.id, hostname)]));
         }
         Value::Object(out)
     }
@@ -409,12 +409,7 @@ impl WorkerPanel {
     /// Celery's `stats`.
     fn stats(&self) -> Value {
         let m = &self.shared.monitor;
-        let total: Map<String, Value> = m
-            .totals
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        let total: Map<String, Value> = m.totals().map(|(k, v)| (k.to_owned(), json!(v))).collect();
         json!({
             "total": total,
             "pid": std::process::id(),
