@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::canvas::after::Flow;
 use super::control::Panel;
 use super::error::Error;
+use super::events::EventSink;
 use super::protocol::{ProtocolError, TaskMessage};
 use super::result::TaskResult;
 
@@ -259,15 +260,6 @@ pub(crate) trait Settle: Send + 'static {
     /// Puts held messages back on their queues (shutdown): how many were put back, and
     /// the ones the broker could not be reached for (handed again later).
     fn requeue(&mut self, tags: Vec<Self::Tag>) -> (usize, Vec<Self::Tag>);
-}
-
-/// Where a worker's Celery events go ([`events`](super::events)): kombu's fanout channel
-/// on Redis, the topic exchange `celeryev` on RabbitMQ.
-pub(crate) trait EventSink: Send + 'static {
-    /// Publishes `body` (the JSON text of one event, or of a list of task events under
-    /// `task.multi`) with `routing_key` (`worker.heartbeat`, `task.multi`, ...), from the
-    /// worker `hostname`. An error drops it; the next publish connects again.
-    fn publish(&mut self, routing_key: &str, body: &str, hostname: &str) -> Result<(), Error>;
 }
 
 /// A broker a worker can run on: opens its consumer and settler, and serves remote control.

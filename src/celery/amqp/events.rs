@@ -9,8 +9,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 
 use super::super::error::Error;
-use super::super::events::EVENT_EXCHANGE;
-use super::super::transport::EventSink;
+use super::super::events::{EventSink, EVENT_EXCHANGE};
 use super::broker::Broker;
 use super::wire::transient_json;
 

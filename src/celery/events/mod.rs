@@ -17,7 +17,7 @@
 //! UTC, as Python's `time.timezone // 3600`: 0 on UTC machines), `pid` and `clock` (the
 //! worker's Lamport clock, [`Clock`], shared with its remote-control replies).
 //!
-//! How they travel is the transport's ([`EventSink`](super::transport::EventSink)): on
+//! How they travel is the transport's ([`EventSink`]): on
 //! Redis kombu's fanout, `PUBLISH /<db>.celeryev/<routing key>`; on RabbitMQ the topic
 //! exchange `celeryev`. The routing key is the type with `-` made `.`
 //! (`worker.heartbeat`, `task.multi`).
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::transport::EventSink;
+use super::error::Error;
 
 mod repr;
 #[cfg(test)]
@@ -59,6 +59,15 @@ const MULTI_MAX: usize = 256;
 /// publishes them (unless [`MULTI_MAX`] came first): under load one `PUBLISH` carries
 /// many events, not one each; a receiver sees them this much later at most.
 const GATHER: Duration = Duration::from_millis(20);
+
+/// Where a worker's Celery events go (this module's): kombu's fanout channel
+/// on Redis, the topic exchange `celeryev` on RabbitMQ.
+pub(crate) trait EventSink: Send + 'static {
+    /// Publishes `body` (the JSON text of one event, or of a list of task events under
+    /// `task.multi`) with `routing_key` (`worker.heartbeat`, `task.multi`, ...), from the
+    /// worker `hostname`. An error drops it; the next publish connects again.
+    fn publish(&mut self, routing_key: &str, body: &str, hostname: &str) -> Result<(), Error>;
+}
 
 /// A Lamport clock, as Celery's `app.clock` (kombu's `LamportClock`): every event and
 /// remote-control reply carries the next value.

@@ -9,10 +9,9 @@ use redis::Connection;
 use serde_json::{json, Value};
 
 use super::super::error::Error;
-use super::super::events::EVENT_EXCHANGE;
+use super::super::events::{EventSink, EVENT_EXCHANGE};
 use super::super::protocol::CONTENT_TYPE_JSON;
 use super::super::source::Source;
-use super::super::transport::EventSink;
 
 /// A worker's event publisher on Redis: one connection, opened on the first publish and
 /// again after a failed one.
