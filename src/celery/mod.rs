@@ -68,7 +68,7 @@
 //! | `worker/` | [`Worker`]: `mod.rs` builder and start, `running.rs` [`RunningWorker`]: shutdown and signals, `live.rs` shared state, `intake.rs` consumer, `queues.rs` queues added and cancelled at run time, `run.rs` a task's planned run, `finisher.rs` settling, `builtins.rs` Celery's built-in canvas tasks, `panel.rs` the remote-control commands, `limits.rs` rate limits |
 //! | `client.rs` | [`Client`], [`AsyncResult`] |
 //! | `redis/` | kombu's Redis transport ([`redis`]): `mod.rs` keys and operations, `transport.rs`, `wake.rs`, `pidbox.rs`, `events.rs` |
-//! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `delivery.rs`, `topology.rs` (queue types), `delayed.rs` (native delayed delivery), `pidbox.rs`, `events.rs`, `transport.rs`, `settler.rs` (its settling side) |
+//! | `amqp/` | RabbitMQ (feature `amqp`): `mod.rs` docs and constants, `wire.rs`, `broker.rs`, `consumer.rs`, `delivery.rs`, `topology.rs` (queue types), `delayed.rs` (native delayed delivery), `pidbox.rs`, `events.rs`, `transport.rs`, `settler.rs` (its settling side) |
 //!
 //! Arrows run one way: the worker and the client use the transports, which use `backend`,
 //! `control`, `events`, `protocol` and `transport`; neither broker's files use the

@@ -99,6 +99,7 @@
 use super::control;
 
 mod broker;
+mod consumer;
 mod delayed;
 mod delivery;
 mod events;
@@ -108,7 +109,8 @@ mod topology;
 mod transport;
 mod wire;
 
-pub use broker::{Broker, Consumer, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
+pub use broker::{Broker, CONFIRM_TIMEOUT, CONNECT_TIMEOUT};
+pub use consumer::Consumer;
 pub use delayed::{
     delayed_routing_key, level_name, strip_delay, DELAYED_DELIVERY_EXCHANGE, DELAYED_LEVELS,
     FIRST_LEVEL, MAX_DELAY_SECS,

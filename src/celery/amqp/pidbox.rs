@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use super::super::control::{has_expired, Panel, Request};
 use super::super::error::Error;
 use super::super::protocol::check_content_type;
-use super::broker::{Broker, Consumer};
+use super::broker::Broker;
+use super::consumer::Consumer;
 use super::wire::{amqp_to_json, json_to_amqp, transient_json};
 use super::{PIDBOX_EXCHANGE, PIDBOX_MESSAGE_TTL_MS, PIDBOX_QUEUE_EXPIRES_MS};
 
