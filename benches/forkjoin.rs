@@ -5,10 +5,12 @@
 //! shared machine lands on one of them. Here every case builds its inputs once, then runs
 //! each contender once per round, in an order that rotates from round to round (A B C D,
 //! B C D A, ...), timing each call on its own with `Instant`. One untimed warm-up call of
-//! each contender comes first (it also checks the result). Between two calls the
-//! benchmark thread sleeps [`GAP`], so that the pool that just ran has parked its threads
+//! each contender comes first (it also checks the result). Between two calls the benchmark
+//! thread sleeps [`GAP`] (1 ms), so that the pool that just ran has parked its threads
 //! before the next contender starts (on 2 cores a pool still spinning after its run would
-//! slow whoever runs next). Every call starts from an idle pool, as a user's call would.
+//! slow whoever runs next). So every call starts from an idle pool, as an occasional user's
+//! call would, and pays for waking it: tens of µs here, which dominates the 1,023-node
+//! tree. `BENCH_GAP_US=0` measures back-to-back calls instead.
 //!
 //! Each parallel call is timed from outside the pool, as a user makes it:
 //! `pool.install(|| f())` for weft and rayon (the hand-off into the pool and back is in
@@ -33,10 +35,20 @@
 //!
 //! 1. `tree`: the sum of a balanced binary tree of 1,023, 1,048,575 and 16,777,215 nodes
 //!    [1,023, 16,383, 65,535], with a join at every node (leaves too, as chili's own
-//!    benchmark does): `weft::join`, `rayon::join`, chili's `Scope::join`. The tree is
-//!    boxed nodes (`u64` value and two `Option<Box<Node>>`), allocated depth first, built
-//!    once per case outside the timing. Reported in ns per node. The 1,023-node tree takes
+//!    benchmark does): `weft::join`, `rayon::join`, chili's `Scope::join`, each called as
+//!    `join(left, right)`. The nodes (a `u64` value and the indices of two children) lie in
+//!    one `Vec`, built once per case outside the timing, level by level by default
+//!    (`BENCH_TREE_LAYOUT`, below). Reported in ns per node. The 1,023-node tree takes
 //!    microseconds, so it gets 20× the rounds.
+//!
+//!    Why the layout matters: chili's `join(a, b)` runs `b` first on the calling thread and
+//!    offers `a` to thieves, where weft and rayon run `a` first and offer `b`; so the same
+//!    `join(left, right)` walks a chili tree right subtree first. A tree whose children
+//!    were allocated before their parent (post-order: what `Box::new(build(..))` gives, as
+//!    in chili's benchmark) is read by that right-first walk in descending address order,
+//!    and by a left-first walk out of order, which on this machine made the sequential
+//!    16M-node sum about twice as slow and chili look faster than its share of the work.
+//!    Level order is as near for either walk.
 //! 2. `fib`: fib(30) [fib(20)] with a join at every level, no cutoff. Reported in ms.
 //! 3. `sort`: merge sort of 4,194,304 `u64` [262,144] (random, from a fixed seed) with
 //!    4,096-element leaves sorted by `sort_unstable` and joins above; the merges are
@@ -69,6 +81,12 @@
 //! - `BENCH_ROUNDS=r`: rounds per case (default 15; the cases above that say so multiply
 //!   it). A case whose slowest warm-up call took over [`LONG_RUN`] runs at most
 //!   [`LONG_RUN_ROUNDS`] rounds, and says so;
+//! - `BENCH_GAP_US=us`: the pause after every timed call (default 1,000 µs; 0 for
+//!   back-to-back calls, where a pool may still be awake from its previous call, or
+//!   spinning while the next contender runs);
+//! - `BENCH_TREE_LAYOUT=bfs|postorder|preorder`: the order of the tree's nodes in memory
+//!   (default `bfs`, level by level; `postorder` is chili's benchmark's, children before
+//!   their parent; `preorder` the parent before its subtrees);
 //! - `BENCH_QUICK=1`, or the `--test` argument (`cargo bench --bench forkjoin -- --test`,
 //!   which `cargo bench -- --test` in `.ci/run` passes): the smoke mode, every case once on
 //!   the small sizes in brackets, no warm-up, in a few seconds. Its numbers are not results.
@@ -82,7 +100,7 @@ use std::num::NonZeroUsize;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-/// The pause between two timed calls (see the module docs).
+/// The default pause between two timed calls (see the module docs; `BENCH_GAP_US`).
 const GAP: Duration = Duration::from_millis(1);
 
 /// A case whose slowest warm-up call takes longer than this runs fewer rounds...
@@ -110,6 +128,9 @@ struct Settings {
     filters: Vec<String>,
     /// Depths of the three trees (a tree of depth d has 2^d - 1 nodes).
     tree_depths: [u32; 3],
+    tree_layout: Layout,
+    /// The pause after each timed call.
+    gap: Duration,
     fib_n: u64,
     sort_len: usize,
     chain_hops: usize,
@@ -124,6 +145,8 @@ impl Settings {
         let filters = args.into_iter().filter(|a| !a.starts_with('-')).collect();
         let workers = env_usize("BENCH_WORKERS").filter(|&n| n > 0).unwrap_or(2);
         let rounds = env_usize("BENCH_ROUNDS").filter(|&n| n > 0).unwrap_or(15);
+        let tree_layout = Layout::from_env();
+        let gap = env_usize("BENCH_GAP_US").map_or(GAP, |us| Duration::from_micros(us as u64));
         if quick {
             Settings {
                 workers,
@@ -131,6 +154,8 @@ impl Settings {
                 quick,
                 filters,
                 tree_depths: [10, 14, 16],
+                tree_layout,
+                gap,
                 fib_n: 20,
                 sort_len: 1 << 18,
                 chain_hops: 1_000,
@@ -143,6 +168,8 @@ impl Settings {
                 quick,
                 filters,
                 tree_depths: [10, 20, 24],
+                tree_layout,
+                gap,
                 fib_n: 30,
                 sort_len: 1 << 22,
                 chain_hops: 10_000,
@@ -331,6 +358,13 @@ impl CaseResult {
     }
 }
 
+/// Sleeps `gap`, if not zero.
+fn pause(gap: Duration) {
+    if !gap.is_zero() {
+        std::thread::sleep(gap);
+    }
+}
+
 /// Times `f` alone; its result goes through `black_box` before the clock stops.
 fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
     let start = Instant::now();
@@ -339,7 +373,7 @@ fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
 }
 
 /// Runs a case: a warm-up call of each contender (skipped when quick), then `rounds`
-/// rounds in rotating order, a [`GAP`] after every call. Prints the case's lines.
+/// rounds in rotating order, a pause of `s.gap` after every call. Prints the case's lines.
 fn measure(
     s: &Settings,
     title: String,
@@ -353,7 +387,7 @@ fn measure(
         let mut slowest = Duration::ZERO;
         for c in &mut contenders {
             slowest = slowest.max((c.run)());
-            std::thread::sleep(GAP);
+            pause(s.gap);
         }
         if slowest > LONG_RUN && rounds > LONG_RUN_ROUNDS {
             rounds = LONG_RUN_ROUNDS;
@@ -369,7 +403,7 @@ fn measure(
         for i in 0..k {
             let at = (round + i) % k;
             samples[at].push((contenders[at].run)());
-            std::thread::sleep(GAP);
+            pause(s.gap);
         }
     }
 
@@ -462,84 +496,174 @@ fn print_markdown(results: &[CaseResult]) {
 // 1. Tree sum
 // ---------------------------------------------------------------------------------------
 
-/// A node of a balanced binary tree.
+/// No child.
+const NONE: u32 = u32::MAX;
+
+/// A node of a balanced binary tree held in one `Vec`: its value and its children's
+/// indices ([`NONE`] for none).
 struct Node {
     val: u64,
-    left: Option<Box<Node>>,
-    right: Option<Box<Node>>,
+    left: u32,
+    right: u32,
 }
 
-impl Node {
-    /// A tree of `depth` levels (2^depth - 1 nodes), allocated depth first; values count
-    /// up from `*next` in that order.
-    fn build(depth: u32, next: &mut u64) -> Node {
-        let val = *next;
-        *next += 1;
-        let mut child = || (depth > 1).then(|| Box::new(Node::build(depth - 1, next)));
-        let left = child();
-        let right = child();
-        Node { val, left, right }
+/// The order in which a tree's nodes lie in its `Vec` (`BENCH_TREE_LAYOUT`; see the
+/// module docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// Level by level (a heap's order): as near for a walk that goes right first as for
+    /// one that goes left first.
+    Bfs,
+    /// Children before their parent, left subtree first: what building boxed nodes with
+    /// `Box::new(build(..))` gives (chili's own benchmark).
+    PostOrder,
+    /// The parent, then its left subtree, then its right subtree.
+    PreOrder,
+}
+
+impl Layout {
+    fn from_env() -> Layout {
+        match std::env::var("BENCH_TREE_LAYOUT").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("bfs") => Layout::Bfs,
+            Ok("postorder") => Layout::PostOrder,
+            Ok("preorder") => Layout::PreOrder,
+            Ok(other) => panic!("BENCH_TREE_LAYOUT={other}: expected bfs, postorder or preorder"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Bfs => "bfs",
+            Layout::PostOrder => "postorder",
+            Layout::PreOrder => "preorder",
+        }
     }
 }
 
-fn sum_seq(n: &Node) -> u64 {
-    n.val + n.left.as_deref().map_or(0, sum_seq) + n.right.as_deref().map_or(0, sum_seq)
+/// A balanced binary tree of `2^depth - 1` nodes laid out as `layout` says; each node's
+/// value is its index, so the sum is `n (n - 1) / 2`. Returns the nodes and the root.
+fn build_tree(depth: u32, layout: Layout) -> (Vec<Node>, u32) {
+    let n = (1usize << depth) - 1;
+    assert!(n < NONE as usize);
+    let mut nodes = Vec::with_capacity(n);
+    let root = match layout {
+        Layout::Bfs => {
+            let child = |c: usize| if c < n { c as u32 } else { NONE };
+            nodes.extend((0..n).map(|i| Node {
+                val: i as u64,
+                left: child(2 * i + 1),
+                right: child(2 * i + 2),
+            }));
+            0
+        }
+        Layout::PostOrder => post_order(&mut nodes, depth),
+        Layout::PreOrder => pre_order(&mut nodes, depth),
+    };
+    assert_eq!(nodes.len(), n);
+    (nodes, root)
 }
 
-fn sum_weft(n: &Node) -> u64 {
-    let (l, r) = weft::join(
-        || n.left.as_deref().map_or(0, sum_weft),
-        || n.right.as_deref().map_or(0, sum_weft),
-    );
+fn post_order(nodes: &mut Vec<Node>, depth: u32) -> u32 {
+    if depth == 0 {
+        return NONE;
+    }
+    let left = post_order(nodes, depth - 1);
+    let right = post_order(nodes, depth - 1);
+    let at = nodes.len();
+    nodes.push(Node {
+        val: at as u64,
+        left,
+        right,
+    });
+    at as u32
+}
+
+fn pre_order(nodes: &mut Vec<Node>, depth: u32) -> u32 {
+    if depth == 0 {
+        return NONE;
+    }
+    let at = nodes.len();
+    nodes.push(Node {
+        val: at as u64,
+        left: NONE,
+        right: NONE,
+    });
+    nodes[at].left = pre_order(nodes, depth - 1);
+    nodes[at].right = pre_order(nodes, depth - 1);
+    at as u32
+}
+
+fn sum_seq(t: &[Node], i: u32) -> u64 {
+    if i == NONE {
+        return 0;
+    }
+    let n = &t[i as usize];
+    n.val + sum_seq(t, n.left) + sum_seq(t, n.right)
+}
+
+fn sum_weft(t: &[Node], i: u32) -> u64 {
+    if i == NONE {
+        return 0;
+    }
+    let n = &t[i as usize];
+    let (l, r) = weft::join(|| sum_weft(t, n.left), || sum_weft(t, n.right));
     n.val + l + r
 }
 
-fn sum_rayon(n: &Node) -> u64 {
-    let (l, r) = rayon::join(
-        || n.left.as_deref().map_or(0, sum_rayon),
-        || n.right.as_deref().map_or(0, sum_rayon),
-    );
+fn sum_rayon(t: &[Node], i: u32) -> u64 {
+    if i == NONE {
+        return 0;
+    }
+    let n = &t[i as usize];
+    let (l, r) = rayon::join(|| sum_rayon(t, n.left), || sum_rayon(t, n.right));
     n.val + l + r
 }
 
-fn sum_chili(n: &Node, s: &mut chili::Scope<'_>) -> u64 {
-    let (l, r) = s.join(
-        |s| n.left.as_deref().map_or(0, |c| sum_chili(c, s)),
-        |s| n.right.as_deref().map_or(0, |c| sum_chili(c, s)),
-    );
+fn sum_chili(t: &[Node], i: u32, s: &mut chili::Scope<'_>) -> u64 {
+    if i == NONE {
+        return 0;
+    }
+    let n = &t[i as usize];
+    let (l, r) = s.join(|s| sum_chili(t, n.left, s), |s| sum_chili(t, n.right, s));
     n.val + l + r
 }
 
 fn tree_case(s: &Settings, p: &Pools, depth: u32, factor: usize) -> CaseResult {
-    let tree = Node::build(depth, &mut 0);
-    let nodes = (1u64 << depth) - 1;
+    let (tree, root) = build_tree(depth, s.tree_layout);
+    let nodes = tree.len() as u64;
     let expected = nodes * (nodes - 1) / 2;
-    assert_eq!(sum_seq(&tree), expected);
-    let tree = &tree;
+    assert_eq!(sum_seq(&tree, root), expected);
+    let tree = &tree[..];
     let check = |(got, t): (u64, Duration)| {
         assert_eq!(got, expected);
         t
     };
     let contenders = vec![
         Contender::new(Column::Sequential, move || {
-            check(timed(|| sum_seq(black_box(tree))))
+            check(timed(|| sum_seq(black_box(tree), root)))
         }),
         Contender::new(Column::Weft, move || {
-            check(timed(|| p.weft.install(|| sum_weft(black_box(tree)))))
+            check(timed(|| p.weft.install(|| sum_weft(black_box(tree), root))))
         }),
         Contender::new(Column::Rayon, move || {
-            check(timed(|| p.rayon.install(|| sum_rayon(black_box(tree)))))
+            check(timed(|| {
+                p.rayon.install(|| sum_rayon(black_box(tree), root))
+            }))
         }),
         Contender::new(Column::Chili, move || {
             check(timed(|| {
                 let mut scope = p.chili.scope();
-                sum_chili(black_box(tree), &mut scope)
+                sum_chili(black_box(tree), root, &mut scope)
             }))
         }),
     ];
+    let layout = match s.tree_layout {
+        Layout::Bfs => String::new(),
+        other => format!(", {} layout", other.name()),
+    };
     measure(
         s,
-        format!("tree sum, {} nodes", grouped(nodes)),
+        format!("tree sum, {} nodes{layout}", grouped(nodes)),
         Unit::NsPer {
             count: nodes,
             item: "node",
@@ -913,9 +1037,12 @@ fn main() {
     let s = Settings::from_env();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "forkjoin: {} threads per library, {} rounds, {cpus} CPUs{}",
+        "forkjoin: {} threads per library, {} rounds, tree layout {}, {} µs between calls, \
+         {cpus} CPUs{}",
         s.workers,
         s.rounds(1),
+        s.tree_layout.name(),
+        s.gap.as_micros(),
         if s.quick {
             "; SMOKE MODE (small sizes, one call each): these numbers are not results"
         } else {
