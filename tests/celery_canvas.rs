@@ -13,31 +13,17 @@ use serde_json::{json, Value};
 mod common;
 
 use common::celery::{
-    fixtures, python_worker_command, required, spawn_ready_child, unique, Killed,
+    brokers, fixtures, python_worker_command, spawn_ready_child, unique, Brokers, Killed,
 };
 use weft::celery::Worker;
 use weft::registry::Registry;
 use weft::Priority;
 
 /// The broker, the Redis result backend, and the Python with Celery installed.
-struct Env {
-    broker: String,
-    backend: String,
-    python: String,
-}
+type Env = Brokers;
 
 fn env() -> Option<Env> {
-    let backend = required("WEFT_REDIS_URL")?;
-    let python = required("WEFT_CELERY_PYTHON")?;
-    let broker = std::env::var("WEFT_CELERY_BROKER")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| backend.clone());
-    Some(Env {
-        broker,
-        backend,
-        python,
-    })
+    brokers()
 }
 
 /// The tasks of `examples/celery_worker.rs`, and `on_error(failed_id, key)`, an errback

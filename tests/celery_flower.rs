@@ -25,7 +25,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::celery::{required, spawn_ready_child, uuid_like, Killed};
+use common::celery::{brokers, spawn_ready_child, uuid_like, Brokers, Killed};
 use weft::celery::{Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
@@ -34,26 +34,13 @@ use weft::Priority;
 /// inspect refreshes waits 1 s for replies).
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Where the suite runs: the broker (`WEFT_CELERY_BROKER`, Redis or RabbitMQ; default the
-/// Redis of `WEFT_REDIS_URL`), the Redis result backend and the Python with Celery and
-/// Flower.
-struct Env {
-    broker: String,
-    backend: String,
-    python: String,
-}
+/// Where the suite runs ([`Brokers`]), with Flower in its Python.
+type Env = Brokers;
 
 fn env() -> Option<Env> {
-    let backend = required("WEFT_REDIS_URL")?;
-    let python = required("WEFT_CELERY_PYTHON")?;
-    let broker = std::env::var("WEFT_CELERY_BROKER")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| backend.clone());
-    if broker.starts_with("amqp") && !cfg!(feature = "amqp") {
-        panic!("WEFT_CELERY_BROKER is {broker}: run with --features amqp");
-    }
-    let has_flower = Command::new(&python)
+    let env = brokers()?;
+    let python = &env.python;
+    let has_flower = Command::new(python)
         .args(["-c", "import flower"])
         .stderr(Stdio::null())
         .status()
@@ -66,11 +53,7 @@ fn env() -> Option<Env> {
         eprintln!("\n!!!!!!!! SKIPPED: {python} has no Flower (pip install \"flower>=2.2,<2.3\") !!!!!!!!\n");
         return None;
     }
-    Some(Env {
-        broker,
-        backend,
-        python,
-    })
+    Some(env)
 }
 
 impl Env {

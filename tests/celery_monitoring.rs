@@ -33,37 +33,17 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 mod common;
 
-use common::celery::{required, unique};
+use common::celery::{brokers, unique, Brokers};
+use common::wait_until;
 use weft::celery::{Client, RunningWorker, SendOptions, Stopped, Worker};
 use weft::registry::{RateLimit, Registry, TaskOptions};
 use weft::{Priority, RetryPolicy};
 
-/// Where the suite runs: the broker (`WEFT_CELERY_BROKER`, Redis or RabbitMQ; default the
-/// Redis of `WEFT_REDIS_URL`) and the Redis result backend (`WEFT_REDIS_URL`).
-struct Env {
-    broker: String,
-    backend: String,
-    amqp: bool,
-    python: String,
-}
+/// Where the suite runs ([`Brokers`]).
+type Env = Brokers;
 
 fn env() -> Option<Env> {
-    let backend = required("WEFT_REDIS_URL")?;
-    let python = required("WEFT_CELERY_PYTHON")?;
-    let broker = std::env::var("WEFT_CELERY_BROKER")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| backend.clone());
-    let amqp = broker.starts_with("amqp");
-    if amqp && !cfg!(feature = "amqp") {
-        panic!("WEFT_CELERY_BROKER is {broker}: run with --features amqp");
-    }
-    Some(Env {
-        broker,
-        backend,
-        amqp,
-        python,
-    })
+    brokers()
 }
 
 impl Env {
@@ -215,15 +195,6 @@ fn registry() -> Registry {
             NOOPS.fetch_add(1, Ordering::SeqCst);
             Ok::<_, String>(())
         })
-}
-
-/// Waits until `cond` holds (checking every 10 ms); fails after 60 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not reached in 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The golden events (`events_redis.jsonl`), one per type (the first of each).
@@ -565,19 +536,18 @@ fn task_events_option_and_the_shutdown_broadcast() {
         .start()
         .unwrap();
     assert_eq!(worker.hostname(), node);
-    let waiter = std::thread::spawn(move || worker.wait_for_signal());
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || stopped_tx.send(worker.wait_for_signal()));
     probe.wait("worker-online", None, 1);
     let id = probe.send(&q, "add", json!([2, 3]), json!({}));
     probe.wait("task-succeeded", Some(&id), 1);
     // Celery's `shutdown` has no reply: nobody answers within the timeout.
     let reply = probe.ask(json!({"op": "control", "method": "shutdown", "timeout": 1.0}));
     assert_eq!(reply, json!([]));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !waiter.is_finished() {
-        assert!(Instant::now() < deadline, "wait_for_signal did not return");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(matches!(waiter.join().unwrap().unwrap(), Stopped::Warm(_)));
+    let stopped = stopped
+        .recv_timeout(Duration::from_secs(60))
+        .expect("wait_for_signal did not return");
+    assert!(matches!(stopped.unwrap(), Stopped::Warm(_)));
     probe.wait("worker-offline", None, 1);
     let events = probe.events();
     check_events(&events, &node);

@@ -18,6 +18,38 @@ pub fn required(var: &str) -> Option<String> {
     }
 }
 
+/// Where a Celery suite runs: the broker (`WEFT_CELERY_BROKER`, Redis or RabbitMQ; default
+/// the Redis of `WEFT_REDIS_URL`), the Redis result backend (`WEFT_REDIS_URL`) and the
+/// Python with Celery (`WEFT_CELERY_PYTHON`).
+pub struct Brokers {
+    pub broker: String,
+    pub backend: String,
+    /// The broker is RabbitMQ.
+    pub amqp: bool,
+    pub python: String,
+}
+
+/// The [`Brokers`] the environment names; `None` (skipped) where it names none, a panic
+/// for a RabbitMQ broker in a build without the feature `amqp`.
+pub fn brokers() -> Option<Brokers> {
+    let backend = required("WEFT_REDIS_URL")?;
+    let python = required("WEFT_CELERY_PYTHON")?;
+    let broker = std::env::var("WEFT_CELERY_BROKER")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| backend.clone());
+    let amqp = broker.starts_with("amqp");
+    if amqp && !cfg!(feature = "amqp") {
+        panic!("WEFT_CELERY_BROKER is {broker}: run with --features amqp");
+    }
+    Some(Brokers {
+        broker,
+        backend,
+        amqp,
+        python,
+    })
+}
+
 /// `tests/fixtures/celery`: the Python side of the suites and the golden messages.
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/celery")

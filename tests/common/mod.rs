@@ -31,6 +31,16 @@ pub fn wait_for(mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits (yielding, never sleeping a fixed time) until `cond` holds; fails after `HANG`,
+/// saying `what` it waited for.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not reached in {HANG:?}");
+        thread::yield_now();
+    }
+}
+
 /// Occupies every worker of `pool` until the returned senders are dropped or sent to.
 /// Returns once all of them are running (so later spawns queue up).
 pub fn block_all(pool: &Pool) -> (Vec<Sender<()>>, Vec<JoinHandle<()>>) {

@@ -198,17 +198,29 @@ impl Pidbox {
         req: &ControlRequest,
         answer: Value,
     ) -> Result<(), Error> {
+        self.clock += 1;
+        self.reply_at(broker, req, answer, self.clock)
+    }
+
+    /// [`reply`](Self::reply) with `clock` as the reply's clock (a worker's own Lamport
+    /// clock, which its events share).
+    fn reply_at(
+        &self,
+        broker: &Broker,
+        req: &ControlRequest,
+        answer: Value,
+        clock: u64,
+    ) -> Result<(), Error> {
         let Some((exchange, routing_key)) = req.reply_to() else {
             return Ok(());
         };
-        self.clock += 1;
         let mut headers = FieldTable::default();
         headers.insert(
             "ticket".into(),
             req.ticket()
                 .map_or(AMQPValue::Void, |t| AMQPValue::LongString(t.into())),
         );
-        headers.insert("clock".into(), json_to_amqp(&json!(self.clock)));
+        headers.insert("clock".into(), json_to_amqp(&json!(clock)));
         let props = transient_json(headers);
         let body = json!({ self.hostname.as_str(): answer }).to_string();
         // kombu: Exchange(exchange, 'direct', durable=False), declared before each reply.
@@ -235,8 +247,7 @@ impl Pidbox {
         let Some(answer) = panel.answer(&req.req) else {
             return Ok(false);
         };
-        self.clock = panel.clock().saturating_sub(1);
-        self.reply(broker, &req, answer)?;
+        self.reply_at(broker, &req, answer, panel.clock())?;
         Ok(true)
     }
 

@@ -41,12 +41,13 @@ fn unique(prefix: &str) -> String {
     format!("weft-{prefix}-{}-{}", std::process::id(), t.as_nanos())
 }
 
-/// Waits until `cond` holds, at most [`PATIENCE`].
+/// Waits (yielding, never sleeping a fixed time) until `cond` holds, at most
+/// [`PATIENCE`].
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + PATIENCE;
     while !cond() {
         assert!(Instant::now() < until, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::yield_now();
     }
 }
 
