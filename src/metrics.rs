@@ -24,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) panicked: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) stolen: AtomicU64,
+    pub(crate) promoted: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) blocked: AtomicU64,
@@ -71,6 +72,7 @@ impl Counters {
         m.panicked += r(&self.panicked);
         m.cancelled += r(&self.cancelled);
         m.stolen += r(&self.stolen);
+        m.join_frames_shared += r(&self.promoted);
         m.retries_scheduled += r(&self.retried);
         m.refused += r(&self.refused);
         m.blocked += r(&self.blocked);
@@ -157,6 +159,10 @@ pub struct Metrics {
     pub cancelled: u64,
     /// Jobs a worker took from another worker's deque.
     pub stolen: u64,
+    /// Second halves of [`join`](crate::join)s that a worker offered to the others (on a
+    /// heartbeat, or before a blocking wait); the other halves ran inline at no sharing
+    /// cost.
+    pub join_frames_shared: u64,
     /// Times a worker went to sleep (parked) for lack of work.
     pub parks: u64,
     /// Times a sleeping worker was woken for new work.
@@ -209,6 +215,7 @@ impl fmt::Debug for Metrics {
             .field("panicked", &self.panicked)
             .field("cancelled", &self.cancelled)
             .field("stolen", &self.stolen)
+            .field("join_frames_shared", &self.join_frames_shared)
             .field("parks", &self.parks)
             .field("unparks", &self.unparks)
             .field("queued_high", &self.queued_high)

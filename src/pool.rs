@@ -333,7 +333,7 @@ pub struct ShutdownReport {
     /// were still waiting in the timer and were resolved (or cancelled) instead. Final once
     /// the timer thread was joined (it is woken first and normally exits at once).
     pub timers_dropped: u64,
-    /// Pool threads (workers and the timer thread) that had not exited when the call
+    /// Pool threads (workers, the timer thread and the heartbeat thread) that had not exited when the call
     /// returned: those still running a task when time ran out. 0 when every thread was
     /// joined in time.
     pub threads_still_running: usize,
@@ -816,8 +816,9 @@ impl Builder {
         self
     }
 
-    /// Names worker `i`'s thread. The pool's timer thread is named with index `workers`
-    /// (default names: `weft-worker-{i}` and `weft-timer`).
+    /// Names worker `i`'s thread. The pool's timer thread is named with index `workers`,
+    /// its heartbeat thread (see [`join`](crate::join)) with index `workers + 1` (default
+    /// names: `weft-worker-{i}`, `weft-timer` and `weft-heartbeat`).
     pub fn thread_name(mut self, name: impl FnMut(usize) -> String + 'static) -> Self {
         self.thread_name = Some(Box::new(name));
         self
@@ -917,13 +918,15 @@ impl Builder {
                 shared: shared.clone(),
             }),
         };
-        // Every thread the pool needs: the workers, then the timer (named with index `n`).
+        // Every thread the pool needs: the workers, then the timer (named with index `n`),
+        // then the heartbeat (`n + 1`).
         let mut name = self.thread_name;
         let mut name_of = |index: usize, default: String| match &mut name {
             Some(f) => f(index),
             None => default,
         };
-        let mut bodies: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::with_capacity(n + 1);
+        let all = n + crate::shared::POOL_THREADS_BESIDE_WORKERS;
+        let mut bodies: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::with_capacity(all);
         for (index, local) in locals.into_iter().enumerate() {
             let s = shared.clone();
             let body = Box::new(move || WorkerThread::run(index, s, local));
@@ -932,8 +935,15 @@ impl Builder {
         let s = shared.clone();
         let timer = Box::new(move || crate::time::driver::run(s));
         bodies.push((name_of(n, "weft-timer".to_owned()), timer));
+        let s = shared.clone();
+        let heartbeat = Box::new(move || {
+            s.heartbeat
+                .run(|| thread::sleep(crate::join::heartbeat::INTERVAL));
+            s.thread_exited();
+        });
+        bodies.push((name_of(n + 1, "weft-heartbeat".to_owned()), heartbeat));
 
-        let mut threads = Vec::with_capacity(n + 1);
+        let mut threads = Vec::with_capacity(all);
         for (thread_name, body) in bodies {
             let mut b = thread::Builder::new().name(thread_name);
             if let Some(size) = self.stack_size {
@@ -942,7 +952,11 @@ impl Builder {
             match b.spawn(body) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    // Stop and join the threads already started; nothing was queued yet.
+                    // Stop and join the threads already started; nothing was queued yet. The
+                    // ones never started count as exited, or the join would wait for them.
+                    for _ in threads.len()..all {
+                        shared.thread_exited();
+                    }
                     shared.set_threads(threads);
                     drop(pool);
                     return Err(BuildError {

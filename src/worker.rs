@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::job::{JobHeader, JobRef};
+use crate::join::frames::Frames;
 use crate::lanes::{LocalQueues, Source};
 use crate::latch::Probe;
 use crate::loom::{fence, Ordering};
@@ -41,6 +42,9 @@ pub(crate) struct WorkerThread {
     searching: Cell<bool>,
     /// The innermost job this thread is executing (a chain through `execute` frames).
     running: Cell<*const Running>,
+    /// The second halves of this worker's joins that no other thread can see yet
+    /// (`join`'s protocol).
+    pub(crate) frames: Frames,
 }
 
 /// One `execute` call on a worker's stack.
@@ -87,6 +91,7 @@ impl WorkerThread {
             lane: Cell::new(1),
             searching: Cell::new(false),
             running: Cell::new(ptr::null()),
+            frames: Frames::new(),
         };
         worker.shared.sleep.register_thread(index);
         CURRENT.with(|c| c.set(&worker));
@@ -131,6 +136,50 @@ impl WorkerThread {
     #[inline]
     pub(crate) fn pop_join(&self) -> Option<JobRef> {
         self.local.pop_join(self.lane.get())
+    }
+
+    /// Records a `join` frame, arming the heartbeat if this is the first since waking, and
+    /// promotes the oldest frame if a beat came (steps 1, 2 and 6 of `join`'s protocol).
+    #[inline(always)]
+    pub(crate) fn record_frame(&self, job: JobRef) {
+        self.frames.push(job);
+        if !self.frames.armed.get() {
+            self.arm_heartbeat();
+        }
+        if self.shared.heartbeat.is_due(self.index) {
+            self.promote_oldest_frame();
+        }
+    }
+
+    #[cold]
+    fn arm_heartbeat(&self) {
+        self.frames.armed.set(true);
+        self.shared.heartbeat.arm();
+    }
+
+    /// Step 2 of `join`'s protocol: shares the oldest private frame.
+    #[cold]
+    fn promote_oldest_frame(&self) {
+        self.shared.heartbeat.clear(self.index);
+        if let Some(job) = self.frames.take_oldest() {
+            let c = self.counters();
+            c.bump(&c.promoted);
+            self.push_join(job);
+        }
+    }
+
+    /// Step 5 of `join`'s protocol: shares every private frame, oldest first, before a
+    /// blocking wait.
+    fn promote_all_frames(&self) {
+        if self.frames.len() == 0 {
+            return;
+        }
+        let c = self.counters();
+        while let Some(job) = self.frames.take_oldest() {
+            c.bump(&c.promoted);
+            self.local.push_join(self.lane.get(), job);
+        }
+        self.shared.sleep.notify_after_local_push(c);
     }
 
     /// Finds a job by the lanes' search order; leaves SEARCHING if it was.
@@ -270,6 +319,7 @@ impl WorkerThread {
         probe: &P,
         deadline: Option<Instant>,
     ) -> bool {
+        self.promote_all_frames();
         let done = 'wait: loop {
             if probe.probe() {
                 break true;
@@ -296,6 +346,10 @@ impl WorkerThread {
                 continue;
             }
             let shared = &*self.shared;
+            // Step 6 of `join`'s protocol: a parked worker needs no beats.
+            if self.frames.armed.replace(false) {
+                shared.heartbeat.disarm();
+            }
             shared.sleep.sleep(
                 self.index,
                 self.counters(),
