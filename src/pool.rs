@@ -270,7 +270,8 @@ impl Pool {
     /// let queued = pool.spawn(|| "never");
     /// let later = pool.task().delay(Duration::from_secs(3600)).spawn(|| "never");
     ///
-    /// let report = pool.shutdown_timeout(Duration::from_millis(20));
+    /// // Long enough for the timer thread, woken at once, to have exited on a busy machine.
+    /// let report = pool.shutdown_timeout(Duration::from_millis(300));
     /// assert_eq!(report.cancelled, 1);
     /// assert_eq!(report.timers_dropped, 1);
     /// assert!(report.threads_still_running >= 1); // the worker running `busy`
@@ -333,7 +334,7 @@ pub struct ShutdownReport {
     /// were still waiting in the timer and were resolved (or cancelled) instead. Final once
     /// the timer thread was joined (it is woken first and normally exits at once).
     pub timers_dropped: u64,
-    /// Pool threads (workers, the timer thread and the heartbeat thread) that had not exited when the call
+    /// Pool threads (workers and the timer thread) that had not exited when the call
     /// returned: those still running a task when time ran out. 0 when every thread was
     /// joined in time.
     pub threads_still_running: usize,
@@ -816,9 +817,8 @@ impl Builder {
         self
     }
 
-    /// Names worker `i`'s thread. The pool's timer thread is named with index `workers`,
-    /// its heartbeat thread (see [`join`](crate::join)) with index `workers + 1` (default
-    /// names: `weft-worker-{i}`, `weft-timer` and `weft-heartbeat`).
+    /// Names worker `i`'s thread. The pool's timer thread is named with index `workers`
+    /// (default names: `weft-worker-{i}` and `weft-timer`).
     pub fn thread_name(mut self, name: impl FnMut(usize) -> String + 'static) -> Self {
         self.thread_name = Some(Box::new(name));
         self
@@ -918,8 +918,7 @@ impl Builder {
                 shared: shared.clone(),
             }),
         };
-        // Every thread the pool needs: the workers, then the timer (named with index `n`),
-        // then the heartbeat (`n + 1`).
+        // Every thread the pool needs: the workers, then the timer (named with index `n`).
         let mut name = self.thread_name;
         let mut name_of = |index: usize, default: String| match &mut name {
             Some(f) => f(index),
@@ -935,13 +934,6 @@ impl Builder {
         let s = shared.clone();
         let timer = Box::new(move || crate::time::driver::run(s));
         bodies.push((name_of(n, "weft-timer".to_owned()), timer));
-        let s = shared.clone();
-        let heartbeat = Box::new(move || {
-            s.heartbeat
-                .run(|| thread::sleep(crate::join::heartbeat::INTERVAL));
-            s.thread_exited();
-        });
-        bodies.push((name_of(n + 1, "weft-heartbeat".to_owned()), heartbeat));
 
         let mut threads = Vec::with_capacity(all);
         for (thread_name, body) in bodies {

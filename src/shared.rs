@@ -23,7 +23,6 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 
 use crate::job::JobRef;
-use crate::join::heartbeat::Heartbeat;
 use crate::lanes::{Lanes, Priority, LANES};
 use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
@@ -43,8 +42,8 @@ pub(crate) enum Refused {
     Shutdown,
 }
 
-/// Threads of a pool besides its workers: the timer driver and the heartbeat.
-pub(crate) const POOL_THREADS_BESIDE_WORKERS: usize = 2;
+/// Threads of a pool besides its workers: the timer driver.
+pub(crate) const POOL_THREADS_BESIDE_WORKERS: usize = 1;
 
 /// A start or stop hook; gets the worker's index.
 pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
@@ -54,8 +53,6 @@ pub(crate) struct Shared {
     pub(crate) sleep: Sleep,
     pub(crate) counters: CounterSet,
     pub(crate) timer: Timer,
-    /// The beat that tells busy workers to share a `join` frame (`join/heartbeat.rs`).
-    pub(crate) heartbeat: Heartbeat,
     /// Read by every spawn, written once: kept off the busy sleep-state line.
     closed: CachePadded<AtomicBool>,
     /// Set by `shutdown_now`: workers resolve queued tasks instead of running them.
@@ -63,7 +60,7 @@ pub(crate) struct Shared {
     /// Worker threads not yet joined. Whoever joins holds the lock until done, so a second
     /// `shutdown` waits for the first.
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
-    /// Pool threads (workers, timer, heartbeat) that have finished their work, and the condition
+    /// Pool threads (workers and timer) that have finished their work, and the condition
     /// `shutdown_timeout` waits on.
     exited: Mutex<usize>,
     exited_cv: Condvar,
@@ -84,7 +81,6 @@ impl Shared {
             sleep: Sleep::new(num_workers),
             counters: CounterSet::new(num_workers),
             timer: Timer::new(),
-            heartbeat: Heartbeat::new(num_workers),
             closed: CachePadded::new(AtomicBool::new(false)),
             cancel_queued: CachePadded::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -357,7 +353,6 @@ impl Shared {
         self.sleep.close();
         // The driver resolves pending timers as shut down, then exits.
         self.timer.wake();
-        self.heartbeat.close();
         // Submitters waiting for room give up (their spawns are refused).
         if let Some(bound) = &self.lanes.bound {
             bound.wake_all();
@@ -367,7 +362,7 @@ impl Shared {
         }
     }
 
-    /// Waits until every pool thread (workers, timer, heartbeat) has exited, or `deadline`
+    /// Waits until every pool thread (workers and timer) has exited, or `deadline`
     /// passes, then joins those that exited. Returns how many are still running. Threads
     /// not joined stay listed, so a later `shutdown` joins them.
     pub(crate) fn join_threads(&self, deadline: Option<Instant>) -> usize {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::job::{JobHeader, JobRef};
 use crate::join::frames::Frames;
+use crate::join::heartbeat::Heartbeat;
 use crate::lanes::{LocalQueues, Source};
 use crate::latch::Probe;
 use crate::loom::{fence, Ordering};
@@ -45,6 +46,8 @@ pub(crate) struct WorkerThread {
     /// The second halves of this worker's joins that no other thread can see yet
     /// (`join`'s protocol).
     pub(crate) frames: Frames,
+    /// When to share one of `frames`, and which joins record one.
+    pub(crate) heartbeat: Heartbeat,
 }
 
 /// One `execute` call on a worker's stack.
@@ -92,6 +95,7 @@ impl WorkerThread {
             searching: Cell::new(false),
             running: Cell::new(ptr::null()),
             frames: Frames::new(),
+            heartbeat: Heartbeat::new(),
         };
         worker.shared.sleep.register_thread(index);
         CURRENT.with(|c| c.set(&worker));
@@ -138,29 +142,19 @@ impl WorkerThread {
         self.local.pop_join(self.lane.get())
     }
 
-    /// Records a `join` frame, arming the heartbeat if this is the first since waking, and
-    /// promotes the oldest frame if a beat came (steps 1, 2 and 6 of `join`'s protocol).
+    /// Records a `join` frame, and promotes the oldest if a beat is due (steps 1 and 2 of
+    /// `join`'s protocol).
     #[inline(always)]
     pub(crate) fn record_frame(&self, job: JobRef) {
         self.frames.push(job);
-        if !self.frames.armed.get() {
-            self.arm_heartbeat();
-        }
-        if self.shared.heartbeat.is_due(self.index) {
+        if self.heartbeat.is_due() {
             self.promote_oldest_frame();
         }
-    }
-
-    #[cold]
-    fn arm_heartbeat(&self) {
-        self.frames.armed.set(true);
-        self.shared.heartbeat.arm();
     }
 
     /// Step 2 of `join`'s protocol: shares the oldest private frame.
     #[cold]
     fn promote_oldest_frame(&self) {
-        self.shared.heartbeat.clear(self.index);
         if let Some(job) = self.frames.take_oldest() {
             let c = self.counters();
             c.bump(&c.promoted);
@@ -346,10 +340,6 @@ impl WorkerThread {
                 continue;
             }
             let shared = &*self.shared;
-            // Step 6 of `join`'s protocol: a parked worker needs no beats.
-            if self.frames.armed.replace(false) {
-                shared.heartbeat.disarm();
-            }
             shared.sleep.sleep(
                 self.index,
                 self.counters(),
@@ -359,6 +349,7 @@ impl WorkerThread {
             );
             // `sleep` returns with this worker SEARCHING.
             self.searching.set(true);
+            self.heartbeat.after_idle();
         };
         self.stop_searching();
         done

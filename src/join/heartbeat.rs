@@ -1,226 +1,222 @@
-//! The heartbeat: one thread per pool that, about every [`INTERVAL`], raises a flag per
-//! worker; a worker that sees its flag at its next `join` shares its oldest private frame
-//! (see the protocol in [`super`]).
+//! The heartbeat: when a worker shares a `join` frame, and which joins record one.
 //!
-//! # Why a thread, and why it sleeps
+//! Each worker keeps its own beat: a [`Heartbeat`] it alone touches. The beat is a clock
+//! read on the join path, amortised over many joins: a worker that records a frame looks at
+//! the clock (every join while its joins are coarse, one join in [`CLOCK_EVERY`] while they
+//! are fine-grained), and if [`INTERVAL`] passed since its last beat, the beat is due and
+//! the worker promotes its oldest private frame (see the protocol in [`super`]). After an
+//! idle spell the first beat comes [`FIRST_BEAT`] after the worker's first recorded frame.
 //!
-//! The flag must be nearly free to read on the join path: one relaxed load of a word the
-//! worker's own cache line holds. A clock read in the join path instead (`Instant::now`,
-//! about 20 ns here through the vDSO) would cost more than a whole fine-grained join; the
-//! pool's timer driver sleeps until its next deadline and would have to wake every 100 µs.
-//! So the beat has its own thread, which parks when no worker needs it:
+//! # Why a clock read, not a heartbeat thread
 //!
-//! - A worker **arms** the heartbeat the first time it records a frame after waking
-//!   ([`Heartbeat::arm`]), and **disarms** it before it parks ([`Heartbeat::disarm`]).
-//!   Both take the control mutex; both are off the hot path (once per busy period).
-//! - The thread beats while at least one worker is armed, then [`LINGER`] more beats, then
-//!   parks on the condition variable until an `arm` finds it parked and wakes it. The
-//!   linger keeps a pool that works in bursts a few milliseconds apart from paying a
-//!   wake-up of the heartbeat thread on every burst; an idle pool's heartbeat costs nothing
-//!   after it (`tests/idle.rs`).
+//! Chosen by measurement (`benches/forkjoin.rs`, 2 workers on 2 cores; BENCHMARKS.md
+//! section 10). The first version had a thread per pool that raised a flag per worker every
+//! 100 µs and parked while no worker joined. Reading the flag was free, but on a machine
+//! whose cores are all busy, every beat preempts a worker: the coarse merge sort ran 1.13 to
+//! 1.18× rayon's time with it (1.03× with the thread beating every 1 ms instead), while the
+//! clock read gave 1.03 to 1.11× and the same tree and fib figures (tree sums 1.01 to 1.07×
+//! chili's time, fib(30) 1.04 to 1.19×). A clock read (`Instant::now`, about 20 ns through
+//! the vDSO here) is also what lets an idle pool cost nothing without a park protocol: a
+//! worker that runs no join reads no clock, and no thread wakes.
 //!
-//! # Invariants
+//! # Which joins record a frame
 //!
-//! 1. `parked` is true only while the thread waits (or is about to wait) on `cv` with
-//!    `armed == 0` seen under the lock; `arm` clears it under the same lock and notifies.
-//!    So after `arm` returns, the thread is beating or will beat before it parks again:
-//!    no armed worker waits for a beat that never comes (loom: `tests/loom_heartbeat.rs`).
-//! 2. The flags are hints. The thread sets them with `Relaxed` stores and the worker clears
-//!    its own with a `Relaxed` store; a beat lost to the race between the two only delays
-//!    the next promotion by one interval, and a stale flag only promotes early. Nothing
-//!    else is published through them: the promoted frame is published by the deque push.
-//! 3. `closed` is set once, under the lock, by the pool's shutdown; the thread exits at
-//!    its next look at the lock and never touches the flags afterwards.
+//! A plain call (`(a(), b())`) costs what the two calls cost; a recorded frame about 15 ns
+//! more. So a worker records every join until it knows its joins are fine-grained: at each
+//! beat it counts the joins since the previous one, and if they came at least
+//! [`FINE_JOINS_PER_BEAT`] per [`INTERVAL`] (under about 400 ns apart), it records only
+//! while it holds fewer than [`RECORD_BELOW`] private frames (the outermost joins, the ones
+//! worth sharing), plus one join in [`RECORD_EVERY`]; the others are plain calls. Coarse
+//! joins always record: a plain call can never be shared later, and in a merge sort whose
+//! joins are milliseconds apart it would leave whole subtrees to one worker.
+//!
+//! Promotion latency: while joins are fine, a beat is noticed within [`CLOCK_EVERY`] joins
+//! of coming due (under about 100 µs by the definition of fine); while they are coarse, at
+//! the next join. A worker that runs no join for a while needs no beat: nothing of its is
+//! waiting to be shared.
 
-use std::time::Duration;
-
-use crossbeam_utils::CachePadded;
-
-use crate::loom::{AtomicBool, Condvar, Mutex, Ordering};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 /// The time between two beats (Spice's and chili's choice).
 pub(crate) const INTERVAL: Duration = Duration::from_micros(100);
 
-/// Beats the thread still gives after the last worker disarmed, before it parks (5 ms at
-/// [`INTERVAL`]).
-#[cfg(not(loom))]
-pub(crate) const LINGER: u32 = 50;
-#[cfg(loom)]
-pub(crate) const LINGER: u32 = 1;
+/// After the worker was idle, its first beat comes this long after its first recorded
+/// frame. A join that is over sooner (a few µs of work) is not worth waking another
+/// worker for; anything longer is shared almost at once.
+pub(crate) const FIRST_BEAT: Duration = Duration::from_micros(10);
 
-/// One pool's heartbeat: the per-worker flags and the thread's control block.
+/// While joins are fine-grained, a join records a frame when the worker holds fewer than
+/// this many private frames.
+pub(crate) const RECORD_BELOW: usize = 3;
+
+/// While joins are fine-grained, one join in this many records a frame even with
+/// [`RECORD_BELOW`] frames held. A power of two.
+pub(crate) const RECORD_EVERY: u32 = 64;
+
+/// While joins are fine-grained, one join in this many reads the clock. A power of two, a
+/// multiple of [`RECORD_EVERY`] (so that the join reading it records a frame).
+pub(crate) const CLOCK_EVERY: u32 = 256;
+
+/// Joins per [`INTERVAL`] from which a worker counts its joins as fine-grained.
+pub(crate) const FINE_JOINS_PER_BEAT: u32 = 256;
+
+const _: () = assert!(RECORD_EVERY.is_power_of_two() && CLOCK_EVERY.is_power_of_two());
+const _: () = assert!(CLOCK_EVERY.is_multiple_of(RECORD_EVERY));
+
+/// One worker's beat. Only its worker touches it (it is not `Sync`).
 pub(crate) struct Heartbeat {
-    flags: Box<[CachePadded<AtomicBool>]>,
-    ctl: Mutex<Ctl>,
-    cv: Condvar,
-}
-
-/// What the control mutex guards.
-struct Ctl {
-    /// Workers that recorded a frame since they last woke (and have not parked since).
-    armed: usize,
-    /// The thread waits on `cv` (invariant 1).
-    parked: bool,
-    /// The pool shut down (invariant 3).
-    closed: bool,
+    /// Joins seen, modulo 2^32.
+    joins: Cell<u32>,
+    /// `joins` at the last beat (or at the first record after idle).
+    joins_at_beat: Cell<u32>,
+    /// The joins between the last two beats came at least [`FINE_JOINS_PER_BEAT`] per
+    /// [`INTERVAL`]. Kept across idle spells: a worker goes on as it left off.
+    fine: Cell<bool>,
+    /// When the last beat came (or the first record after idle).
+    last_beat: Cell<Instant>,
+    /// When the next beat is due; `None` after idle, until the first record.
+    due: Cell<Option<Instant>>,
 }
 
 impl Heartbeat {
-    pub(crate) fn new(workers: usize) -> Heartbeat {
+    pub(crate) fn new() -> Heartbeat {
         Heartbeat {
-            flags: (0..workers)
-                .map(|_| CachePadded::new(AtomicBool::new(false)))
-                .collect(),
-            ctl: Mutex::new(Ctl {
-                armed: 0,
-                parked: false,
-                closed: false,
-            }),
-            cv: Condvar::new(),
+            joins: Cell::new(0),
+            joins_at_beat: Cell::new(0),
+            fine: Cell::new(false),
+            last_beat: Cell::new(Instant::now()),
+            due: Cell::new(None),
         }
     }
 
-    /// True if worker `index` got a beat since it last cleared its flag.
-    #[inline]
-    pub(crate) fn is_due(&self, index: usize) -> bool {
-        // Relaxed: a hint only (invariant 2).
-        self.flags[index].load(Ordering::Relaxed)
+    /// The worker was idle (it parked): the next record starts the clock afresh, so that
+    /// the idle time counts neither towards a beat nor in judging the joins.
+    pub(crate) fn after_idle(&self) {
+        self.due.set(None);
     }
 
-    /// Worker `index` acts on its beat.
-    #[inline]
-    pub(crate) fn clear(&self, index: usize) {
-        // Relaxed: invariant 2.
-        self.flags[index].store(false, Ordering::Relaxed);
+    /// Counts a join and says whether it records a frame; `frames` is how many private
+    /// frames the worker holds.
+    #[inline(always)]
+    pub(crate) fn should_record(&self, frames: usize) -> bool {
+        let n = self.joins.get().wrapping_add(1);
+        self.joins.set(n);
+        !self.fine.get() || n & (RECORD_EVERY - 1) == 0 || frames < RECORD_BELOW
     }
 
-    /// A worker starts needing beats. Wakes the thread if it parked.
-    pub(crate) fn arm(&self) {
-        let mut ctl = self.ctl.lock().unwrap();
-        ctl.armed += 1;
-        if ctl.parked {
-            // Invariant 1: cleared under the lock the thread parked under.
-            ctl.parked = false;
-            self.cv.notify_one();
+    /// Called by a join that recorded a frame: whether a beat is due (then the worker
+    /// promotes its oldest frame). Reads the clock only as the module docs say.
+    #[inline(always)]
+    pub(crate) fn is_due(&self) -> bool {
+        if self.fine.get() && self.joins.get() & (CLOCK_EVERY - 1) != 0 {
+            return false;
         }
+        self.look_at_clock(Instant::now())
     }
 
-    /// A worker that armed stops needing beats (it is about to park).
-    pub(crate) fn disarm(&self) {
-        let mut ctl = self.ctl.lock().unwrap();
-        debug_assert!(ctl.armed > 0, "disarm without arm");
-        ctl.armed -= 1;
-    }
-
-    /// One beat: raises every worker's flag.
-    pub(crate) fn beat(&self) {
-        for flag in self.flags.iter() {
-            // Relaxed: invariant 2.
-            flag.store(true, Ordering::Relaxed);
+    /// The clock part of [`is_due`](Self::is_due), at `now`: a beat is due if its time
+    /// came; then the joins since the last one are judged fine or not, and the next beat
+    /// is due [`INTERVAL`] later. The first record after idle only sets the first beat
+    /// [`FIRST_BEAT`] ahead.
+    #[inline(never)]
+    fn look_at_clock(&self, now: Instant) -> bool {
+        let n = self.joins.get();
+        let Some(due) = self.due.get() else {
+            self.due.set(Some(now + FIRST_BEAT));
+            self.last_beat.set(now);
+            self.joins_at_beat.set(n);
+            return false;
+        };
+        if now < due {
+            return false;
         }
+        let since = n.wrapping_sub(self.joins_at_beat.replace(n));
+        let elapsed = now.saturating_duration_since(self.last_beat.replace(now));
+        self.fine.set(is_fine(since, elapsed));
+        self.due.set(Some(now + INTERVAL));
+        true
     }
 
-    /// True while the thread is parked (tests watch for it).
+    /// Whether the last beat judged the joins fine-grained.
     #[cfg(test)]
-    pub(crate) fn is_parked(&self) -> bool {
-        self.ctl.lock().unwrap().parked
+    pub(crate) fn is_fine(&self) -> bool {
+        self.fine.get()
     }
+}
 
-    /// Ends the thread (pool shutdown).
-    pub(crate) fn close(&self) {
-        let mut ctl = self.ctl.lock().unwrap();
-        ctl.closed = true;
-        ctl.parked = false;
-        self.cv.notify_one();
-    }
-
-    /// The heartbeat thread's body: beats (calling `pause` between beats) until `close`.
-    /// Returns how many beats it gave.
-    pub(crate) fn run(&self, mut pause: impl FnMut()) -> u64 {
-        let mut beats = 0;
-        let mut quiet = 0;
-        let mut ctl = self.ctl.lock().unwrap();
-        loop {
-            if ctl.closed {
-                return beats;
-            }
-            if ctl.armed > 0 {
-                quiet = 0;
-            } else if quiet < LINGER {
-                quiet += 1;
-            } else {
-                // Invariant 1: `armed == 0` seen under the lock we wait with.
-                ctl.parked = true;
-                while ctl.parked {
-                    ctl = self.cv.wait(ctl).unwrap();
-                }
-                quiet = 0;
-                continue;
-            }
-            drop(ctl);
-            pause();
-            self.beat();
-            beats += 1;
-            ctl = self.ctl.lock().unwrap();
-        }
-    }
+/// Whether `joins` joins in `elapsed` come at least [`FINE_JOINS_PER_BEAT`] per
+/// [`INTERVAL`].
+fn is_fine(joins: u32, elapsed: Duration) -> bool {
+    u128::from(joins) * INTERVAL.as_nanos() >= u128::from(FINE_JOINS_PER_BEAT) * elapsed.as_nanos()
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Instant;
-
     use super::*;
 
-    /// Waits (generously) until `cond` holds.
-    fn wait_for(what: &str, cond: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::yield_now();
-        }
+    #[test]
+    fn fine_means_at_least_fine_joins_per_beat() {
+        assert!(is_fine(FINE_JOINS_PER_BEAT, INTERVAL));
+        assert!(!is_fine(FINE_JOINS_PER_BEAT - 1, INTERVAL));
+        assert!(is_fine(2 * FINE_JOINS_PER_BEAT, 2 * INTERVAL));
+        assert!(!is_fine(FINE_JOINS_PER_BEAT, 2 * INTERVAL));
+        assert!(!is_fine(u32::MAX, Duration::MAX));
     }
 
     #[test]
-    fn beats_while_armed_then_parks_after_the_linger() {
-        let h = Arc::new(Heartbeat::new(2));
-        let t = {
-            let h = h.clone();
-            std::thread::spawn(move || h.run(|| std::thread::sleep(INTERVAL)))
-        };
-        // With nobody armed it lingers, then parks.
-        wait_for("the first park", || h.is_parked());
-        h.clear(0);
-        h.clear(1);
-        h.arm();
-        wait_for("a beat for worker 0", || h.is_due(0));
-        wait_for("a beat for worker 1", || h.is_due(1));
-        h.clear(0);
-        wait_for("another beat", || h.is_due(0));
-        h.disarm();
-        wait_for("the park after disarm", || h.is_parked());
-        h.close();
-        let beats = t.join().unwrap();
-        assert!(beats >= 2 + u64::from(LINGER), "{beats} beats");
+    fn the_first_beat_comes_first_beat_after_the_first_record_then_one_per_interval() {
+        let h = Heartbeat::new();
+        let t0 = Instant::now();
+        assert!(h.should_record(0));
+        assert!(!h.look_at_clock(t0));
+        assert!(!h.look_at_clock(t0 + FIRST_BEAT / 2));
+        assert!(h.look_at_clock(t0 + FIRST_BEAT));
+        let t1 = t0 + FIRST_BEAT;
+        assert!(!h.look_at_clock(t1 + INTERVAL / 2));
+        assert!(h.look_at_clock(t1 + INTERVAL));
+        // Idle: the clock starts afresh at the next record.
+        h.after_idle();
+        let t2 = t1 + 1000 * INTERVAL;
+        assert!(!h.look_at_clock(t2));
+        assert!(h.look_at_clock(t2 + FIRST_BEAT));
     }
 
     #[test]
-    fn close_ends_a_parked_or_beating_thread() {
-        for arm in [false, true] {
-            let h = Arc::new(Heartbeat::new(1));
-            let t = {
-                let h = h.clone();
-                std::thread::spawn(move || h.run(std::thread::yield_now))
-            };
-            if arm {
-                h.arm();
-                wait_for("a beat", || h.is_due(0));
-            } else {
-                wait_for("the park", || h.is_parked());
-            }
-            h.close();
-            t.join().unwrap();
+    fn coarse_joins_all_record_fine_ones_mostly_do_not() {
+        let h = Heartbeat::new();
+        let t0 = Instant::now();
+        assert!(!h.look_at_clock(t0));
+        assert!(h.look_at_clock(t0 + INTERVAL));
+        // Coarse: every join records, whatever the frames held.
+        assert!((0..1000).all(|_| h.should_record(10)));
+        assert!(h.look_at_clock(t0 + 11 * INTERVAL));
+        assert!(!h.is_fine(), "1000 joins in 10 intervals are coarse");
+        // Fine: `FINE_JOINS_PER_BEAT` joins in one interval.
+        for _ in 0..FINE_JOINS_PER_BEAT {
+            h.should_record(10);
         }
+        assert!(h.look_at_clock(t0 + 12 * INTERVAL));
+        assert!(h.is_fine());
+        // Kept across idle.
+        h.after_idle();
+        assert!(!h.look_at_clock(t0 + 100 * INTERVAL));
+        assert!(h.is_fine());
+        let recorded = (0..4 * RECORD_EVERY)
+            .filter(|_| h.should_record(RECORD_BELOW))
+            .count();
+        assert_eq!(
+            recorded, 4,
+            "one in RECORD_EVERY with RECORD_BELOW frames held"
+        );
+        assert!((0..10).all(|_| h.should_record(RECORD_BELOW - 1)));
+        // And the clock is read once in CLOCK_EVERY joins.
+        let reads = (0..2 * CLOCK_EVERY)
+            .filter(|_| {
+                h.should_record(RECORD_BELOW);
+                h.fine.get() && h.joins.get() & (CLOCK_EVERY - 1) == 0
+            })
+            .count();
+        assert_eq!(reads, 2);
     }
 }

@@ -10,21 +10,22 @@
 //!
 //! # The protocol
 //!
-//! Actors: the worker that calls `join(a, b)` (the owner), the pool's heartbeat thread
-//! ([`heartbeat`]), and thieves (other workers of the pool).
+//! Actors: the worker that calls `join(a, b)` (the owner) and thieves (other workers of
+//! the pool).
 //!
-//! 1. **Record.** The owner decides whether to record a frame ([`Frames::should_record`]):
-//!    always while it holds fewer than [`frames::RECORD_BELOW`] private frames, else one
-//!    join in [`frames::RECORD_EVERY`]. A join that does not record is a plain call,
+//! 1. **Record.** The owner's [`Heartbeat`] decides whether this join records a frame:
+//!    every join while the owner's joins are coarse; while they are fine-grained, only
+//!    while it holds fewer than [`heartbeat::RECORD_BELOW`] private frames, plus one join
+//!    in [`heartbeat::RECORD_EVERY`]. A join that does not record is a plain call,
 //!    `(a(), b())`. A recorded frame is `b` as a [`StackJob`] in the owner's stack frame,
 //!    its [`JobRef`] pushed on the owner's private list ([`Frames`], oldest first). No
-//!    atomic read-modify-write and no fence.
-//! 2. **Beat.** After recording, the owner reads its heartbeat flag (one relaxed load).
-//!    If set, it clears it and **promotes** the oldest private frame: pops it off the
-//!    front of the list and pushes it on its stealable deque in the current lane, waking
-//!    an idle worker if there is one (the same push and notify as a spawn from a worker).
-//!    The heartbeat thread sets every worker's flag about every
-//!    [`heartbeat::INTERVAL`], and only while some worker is armed (below).
+//!    atomic operation.
+//! 2. **Beat.** After recording, the owner asks its heartbeat whether a beat is due (a
+//!    clock read, amortised: [`heartbeat`]). If so, it **promotes** the oldest private
+//!    frame: pops it off the front of the list and pushes it on its stealable deque in the
+//!    current lane, waking an idle worker if there is one (the same push and notify as a
+//!    spawn from a worker). So a busy worker offers one frame about every
+//!    [`heartbeat::INTERVAL`], the oldest, which holds the most work.
 //! 3. **Run `a`**, catching a panic.
 //! 4. **Take `b` back.** If the newest private frame is still `b`, nobody else can reach
 //!    it: the owner pops it and runs it inline. Otherwise `b` was promoted; the owner pops
@@ -34,9 +35,8 @@
 //! 5. **Share before blocking.** A worker that enters any blocking wait
 //!    (`JoinHandle::join`, `scope`, `install`, step 4) first promotes all its private
 //!    frames, so that nothing it holds waits for it while it waits for something else.
-//! 6. **Arm.** The first frame a worker records after waking arms the heartbeat (the
-//!    heartbeat thread beats while any worker is armed); a worker disarms right before it
-//!    parks. An idle pool's heartbeat thread parks too ([`heartbeat`]).
+//!
+//! Nothing runs while the pool is idle: the beat is read only by a worker that joins.
 //!
 //! # Why it is correct (sketch)
 //!
@@ -56,6 +56,9 @@
 //!   recorded it: promotion happens inside that job's run (steps 2 and 5 run on the owner's
 //!   thread while the job that made the frame is the one running, or a job nested in it
 //!   whose own frames are all newer), and the owner's step 4 pops that same lane.
+//! - *Sharing keeps up.* While joins are coarse every one records, so no half that could
+//!   be shared is ever a plain call; while they are fine, the halves left to plain calls
+//!   lie below the outermost recorded frames, and every beat offers the oldest of those.
 //! - *No lost wake-up.* A promotion is a local deque push followed by the same sleep check
 //!   as a spawn from a worker; a thief that misses it is woken by it or finds it on its next
 //!   search. The owner never needs a wake-up for a frame it can still take back.
@@ -65,19 +68,19 @@
 //!   blocking wait in weft (steps 2 and 5). Do not make one half of a join wait for the
 //!   other.
 //!
-//! Loom checks the promotion hand-off (the real [`StackJob`] and [`SpinLatch`], a stand-in
-//! deque) and the heartbeat's park protocol: `tests/loom_heartbeat.rs`.
+//! Loom checks the promotion hand-off (the real [`Frames`], [`StackJob`] and
+//! [`SpinLatch`], a stand-in deque): `tests/loom_handoff.rs`.
 //!
 //! [`Frames`]: frames::Frames
-//! [`Frames::should_record`]: frames::Frames::should_record
+//! [`Heartbeat`]: heartbeat::Heartbeat
 //! [`JobRef`]: crate::job::JobRef
 
 pub(crate) mod frames;
 pub(crate) mod heartbeat;
 
 #[cfg(all(test, loom))]
-#[path = "tests/loom_heartbeat.rs"]
-mod loom_heartbeat;
+#[path = "tests/loom_handoff.rs"]
+mod loom_handoff;
 
 use std::panic::{self, AssertUnwindSafe};
 
@@ -115,7 +118,7 @@ where
 {
     match WorkerThread::current() {
         Some(worker) => {
-            if worker.frames.should_record() {
+            if worker.heartbeat.should_record(worker.frames.len()) {
                 join_recorded(worker, a, b)
             } else {
                 // Step 1: a plain call. If `a` panics, `b` is dropped unrun, as documented.

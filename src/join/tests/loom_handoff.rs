@@ -1,18 +1,15 @@
-//! Loom models of `join`'s promotion hand-off and of the heartbeat's park protocol, run
-//! with `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`.
+//! A loom model of `join`'s promotion hand-off, run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`.
 //!
-//! The hand-off model drives the real [`Frames`], [`StackJob`] and [`SpinLatch`] and the
-//! real heartbeat flags; only the owner's stealable deque is a stand-in (crossbeam-deque
-//! is trusted, not modelled): a loom mutex around a `VecDeque`, popped at the back by the
-//! owner and stolen from the front. The owner follows steps 1 to 4 of the protocol in
-//! `join/mod.rs`, a beat may come at any point, and a thief tries to steal once. Loom
-//! checks that `b` runs exactly once, that its result reaches the owner, and (through
-//! the loom `UnsafeCell`s inside `StackJob`) that no access to the job's closure or
-//! result races.
-//!
-//! The park model runs the real [`Heartbeat::run`] against a worker that arms, waits for a
-//! beat that came after its arm, and disarms: a lost wake-up (the thread parked while a
-//! worker is armed) would leave the worker spinning, which loom reports.
+//! It drives the real [`Frames`], [`StackJob`] and [`SpinLatch`]; two things are stand-ins.
+//! The owner's stealable deque (crossbeam-deque is trusted, not modelled) is a loom mutex
+//! around a `VecDeque`, popped at the back by the owner and stolen from the front. And
+//! whether a beat is due (a clock read in `heartbeat.rs`, which loom cannot drive) is a
+//! flag that another thread may raise at any point, so loom explores both the kept and the
+//! promoted frame. The owner follows steps 1 to 4 of the protocol in `join/mod.rs` and a
+//! thief tries to steal once. Loom checks that `b` runs exactly once, that its result
+//! reaches the owner, and (through the loom `UnsafeCell`s inside `StackJob`) that no access
+//! to the job's closure or result races.
 
 use std::collections::VecDeque;
 
@@ -20,10 +17,9 @@ use loom::sync::{Arc, Mutex};
 use loom::thread;
 
 use super::frames::Frames;
-use super::heartbeat::Heartbeat;
 use crate::job::{JobRef, StackJob};
 use crate::latch::{Probe, SpinLatch};
-use crate::loom::{AtomicUsize, Ordering};
+use crate::loom::{AtomicBool, AtomicUsize, Ordering};
 use crate::metrics::Counters;
 
 /// Runs `f` under loom. The preemption bound comes from `LOOM_MAX_PREEMPTIONS` if set, else
@@ -57,12 +53,12 @@ impl Deque {
 fn loom_a_frame_runs_once_whether_kept_promoted_taken_back_or_stolen() {
     model(|| {
         let deque = Arc::new(Deque(Mutex::new(VecDeque::new())));
-        let heartbeat = Arc::new(Heartbeat::new(1));
+        let due = Arc::new(AtomicBool::new(false));
         let runs = Arc::new(AtomicUsize::new(0));
 
         let beat = {
-            let heartbeat = heartbeat.clone();
-            thread::spawn(move || heartbeat.beat())
+            let due = due.clone();
+            thread::spawn(move || due.store(true, Ordering::Relaxed))
         };
         let thief = {
             let deque = deque.clone();
@@ -92,8 +88,7 @@ fn loom_a_frame_runs_once_whether_kept_promoted_taken_back_or_stolen() {
         let id = job_ref.as_ptr();
         frames.push(job_ref);
         // Step 2, beat: promote the oldest frame.
-        if heartbeat.is_due(0) {
-            heartbeat.clear(0);
+        if due.load(Ordering::Relaxed) {
             if let Some(job) = frames.take_oldest() {
                 deque.push(job);
             }
@@ -120,40 +115,4 @@ fn loom_a_frame_runs_once_whether_kept_promoted_taken_back_or_stolen() {
         beat.join().unwrap();
         assert_eq!(runs.load(Ordering::Relaxed), 1);
     });
-}
-
-/// A worker arms (after the thread parked, or at any time), waits for a beat that came
-/// after its arm, disarms; then the pool closes.
-fn arm_wait_disarm(after_park: bool) {
-    model(move || {
-        let heartbeat = Arc::new(Heartbeat::new(1));
-        let beating = {
-            let heartbeat = heartbeat.clone();
-            thread::spawn(move || heartbeat.run(thread::yield_now))
-        };
-        if after_park {
-            while !heartbeat.is_parked() {
-                thread::yield_now();
-            }
-        }
-        heartbeat.arm();
-        // A beat from before the arm does not count: wait for one after it.
-        heartbeat.clear(0);
-        while !heartbeat.is_due(0) {
-            thread::yield_now();
-        }
-        heartbeat.disarm();
-        heartbeat.close();
-        beating.join().unwrap();
-    });
-}
-
-#[test]
-fn loom_an_armed_worker_always_gets_a_beat_and_close_ends_the_thread() {
-    arm_wait_disarm(false);
-}
-
-#[test]
-fn loom_arming_wakes_a_parked_heartbeat() {
-    arm_wait_disarm(true);
 }
