@@ -159,6 +159,8 @@ impl WorkerThread {
             let c = self.counters();
             c.bump(&c.promoted);
             self.push_join(job);
+            // A thief may steal the frame while its owner runs on towards step 4.
+            crate::util::jitter();
         }
     }
 

@@ -35,6 +35,24 @@ use std::time::{Duration, Instant};
 
 use weft::{JoinError, JoinHandle, Pool, Priority, RetryPolicy};
 
+/// A balanced tree of `weft::join`s `depth` deep with up to a few µs of random work at each
+/// leaf; returns the number of leaves.
+fn join_tree(seed: u64, depth: u32) -> u64 {
+    let mut rng = Rng(seed);
+    if depth == 0 {
+        let spin = rng.below(2_000);
+        let mut x = seed;
+        for _ in 0..spin {
+            x = std::hint::black_box(x.rotate_left(5) ^ 0x9e37_79b9);
+        }
+        std::hint::black_box(x);
+        return 1;
+    }
+    let (l, r) = (rng.next() | 1, rng.next() | 1);
+    let (a, b) = weft::join(|| join_tree(l, depth - 1), || join_tree(r, depth - 1));
+    a + b
+}
+
 // ---------------------------------------------------------------------------------------
 // The counting allocator.
 
@@ -291,13 +309,24 @@ fn spawn_random(ctx: &Arc<Ctx>, rng: &mut Rng) -> Tracked {
             quiet_panic()
         }))
     } else if kind < 40 {
-        // A task that spawns children from inside (joined or detached), and maybe waits.
+        // A task that spawns children from inside (joined or detached), and maybe waits;
+        // some first run a tree of `weft::join`s with random work at the leaves.
         let children = rng.below(4);
         let join_them = rng.chance(50);
         let child_seed = rng.next() | 1;
+        let tree = rng
+            .chance(30)
+            .then(|| (rng.next() | 1, rng.below(11) as u32));
         Handle::Plain(builder.spawn(move || {
             c.runs.ran(id);
             let _keep = &bomb_closure;
+            if let Some((seed, depth)) = tree {
+                assert_eq!(
+                    join_tree(seed, depth),
+                    1 << depth,
+                    "a join tree lost a leaf"
+                );
+            }
             let mut rng = Rng(child_seed);
             let handles: Vec<_> = (0..children)
                 .map(|_| {

@@ -161,6 +161,7 @@ where
         return (ra, job_b.run_inline(false));
     }
     // Step 4, shared: take it back from the deque, or wait for the thief.
+    crate::util::jitter();
     while !job_b.latch.probe() {
         match worker.pop_join() {
             Some(job) if job.as_ptr() == b_id => {
