@@ -197,6 +197,10 @@ impl WorkerThread {
     /// Runs one queued job if there is one (a submitter waiting for room in a bounded
     /// lane keeps working this way).
     pub(crate) fn run_one(&self) -> bool {
+        // Waiting for room is a blocking wait: step 5 of `join`'s protocol (which also
+        // keeps the frames list to the innermost job's frames, so that a promotion during
+        // the job run here does not carry an outer job's frame into this job's lane).
+        self.promote_all_frames();
         match self.find_work() {
             Some((job, lane)) => {
                 self.execute(job, lane);

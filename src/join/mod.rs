@@ -33,8 +33,10 @@
 //!    empty (a thief took `b`), running any other job it pops meanwhile; then it runs other
 //!    work until `b`'s latch is set ([`WorkerThread::wait_until`]).
 //! 5. **Share before blocking.** A worker that enters any blocking wait
-//!    (`JoinHandle::join`, `scope`, `install`, step 4) first promotes all its private
-//!    frames, so that nothing it holds waits for it while it waits for something else.
+//!    (`JoinHandle::join`, `scope`, `install`, step 4, waiting for room in a bounded lane)
+//!    first promotes all its private frames, so that nothing it holds waits for it while it
+//!    waits for something else. So the private list only ever holds frames of the job the
+//!    worker runs innermost: any job nested in another runs from inside such a wait.
 //!
 //! Nothing runs while the pool is idle: the beat is read only by a worker that joins.
 //!
@@ -53,9 +55,10 @@
 //!   seeing its latch set ([`StackJob`]'s rule); the thief's `set` does not touch the job
 //!   after publishing.
 //! - *Lane and priority are kept.* A promoted frame goes into the lane of the job that
-//!   recorded it: promotion happens inside that job's run (steps 2 and 5 run on the owner's
-//!   thread while the job that made the frame is the one running, or a job nested in it
-//!   whose own frames are all newer), and the owner's step 4 pops that same lane.
+//!   recorded it: the private list only holds frames of the innermost running job (step
+//!   5: a job runs nested in another only from inside a blocking wait, which emptied the
+//!   list first), promotion pushes into the current lane, which is that job's, and the
+//!   owner's step 4 pops that same lane. (`tests/join.rs` checks the lane.)
 //! - *Sharing keeps up.* While joins are coarse every one records, so no half that could
 //!   be shared is ever a plain call; while they are fine, the halves left to plain calls
 //!   lie below the outermost recorded frames, and every beat offers the oldest of those.
