@@ -268,15 +268,19 @@ impl<B: Body> Cell<B> {
     }
 
     /// Claims the task for its holder (a queue or the timer); returns the state before the
-    /// claim. If someone else holds the claim, waits until RUNNING clears: a canceller
-    /// then completes it (we drop our reference and return `None`), a retry makes it
-    /// SCHEDULED again (we claim it).
+    /// claim. A task whose handle is gone and that holds no other reference is ours alone
+    /// and is claimed without a CAS (invariant 4). If someone else holds the claim, waits
+    /// until RUNNING clears: a canceller then completes it (we drop our reference and
+    /// return `None`), a retry makes it SCHEDULED again (we claim it).
     ///
     /// # Safety
     /// The caller owns the queued or timer reference.
     unsafe fn claim_or_release(ptr: NonNull<Header>) -> Option<Snapshot> {
         // SAFETY: live while we hold the reference.
         let header = unsafe { ptr.as_ref() };
+        if let Some(before) = header.state.try_claim_sole_owner() {
+            return Some(before);
+        }
         let backoff = Backoff::new();
         loop {
             match header.state.try_claim() {
