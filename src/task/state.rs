@@ -204,12 +204,14 @@ impl State {
         }
     }
 
+    #[inline]
     pub(crate) fn load(&self) -> Snapshot {
         // Acquire: a reader that sees COMPLETE sees the output (pairs with `complete`).
         Snapshot(self.val.load(Ordering::Acquire))
     }
 
     /// QUEUED → RUNNING (invariant 1).
+    #[inline]
     pub(crate) fn try_claim(&self) -> TransitionToRunning {
         let mut cur = self.val.load(Ordering::Relaxed);
         loop {
@@ -254,6 +256,7 @@ impl State {
     /// RUNNING → COMPLETE with `outcome`; returns the state before. AcqRel: Release
     /// publishes the stage to the handle; Acquire sees the waker the handle stored before
     /// setting `JOIN_WAKER` (invariant 3).
+    #[inline]
     pub(crate) fn complete(&self, outcome: Outcome) -> Snapshot {
         let prev = self
             .val
@@ -266,6 +269,7 @@ impl State {
     /// (`JOIN_INTEREST` set, `JOIN_WAKER` clear): then there is nothing to wake and the
     /// output goes to the handle, so the caller never touches the task again. Returns
     /// false, changing nothing, otherwise. One RMW instead of `complete` plus `ref_dec`.
+    #[inline]
     pub(crate) fn complete_and_release_if_unwatched(&self, outcome: Outcome) -> bool {
         let mut cur = self.val.load(Ordering::Relaxed);
         loop {
@@ -288,6 +292,7 @@ impl State {
 
     /// The completing claimer owns the whole task: the handle is gone and only the
     /// caller's reference is left, so no other thread can reach the task again.
+    #[inline]
     pub(crate) fn is_sole_owner(&self) -> bool {
         // Acquire: pairs with the handle's release of its reference, so everything the
         // handle did happens before we free the task (as in `Arc`'s drop).
@@ -299,6 +304,7 @@ impl State {
     /// unless the task is complete. `Err` means it is complete and the handle owns the
     /// output (invariant 2): it drops it, then its reference with `ref_dec`. On `Ok` the
     /// task still holds its queued (or timer) reference, so this was never the last.
+    #[inline]
     pub(crate) fn drop_join_interest_and_ref(&self) -> Result<(), Snapshot> {
         let mut cur = self.val.load(Ordering::Acquire);
         loop {
@@ -398,6 +404,7 @@ impl State {
     }
 
     /// Drops one reference; true if it was the last (the caller frees the task).
+    #[inline]
     pub(crate) fn ref_dec(&self) -> bool {
         // AcqRel: Release hands our accesses to whoever frees; Acquire (for the freer)
         // sees everyone else's.
