@@ -310,6 +310,23 @@ impl Lanes {
         // Emptiness is checked with plain loads first: a steal attempt pins crossbeam's
         // epoch and writes shared state, which costs more than the whole pick when the
         // queue is empty, and most queues of most lanes are empty most of the time.
+        if self.injectors[lane].is_empty() && !self.may_steal(me, lane) {
+            return None;
+        }
+        self.take_elsewhere(me, local, lane, rng)
+    }
+
+    /// Takes a job of `lane` from its injector (a batch, into our FIFO) or from another
+    /// worker, retrying while a steal was lost to a race. Out of line: the pick's fast
+    /// path above only looks.
+    #[inline(never)]
+    fn take_elsewhere(
+        &self,
+        me: usize,
+        local: &LocalQueues,
+        lane: usize,
+        rng: &XorShift64Star,
+    ) -> Option<(JobRef, usize, Source)> {
         loop {
             let mut retry = false;
             let injector = &self.injectors[lane];
