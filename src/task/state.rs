@@ -38,7 +38,9 @@
 //!    a worker that pops a task whose handle is already gone claims it the same way
 //!    (`try_claim_sole_owner`: a load and a store, no CAS). Only a handle adds references
 //!    (`cancel`'s `ref_inc`), so once the handle and every other reference are gone,
-//!    none can come back.
+//!    none can come back; for the same reason `ref_dec` drops the last reference with a
+//!    load, not an RMW (a handle joined after the worker released its reference frees
+//!    the task so).
 //! 5. *Pool lifetime.* A task that is neither `RUNNING` nor `COMPLETE` sits in a queue of a
 //!    live pool. A canceller that claims it reaches the pool (to count) before `complete`;
 //!    a worker that pops a claimed task waits for `COMPLETE` before dropping its
@@ -403,9 +405,17 @@ impl State {
         }
     }
 
-    /// Drops one reference; true if it was the last (the caller frees the task).
+    /// Drops one reference; true if it was the last (the caller frees the task). The last
+    /// reference is dropped without an RMW: once the caller's is the only one left, no
+    /// other thread can reach the word or add a reference (only a handle adds one,
+    /// invariant 4), so nobody sees the count.
     #[inline]
     pub(crate) fn ref_dec(&self) -> bool {
+        // Acquire: pairs with the Release of every other reference's drop, so their
+        // accesses happen before the caller frees the task.
+        if self.val.load(Ordering::Acquire) & REF_COUNT_MASK == REF_ONE {
+            return true;
+        }
         // AcqRel: Release hands our accesses to whoever frees; Acquire (for the freer)
         // sees everyone else's.
         let prev = self.val.fetch_sub(REF_ONE, Ordering::AcqRel);
