@@ -11,7 +11,9 @@
 //! ## Search order
 //! A worker looks through the lanes in priority order, and within a lane: its own deques,
 //! the lane's injector (taking a batch), then other workers' deques starting at a random
-//! victim. The first job found wins.
+//! victim. The first job found wins. The occupancy hints ([`Stealers::occupied`]) keep
+//! that cheap: a worker skips its own deques and its victims' while their bits are clear,
+//! and draws the random victim only once some victim's bit is set.
 //!
 //! ## Fairness (the starvation guard)
 //! A worker counts its successful picks. On the pick numbered `p`:
@@ -114,7 +116,8 @@ pub(crate) struct Stealers {
     /// stale clear bit merely skips a victim for one round: the exact, fenced check before
     /// a worker parks (`Lanes::is_empty`) sees the job, whose push follows the bit's store,
     /// and the worker searches again. So thieves skip empty lanes without the SeqCst fence
-    /// that each `Stealer::is_empty` costs.
+    /// that each `Stealer::is_empty` costs. For the owner a clear bit is exact (nobody else
+    /// pushes), so its search skips its own empty lanes without popping them.
     occupied: Arc<CachePadded<AtomicU8>>,
 }
 
@@ -146,6 +149,12 @@ impl LocalQueues {
             // Relaxed: the push that follows publishes it with its Release store.
             self.occupied.store(bits | (1 << lane), Ordering::Relaxed);
         }
+    }
+
+    /// False only while both deques of `lane` are empty (see `Stealers::occupied`).
+    #[inline]
+    fn is_occupied(&self, lane: usize) -> bool {
+        self.occupied.load(Ordering::Relaxed) & (1 << lane) != 0
     }
 
     /// Clears `lane`'s occupancy bit: the owner's pops just found the lane empty.
@@ -286,17 +295,38 @@ impl Lanes {
         lane: usize,
         rng: &XorShift64Star,
     ) -> Option<(JobRef, usize, Source)> {
-        if let Some(job) = local.fifo[lane].pop() {
-            self.taken(lane);
-            return Some((job, lane, Source::Local));
+        // Our own deques, unless our occupancy bit says they are empty: only we push into
+        // them, setting the bit first, so a clear bit is exact for us (`Stealers::occupied`).
+        if local.is_occupied(lane) {
+            if let Some(job) = local.fifo[lane].pop() {
+                self.taken(lane);
+                return Some((job, lane, Source::Local));
+            }
+            if let Some(job) = local.lifo[lane].pop() {
+                return Some((job, lane, Source::Local));
+            }
+            local.mark_empty(lane);
         }
-        if let Some(job) = local.lifo[lane].pop() {
-            return Some((job, lane, Source::Local));
-        }
-        local.mark_empty(lane);
         // Emptiness is checked with plain loads first: a steal attempt pins crossbeam's
         // epoch and writes shared state, which costs more than the whole pick when the
         // queue is empty, and most queues of most lanes are empty most of the time.
+        if self.injectors[lane].is_empty() && !self.may_steal(me, lane) {
+            return None;
+        }
+        self.take_elsewhere(me, local, lane, rng)
+    }
+
+    /// Takes a job of `lane` from its injector (a batch, into our FIFO) or from another
+    /// worker, retrying while a steal was lost to a race. Out of line: the pick's fast
+    /// path above only looks.
+    #[inline(never)]
+    fn take_elsewhere(
+        &self,
+        me: usize,
+        local: &LocalQueues,
+        lane: usize,
+        rng: &XorShift64Star,
+    ) -> Option<(JobRef, usize, Source)> {
         loop {
             let mut retry = false;
             let injector = &self.injectors[lane];
@@ -312,48 +342,82 @@ impl Lanes {
                     Steal::Empty => {}
                 }
             }
-            let n = self.stealers.len();
-            if n > 1 {
-                let start = rng.next_usize(n);
-                for victim in (start..n).chain(0..start) {
-                    if victim == me {
-                        continue;
-                    }
-                    let theirs = &self.stealers[victim];
-                    if theirs.occupied.load(Ordering::Relaxed) & (1 << lane) == 0 {
-                        continue;
-                    }
-                    let attempt = if !theirs.lifo[lane].is_empty() {
-                        tag(theirs.lifo[lane].steal(), false)
-                    } else {
-                        Steal::Empty
-                    }
-                    .or_else(|| {
-                        if theirs.fifo[lane].is_empty() {
-                            Steal::Empty
-                        } else {
-                            local.mark_occupied(lane);
-                            tag(
-                                theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane]),
-                                true,
-                            )
-                        }
-                    });
-                    match attempt {
-                        Steal::Success((job, counted)) => {
-                            if counted {
-                                self.taken(lane);
-                            }
-                            return Some((job, lane, Source::Stolen));
-                        }
-                        Steal::Retry => retry = true,
-                        Steal::Empty => {}
-                    }
+            if self.may_steal(me, lane) {
+                match self.steal(me, local, lane, rng) {
+                    Steal::Success(found) => return Some(found),
+                    Steal::Retry => retry = true,
+                    Steal::Empty => {}
                 }
             }
             if !retry {
                 return None;
             }
+        }
+    }
+
+    /// True if another worker's hint says it may hold work in `lane`. Looked at in index
+    /// order, before `steal` draws its random first victim: most of the time no other
+    /// worker has work in a lane, and then the draw would cost more than the look.
+    #[inline]
+    fn may_steal(&self, me: usize, lane: usize) -> bool {
+        self.stealers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != me && s.occupied.load(Ordering::Relaxed) & (1 << lane) != 0)
+    }
+
+    /// Tries the other workers' deques of `lane`, from a random victim on: first their
+    /// `join` halves, then a batch of their spawned tasks (into our FIFO).
+    #[inline(never)]
+    fn steal(
+        &self,
+        me: usize,
+        local: &LocalQueues,
+        lane: usize,
+        rng: &XorShift64Star,
+    ) -> Steal<(JobRef, usize, Source)> {
+        let mut retry = false;
+        let n = self.stealers.len();
+        let start = rng.next_usize(n);
+        for victim in (start..n).chain(0..start) {
+            if victim == me {
+                continue;
+            }
+            let theirs = &self.stealers[victim];
+            if theirs.occupied.load(Ordering::Relaxed) & (1 << lane) == 0 {
+                continue;
+            }
+            let attempt = if !theirs.lifo[lane].is_empty() {
+                tag(theirs.lifo[lane].steal(), false)
+            } else {
+                Steal::Empty
+            }
+            .or_else(|| {
+                if theirs.fifo[lane].is_empty() {
+                    Steal::Empty
+                } else {
+                    local.mark_occupied(lane);
+                    tag(
+                        theirs.fifo[lane].steal_batch_and_pop(&local.fifo[lane]),
+                        true,
+                    )
+                }
+            });
+            match attempt {
+                Steal::Success((job, counted)) => {
+                    if counted {
+                        self.taken(lane);
+                    }
+                    return Steal::Success((job, lane, Source::Stolen));
+                }
+                Steal::Retry => retry = true,
+                Steal::Empty => {}
+            }
+        }
+        if retry {
+            Steal::Retry
+        } else {
+            Steal::Empty
         }
     }
 }

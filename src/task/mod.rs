@@ -3,6 +3,8 @@
 //! - `state.rs`: the atomic state word, its bit table and invariants, every RMW;
 //! - `raw.rs`: the allocation (header + stage), its vtable, and the harness that runs,
 //!   cancels, completes and frees a task;
+//! - `alloc.rs`: where the allocation comes from: the global allocator, or the one spare
+//!   block a thread keeps from the last task it freed;
 //! - `body.rs`: what a task runs: one `FnOnce` attempt, or a retrying `FnMut`;
 //! - `handle.rs`: [`JoinHandle`], the typed owner of the result;
 //! - `error.rs`: [`JoinError`].
@@ -14,6 +16,7 @@
 //! first resolves it as cancelled; the worker that pops it later loses the claim and only
 //! drops the queue's reference.
 
+mod alloc;
 pub(crate) mod body;
 mod error;
 mod handle;

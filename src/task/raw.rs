@@ -17,6 +17,7 @@
 //! `cancel` wins), then hands the timer its reference (inbox `Insert`). A canceller's
 //! `Cancel` may overtake that `Insert`; the driver pairs them up (see `time/driver.rs`).
 
+use std::alloc::Layout;
 use std::any::Any;
 use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
+use super::alloc;
 use super::body::{Attempt, Body, Once};
 use super::error::JoinError;
 use super::state::{Outcome, Snapshot, State, TransitionToRunning};
@@ -152,7 +154,12 @@ pub(crate) fn drop_panics() -> u64 {
 /// not unwind through the scheduler. Returns true (and counts it process-wide) if it
 /// panicked.
 pub(crate) fn drop_quietly<X>(x: X) -> bool {
-    match panic::catch_unwind(AssertUnwindSafe(move || drop(x))) {
+    run_quietly(move || drop(x))
+}
+
+/// Runs `f` (drop glue of user values), catching a panic from it as `drop_quietly` does.
+fn run_quietly(f: impl FnOnce()) -> bool {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(()) => false,
         Err(payload) => {
             DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -232,7 +239,8 @@ impl<B: Body> Cell<B> {
         pool: *const Shared,
         lane: usize,
     ) -> NonNull<Header> {
-        let cell = Box::new(Cell::<B> {
+        let cell = alloc::allocate(Layout::new::<Self>()).cast::<Self>();
+        let value = Cell::<B> {
             header: Header {
                 job: JobHeader {
                     vtable: (&Self::VTABLE as *const TaskVtable).cast(),
@@ -244,8 +252,11 @@ impl<B: Body> Cell<B> {
                 lane: lane as u8,
             },
             stage: UnsafeCell::new(stage),
-        });
-        NonNull::from(Box::leak(cell)).cast()
+        };
+        // SAFETY: a fresh block with the layout of `Self`, ours alone: the write
+        // initializes it.
+        unsafe { cell.as_ptr().write(value) };
+        cell.cast()
     }
 
     /// # Safety
@@ -268,15 +279,19 @@ impl<B: Body> Cell<B> {
     }
 
     /// Claims the task for its holder (a queue or the timer); returns the state before the
-    /// claim. If someone else holds the claim, waits until RUNNING clears: a canceller
-    /// then completes it (we drop our reference and return `None`), a retry makes it
-    /// SCHEDULED again (we claim it).
+    /// claim. A task whose handle is gone and that holds no other reference is ours alone
+    /// and is claimed without a CAS (invariant 4). If someone else holds the claim, waits
+    /// until RUNNING clears: a canceller then completes it (we drop our reference and
+    /// return `None`), a retry makes it SCHEDULED again (we claim it).
     ///
     /// # Safety
     /// The caller owns the queued or timer reference.
     unsafe fn claim_or_release(ptr: NonNull<Header>) -> Option<Snapshot> {
         // SAFETY: live while we hold the reference.
         let header = unsafe { ptr.as_ref() };
+        if let Some(before) = header.state.try_claim_sole_owner() {
+            return Some(before);
+        }
         let backoff = Backoff::new();
         loop {
             match header.state.try_claim() {
@@ -604,15 +619,24 @@ impl<B: Body> Cell<B> {
     /// # Safety
     /// The last reference was just dropped.
     unsafe fn dealloc(ptr: NonNull<Header>) {
-        // SAFETY: no reference is left, so we own the allocation made by `Box::new`.
-        let cell = unsafe { Box::from_raw(ptr.cast::<Self>().as_ptr()) };
-        if !cell.header.state.load().is_claimed() {
-            // Never claimed: the body is still live. Only reachable if a queue or the timer
-            // were dropped with the task in it, which shutdown prevents; handled for safety.
-            // SAFETY: unclaimed, so the body is the live member; exclusive.
-            drop_quietly(unsafe { cell.take_body() });
+        let cell = ptr.cast::<Self>();
+        {
+            // SAFETY: no reference is left, so the cell (made by `allocate`) is ours alone.
+            let this = unsafe { cell.as_ref() };
+            if !this.header.state.load().is_claimed() {
+                // Never claimed: the body is still live. Only reachable if a queue or the
+                // timer were dropped with the task in it, which shutdown prevents; handled
+                // for safety.
+                // SAFETY: unclaimed, so the body is the live member; exclusive.
+                drop_quietly(unsafe { this.take_body() });
+            }
         }
-        drop_quietly(cell);
+        // The fields' drop glue (the waker; the stage's members are `ManuallyDrop`), a
+        // panic in it caught like any user `Drop`'s.
+        // SAFETY: ours alone (above), initialized by `allocate`, dropped once here.
+        run_quietly(|| unsafe { std::ptr::drop_in_place(cell.as_ptr()) });
+        // SAFETY: allocated by `allocate` with this layout; nothing uses it any more.
+        unsafe { alloc::free(cell.cast(), Layout::new::<Self>()) };
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | bits | name | meaning | set by | cleared by | never with |
 //! | --- | --- | --- | --- | --- | --- |
-//! | 0 | `RUNNING` | someone claimed the stage: a worker runs the closure, or a canceller drops it | `try_claim` | `complete` | `COMPLETE` |
+//! | 0 | `RUNNING` | someone claimed the stage: a worker runs the closure, or a canceller drops it | `try_claim` (a sole owner: `try_claim_sole_owner`) | `complete` | `COMPLETE` |
 //! | 1 | `COMPLETE` | the outcome is final; the stage holds the output (or nothing) | `complete` | never | `RUNNING` |
 //! | 2 | `JOIN_INTEREST` | the `JoinHandle` is alive | `new` | handle drop (`drop_join_interest`) | |
 //! | 3 | `JOIN_WAKER` | a waker is stored; the task side may read it | `set_join_waker` | `unset_join_waker` | |
@@ -19,7 +19,9 @@
 //! ## Invariants
 //! 1. *Claim.* The stage (closure) is touched only by the thread whose `try_claim` CAS set
 //!    `RUNNING`. `try_claim` fails once `RUNNING` or `COMPLETE` is set, so a worker and a
-//!    canceller race with exactly one winner, and a task never runs twice.
+//!    canceller race with exactly one winner, and a task never runs twice. The one
+//!    exception has nobody to race: a holder of the queued reference that is the sole
+//!    owner (invariant 4) sets `RUNNING` with a plain store (`try_claim_sole_owner`).
 //! 2. *Output.* After `COMPLETE`, the output belongs to the handle if `JOIN_INTEREST` was
 //!    set in the `complete` transition, else to the completing thread, which drops it.
 //! 3. *Waker.* While `JOIN_WAKER` is clear, only the handle touches the waker slot. While
@@ -32,7 +34,13 @@
 //!    one CAS (`drop_join_interest_and_ref`); a claimer completing a task nobody waits on
 //!    publishes and drops its reference in one CAS (`complete_and_release_if_unwatched`);
 //!    a claimer that finds itself the sole owner (`is_sole_owner`: no handle, one
-//!    reference) frees the task without a transition, since no thread can observe it.
+//!    reference) frees the task without a transition, since no thread can observe it; and
+//!    a worker that pops a task whose handle is already gone claims it the same way
+//!    (`try_claim_sole_owner`: a load and a store, no CAS). Only a handle adds references
+//!    (`cancel`'s `ref_inc`), so once the handle and every other reference are gone,
+//!    none can come back; for the same reason `ref_dec` drops the last reference with a
+//!    load, not an RMW (a handle joined after the worker released its reference frees
+//!    the task so).
 //! 5. *Pool lifetime.* A task that is neither `RUNNING` nor `COMPLETE` sits in a queue of a
 //!    live pool. A canceller that claims it reaches the pool (to count) before `complete`;
 //!    a worker that pops a claimed task waits for `COMPLETE` before dropping its
@@ -198,12 +206,14 @@ impl State {
         }
     }
 
+    #[inline]
     pub(crate) fn load(&self) -> Snapshot {
         // Acquire: a reader that sees COMPLETE sees the output (pairs with `complete`).
         Snapshot(self.val.load(Ordering::Acquire))
     }
 
     /// QUEUED → RUNNING (invariant 1).
+    #[inline]
     pub(crate) fn try_claim(&self) -> TransitionToRunning {
         let mut cur = self.val.load(Ordering::Relaxed);
         loop {
@@ -226,9 +236,29 @@ impl State {
         }
     }
 
+    /// QUEUED → RUNNING for the holder of the queued (or timer) reference when it is the
+    /// sole owner (invariant 4: no handle, no other reference): then no other thread can
+    /// reach the word, so a load and a plain store claim the task, without `try_claim`'s
+    /// locked CAS. Returns the state before; `None` (changing nothing) when someone else
+    /// may still reach the task, or it is claimed or complete: use `try_claim`.
+    #[inline]
+    pub(crate) fn try_claim_sole_owner(&self) -> Option<Snapshot> {
+        // Acquire: pairs with the handle's release of its reference (as in
+        // `is_sole_owner`), so everything the handle did happens before we touch the stage.
+        let cur = self.val.load(Ordering::Acquire);
+        if cur & (JOIN_INTEREST | RUNNING | COMPLETE) != 0 || cur & REF_COUNT_MASK != REF_ONE {
+            return None;
+        }
+        // Relaxed: nobody else holds a reference, so nobody else reads or writes the word
+        // until we hand one out (a retry's timer insert publishes it with its own release).
+        self.val.store(cur | RUNNING, Ordering::Relaxed);
+        Some(Snapshot(cur))
+    }
+
     /// RUNNING → COMPLETE with `outcome`; returns the state before. AcqRel: Release
     /// publishes the stage to the handle; Acquire sees the waker the handle stored before
     /// setting `JOIN_WAKER` (invariant 3).
+    #[inline]
     pub(crate) fn complete(&self, outcome: Outcome) -> Snapshot {
         let prev = self
             .val
@@ -241,6 +271,7 @@ impl State {
     /// (`JOIN_INTEREST` set, `JOIN_WAKER` clear): then there is nothing to wake and the
     /// output goes to the handle, so the caller never touches the task again. Returns
     /// false, changing nothing, otherwise. One RMW instead of `complete` plus `ref_dec`.
+    #[inline]
     pub(crate) fn complete_and_release_if_unwatched(&self, outcome: Outcome) -> bool {
         let mut cur = self.val.load(Ordering::Relaxed);
         loop {
@@ -263,6 +294,7 @@ impl State {
 
     /// The completing claimer owns the whole task: the handle is gone and only the
     /// caller's reference is left, so no other thread can reach the task again.
+    #[inline]
     pub(crate) fn is_sole_owner(&self) -> bool {
         // Acquire: pairs with the handle's release of its reference, so everything the
         // handle did happens before we free the task (as in `Arc`'s drop).
@@ -274,6 +306,7 @@ impl State {
     /// unless the task is complete. `Err` means it is complete and the handle owns the
     /// output (invariant 2): it drops it, then its reference with `ref_dec`. On `Ok` the
     /// task still holds its queued (or timer) reference, so this was never the last.
+    #[inline]
     pub(crate) fn drop_join_interest_and_ref(&self) -> Result<(), Snapshot> {
         let mut cur = self.val.load(Ordering::Acquire);
         loop {
@@ -372,8 +405,17 @@ impl State {
         }
     }
 
-    /// Drops one reference; true if it was the last (the caller frees the task).
+    /// Drops one reference; true if it was the last (the caller frees the task). The last
+    /// reference is dropped without an RMW: once the caller's is the only one left, no
+    /// other thread can reach the word or add a reference (only a handle adds one,
+    /// invariant 4), so nobody sees the count.
+    #[inline]
     pub(crate) fn ref_dec(&self) -> bool {
+        // Acquire: pairs with the Release of every other reference's drop, so their
+        // accesses happen before the caller frees the task.
+        if self.val.load(Ordering::Acquire) & REF_COUNT_MASK == REF_ONE {
+            return true;
+        }
         // AcqRel: Release hands our accesses to whoever frees; Acquire (for the freer)
         // sees everyone else's.
         let prev = self.val.fetch_sub(REF_ONE, Ordering::AcqRel);
@@ -442,6 +484,31 @@ mod tests {
             "no handle"
         );
         assert!(!s.complete(Outcome::Value).is_join_interested());
+    }
+
+    #[test]
+    fn only_a_sole_owner_claims_without_a_cas() {
+        let s = State::new();
+        assert_eq!(s.try_claim_sole_owner(), None, "the handle is alive");
+        assert!(s.drop_join_interest_and_ref().is_ok());
+        let before = s.try_claim_sole_owner().expect("no handle, one reference");
+        assert!(!before.is_claimed());
+        assert!(s.load().is_running());
+        assert_eq!(s.try_claim_sole_owner(), None, "claimed already");
+        assert!(s.is_sole_owner());
+
+        // A task its handle cancelled: complete, so the holder only drops its reference.
+        let s = State::new();
+        assert!(matches!(s.try_claim(), TransitionToRunning::Success(_)));
+        let _ = s.complete(Outcome::Cancelled);
+        assert!(s.drop_join_interest_and_ref().is_err());
+        assert_eq!(s.try_claim_sole_owner(), None, "complete");
+
+        // A reference besides the holder's (a driver's `Cancel` message) keeps the CAS.
+        let s = State::new_scheduled();
+        s.ref_inc();
+        assert!(s.drop_join_interest_and_ref().is_ok());
+        assert_eq!(s.try_claim_sole_owner(), None, "two references");
     }
 
     #[test]

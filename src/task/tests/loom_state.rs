@@ -110,6 +110,9 @@ impl Task {
     /// `raw::Cell::claim_or_release`: claims for the queue's (or timer's) holder, or drops
     /// that reference once a canceller completed the task.
     fn claim_or_release(&self) -> bool {
+        if self.state().try_claim_sole_owner().is_some() {
+            return true;
+        }
         loop {
             match self.state().try_claim() {
                 TransitionToRunning::Success(_) => return true,
@@ -324,7 +327,8 @@ fn loom_claim_has_one_winner() {
 /// dropped exactly once (by the worker if the handle left first, else by the handle), and
 /// the task is freed exactly once, after every other use (invariants 2 and 4, with both
 /// fast paths: `complete_and_release_if_unwatched`, `drop_join_interest_and_ref`, and the
-/// sole-owner shortcut).
+/// sole-owner shortcuts: the claim without a CAS when the handle left before the worker
+/// claimed, and the free without a transition when it left before the worker completed).
 #[test]
 fn loom_complete_races_handle_drop() {
     model(|| {
