@@ -83,14 +83,15 @@
 //! still gets one pick in 32 per worker, and lower lanes together never take more than one
 //! pick in 16 while higher work waits.
 //!
-//! `join` halves reach that LIFO deque late, by heartbeat scheduling (as Spice and chili
-//! do): a join first records its second half in a list only its worker sees, at no atomic
-//! cost, and runs it itself right after the first half if nobody took it. About every
-//! 100 µs of joining (a clock read, amortised over the joins), a busy worker moves its
-//! oldest recorded half, the one with the most work under it, to the deque, where idle
-//! workers steal it; before any blocking wait it moves them all. While joins come less
-//! than about 400 ns apart, most of them below the three outermost recorded halves are
-//! plain calls, so fine-grained recursion costs about what the sequential code does.
+//! Fine-grained `join` halves reach that LIFO deque late, by heartbeat scheduling (as
+//! Spice and chili do). While a worker's joins come less than about 400 ns apart, a join
+//! records its second half in a list only its worker sees, at no atomic cost (most of them,
+//! below the three outermost recorded halves, are plain calls), and runs it itself right
+//! after the first half if nobody took it; about every 100 µs of joining (a clock read,
+//! amortised over the joins) the worker moves its oldest recorded half, the one with the
+//! most work under it, to the deque, where idle workers steal it. So fine-grained
+//! recursion costs about what the sequential code does. Coarser joins go to the deque at
+//! once, as rayon's do; before any blocking wait a worker moves all it holds.
 //!
 //! A worker that finds nothing searches a few more rounds (yielding in between), then
 //! parks. A spawn wakes one parked worker only when no worker is searching, so an idle

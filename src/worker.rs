@@ -142,12 +142,13 @@ impl WorkerThread {
         self.local.pop_join(self.lane.get())
     }
 
-    /// Records a `join` frame, and promotes the oldest if a beat is due (steps 1 and 2 of
-    /// `join`'s protocol).
+    /// Records a `join` frame, and promotes the oldest if a beat is due or the joins are
+    /// coarse (steps 1 and 2 of `join`'s protocol).
     #[inline(always)]
     pub(crate) fn record_frame(&self, job: JobRef) {
         self.frames.push(job);
-        if self.heartbeat.is_due() {
+        // `is_due` first: it also judges the joins, so it must run while they are coarse.
+        if self.heartbeat.is_due() || !self.heartbeat.is_fine() {
             self.promote_oldest_frame();
         }
     }

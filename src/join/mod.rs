@@ -21,11 +21,12 @@
 //!    its [`JobRef`] pushed on the owner's private list ([`Frames`], oldest first). No
 //!    atomic operation.
 //! 2. **Beat.** After recording, the owner asks its heartbeat whether a beat is due (a
-//!    clock read, amortised: [`heartbeat`]). If so, it **promotes** the oldest private
-//!    frame: pops it off the front of the list and pushes it on its stealable deque in the
-//!    current lane, waking an idle worker if there is one (the same push and notify as a
-//!    spawn from a worker). So a busy worker offers one frame about every
-//!    [`heartbeat::INTERVAL`], the oldest, which holds the most work.
+//!    clock read, amortised: [`heartbeat`]). If so, or if its joins are coarse, it
+//!    **promotes** the oldest private frame: pops it off the front of the list and pushes
+//!    it on its stealable deque in the current lane, waking an idle worker if there is one
+//!    (the same push and notify as a spawn from a worker). So a worker with fine-grained
+//!    joins offers one frame about every [`heartbeat::INTERVAL`], the oldest, which holds
+//!    the most work; coarse frames are offered at once, as rayon does.
 //! 3. **Run `a`**, catching a panic.
 //! 4. **Take `b` back.** If the newest private frame is still `b`, nobody else can reach
 //!    it: the owner pops it and runs it inline. Otherwise `b` was promoted; the owner pops
@@ -59,9 +60,10 @@
 //!   5: a job runs nested in another only from inside a blocking wait, which emptied the
 //!   list first), promotion pushes into the current lane, which is that job's, and the
 //!   owner's step 4 pops that same lane. (`tests/join.rs` checks the lane.)
-//! - *Sharing keeps up.* While joins are coarse every one records, so no half that could
-//!   be shared is ever a plain call; while they are fine, the halves left to plain calls
-//!   lie below the outermost recorded frames, and every beat offers the oldest of those.
+//! - *Sharing keeps up.* While joins are coarse every one records and is offered at once,
+//!   so no half that could be shared is ever held back; while they are fine, the halves
+//!   left to plain calls lie below the outermost recorded frames, and every beat offers
+//!   the oldest of those.
 //! - *No lost wake-up.* A promotion is a local deque push followed by the same sleep check
 //!   as a spawn from a worker; a thief that misses it is woken by it or finds it on its next
 //!   search. The owner never needs a wake-up for a frame it can still take back.
