@@ -542,6 +542,36 @@ async fn tcp_with_token() {
     ok.shutdown().await;
 }
 
+/// The `Bearer` scheme is matched without regard to case (RFC 9110 §11.1); the token is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_scheme_is_case_insensitive() {
+    let node = Node::new(Registry::new())
+        .workers(1)
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .token("s3cret")
+        .start()
+        .await
+        .unwrap();
+    let at = node.endpoint().clone();
+    let get = |auth: &str| {
+        format!("GET /v1/registry HTTP/1.1\r\nhost: weft\r\nconnection: close\r\nauthorization: {auth}\r\n\r\n")
+    };
+    for auth in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR  s3cret",
+    ] {
+        let r = raw(&at, get(auth).as_bytes()).await;
+        assert_eq!(r.status, 200, "{auth}: {}", r.text());
+    }
+    for auth in ["Bearer S3CRET", "Basic s3cret", "Bearers3cret", "s3cret"] {
+        let r = raw(&at, get(auth).as_bytes()).await;
+        assert_eq!(r.status, 401, "{auth}: {}", r.text());
+    }
+    node.shutdown().await;
+}
+
 // ---------------------------------------------------------------- outcomes and states
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
