@@ -54,6 +54,7 @@ pub mod client;
 mod http;
 mod node;
 mod prom;
+mod socket;
 mod store;
 mod wire;
 
@@ -74,6 +75,12 @@ pub const SOCKET_ENV: &str = "WEFT_SOCKET";
 
 /// Where the node listens and the client connects by default: `$WEFT_SOCKET` if set, else
 /// `$XDG_RUNTIME_DIR/weft.sock` if that is set, else `/tmp/weft-$UID/weft.sock`.
+///
+/// The node and the [`Client`] refuse a default socket directory (`$XDG_RUNTIME_DIR`, or
+/// `/tmp/weft-$UID`) that is not the user's own with mode 0700, and any other socket
+/// directory that group or others may write to or that belongs to another user (but
+/// root): whoever can write to the directory can put a socket of their own in the
+/// node's place.
 ///
 /// ```
 /// let p = weft::service::default_socket_path();

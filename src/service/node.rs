@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::app::{App, Counters};
+use super::socket;
 use super::store::Store;
 use super::{default_socket_path, Registry};
 use crate::Pool;
@@ -65,6 +66,7 @@ pub struct ServiceError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ErrorKind {
     InUse,
+    UnsafeSocketDir,
     TokenRequired,
     Config,
     Io,
@@ -85,6 +87,12 @@ impl ServiceError {
     /// Another node is listening on the socket already.
     pub fn is_in_use(&self) -> bool {
         self.kind == ErrorKind::InUse
+    }
+
+    /// The socket's directory is not safe to listen in: it belongs to another user, or
+    /// group or others may write to it (see [`default_socket_path`] for the rule).
+    pub fn is_unsafe_socket_dir(&self) -> bool {
+        self.kind == ErrorKind::UnsafeSocketDir
     }
 
     /// A TCP bind to a non-loopback address was asked for without a token.
@@ -220,7 +228,8 @@ impl Node {
     }
 
     /// Listens on a Unix socket at `path` (mode 0600; missing directories are created with
-    /// mode 0700).
+    /// mode 0700). [`start`](Self::start) refuses a directory that belongs to another user
+    /// (but root) or that group or others may write to.
     pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
         self.listen = Listen::Unix(Some(path.into()));
         self
@@ -283,7 +292,8 @@ impl Node {
     /// Binds and starts serving on the current tokio runtime (it needs the `net` and
     /// `time` drivers: a runtime built with `enable_all`).
     ///
-    /// Fails if the socket is in use by a live node (a stale socket file is replaced), if a
+    /// Fails if the socket's directory is not safe (see [`default_socket_path`]), if the
+    /// socket is in use by a live node (a stale socket file is replaced), if a
     /// non-loopback TCP address has no token, if a limit is zero, or if binding fails.
     pub async fn start(self) -> Result<RunningNode, ServiceError> {
         for (what, n) in [
@@ -463,15 +473,12 @@ impl SocketGuard {
     }
 }
 
-/// Binds a Unix socket at `path`: creates missing directories (0700), replaces a stale
-/// socket, refuses a live one, and makes the socket 0600 before it appears at `path`
+/// Binds a Unix socket at `path`: creates missing directories (0700), refuses a directory
+/// that is not safe (`socket.rs`'s rules), replaces a stale socket, refuses a live one, and makes the socket 0600 before it appears at `path`
 /// (bound under a temporary name, then renamed).
 fn bind_unix(path: &Path) -> Result<UnixBound, ServiceError> {
     let display = path.display();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = socket::dir_of(path);
     if path.file_name().is_none() {
         return Err(ServiceError::new(
             ErrorKind::Config,
@@ -481,10 +488,13 @@ fn bind_unix(path: &Path) -> Result<UnixBound, ServiceError> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(socket::DEFAULT_DIR_MODE)
             .create(&dir)
             .map_err(|e| ServiceError::io(format!("cannot create {}", dir.display()), e))?;
     }
+    // Judged after creating it: someone else may have made it first.
+    socket::check_dir(&dir)
+        .map_err(|e| ServiceError::new(ErrorKind::UnsafeSocketDir, e.to_string()))?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
