@@ -1345,6 +1345,75 @@ fn child_uses_weft_socket() {
     });
 }
 
+// ---------------------------------------------------------------- request limits
+
+/// A node on loopback TCP, configured by `f`.
+async fn tcp_node(f: impl FnOnce(Node) -> Node) -> (Fixture, std::net::SocketAddr) {
+    let gate = Gate::default();
+    let order = Arc::default();
+    let node = f(Node::new(registry(&gate, &order))
+        .workers(2)
+        .tcp("127.0.0.1:0".parse().unwrap()))
+    .start()
+    .await
+    .unwrap();
+    let Endpoint::Tcp(addr) = node.endpoint().clone() else {
+        unreachable!()
+    };
+    let fx = Fixture {
+        http: Http::new(&node),
+        node,
+        gate,
+        order,
+        dir: None,
+    };
+    (fx, addr)
+}
+
+/// Waits until the node closes `s` (EOF or reset); returns what it sent before that.
+async fn closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(HANG, s.read(&mut chunk)).await {
+            Err(_) => panic!("the node did not close the connection in {HANG:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return buf,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A `Content-Length` over the limit is answered 413 before any of the body is read (no
+/// `100 Continue` to an `Expect: 100-continue`), before authentication, and the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_before_it_is_read() {
+    let (fx, addr) = tcp_node(|n| n.max_body_bytes(100).token("s3cret")).await;
+    for expect in ["", "expect: 100-continue\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1/tasks/add HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
+             {expect}content-length: 1000000\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let answer = closed(&mut s).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        assert!(!text.contains("100 Continue"), "{text}");
+        let r = parse(&answer);
+        assert_eq!(r.status, 413, "{expect:?}: {text}");
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(r.error().contains("over the limit of 100 bytes"), "{text}");
+    }
+    // Within the limit, the token is asked for as before.
+    let r = fx.http.post("/v1/tasks/add", r#"{"args": [1, 2]}"#).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let mut h = fx.http.clone();
+    h.token = Some("s3cret".into());
+    h.wait_metric("weft_submissions_rejected_total{reason=\"bad_request\"} 2")
+        .await;
+    fx.shutdown().await;
+}
+
 // ---------------------------------------------------------------- fuzzing
 
 fn fuzz_node() -> &'static (tokio::runtime::Runtime, Endpoint) {

@@ -50,9 +50,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.status, Json(self.body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The body was not read whole: the connection cannot carry another request.
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         res
     }
@@ -72,7 +80,33 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost, so before authentication and routing.
+        .layer(middleware::from_fn_with_state(app.clone(), body_limit))
         .with_state(app)
+}
+
+/// Answers 413 to a request whose `Content-Length` is over the limit, before reading any
+/// of its body (so an `Expect: 100-continue` gets no `100 Continue`).
+async fn body_limit(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
+        if req.method() == Method::POST {
+            Counters::bump(&app.counters.rejected_bad_request);
+        }
+        return too_large(app.max_body_bytes).into_response();
+    }
+    next.run(req).await
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
 }
 
 async fn auth(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
@@ -239,10 +273,7 @@ fn shutting_down() -> ApiError {
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over the limit of {limit} bytes"),
-        )),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
         Err(e) => Err(ApiError::bad_request(format!(
             "cannot read the request body: {e}"
         ))),
