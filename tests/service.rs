@@ -1345,7 +1345,7 @@ fn child_uses_weft_socket() {
     });
 }
 
-// ---------------------------------------------------------------- request limits
+// ---------------------------------------------------------------- HTTP limits
 
 /// A node on loopback TCP, configured by `f`.
 async fn tcp_node(f: impl FnOnce(Node) -> Node) -> (Fixture, std::net::SocketAddr) {
@@ -1370,6 +1370,34 @@ async fn tcp_node(f: impl FnOnce(Node) -> Node) -> (Fixture, std::net::SocketAdd
     (fx, addr)
 }
 
+/// Reads one answer from a kept-alive connection (a `content-length` body).
+async fn read_answer(s: &mut tokio::net::TcpStream) -> Resp {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return parse(&buf[..end + 4 + len]);
+            }
+        }
+        let n = tokio::time::timeout(HANG, s.read(&mut chunk))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Waits until the node closes `s` (EOF or reset); returns what it sent before that.
 async fn closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -1381,6 +1409,104 @@ async fn closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Slow loris: a connection that trickles its request's head, a byte at a time, is closed
+/// once the header timeout has passed since it opened, however steadily it trickles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_closed_after_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (fx, addr) = tcp_node(|n| n.header_timeout(timeout)).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    let head =
+        b"GET /healthz HTTP/1.1\r\nhost: weft\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0;
+    let mut buf = [0u8; 64];
+    let got = loop {
+        tokio::select! {
+            r = s.read(&mut buf) => break r.unwrap_or(0),
+            _ = tick.tick() => {
+                // The trickle goes on for as long as the node takes (the head never ends).
+                let byte = &head[sent % head.len()..sent % head.len() + 1];
+                let _ = s.write_all(if sent < head.len() { byte } else { b"a" }).await;
+                sent += 1;
+            }
+        }
+    };
+    let took = opened.elapsed();
+    assert_eq!(got, 0, "closed without an answer");
+    assert!(took >= timeout, "closed after {took:?}, before the timeout");
+    assert!(took < Duration::from_secs(20), "closed only after {took:?}");
+    fx.http
+        .wait_metric("weft_service_connections_closed_total{reason=\"header_timeout\"} 1")
+        .await;
+    assert_eq!(fx.http.get("/healthz").await.status, 200);
+    fx.shutdown().await;
+}
+
+/// A kept-alive connection stays open between requests for the idle timeout, not the
+/// (shorter) header timeout, and is closed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let (header, idle) = (Duration::from_millis(200), Duration::from_millis(1500));
+    let (fx, addr) = tcp_node(|n| n.header_timeout(header).idle_timeout(idle)).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: weft\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_answer(&mut s).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let answered = Instant::now();
+    assert!(closed(&mut s).await.is_empty());
+    let took = answered.elapsed();
+    assert!(
+        took >= idle,
+        "closed after {took:?}: before the idle timeout"
+    );
+    assert!(
+        took < idle + Duration::from_secs(20),
+        "closed only after {took:?}"
+    );
+    fx.http
+        .wait_metric("weft_service_connections_closed_total{reason=\"idle_timeout\"} 1")
+        .await;
+    fx.shutdown().await;
+}
+
+/// A POST whose body never comes is answered 408 once the body timeout has passed, and
+/// its connection closed; so is one whose body stops halfway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_comes_is_answered_408_after_the_body_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (fx, addr) = tcp_node(|n| n.body_timeout(timeout)).await;
+    for partial in ["", r#"{"args": ["#] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1/tasks/add HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
+             content-length: 20\r\n\r\n{partial}"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let sent = Instant::now();
+        let answer = closed(&mut s).await;
+        let took = sent.elapsed();
+        let r = parse(&answer);
+        assert_eq!(r.status, 408, "{partial:?}: {}", r.text());
+        assert!(
+            r.error().contains("did not arrive within 300ms"),
+            "{}",
+            r.error()
+        );
+        assert!(took >= timeout, "answered after {took:?}");
+        assert!(
+            took < Duration::from_secs(20),
+            "answered only after {took:?}"
+        );
+    }
+    fx.shutdown().await;
 }
 
 /// A `Content-Length` over the limit is answered 413 before any of the body is read (no
@@ -1412,6 +1538,158 @@ async fn a_body_over_the_limit_is_refused_before_it_is_read() {
     h.wait_metric("weft_submissions_rejected_total{reason=\"bad_request\"} 2")
         .await;
     fx.shutdown().await;
+}
+
+/// Requests hyper cannot parse are answered with the API's JSON errors, like every other
+/// error, before authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_answered_as_json() {
+    let (fx, _) = tcp_node(|n| n.token("s3cret")).await;
+    let at = fx.node.endpoint().clone();
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: weft\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 << 10)
+    );
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"NOT AN HTTP REQUEST\r\n\r\n", 400, "malformed"),
+        (
+            b"GET /healthz HTTP/1.1\r\nbad header line\r\n\r\n",
+            400,
+            "malformed",
+        ),
+        (
+            b"GET /healthz HTTP/9.9\r\nhost: weft\r\n\r\n",
+            400,
+            "malformed",
+        ),
+        (huge.as_bytes(), 431, "too large"),
+    ];
+    for (req, status, says) in cases {
+        let r = raw(&at, req).await;
+        let shown = String::from_utf8_lossy(&req[..req.len().min(40)]).into_owned();
+        assert_eq!(r.status, status, "{shown:?}: {}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{shown:?}"
+        );
+        assert!(r.error().contains(says), "{shown:?}: {}", r.error());
+    }
+    fx.shutdown().await;
+}
+
+/// Past the connection cap, the connections idle the longest are closed to make room, so
+/// `/healthz` still answers while more connections than the cap sit idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_the_oldest_idle_are_closed() {
+    let cap = 8;
+    let (fx, addr) = tcp_node(|n| n.max_connections(cap).header_timeout(HANG)).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 * cap {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..3 {
+        assert_eq!(fx.http.get("/healthz").await.status, 200);
+    }
+    // The oldest went first; the node holds at most `cap`.
+    assert!(closed(&mut idle[0]).await.is_empty());
+    let text = fx.http.get("/metrics").await.text();
+    let open: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_service_connections "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open <= cap, "{open} open connections, cap {cap}");
+    assert!(
+        text.lines().any(|l| l
+            .strip_prefix("weft_service_connections_closed_total{reason=\"evicted\"} ")
+            .is_some_and(|n| n.parse::<usize>().unwrap() >= 2 * cap)),
+        "{text}"
+    );
+    fx.shutdown().await;
+}
+
+/// At the cap with a request in progress on every connection, a new connection is
+/// answered 503 (JSON) and closed; none of those requests is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_busy_new_ones_are_refused() {
+    let (fx, addr) = tcp_node(|n| n.max_connections(2)).await;
+    let id = fx.http.submit("block", json!({})).await;
+    fx.started(&id).await;
+    let poll = format!("GET /v1/tasks/{id}?wait=60s HTTP/1.1\r\nhost: weft\r\n\r\n");
+    // Whether both long-polls are in progress can only be seen by a third connection, and
+    // that one evicts a long-poll whose head the node has not read yet: then try again.
+    let mut tries = 0;
+    let (mut busy, refused) = loop {
+        tries += 1;
+        assert!(tries <= 100, "never saw both long-polls in progress");
+        // Admitted first (a request each), then given a long-poll each.
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: weft\r\n\r\n")
+                .await
+                .unwrap();
+            if read_answer(&mut s).await.status != 200 {
+                continue;
+            }
+            s.write_all(poll.as_bytes()).await.unwrap();
+            busy.push(s);
+        }
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: weft\r\nconnection: close\r\n\r\n")
+            .await;
+        let r = parse(&closed(&mut probe).await);
+        if busy.len() == 2 && r.status == 503 {
+            break (busy, r);
+        }
+    };
+    assert!(
+        refused.error().contains("too many open connections"),
+        "{}",
+        refused.error()
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    fx.gate.open();
+    for s in &mut busy {
+        let r = read_answer(s).await;
+        assert_eq!(r.json()["state"], "SUCCESS", "{}", r.text());
+    }
+    drop(busy);
+    wait_for(|| async { (fx.http.get("/healthz").await.status == 200).then_some(()) }).await;
+    fx.shutdown().await;
+}
+
+/// The defaults the README and the docs state.
+#[test]
+fn http_limit_defaults_are_the_documented_ones() {
+    use weft::service::*;
+    assert_eq!(DEFAULT_HEADER_TIMEOUT, Duration::from_secs(10));
+    assert_eq!(DEFAULT_BODY_TIMEOUT, Duration::from_secs(30));
+    assert_eq!(DEFAULT_IDLE_TIMEOUT, Duration::from_secs(60));
+    assert_eq!(DEFAULT_MAX_CONNECTIONS, 1024);
+    assert_eq!(DEFAULT_MAX_BODY_BYTES, 1 << 20);
+}
+
+/// Zero limits are refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_http_limits_are_refused() {
+    type Configure = fn(Node) -> Node;
+    let configs: [(&str, Configure); 4] = [
+        ("header_timeout", |n| n.header_timeout(Duration::ZERO)),
+        ("body_timeout", |n| n.body_timeout(Duration::ZERO)),
+        ("idle_timeout", |n| n.idle_timeout(Duration::ZERO)),
+        ("max_connections", |n| n.max_connections(0)),
+    ];
+    for (what, f) in configs {
+        let err = f(Node::new(Registry::new()).tcp("127.0.0.1:0".parse().unwrap()))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.is_config() && err.to_string().contains(what), "{err}");
+    }
 }
 
 // ---------------------------------------------------------------- fuzzing

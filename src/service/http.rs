@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::app::{App, Counters, Refused, Spawn};
+use super::serve::BodyTimeout;
 use super::wire::{priority_name, RetrySpec, SubmitRequest};
 use crate::RetryPolicy;
 
@@ -274,9 +275,18 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {e}"
-        ))),
+        Err(e) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            while let Some(c) = cause {
+                if let Some(t) = c.downcast_ref::<BodyTimeout>() {
+                    return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, t.to_string()));
+                }
+                cause = c.source();
+            }
+            Err(ApiError::bad_request(format!(
+                "cannot read the request body: {e}"
+            )))
+        }
     }
 }
 

@@ -18,7 +18,14 @@
 //! not fit the task, a bad option; 404 for an unknown task name, an unknown or expired id;
 //! 413 for a body over the limit; 429 (with `Retry-After: 1`) when the task's lane is full
 //! or the node's in-flight limit is reached; 503 while shutting down; 401 for a missing or
-//! wrong bearer token when the node has one.
+//! wrong bearer token when the node has one. Before any of that (so before
+//! authentication), the HTTP server bounds every connection: a request that is not
+//! valid HTTP is answered 400 (its headers over 32 KiB: 431); a `Content-Length` over the
+//! limit 413, before the body is read; a body that does not arrive within
+//! [`Node::body_timeout`] 408; a head not read within [`Node::header_timeout`], or an idle
+//! spell past [`Node::idle_timeout`], closes the connection; and at most
+//! [`Node::max_connections`] are open (then the one idle the longest is closed, or a new
+//! one answered 503).
 //!
 //! # A task's life
 //!
@@ -54,6 +61,7 @@ pub mod client;
 mod http;
 mod node;
 mod prom;
+mod serve;
 mod socket;
 mod store;
 mod wire;
@@ -64,8 +72,9 @@ use std::path::PathBuf;
 pub use crate::registry::{Registry, TaskOptions};
 pub use client::Client;
 pub use node::{
-    Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
+    Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
     DEFAULT_RESULT_TTL,
 };
 pub use wire::{State, TaskInfo};

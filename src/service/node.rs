@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::app::{App, Counters};
+use super::serve::{serve, Limits};
 use super::socket;
 use super::store::Store;
 use super::{default_socket_path, Registry};
@@ -167,9 +168,22 @@ pub struct Node {
     max_results: usize,
     max_in_flight: usize,
     max_body_bytes: usize,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
     shutdown_mode: ShutdownMode,
     drain_timeout: Duration,
 }
+
+/// Default for [`Node::header_timeout`]: 10 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Node::body_timeout`]: 30 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Node::idle_timeout`]: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for [`Node::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Default for [`Node::result_ttl`]: one hour (Celery's `result_expires`, a day there).
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
@@ -200,6 +214,10 @@ impl Node {
             max_results: DEFAULT_MAX_RESULTS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_mode: ShutdownMode::Drain,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
@@ -269,9 +287,42 @@ impl Node {
     }
 
     /// The largest request body; a larger one is answered 413 (default
-    /// [`DEFAULT_MAX_BODY_BYTES`]).
+    /// [`DEFAULT_MAX_BODY_BYTES`]), before any of it is read when its `Content-Length`
+    /// says so (and then without `100 Continue` to an `Expect: 100-continue`).
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// How long a connection may take to send a request's head (request line and
+    /// headers), from when it is opened or from the first byte after an idle spell;
+    /// then it is closed without an answer (default [`DEFAULT_HEADER_TIMEOUT`]).
+    pub fn header_timeout(mut self, d: Duration) -> Self {
+        self.header_timeout = d;
+        self
+    }
+
+    /// How long a request's body may take to arrive, from the end of its head; then the
+    /// request is answered 408 and the connection closed (default
+    /// [`DEFAULT_BODY_TIMEOUT`]).
+    pub fn body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = d;
+        self
+    }
+
+    /// How long a keep-alive connection may stay idle (no request in progress) before it
+    /// is closed (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// The most connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]). At the
+    /// cap, a new connection closes the one idle the longest (or sending its request's
+    /// head the longest); if every one has a request in progress, the new one is
+    /// answered 503 and closed. Running out of file descriptors evicts the same way.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
         self
     }
 
@@ -300,11 +351,24 @@ impl Node {
             ("max_results", self.max_results),
             ("max_in_flight", self.max_in_flight),
             ("max_body_bytes", self.max_body_bytes),
+            ("max_connections", self.max_connections),
         ] {
             if n == 0 {
                 return Err(ServiceError::new(
                     ErrorKind::Config,
                     format!("{what} must be at least 1"),
+                ));
+            }
+        }
+        for (what, d) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ServiceError::new(
+                    ErrorKind::Config,
+                    format!("{what} must be more than zero"),
                 ));
             }
         }
@@ -354,28 +418,28 @@ impl Node {
             stopping: watch::Sender::new(false),
             waiters: AtomicU64::new(0),
             idle: Notify::new(),
+            connections: Arc::default(),
         });
         let router = super::http::router(app.clone());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let stop = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
+        let limits = Limits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
         };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = app.connections.clone();
         let (endpoint, socket, server) = match bound {
             Bound::Unix(s) => {
                 let endpoint = Endpoint::Unix(s.path.clone());
-                let l = s.listener;
-                let server = tokio::spawn(async move {
-                    axum::serve(l, router).with_graceful_shutdown(stop).await
-                });
+                let server = tokio::spawn(serve(s.listener, router, limits, stats, stop_rx));
                 (endpoint, Some(s.guard), server)
             }
             Bound::Tcp(l) => {
                 let addr = l
                     .local_addr()
                     .map_err(|e| ServiceError::io("cannot read the bound address", e))?;
-                let server = tokio::spawn(async move {
-                    axum::serve(l, router).with_graceful_shutdown(stop).await
-                });
+                let server = tokio::spawn(serve(l, router, limits, stats, stop_rx));
                 (Endpoint::Tcp(addr), None, server)
             }
         };
@@ -424,6 +488,10 @@ impl fmt::Debug for Node {
             .field("max_results", &self.max_results)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .field("shutdown_mode", &self.shutdown_mode)
             .finish_non_exhaustive()
     }
@@ -560,7 +628,7 @@ pub struct RunningNode {
     endpoint: Endpoint,
     app: Arc<App>,
     stop_tx: watch::Sender<bool>,
-    server: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    server: Option<tokio::task::JoinHandle<()>>,
     socket: Option<SocketGuard>,
     shutdown_mode: ShutdownMode,
     drain_timeout: Duration,
