@@ -1185,6 +1185,159 @@ async fn stale_socket_replaced_live_socket_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// While draining, the node still accepts connections and answers them: new submissions
+/// and `/healthz` with 503, reads as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_new_connections_are_answered_503() {
+    let fx = unix_node(|n| n.workers(1).drain_timeout(HANG)).await;
+    let h = fx.http.clone();
+    let running = h.submit("block", json!({})).await;
+    fx.started(&running).await;
+    let gate = fx.gate.clone();
+    let stopper = tokio::spawn(fx.node.shutdown());
+    let r = wait_for(|| async {
+        let r = h.get("/healthz").await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.json()["status"], "draining");
+    let r = h.post("/v1/tasks/add", r#"{"args": [1, 2]}"#).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.error().contains("shutting down"), "{}", r.error());
+    assert_eq!(h.info(&running).await["state"], "STARTED");
+    gate.open();
+    stopper.await.unwrap();
+    if let Some(d) = fx.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Shutdown ends within the drain timeout even while a task runs on: the long-polls are
+/// answered (with the task still `STARTED`) and the socket removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_the_drain_timeout_while_tasks_run() {
+    let drain = Duration::from_millis(800);
+    let fx = unix_node(|n| n.workers(1).drain_timeout(drain)).await;
+    let h = fx.http.clone();
+    let running = h.submit("block", json!({})).await;
+    fx.started(&running).await;
+    let waiter = {
+        let (h, id) = (h.clone(), running.clone());
+        tokio::spawn(async move { h.get(&format!("/v1/tasks/{id}?wait=60s")).await.json() })
+    };
+    h.wait_metric("weft_service_waiters 1").await;
+    let Endpoint::Unix(path) = fx.node.endpoint().clone() else {
+        panic!()
+    };
+    let began = Instant::now();
+    fx.node.shutdown().await;
+    let took = began.elapsed();
+    assert!(took < drain + Duration::from_millis(500), "took {took:?}");
+    assert_eq!(waiter.await.unwrap()["state"], "STARTED");
+    assert!(!path.exists());
+    fx.gate.open();
+    if let Some(d) = fx.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Runs `child_node_until_signalled` (a node in the foreground, `Node::run_with`) in a
+/// child process with a task that never ends, and signals it: SIGTERM ends it within the
+/// drain timeout; SIGTERM then SIGINT ends it at once, with status 130.
+#[test]
+fn signals_end_the_node_in_time() {
+    use std::io::BufRead;
+    for (drain_ms, signals) in [(800u64, &["TERM"][..]), (60_000, &["TERM", "INT"][..])] {
+        let dir = temp_dir();
+        let socket = dir.join("n.sock");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_node_until_signalled",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("WEFT_SOCKET", &socket)
+            .env("WEFT_TEST_DRAIN_MS", drain_ms.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.unwrap().contains("node ready")),
+            "the child never got ready"
+        );
+        let client = weft::service::Client::unix(&socket);
+        let task = client
+            .submit("forever", json!(null), Default::default())
+            .unwrap();
+        common_wait(|| client.status(&task.id, None).unwrap().state.to_string() == "STARTED");
+        let kill = |sig: &str| {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -{sig} {}", child.id())])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{sig}");
+        };
+        let began = Instant::now();
+        kill(signals[0]);
+        if signals.len() > 1 {
+            // Draining: a new connection is answered 503.
+            common_wait(|| client.health().is_err_and(|e| e.status() == Some(503)));
+            kill(signals[1]);
+        }
+        let status = child.wait().unwrap();
+        let took = began.elapsed();
+        if signals.len() > 1 {
+            assert_eq!(status.code(), Some(130), "{status:?}");
+            assert!(took < Duration::from_secs(10), "took {took:?}");
+        } else {
+            assert!(status.success(), "{status:?}");
+            assert!(
+                took >= Duration::from_millis(drain_ms / 2),
+                "exited after {took:?}: it did not drain"
+            );
+            assert!(
+                took < Duration::from_millis(drain_ms) + Duration::from_secs(2),
+                "exited after {took:?} (drain {drain_ms} ms)"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Re-checks `cond` until it holds; fails after `HANG`.
+fn common_wait(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {HANG:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+#[ignore = "run by signals_end_the_node_in_time"]
+fn child_node_until_signalled() {
+    let drain: u64 = std::env::var("WEFT_TEST_DRAIN_MS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let registry = Registry::new().task("forever", |(): ()| -> Result<(), String> {
+        loop {
+            std::thread::park();
+        }
+    });
+    Node::new(registry)
+        .workers(1)
+        .drain_timeout(Duration::from_millis(drain))
+        .run_with(|_| println!("node ready"))
+        .unwrap();
+}
+
 /// Only root can give a directory to another user: the ownership cases run only there
 /// (CI runs as root).
 fn is_root() -> bool {

@@ -141,7 +141,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn healthz() -> Response {
+/// `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown has begun.
+async fn healthz(AxState(app): AxState<Arc<App>>) -> Response {
+    if app.closing.load(Ordering::Acquire) {
+        let body = json!({ "status": "draining", "error": "the node is shutting down" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({ "status": "ok" })).into_response()
 }
 

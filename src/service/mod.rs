@@ -17,7 +17,8 @@
 //! Errors are `{"error": "<what is wrong>"}`: 400 for a malformed body, arguments that do
 //! not fit the task, a bad option; 404 for an unknown task name, an unknown or expired id;
 //! 413 for a body over the limit; 429 (with `Retry-After: 1`) when the task's lane is full
-//! or the node's in-flight limit is reached; 503 while shutting down; 401 for a missing or
+//! or the node's in-flight limit is reached; 503 while shutting down (submissions, and
+//! `/healthz` with `{"status": "draining"}`); 401 for a missing or
 //! wrong bearer token when the node has one. Before any of that (so before
 //! authentication), the HTTP server bounds every connection: a request that is not
 //! valid HTTP is answered 400 (its headers over 32 KiB: 431); a `Content-Length` over the
@@ -75,7 +76,7 @@ pub use node::{
     Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_BODY_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
-    DEFAULT_RESULT_TTL,
+    DEFAULT_RESULT_TTL, SECOND_SIGNAL_EXIT,
 };
 pub use wire::{State, TaskInfo};
 

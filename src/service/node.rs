@@ -176,6 +176,10 @@ pub struct Node {
     drain_timeout: Duration,
 }
 
+/// The exit status of a process that [`Node::run`] ends on a second signal
+/// (128 + SIGINT, as a shell reports an interrupted command).
+pub const SECOND_SIGNAL_EXIT: i32 = 130;
+
 /// Default for [`Node::header_timeout`]: 10 s.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`Node::body_timeout`]: 30 s.
@@ -332,9 +336,10 @@ impl Node {
         self
     }
 
-    /// How long shutdown waits for queued and running work (default
-    /// [`DEFAULT_DRAIN_TIMEOUT`]); then queued tasks are revoked and waiters answered with
-    /// the state at that moment.
+    /// How long shutdown may take (default [`DEFAULT_DRAIN_TIMEOUT`]): queued and running
+    /// work gets all of it but a reserve (a quarter, at most 1 s); then queued tasks are
+    /// revoked, waiters answered with the state at that moment, and running tasks no
+    /// longer waited for (see [`RunningNode::shutdown`]).
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
         self
@@ -455,7 +460,9 @@ impl Node {
     }
 
     /// Runs the node in the foreground on a runtime of its own until SIGINT or SIGTERM,
-    /// then shuts it down gracefully (see [`RunningNode::shutdown`]).
+    /// then shuts it down gracefully (see [`RunningNode::shutdown`]); a second SIGINT or
+    /// SIGTERM during that ends the process at once, with exit status
+    /// [`SECOND_SIGNAL_EXIT`].
     pub fn run(self) -> Result<(), ServiceError> {
         self.run_with(|_| {})
     }
@@ -472,7 +479,16 @@ impl Node {
         rt.block_on(async move {
             let node = self.start().await?;
             on_ready(node.endpoint());
-            node.run_until(shutdown_signal()).await;
+            node.run_until(async {
+                shutdown_signal().await;
+                // A second signal does not wait for the drain.
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    eprintln!("weft node: second signal, exiting now");
+                    std::process::exit(SECOND_SIGNAL_EXIT);
+                });
+            })
+            .await;
             Ok(())
         })
     }
@@ -651,51 +667,75 @@ impl RunningNode {
         self.shutdown().await;
     }
 
-    /// Shuts down gracefully: refuses new submissions (503) and stops accepting
-    /// connections; then, per the [`ShutdownMode`], runs or revokes the queued tasks
-    /// (delayed ones and retries still waiting are revoked) for at most the drain timeout;
-    /// answers every long-poll still waiting; waits for open requests; and removes the
-    /// socket file.
+    /// Shuts down gracefully, within the drain timeout: answers new submissions and
+    /// `/healthz` 503 (`{"status": "draining"}`), still accepting connections so that
+    /// they get that answer; per the [`ShutdownMode`], runs or revokes the queued tasks
+    /// (delayed ones and retries still waiting are revoked) for the drain timeout less
+    /// a reserve (a quarter of it, at most 1 s); then answers every long-poll still
+    /// waiting, stops accepting, lets open requests finish until the drain timeout ends
+    /// (then closes them), and removes the socket file.
+    ///
+    /// Tasks still running when it returns are not waited for: they keep their worker
+    /// threads until the process exits, and their records stay `STARTED`.
     pub async fn shutdown(mut self) {
+        let start = Instant::now();
+        let deadline = start + self.drain_timeout;
+        // The drain leaves a part of the time for answering and closing.
+        let reserve = (self.drain_timeout / 4).min(CLOSE_RESERVE);
+        let drain = self.drain_timeout - reserve;
+        // New submissions (and /healthz) are answered 503 from here on; the listener
+        // stays open so that new connections get that answer.
         self.app.closing.store(true, Ordering::Release);
-        self.stop_tx.send_replace(true);
-        let deadline = Instant::now() + self.drain_timeout;
         // The pool's shutdown blocks: run it on a thread of its own, not on the runtime
         // (a blocking task would hold up the runtime's own drop if a task never ends).
         let (tx, rx) = oneshot::channel();
         let pool = self.app.pool.clone();
-        let (mode, timeout) = (self.shutdown_mode, self.drain_timeout);
+        let mode = self.shutdown_mode;
         let spawned = std::thread::Builder::new()
             .name("weft-service-shutdown".into())
             .spawn(move || {
-                match mode {
-                    ShutdownMode::Drain => {
-                        pool.shutdown_timeout(timeout);
+                let still_running = match mode {
+                    ShutdownMode::Drain => pool.shutdown_timeout(drain).threads_still_running,
+                    ShutdownMode::Cancel => {
+                        pool.shutdown_now();
+                        0
                     }
-                    ShutdownMode::Cancel => pool.shutdown_now(),
-                }
-                let _ = tx.send(());
+                };
+                let _ = tx.send(still_running);
             });
-        if spawned.is_ok() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let _ = tokio::time::timeout(left + Duration::from_secs(1), rx).await;
-        }
-        self.app.wait_idle(deadline).await;
+        let drained = match spawned {
+            Ok(_) => matches!(
+                tokio::time::timeout_at((start + drain).into(), rx).await,
+                Ok(Ok(0))
+            ),
+            Err(_) => false,
+        };
+        self.app.wait_idle(start + drain).await;
         self.app.stopping.send_replace(true);
+        self.stop_tx.send_replace(true);
         if let Some(server) = self.server.take() {
             let abort = server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), server)
-                .await
-                .is_err()
-            {
+            let at = deadline.max(Instant::now() + MIN_CLOSE);
+            if tokio::time::timeout_at(at.into(), server).await.is_err() {
                 abort.abort();
             }
         }
         if let Some(s) = self.socket.take() {
             s.remove();
         }
+        if !drained {
+            // Tasks still run: the pool's last handle, dropped, would wait for them (and
+            // hold up the process's exit). Leave them to the process's end instead.
+            std::mem::forget(self.app.pool.clone());
+        }
     }
 }
+
+/// The part of the drain timeout (at most) kept for answering long-polls and closing
+/// connections once the pool's drain ends; a quarter of it when shorter.
+const CLOSE_RESERVE: Duration = Duration::from_secs(1);
+/// The least time connections get to finish their answers at shutdown.
+const MIN_CLOSE: Duration = Duration::from_millis(100);
 
 impl Drop for RunningNode {
     fn drop(&mut self) {
