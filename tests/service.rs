@@ -1232,7 +1232,8 @@ async fn shutdown_ends_within_the_drain_timeout_while_tasks_run() {
     let began = Instant::now();
     fx.node.shutdown().await;
     let took = began.elapsed();
-    assert!(took < drain + Duration::from_millis(500), "took {took:?}");
+    // Within the drain timeout; the margin is only for a loaded machine's scheduling.
+    assert!(took < drain + Duration::from_secs(2), "took {took:?}");
     assert_eq!(waiter.await.unwrap()["state"], "STARTED");
     assert!(!path.exists());
     fx.gate.open();
