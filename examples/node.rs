@@ -13,6 +13,9 @@
 //! the new one answered 503 if none is idle), `--max-body-bytes N` (default 1048576: a
 //! larger body is answered 413).
 //!
+//! SIGINT or SIGTERM shuts it down within `--drain-timeout D` (default 30s); a second
+//! signal ends it at once.
+//!
 //! Tasks: `add` (`[x, y]` → their sum), `sleep_ms` (`[ms]` → sleeps, returns `ms`),
 //! `fail` (`[message]` → always fails with it), `flaky` (`[n]` → fails its first `n - 1`
 //! attempts, retried up to 5 times with a 100 ms backoff), `panic` (panics).
@@ -81,7 +84,7 @@ fn registry() -> Registry {
 
 const USAGE: &str = "usage: node [--socket PATH | --tcp ADDR [--token TOKEN]] \
     [--header-timeout D] [--body-timeout D] [--idle-timeout D] [--max-connections N] \
-    [--max-body-bytes N]";
+    [--max-body-bytes N] [--drain-timeout D]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -97,21 +100,24 @@ fn main() -> ExitCode {
             },
             ("--token", Some(t)) => node = node.token(t),
             ("--socket", Some(p)) => node = node.unix(p),
-            (flag @ ("--header-timeout" | "--body-timeout" | "--idle-timeout"), Some(d)) => {
-                match parse_duration(&d) {
-                    Ok(d) => {
-                        node = match flag {
-                            "--header-timeout" => node.header_timeout(d),
-                            "--body-timeout" => node.body_timeout(d),
-                            _ => node.idle_timeout(d),
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("bad {flag} {d:?}: {e}");
-                        return ExitCode::from(2);
+            (
+                flag @ ("--header-timeout" | "--body-timeout" | "--idle-timeout"
+                | "--drain-timeout"),
+                Some(d),
+            ) => match parse_duration(&d) {
+                Ok(d) => {
+                    node = match flag {
+                        "--header-timeout" => node.header_timeout(d),
+                        "--body-timeout" => node.body_timeout(d),
+                        "--idle-timeout" => node.idle_timeout(d),
+                        _ => node.drain_timeout(d),
                     }
                 }
-            }
+                Err(e) => {
+                    eprintln!("bad {flag} {d:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
             (flag @ ("--max-connections" | "--max-body-bytes"), Some(n)) => match n.parse() {
                 Ok(n) => {
                     node = match flag {
