@@ -5,6 +5,17 @@
 //! cargo run --release --features service --example node -- --tcp 127.0.0.1:8080 [--token T]
 //! ```
 //!
+//! HTTP limits (durations: `10s`, `500ms`, `1m`, or plain seconds):
+//! `--header-timeout D` (default 10s: a request's head must arrive within it),
+//! `--body-timeout D` (default 30s: its body within it, else 408),
+//! `--idle-timeout D` (default 60s: a kept-alive connection idle this long is closed),
+//! `--max-connections N` (default 1024: past it the oldest idle connection is closed, or
+//! the new one answered 503 if none is idle), `--max-body-bytes N` (default 1048576: a
+//! larger body is answered 413).
+//!
+//! SIGINT or SIGTERM shuts it down within `--drain-timeout D` (default 30s); a second
+//! signal ends it at once.
+//!
 //! Tasks: `add` (`[x, y]` → their sum), `sleep_ms` (`[ms]` → sleeps, returns `ms`),
 //! `fail` (`[message]` → always fails with it), `flaky` (`[n]` → fails its first `n - 1`
 //! attempts, retried up to 5 times with a 100 ms backoff), `panic` (panics).
@@ -13,6 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Number, Value};
+use weft::service::client::parse_duration;
 use weft::service::{Node, Registry, TaskOptions};
 use weft::RetryPolicy;
 
@@ -70,6 +82,10 @@ fn registry() -> Registry {
         })
 }
 
+const USAGE: &str = "usage: node [--socket PATH | --tcp ADDR [--token TOKEN]] \
+    [--header-timeout D] [--body-timeout D] [--idle-timeout D] [--max-connections N] \
+    [--max-body-bytes N] [--drain-timeout D]";
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut node = Node::new(registry());
@@ -84,8 +100,38 @@ fn main() -> ExitCode {
             },
             ("--token", Some(t)) => node = node.token(t),
             ("--socket", Some(p)) => node = node.unix(p),
+            (
+                flag @ ("--header-timeout" | "--body-timeout" | "--idle-timeout"
+                | "--drain-timeout"),
+                Some(d),
+            ) => match parse_duration(&d) {
+                Ok(d) => {
+                    node = match flag {
+                        "--header-timeout" => node.header_timeout(d),
+                        "--body-timeout" => node.body_timeout(d),
+                        "--idle-timeout" => node.idle_timeout(d),
+                        _ => node.drain_timeout(d),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bad {flag} {d:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            (flag @ ("--max-connections" | "--max-body-bytes"), Some(n)) => match n.parse() {
+                Ok(n) => {
+                    node = match flag {
+                        "--max-connections" => node.max_connections(n),
+                        _ => node.max_body_bytes(n),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("bad {flag} {n:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
             _ => {
-                eprintln!("usage: node [--socket PATH | --tcp ADDR [--token TOKEN]]");
+                eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }

@@ -934,3 +934,100 @@ fn cli_help_lists_exit_codes() {
         assert!(help.contains(line), "{help}");
     }
 }
+
+// ---- the socket's directory (issue 18, part 2) ------------------------------------------
+
+/// Whether this process runs as root (the owner of `/proc/self`): only root can give a
+/// directory to another user, so the ownership cases run only there (CI runs as root).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Squats `dir` as another local user could: opens it to everyone, or (as root) gives it
+/// to uid 65534 with mode 0700.
+fn squat(dir: &std::path::Path, how: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    match how {
+        "mode" => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap(),
+        "owner" => {
+            std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn squats() -> Vec<&'static str> {
+    if is_root() {
+        vec!["mode", "owner"]
+    } else {
+        eprintln!("not root: the directory-owner case is skipped (CI runs it)");
+        vec!["mode"]
+    }
+}
+
+#[test]
+fn client_refuses_a_socket_in_a_squatted_directory() {
+    for how in squats() {
+        let stub = Stub::start(None);
+        squat(&stub.dir, how);
+        let e = stub.client().health().unwrap_err();
+        assert!(e.is_unsafe_socket() && e.is_unreachable(), "{how}: {e:?}");
+        let m = e.to_string();
+        assert!(m.contains("refusing the socket directory"), "{how}: {m}");
+        assert!(
+            m.contains(if how == "mode" { "0777" } else { "uid 65534" }),
+            "{how}: {m}"
+        );
+        assert_eq!(
+            stub.shared.connections.load(Ordering::SeqCst),
+            0,
+            "{how}: the socket in it was never connected to"
+        );
+    }
+}
+
+/// The default socket directory (here `$XDG_RUNTIME_DIR`) must be the user's own with
+/// mode 0700, and `weft` refuses it otherwise, before connecting; an explicit `--socket`
+/// in a directory others may write to is refused too.
+#[test]
+fn cli_refuses_a_squatted_default_socket_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let stub = Stub::start(None);
+    let dir = stub.dir.to_str().unwrap().to_owned();
+    let xdg = [("XDG_RUNTIME_DIR", dir.as_str())];
+
+    // 0755 is fine for a directory named with --socket, not for the default one.
+    std::fs::set_permissions(&stub.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = on(&stub, &["health"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = weft(&["health"], &xdg);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("must be 0700"), "{}", stderr(&o));
+    let reached = stub.shared.connections.load(Ordering::SeqCst);
+
+    std::fs::set_permissions(&stub.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let o = weft(&["health"], &xdg);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    for how in squats() {
+        squat(&stub.dir, how);
+        for o in [weft(&["health"], &xdg), on(&stub, &["health"])] {
+            assert_eq!(o.status.code(), Some(3), "{how}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("refusing the socket directory"),
+                "{how}: {}",
+                stderr(&o)
+            );
+        }
+        if how == "owner" {
+            std::os::unix::fs::chown(&stub.dir, Some(0), Some(0)).unwrap();
+        }
+    }
+    assert_eq!(
+        stub.shared.connections.load(Ordering::SeqCst),
+        reached + 1,
+        "only the 0700 directory was connected to"
+    );
+}

@@ -542,6 +542,36 @@ async fn tcp_with_token() {
     ok.shutdown().await;
 }
 
+/// The `Bearer` scheme is matched without regard to case (RFC 9110 §11.1); the token is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_scheme_is_case_insensitive() {
+    let node = Node::new(Registry::new())
+        .workers(1)
+        .tcp("127.0.0.1:0".parse().unwrap())
+        .token("s3cret")
+        .start()
+        .await
+        .unwrap();
+    let at = node.endpoint().clone();
+    let get = |auth: &str| {
+        format!("GET /v1/registry HTTP/1.1\r\nhost: weft\r\nconnection: close\r\nauthorization: {auth}\r\n\r\n")
+    };
+    for auth in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR  s3cret",
+    ] {
+        let r = raw(&at, get(auth).as_bytes()).await;
+        assert_eq!(r.status, 200, "{auth}: {}", r.text());
+    }
+    for auth in ["Bearer S3CRET", "Basic s3cret", "Bearers3cret", "s3cret"] {
+        let r = raw(&at, get(auth).as_bytes()).await;
+        assert_eq!(r.status, 401, "{auth}: {}", r.text());
+    }
+    node.shutdown().await;
+}
+
 // ---------------------------------------------------------------- outcomes and states
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1155,6 +1185,276 @@ async fn stale_socket_replaced_live_socket_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// While draining, the node still accepts connections and answers them: new submissions
+/// and `/healthz` with 503, reads as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_new_connections_are_answered_503() {
+    let fx = unix_node(|n| n.workers(1).drain_timeout(HANG)).await;
+    let h = fx.http.clone();
+    let running = h.submit("block", json!({})).await;
+    fx.started(&running).await;
+    let gate = fx.gate.clone();
+    let stopper = tokio::spawn(fx.node.shutdown());
+    let r = wait_for(|| async {
+        let r = h.get("/healthz").await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.json()["status"], "draining");
+    let r = h.post("/v1/tasks/add", r#"{"args": [1, 2]}"#).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.error().contains("shutting down"), "{}", r.error());
+    assert_eq!(h.info(&running).await["state"], "STARTED");
+    gate.open();
+    stopper.await.unwrap();
+    if let Some(d) = fx.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Shutdown ends within the drain timeout even while a task runs on: the long-polls are
+/// answered (with the task still `STARTED`) and the socket removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_the_drain_timeout_while_tasks_run() {
+    let drain = Duration::from_millis(800);
+    let fx = unix_node(|n| n.workers(1).drain_timeout(drain)).await;
+    let h = fx.http.clone();
+    let running = h.submit("block", json!({})).await;
+    fx.started(&running).await;
+    let waiter = {
+        let (h, id) = (h.clone(), running.clone());
+        tokio::spawn(async move { h.get(&format!("/v1/tasks/{id}?wait=60s")).await.json() })
+    };
+    h.wait_metric("weft_service_waiters 1").await;
+    let Endpoint::Unix(path) = fx.node.endpoint().clone() else {
+        panic!()
+    };
+    let began = Instant::now();
+    fx.node.shutdown().await;
+    let took = began.elapsed();
+    // Within the drain timeout; the margin is only for a loaded machine's scheduling.
+    assert!(took < drain + Duration::from_secs(2), "took {took:?}");
+    assert_eq!(waiter.await.unwrap()["state"], "STARTED");
+    assert!(!path.exists());
+    fx.gate.open();
+    if let Some(d) = fx.dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Runs `child_node_until_signalled` (a node in the foreground, `Node::run_with`) in a
+/// child process with a task that never ends, and signals it: SIGTERM ends it within the
+/// drain timeout; SIGTERM then SIGINT ends it at once, with status 130.
+#[test]
+fn signals_end_the_node_in_time() {
+    use std::io::BufRead;
+    for (drain_ms, signals) in [(800u64, &["TERM"][..]), (60_000, &["TERM", "INT"][..])] {
+        let dir = temp_dir();
+        let socket = dir.join("n.sock");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_node_until_signalled",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("WEFT_SOCKET", &socket)
+            .env("WEFT_TEST_DRAIN_MS", drain_ms.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.unwrap().contains("node ready")),
+            "the child never got ready"
+        );
+        let client = weft::service::Client::unix(&socket);
+        let task = client
+            .submit("forever", json!(null), Default::default())
+            .unwrap();
+        common_wait(|| client.status(&task.id, None).unwrap().state.to_string() == "STARTED");
+        let kill = |sig: &str| {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -{sig} {}", child.id())])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{sig}");
+        };
+        let began = Instant::now();
+        kill(signals[0]);
+        if signals.len() > 1 {
+            // Draining: a new connection is answered 503.
+            common_wait(|| client.health().is_err_and(|e| e.status() == Some(503)));
+            kill(signals[1]);
+        }
+        let status = child.wait().unwrap();
+        let took = began.elapsed();
+        if signals.len() > 1 {
+            assert_eq!(status.code(), Some(130), "{status:?}");
+            assert!(took < Duration::from_secs(10), "took {took:?}");
+        } else {
+            assert!(status.success(), "{status:?}");
+            assert!(
+                took >= Duration::from_millis(drain_ms / 2),
+                "exited after {took:?}: it did not drain"
+            );
+            assert!(
+                took < Duration::from_millis(drain_ms) + Duration::from_secs(2),
+                "exited after {took:?} (drain {drain_ms} ms)"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Re-checks `cond` until it holds; fails after `HANG`.
+fn common_wait(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {HANG:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+#[ignore = "run by signals_end_the_node_in_time"]
+fn child_node_until_signalled() {
+    let drain: u64 = std::env::var("WEFT_TEST_DRAIN_MS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let registry = Registry::new().task("forever", |(): ()| -> Result<(), String> {
+        loop {
+            std::thread::park();
+        }
+    });
+    Node::new(registry)
+        .workers(1)
+        .drain_timeout(Duration::from_millis(drain))
+        .run_with(|_| println!("node ready"))
+        .unwrap();
+}
+
+/// Only root can give a directory to another user: the ownership cases run only there
+/// (CI runs as root).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A socket directory another local user prepared (open to all, or, as root, theirs) is
+/// refused, and nothing is bound in it; the node creates a missing one with mode 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_socket_directory_is_refused() {
+    let mut cases = vec![("mode 0777", 0o777, None), ("mode 0770", 0o770, None)];
+    if is_root() {
+        cases.push(("owned by 65534", 0o700, Some(65534)));
+    }
+    for (what, mode, owner) in cases {
+        let dir = temp_dir();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        }
+        let err = Node::new(Registry::new())
+            .workers(1)
+            .unix(dir.join("n.sock"))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.is_unsafe_socket_dir(), "{what}: {err}");
+        assert!(
+            err.to_string().contains("refusing the socket directory"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{what}: nothing is bound in it"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // A missing directory is created, mode 0700, and used.
+    let dir = temp_dir().join("a").join("b");
+    let node = Node::new(Registry::new())
+        .workers(1)
+        .unix(dir.join("n.sock"))
+        .start()
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(Http::new(&node).get("/healthz").await.status, 200);
+    node.shutdown().await;
+    std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap()).unwrap();
+}
+
+/// Runs `child_refuses_a_loose_default_dir` with `XDG_RUNTIME_DIR` (the default socket
+/// directory) set to a directory of mode 0755: fine for another directory, not for the
+/// default one.
+#[test]
+fn the_default_socket_directory_must_be_0700() {
+    let dir = temp_dir();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_refuses_a_loose_default_dir",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_remove("WEFT_SOCKET")
+        .env("XDG_RUNTIME_DIR", &dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "run by the_default_socket_directory_must_be_0700 with XDG_RUNTIME_DIR set"]
+fn child_refuses_a_loose_default_dir() {
+    let dir = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR").expect("XDG_RUNTIME_DIR"));
+    assert_eq!(weft::service::default_socket_path(), dir.join("weft.sock"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let err = Node::new(Registry::new())
+            .workers(1)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.is_unsafe_socket_dir(), "{err}");
+        assert!(err.to_string().contains("must be 0700"), "{err}");
+        assert!(!dir.join("weft.sock").exists());
+        // Named explicitly, it is still the default directory, judged by the same rule.
+        let err = Node::new(Registry::new())
+            .workers(1)
+            .unix(dir.join("other.sock"))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.is_unsafe_socket_dir(), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let node = Node::new(Registry::new()).workers(1).start().await.unwrap();
+        assert_eq!(Http::new(&node).get("/healthz").await.status, 200);
+        node.shutdown().await;
+    });
+}
+
 /// Runs `child_uses_weft_socket` in a child process with `WEFT_SOCKET` set (this process's
 /// environment is never changed: tests run on many threads).
 #[test]
@@ -1197,6 +1497,353 @@ fn child_uses_weft_socket() {
         assert_eq!(Http::new(&node).get("/healthz").await.status, 200);
         node.shutdown().await;
     });
+}
+
+// ---------------------------------------------------------------- HTTP limits
+
+/// A node on loopback TCP, configured by `f`.
+async fn tcp_node(f: impl FnOnce(Node) -> Node) -> (Fixture, std::net::SocketAddr) {
+    let gate = Gate::default();
+    let order = Arc::default();
+    let node = f(Node::new(registry(&gate, &order))
+        .workers(2)
+        .tcp("127.0.0.1:0".parse().unwrap()))
+    .start()
+    .await
+    .unwrap();
+    let Endpoint::Tcp(addr) = node.endpoint().clone() else {
+        unreachable!()
+    };
+    let fx = Fixture {
+        http: Http::new(&node),
+        node,
+        gate,
+        order,
+        dir: None,
+    };
+    (fx, addr)
+}
+
+/// Reads one answer from a kept-alive connection (a `content-length` body).
+async fn read_answer(s: &mut tokio::net::TcpStream) -> Resp {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return parse(&buf[..end + 4 + len]);
+            }
+        }
+        let n = tokio::time::timeout(HANG, s.read(&mut chunk))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits until the node closes `s` (EOF or reset); returns what it sent before that.
+async fn closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(HANG, s.read(&mut chunk)).await {
+            Err(_) => panic!("the node did not close the connection in {HANG:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return buf,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Slow loris: a connection that trickles its request's head, a byte at a time, is closed
+/// once the header timeout has passed since it opened, however steadily it trickles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_closed_after_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (fx, addr) = tcp_node(|n| n.header_timeout(timeout)).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    let head =
+        b"GET /healthz HTTP/1.1\r\nhost: weft\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0;
+    let mut buf = [0u8; 64];
+    let got = loop {
+        tokio::select! {
+            r = s.read(&mut buf) => break r.unwrap_or(0),
+            _ = tick.tick() => {
+                // The trickle goes on for as long as the node takes (the head never ends).
+                let byte = &head[sent % head.len()..sent % head.len() + 1];
+                let _ = s.write_all(if sent < head.len() { byte } else { b"a" }).await;
+                sent += 1;
+            }
+        }
+    };
+    let took = opened.elapsed();
+    assert_eq!(got, 0, "closed without an answer");
+    assert!(took >= timeout, "closed after {took:?}, before the timeout");
+    assert!(took < Duration::from_secs(20), "closed only after {took:?}");
+    fx.http
+        .wait_metric("weft_service_connections_closed_total{reason=\"header_timeout\"} 1")
+        .await;
+    assert_eq!(fx.http.get("/healthz").await.status, 200);
+    fx.shutdown().await;
+}
+
+/// A kept-alive connection stays open between requests for the idle timeout, not the
+/// (shorter) header timeout, and is closed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let (header, idle) = (Duration::from_millis(200), Duration::from_millis(1500));
+    let (fx, addr) = tcp_node(|n| n.header_timeout(header).idle_timeout(idle)).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: weft\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_answer(&mut s).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let answered = Instant::now();
+    assert!(closed(&mut s).await.is_empty());
+    let took = answered.elapsed();
+    assert!(
+        took >= idle,
+        "closed after {took:?}: before the idle timeout"
+    );
+    assert!(
+        took < idle + Duration::from_secs(20),
+        "closed only after {took:?}"
+    );
+    fx.http
+        .wait_metric("weft_service_connections_closed_total{reason=\"idle_timeout\"} 1")
+        .await;
+    fx.shutdown().await;
+}
+
+/// A POST whose body never comes is answered 408 once the body timeout has passed, and
+/// its connection closed; so is one whose body stops halfway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_comes_is_answered_408_after_the_body_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (fx, addr) = tcp_node(|n| n.body_timeout(timeout)).await;
+    for partial in ["", r#"{"args": ["#] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1/tasks/add HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
+             content-length: 20\r\n\r\n{partial}"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let sent = Instant::now();
+        let answer = closed(&mut s).await;
+        let took = sent.elapsed();
+        let r = parse(&answer);
+        assert_eq!(r.status, 408, "{partial:?}: {}", r.text());
+        assert!(
+            r.error().contains("did not arrive within 300ms"),
+            "{}",
+            r.error()
+        );
+        assert!(took >= timeout, "answered after {took:?}");
+        assert!(
+            took < Duration::from_secs(20),
+            "answered only after {took:?}"
+        );
+    }
+    fx.shutdown().await;
+}
+
+/// A `Content-Length` over the limit is answered 413 before any of the body is read (no
+/// `100 Continue` to an `Expect: 100-continue`), before authentication, and the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_before_it_is_read() {
+    let (fx, addr) = tcp_node(|n| n.max_body_bytes(100).token("s3cret")).await;
+    for expect in ["", "expect: 100-continue\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1/tasks/add HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
+             {expect}content-length: 1000000\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let answer = closed(&mut s).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        assert!(!text.contains("100 Continue"), "{text}");
+        let r = parse(&answer);
+        assert_eq!(r.status, 413, "{expect:?}: {text}");
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(r.error().contains("over the limit of 100 bytes"), "{text}");
+    }
+    // Within the limit, the token is asked for as before.
+    let r = fx.http.post("/v1/tasks/add", r#"{"args": [1, 2]}"#).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let mut h = fx.http.clone();
+    h.token = Some("s3cret".into());
+    h.wait_metric("weft_submissions_rejected_total{reason=\"bad_request\"} 2")
+        .await;
+    fx.shutdown().await;
+}
+
+/// Requests hyper cannot parse are answered with the API's JSON errors, like every other
+/// error, before authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_answered_as_json() {
+    let (fx, _) = tcp_node(|n| n.token("s3cret")).await;
+    let at = fx.node.endpoint().clone();
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nhost: weft\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 << 10)
+    );
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"NOT AN HTTP REQUEST\r\n\r\n", 400, "malformed"),
+        (
+            b"GET /healthz HTTP/1.1\r\nbad header line\r\n\r\n",
+            400,
+            "malformed",
+        ),
+        (
+            b"GET /healthz HTTP/9.9\r\nhost: weft\r\n\r\n",
+            400,
+            "malformed",
+        ),
+        (huge.as_bytes(), 431, "too large"),
+    ];
+    for (req, status, says) in cases {
+        let r = raw(&at, req).await;
+        let shown = String::from_utf8_lossy(&req[..req.len().min(40)]).into_owned();
+        assert_eq!(r.status, status, "{shown:?}: {}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{shown:?}"
+        );
+        assert!(r.error().contains(says), "{shown:?}: {}", r.error());
+    }
+    fx.shutdown().await;
+}
+
+/// Past the connection cap, the connections idle the longest are closed to make room, so
+/// `/healthz` still answers while more connections than the cap sit idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_the_oldest_idle_are_closed() {
+    let cap = 8;
+    let (fx, addr) = tcp_node(|n| n.max_connections(cap).header_timeout(HANG)).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 * cap {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..3 {
+        assert_eq!(fx.http.get("/healthz").await.status, 200);
+    }
+    // The oldest went first; the node holds at most `cap`.
+    assert!(closed(&mut idle[0]).await.is_empty());
+    let text = fx.http.get("/metrics").await.text();
+    let open: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_service_connections "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open <= cap, "{open} open connections, cap {cap}");
+    assert!(
+        text.lines().any(|l| l
+            .strip_prefix("weft_service_connections_closed_total{reason=\"evicted\"} ")
+            .is_some_and(|n| n.parse::<usize>().unwrap() >= 2 * cap)),
+        "{text}"
+    );
+    fx.shutdown().await;
+}
+
+/// At the cap with a request in progress on every connection, a new connection is
+/// answered 503 (JSON) and closed; none of those requests is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_busy_new_ones_are_refused() {
+    let (fx, addr) = tcp_node(|n| n.max_connections(2)).await;
+    let id = fx.http.submit("block", json!({})).await;
+    fx.started(&id).await;
+    let poll = format!("GET /v1/tasks/{id}?wait=60s HTTP/1.1\r\nhost: weft\r\n\r\n");
+    // Whether both long-polls are in progress can only be seen by a third connection, and
+    // that one evicts a long-poll whose head the node has not read yet: then try again.
+    let mut tries = 0;
+    let (mut busy, refused) = loop {
+        tries += 1;
+        assert!(tries <= 100, "never saw both long-polls in progress");
+        // Admitted first (a request each), then given a long-poll each.
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: weft\r\n\r\n")
+                .await
+                .unwrap();
+            if read_answer(&mut s).await.status != 200 {
+                continue;
+            }
+            s.write_all(poll.as_bytes()).await.unwrap();
+            busy.push(s);
+        }
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: weft\r\nconnection: close\r\n\r\n")
+            .await;
+        let r = parse(&closed(&mut probe).await);
+        if busy.len() == 2 && r.status == 503 {
+            break (busy, r);
+        }
+    };
+    assert!(
+        refused.error().contains("too many open connections"),
+        "{}",
+        refused.error()
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    fx.gate.open();
+    for s in &mut busy {
+        let r = read_answer(s).await;
+        assert_eq!(r.json()["state"], "SUCCESS", "{}", r.text());
+    }
+    drop(busy);
+    wait_for(|| async { (fx.http.get("/healthz").await.status == 200).then_some(()) }).await;
+    fx.shutdown().await;
+}
+
+/// The defaults the README and the docs state.
+#[test]
+fn http_limit_defaults_are_the_documented_ones() {
+    use weft::service::*;
+    assert_eq!(DEFAULT_HEADER_TIMEOUT, Duration::from_secs(10));
+    assert_eq!(DEFAULT_BODY_TIMEOUT, Duration::from_secs(30));
+    assert_eq!(DEFAULT_IDLE_TIMEOUT, Duration::from_secs(60));
+    assert_eq!(DEFAULT_MAX_CONNECTIONS, 1024);
+    assert_eq!(DEFAULT_MAX_BODY_BYTES, 1 << 20);
+}
+
+/// Zero limits are refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_http_limits_are_refused() {
+    type Configure = fn(Node) -> Node;
+    let configs: [(&str, Configure); 4] = [
+        ("header_timeout", |n| n.header_timeout(Duration::ZERO)),
+        ("body_timeout", |n| n.body_timeout(Duration::ZERO)),
+        ("idle_timeout", |n| n.idle_timeout(Duration::ZERO)),
+        ("max_connections", |n| n.max_connections(0)),
+    ];
+    for (what, f) in configs {
+        let err = f(Node::new(Registry::new()).tcp("127.0.0.1:0".parse().unwrap()))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.is_config() && err.to_string().contains(what), "{err}");
+    }
 }
 
 // ---------------------------------------------------------------- fuzzing

@@ -23,7 +23,8 @@ Exit codes:
   0  success
   1  the task failed (FAILURE) or was revoked (REVOKED)
   2  usage error (bad options, bad --args JSON, bad --url)
-  3  node unreachable (connect failed, no socket, no answer in time)
+  3  node unreachable (connect failed, no socket, an unsafe socket directory, no
+     answer in time)
   4  the node refused the request (4xx: unknown task, bad args, bad token, 429 after
      retries...; also 5xx and malformed answers); the reason is on stderr
   5  --wait ran out before the task finished";
@@ -46,7 +47,8 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 )]
 struct Cli {
     /// The node's Unix socket [default: $XDG_RUNTIME_DIR/weft.sock, else
-    /// /tmp/weft-$UID/weft.sock]
+    /// /tmp/weft-$UID/weft.sock]. Refused if its directory belongs to another user or
+    /// others may write to it (the default directory: unless yours with mode 0700)
     #[arg(long, global = true, env = "WEFT_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Talk to the node over TCP instead of the socket: http://host:port

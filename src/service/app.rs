@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::serve::ConnStats;
 use super::store::{CancelReply, CancelRequest, Outcome, Record, Store};
 use super::wire::State;
 use super::Registry;
@@ -62,6 +63,8 @@ pub(crate) struct App {
     pub waiters: AtomicU64,
     /// Notified whenever an in-flight slot is given back.
     pub idle: Notify,
+    /// The HTTP server's connection counters (`serve.rs`).
+    pub connections: Arc<ConnStats>,
 }
 
 impl App {

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::app::{App, Counters, Refused, Spawn};
+use super::serve::BodyTimeout;
 use super::wire::{priority_name, RetrySpec, SubmitRequest};
 use crate::RetryPolicy;
 
@@ -50,9 +51,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (self.status, Json(self.body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The body was not read whole: the connection cannot carry another request.
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         res
     }
@@ -72,7 +81,33 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost, so before authentication and routing.
+        .layer(middleware::from_fn_with_state(app.clone(), body_limit))
         .with_state(app)
+}
+
+/// Answers 413 to a request whose `Content-Length` is over the limit, before reading any
+/// of its body (so an `Expect: 100-continue` gets no `100 Continue`).
+async fn body_limit(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
+        if req.method() == Method::POST {
+            Counters::bump(&app.counters.rejected_bad_request);
+        }
+        return too_large(app.max_body_bytes).into_response();
+    }
+    next.run(req).await
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is over the limit of {limit} bytes"),
+    )
 }
 
 async fn auth(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
@@ -81,7 +116,7 @@ async fn auth(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -93,11 +128,25 @@ async fn auth(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Resp
     next.run(req).await
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched without
+/// regard to case (RFC 9110 §11.1), so `bearer` and `BEARER` are accepted too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn healthz() -> Response {
+/// `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown has begun.
+async fn healthz(AxState(app): AxState<Arc<App>>) -> Response {
+    if app.closing.load(Ordering::Acquire) {
+        let body = json!({ "status": "draining", "error": "the node is shutting down" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({ "status": "ok" })).into_response()
 }
 
@@ -230,13 +279,19 @@ fn shutting_down() -> ApiError {
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is over the limit of {limit} bytes"),
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {e}"
-        ))),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            while let Some(c) = cause {
+                if let Some(t) = c.downcast_ref::<BodyTimeout>() {
+                    return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, t.to_string()));
+                }
+                cause = c.source();
+            }
+            Err(ApiError::bad_request(format!(
+                "cannot read the request body: {e}"
+            )))
+        }
     }
 }
 
@@ -440,6 +495,16 @@ mod tests {
         assert_eq!(parse_wait("1e300"), Some(MAX_WAIT));
         for bad in ["", "-1", "x", "5m", "NaN", "inf", "ms"] {
             assert_eq!(parse_wait(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "BeArEr   t0k"] {
+            assert_eq!(bearer_token(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearert0k", "Bearer", "Token t0k"] {
+            assert_eq!(bearer_token(v), None, "{v}");
         }
     }
 

@@ -17,8 +17,16 @@
 //! Errors are `{"error": "<what is wrong>"}`: 400 for a malformed body, arguments that do
 //! not fit the task, a bad option; 404 for an unknown task name, an unknown or expired id;
 //! 413 for a body over the limit; 429 (with `Retry-After: 1`) when the task's lane is full
-//! or the node's in-flight limit is reached; 503 while shutting down; 401 for a missing or
-//! wrong bearer token when the node has one.
+//! or the node's in-flight limit is reached; 503 while shutting down (submissions, and
+//! `/healthz` with `{"status": "draining"}`); 401 for a missing or
+//! wrong bearer token when the node has one. Before any of that (so before
+//! authentication), the HTTP server bounds every connection: a request that is not
+//! valid HTTP is answered 400 (its headers over 32 KiB: 431); a `Content-Length` over the
+//! limit 413, before the body is read; a body that does not arrive within
+//! [`Node::body_timeout`] 408; a head not read within [`Node::header_timeout`], or an idle
+//! spell past [`Node::idle_timeout`], closes the connection; and at most
+//! [`Node::max_connections`] are open (then the one idle the longest is closed, or a new
+//! one answered 503).
 //!
 //! # A task's life
 //!
@@ -54,6 +62,8 @@ pub mod client;
 mod http;
 mod node;
 mod prom;
+mod serve;
+mod socket;
 mod store;
 mod wire;
 
@@ -63,9 +73,10 @@ use std::path::PathBuf;
 pub use crate::registry::{Registry, TaskOptions};
 pub use client::Client;
 pub use node::{
-    Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
-    DEFAULT_RESULT_TTL,
+    Endpoint, Node, RunningNode, ServiceError, ShutdownMode, DEFAULT_BODY_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
+    DEFAULT_RESULT_TTL, SECOND_SIGNAL_EXIT,
 };
 pub use wire::{State, TaskInfo};
 
@@ -74,6 +85,12 @@ pub const SOCKET_ENV: &str = "WEFT_SOCKET";
 
 /// Where the node listens and the client connects by default: `$WEFT_SOCKET` if set, else
 /// `$XDG_RUNTIME_DIR/weft.sock` if that is set, else `/tmp/weft-$UID/weft.sock`.
+///
+/// The node and the [`Client`] refuse a default socket directory (`$XDG_RUNTIME_DIR`, or
+/// `/tmp/weft-$UID`) that is not the user's own with mode 0700, and any other socket
+/// directory that group or others may write to or that belongs to another user (but
+/// root): whoever can write to the directory can put a socket of their own in the
+/// node's place.
 ///
 /// ```
 /// let p = weft::service::default_socket_path();

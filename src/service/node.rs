@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::app::{App, Counters};
+use super::serve::{serve, Limits};
+use super::socket;
 use super::store::Store;
 use super::{default_socket_path, Registry};
 use crate::Pool;
@@ -65,6 +67,7 @@ pub struct ServiceError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ErrorKind {
     InUse,
+    UnsafeSocketDir,
     TokenRequired,
     Config,
     Io,
@@ -85,6 +88,12 @@ impl ServiceError {
     /// Another node is listening on the socket already.
     pub fn is_in_use(&self) -> bool {
         self.kind == ErrorKind::InUse
+    }
+
+    /// The socket's directory is not safe to listen in: it belongs to another user, or
+    /// group or others may write to it (see [`default_socket_path`] for the rule).
+    pub fn is_unsafe_socket_dir(&self) -> bool {
+        self.kind == ErrorKind::UnsafeSocketDir
     }
 
     /// A TCP bind to a non-loopback address was asked for without a token.
@@ -159,9 +168,26 @@ pub struct Node {
     max_results: usize,
     max_in_flight: usize,
     max_body_bytes: usize,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
     shutdown_mode: ShutdownMode,
     drain_timeout: Duration,
 }
+
+/// The exit status of a process that [`Node::run`] ends on a second signal
+/// (128 + SIGINT, as a shell reports an interrupted command).
+pub const SECOND_SIGNAL_EXIT: i32 = 130;
+
+/// Default for [`Node::header_timeout`]: 10 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Node::body_timeout`]: 30 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Node::idle_timeout`]: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for [`Node::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// Default for [`Node::result_ttl`]: one hour (Celery's `result_expires`, a day there).
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
@@ -192,6 +218,10 @@ impl Node {
             max_results: DEFAULT_MAX_RESULTS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_mode: ShutdownMode::Drain,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
@@ -220,7 +250,8 @@ impl Node {
     }
 
     /// Listens on a Unix socket at `path` (mode 0600; missing directories are created with
-    /// mode 0700).
+    /// mode 0700). [`start`](Self::start) refuses a directory that belongs to another user
+    /// (but root) or that group or others may write to.
     pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
         self.listen = Listen::Unix(Some(path.into()));
         self
@@ -260,9 +291,42 @@ impl Node {
     }
 
     /// The largest request body; a larger one is answered 413 (default
-    /// [`DEFAULT_MAX_BODY_BYTES`]).
+    /// [`DEFAULT_MAX_BODY_BYTES`]), before any of it is read when its `Content-Length`
+    /// says so (and then without `100 Continue` to an `Expect: 100-continue`).
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// How long a connection may take to send a request's head (request line and
+    /// headers), from when it is opened or from the first byte after an idle spell;
+    /// then it is closed without an answer (default [`DEFAULT_HEADER_TIMEOUT`]).
+    pub fn header_timeout(mut self, d: Duration) -> Self {
+        self.header_timeout = d;
+        self
+    }
+
+    /// How long a request's body may take to arrive, from the end of its head; then the
+    /// request is answered 408 and the connection closed (default
+    /// [`DEFAULT_BODY_TIMEOUT`]).
+    pub fn body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = d;
+        self
+    }
+
+    /// How long a keep-alive connection may stay idle (no request in progress) before it
+    /// is closed (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// The most connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]). At the
+    /// cap, a new connection closes the one idle the longest (or sending its request's
+    /// head the longest); if every one has a request in progress, the new one is
+    /// answered 503 and closed. Running out of file descriptors evicts the same way.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
         self
     }
 
@@ -272,9 +336,10 @@ impl Node {
         self
     }
 
-    /// How long shutdown waits for queued and running work (default
-    /// [`DEFAULT_DRAIN_TIMEOUT`]); then queued tasks are revoked and waiters answered with
-    /// the state at that moment.
+    /// How long shutdown may take (default [`DEFAULT_DRAIN_TIMEOUT`]): queued and running
+    /// work gets all of it but a reserve (a quarter, at most 1 s); then queued tasks are
+    /// revoked, waiters answered with the state at that moment, and running tasks no
+    /// longer waited for (see [`RunningNode::shutdown`]).
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
         self
@@ -283,18 +348,32 @@ impl Node {
     /// Binds and starts serving on the current tokio runtime (it needs the `net` and
     /// `time` drivers: a runtime built with `enable_all`).
     ///
-    /// Fails if the socket is in use by a live node (a stale socket file is replaced), if a
+    /// Fails if the socket's directory is not safe (see [`default_socket_path`]), if the
+    /// socket is in use by a live node (a stale socket file is replaced), if a
     /// non-loopback TCP address has no token, if a limit is zero, or if binding fails.
     pub async fn start(self) -> Result<RunningNode, ServiceError> {
         for (what, n) in [
             ("max_results", self.max_results),
             ("max_in_flight", self.max_in_flight),
             ("max_body_bytes", self.max_body_bytes),
+            ("max_connections", self.max_connections),
         ] {
             if n == 0 {
                 return Err(ServiceError::new(
                     ErrorKind::Config,
                     format!("{what} must be at least 1"),
+                ));
+            }
+        }
+        for (what, d) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ServiceError::new(
+                    ErrorKind::Config,
+                    format!("{what} must be more than zero"),
                 ));
             }
         }
@@ -344,28 +423,28 @@ impl Node {
             stopping: watch::Sender::new(false),
             waiters: AtomicU64::new(0),
             idle: Notify::new(),
+            connections: Arc::default(),
         });
         let router = super::http::router(app.clone());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let stop = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
+        let limits = Limits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
         };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = app.connections.clone();
         let (endpoint, socket, server) = match bound {
             Bound::Unix(s) => {
                 let endpoint = Endpoint::Unix(s.path.clone());
-                let l = s.listener;
-                let server = tokio::spawn(async move {
-                    axum::serve(l, router).with_graceful_shutdown(stop).await
-                });
+                let server = tokio::spawn(serve(s.listener, router, limits, stats, stop_rx));
                 (endpoint, Some(s.guard), server)
             }
             Bound::Tcp(l) => {
                 let addr = l
                     .local_addr()
                     .map_err(|e| ServiceError::io("cannot read the bound address", e))?;
-                let server = tokio::spawn(async move {
-                    axum::serve(l, router).with_graceful_shutdown(stop).await
-                });
+                let server = tokio::spawn(serve(l, router, limits, stats, stop_rx));
                 (Endpoint::Tcp(addr), None, server)
             }
         };
@@ -381,7 +460,9 @@ impl Node {
     }
 
     /// Runs the node in the foreground on a runtime of its own until SIGINT or SIGTERM,
-    /// then shuts it down gracefully (see [`RunningNode::shutdown`]).
+    /// then shuts it down gracefully (see [`RunningNode::shutdown`]); a second SIGINT or
+    /// SIGTERM during that ends the process at once, with exit status
+    /// [`SECOND_SIGNAL_EXIT`].
     pub fn run(self) -> Result<(), ServiceError> {
         self.run_with(|_| {})
     }
@@ -398,7 +479,16 @@ impl Node {
         rt.block_on(async move {
             let node = self.start().await?;
             on_ready(node.endpoint());
-            node.run_until(shutdown_signal()).await;
+            node.run_until(async {
+                shutdown_signal().await;
+                // A second signal does not wait for the drain.
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    eprintln!("weft node: second signal, exiting now");
+                    std::process::exit(SECOND_SIGNAL_EXIT);
+                });
+            })
+            .await;
             Ok(())
         })
     }
@@ -414,6 +504,10 @@ impl fmt::Debug for Node {
             .field("max_results", &self.max_results)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .field("shutdown_mode", &self.shutdown_mode)
             .finish_non_exhaustive()
     }
@@ -463,15 +557,12 @@ impl SocketGuard {
     }
 }
 
-/// Binds a Unix socket at `path`: creates missing directories (0700), replaces a stale
-/// socket, refuses a live one, and makes the socket 0600 before it appears at `path`
+/// Binds a Unix socket at `path`: creates missing directories (0700), refuses a directory
+/// that is not safe (`socket.rs`'s rules), replaces a stale socket, refuses a live one, and makes the socket 0600 before it appears at `path`
 /// (bound under a temporary name, then renamed).
 fn bind_unix(path: &Path) -> Result<UnixBound, ServiceError> {
     let display = path.display();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = socket::dir_of(path);
     if path.file_name().is_none() {
         return Err(ServiceError::new(
             ErrorKind::Config,
@@ -481,10 +572,13 @@ fn bind_unix(path: &Path) -> Result<UnixBound, ServiceError> {
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(socket::DEFAULT_DIR_MODE)
             .create(&dir)
             .map_err(|e| ServiceError::io(format!("cannot create {}", dir.display()), e))?;
     }
+    // Judged after creating it: someone else may have made it first.
+    socket::check_dir(&dir)
+        .map_err(|e| ServiceError::new(ErrorKind::UnsafeSocketDir, e.to_string()))?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
@@ -550,7 +644,7 @@ pub struct RunningNode {
     endpoint: Endpoint,
     app: Arc<App>,
     stop_tx: watch::Sender<bool>,
-    server: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    server: Option<tokio::task::JoinHandle<()>>,
     socket: Option<SocketGuard>,
     shutdown_mode: ShutdownMode,
     drain_timeout: Duration,
@@ -573,51 +667,75 @@ impl RunningNode {
         self.shutdown().await;
     }
 
-    /// Shuts down gracefully: refuses new submissions (503) and stops accepting
-    /// connections; then, per the [`ShutdownMode`], runs or revokes the queued tasks
-    /// (delayed ones and retries still waiting are revoked) for at most the drain timeout;
-    /// answers every long-poll still waiting; waits for open requests; and removes the
-    /// socket file.
+    /// Shuts down gracefully, within the drain timeout: answers new submissions and
+    /// `/healthz` 503 (`{"status": "draining"}`), still accepting connections so that
+    /// they get that answer; per the [`ShutdownMode`], runs or revokes the queued tasks
+    /// (delayed ones and retries still waiting are revoked) for the drain timeout less
+    /// a reserve (a quarter of it, at most 1 s); then answers every long-poll still
+    /// waiting, stops accepting, lets open requests finish until the drain timeout ends
+    /// (then closes them), and removes the socket file.
+    ///
+    /// Tasks still running when it returns are not waited for: they keep their worker
+    /// threads until the process exits, and their records stay `STARTED`.
     pub async fn shutdown(mut self) {
+        let start = Instant::now();
+        let deadline = start + self.drain_timeout;
+        // The drain leaves a part of the time for answering and closing.
+        let reserve = (self.drain_timeout / 4).min(CLOSE_RESERVE);
+        let drain = self.drain_timeout - reserve;
+        // New submissions (and /healthz) are answered 503 from here on; the listener
+        // stays open so that new connections get that answer.
         self.app.closing.store(true, Ordering::Release);
-        self.stop_tx.send_replace(true);
-        let deadline = Instant::now() + self.drain_timeout;
         // The pool's shutdown blocks: run it on a thread of its own, not on the runtime
         // (a blocking task would hold up the runtime's own drop if a task never ends).
         let (tx, rx) = oneshot::channel();
         let pool = self.app.pool.clone();
-        let (mode, timeout) = (self.shutdown_mode, self.drain_timeout);
+        let mode = self.shutdown_mode;
         let spawned = std::thread::Builder::new()
             .name("weft-service-shutdown".into())
             .spawn(move || {
-                match mode {
-                    ShutdownMode::Drain => {
-                        pool.shutdown_timeout(timeout);
+                let still_running = match mode {
+                    ShutdownMode::Drain => pool.shutdown_timeout(drain).threads_still_running,
+                    ShutdownMode::Cancel => {
+                        pool.shutdown_now();
+                        0
                     }
-                    ShutdownMode::Cancel => pool.shutdown_now(),
-                }
-                let _ = tx.send(());
+                };
+                let _ = tx.send(still_running);
             });
-        if spawned.is_ok() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let _ = tokio::time::timeout(left + Duration::from_secs(1), rx).await;
-        }
-        self.app.wait_idle(deadline).await;
+        let drained = match spawned {
+            Ok(_) => matches!(
+                tokio::time::timeout_at((start + drain).into(), rx).await,
+                Ok(Ok(0))
+            ),
+            Err(_) => false,
+        };
+        self.app.wait_idle(start + drain).await;
         self.app.stopping.send_replace(true);
+        self.stop_tx.send_replace(true);
         if let Some(server) = self.server.take() {
             let abort = server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), server)
-                .await
-                .is_err()
-            {
+            let at = deadline.max(Instant::now() + MIN_CLOSE);
+            if tokio::time::timeout_at(at.into(), server).await.is_err() {
                 abort.abort();
             }
         }
         if let Some(s) = self.socket.take() {
             s.remove();
         }
+        if !drained {
+            // Tasks still run: the pool's last handle, dropped, would wait for them (and
+            // hold up the process's exit). Leave them to the process's end instead.
+            std::mem::forget(self.app.pool.clone());
+        }
     }
 }
+
+/// The part of the drain timeout (at most) kept for answering long-polls and closing
+/// connections once the pool's drain ends; a quarter of it when shorter.
+const CLOSE_RESERVE: Duration = Duration::from_secs(1);
+/// The least time connections get to finish their answers at shutdown.
+const MIN_CLOSE: Duration = Duration::from_millis(100);
 
 impl Drop for RunningNode {
     fn drop(&mut self) {

@@ -121,5 +121,23 @@ pub(crate) fn render(app: &App) -> String {
         "Task records held in the result store (in flight and finished).",
         &[("", stored as u64)],
     );
+    let k = &app.connections;
+    one(
+        "weft_service_connections",
+        "gauge",
+        "HTTP connections open now.",
+        &[("", load(&k.open))],
+    );
+    one(
+        "weft_service_connections_closed_total",
+        "counter",
+        "HTTP connections the node closed or refused, by reason: the request's head or an idle spell took too long, evicted or refused at the connection cap.",
+        &[
+            ("{reason=\"header_timeout\"}", load(&k.header_timeouts)),
+            ("{reason=\"idle_timeout\"}", load(&k.idle_timeouts)),
+            ("{reason=\"evicted\"}", load(&k.evicted)),
+            ("{reason=\"refused\"}", load(&k.refused)),
+        ],
+    );
     out
 }

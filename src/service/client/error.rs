@@ -42,6 +42,10 @@ enum Kind {
         body: Option<serde_json::Value>,
         retry_after: Option<Duration>,
     },
+    UnsafeSocket {
+        target: String,
+        message: String,
+    },
     BadResponse(String),
     Timeout(String),
     InvalidInput(String),
@@ -70,6 +74,12 @@ impl ClientError {
         }
     }
 
+    pub(crate) fn unsafe_socket(target: String, message: String) -> ClientError {
+        ClientError {
+            kind: Kind::UnsafeSocket { target, message },
+        }
+    }
+
     pub(crate) fn bad_response(what: impl Into<String>) -> ClientError {
         ClientError {
             kind: Kind::BadResponse(what.into()),
@@ -88,9 +98,22 @@ impl ClientError {
         }
     }
 
-    /// True if the connection to the node could not be made.
+    /// True if the connection to the node could not be made (or was not tried: see
+    /// [`is_unsafe_socket`](Self::is_unsafe_socket)).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self.kind, Kind::Unreachable { .. })
+        matches!(
+            self.kind,
+            Kind::Unreachable { .. } | Kind::UnsafeSocket { .. }
+        )
+    }
+
+    /// True if the client refused to connect because the socket's directory is not safe:
+    /// it belongs to another user, or group or others may write to it, so the socket in
+    /// it may not be the node's (see
+    /// [`default_socket_path`](crate::service::default_socket_path) for the rule). Such an
+    /// error is also [`is_unreachable`](Self::is_unreachable).
+    pub fn is_unsafe_socket(&self) -> bool {
+        matches!(self.kind, Kind::UnsafeSocket { .. })
     }
 
     /// True if the node answered with an error status (see [`status`](Self::status)).
@@ -125,7 +148,7 @@ impl ClientError {
     pub fn message(&self) -> String {
         match &self.kind {
             Kind::Unreachable { source, .. } => source.to_string(),
-            Kind::Status { message, .. } => message.clone(),
+            Kind::Status { message, .. } | Kind::UnsafeSocket { message, .. } => message.clone(),
             Kind::BadResponse(m) | Kind::Timeout(m) | Kind::InvalidInput(m) => m.clone(),
         }
     }
@@ -157,6 +180,9 @@ impl fmt::Display for ClientError {
                     "cannot reach the weft node at {target}: {source} (is it running?)"
                 )
             }
+            Kind::UnsafeSocket { target, message } => {
+                write!(f, "not connecting to {target}: {message}")
+            }
             Kind::Status {
                 status, message, ..
             } => write!(f, "the node refused the request ({status}): {message}"),
@@ -174,6 +200,11 @@ impl fmt::Debug for ClientError {
                 .debug_struct("Unreachable")
                 .field("target", target)
                 .field("source", source)
+                .finish(),
+            Kind::UnsafeSocket { target, message } => f
+                .debug_struct("UnsafeSocket")
+                .field("target", target)
+                .field("message", message)
                 .finish(),
             Kind::Status {
                 status,

@@ -187,6 +187,11 @@ impl Transport {
         let unreachable = |e| ClientError::unreachable(self.target.describe(), e);
         match &self.target {
             Target::Unix(path) => {
+                // Before every connection: a socket in a directory others can write to
+                // may be theirs.
+                crate::service::socket::check_dir(&crate::service::socket::dir_of(path)).map_err(
+                    |e| ClientError::unsafe_socket(self.target.describe(), e.to_string()),
+                )?;
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(unreachable)?;
