@@ -13,6 +13,11 @@
 //! the new one answered 503 if none is idle), `--max-body-bytes N` (default 1048576: a
 //! larger body is answered 413).
 //!
+//! Memory for results: `--max-result-bytes N` (default 67108864: what finished records
+//! may hold together, oldest evicted first; the newest stays readable whatever its size),
+//! `--max-list-bytes N` (default 8388608: the most one `GET /v1/tasks` lists, then
+//! `"truncated": true`).
+//!
 //! SIGINT or SIGTERM shuts it down within `--drain-timeout D` (default 30s); a second
 //! signal ends it at once.
 //!
@@ -84,7 +89,7 @@ fn registry() -> Registry {
 
 const USAGE: &str = "usage: node [--socket PATH | --tcp ADDR [--token TOKEN]] \
     [--header-timeout D] [--body-timeout D] [--idle-timeout D] [--max-connections N] \
-    [--max-body-bytes N] [--drain-timeout D]";
+    [--max-body-bytes N] [--max-result-bytes N] [--max-list-bytes N] [--drain-timeout D]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -118,11 +123,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
-            (flag @ ("--max-connections" | "--max-body-bytes"), Some(n)) => match n.parse() {
+            (
+                flag @ ("--max-connections" | "--max-body-bytes" | "--max-result-bytes"
+                | "--max-list-bytes"),
+                Some(n),
+            ) => match n.parse() {
                 Ok(n) => {
                     node = match flag {
                         "--max-connections" => node.max_connections(n),
-                        _ => node.max_body_bytes(n),
+                        "--max-body-bytes" => node.max_body_bytes(n),
+                        "--max-result-bytes" => node.max_result_bytes(n),
+                        _ => node.max_list_bytes(n),
                     }
                 }
                 Err(e) => {

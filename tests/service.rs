@@ -788,6 +788,74 @@ async fn results_expire_after_ttl_and_capacity() {
     fx.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_results_and_list_answers_are_bounded_in_bytes() {
+    // Each failure carries a 1 MB message; the finished records may hold 3.5 MB together,
+    // a list answer 1.5 MB.
+    const MB: usize = 1_000_000;
+    let fx = unix_node(|n| {
+        n.max_body_bytes(2 * MB)
+            .max_result_bytes(3 * MB + MB / 2)
+            .max_list_bytes(MB + MB / 2)
+            .workers(2)
+    })
+    .await;
+    let h = &fx.http;
+    let message = "m".repeat(MB);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = h.submit("fail", json!({ "args": message })).await;
+        assert_eq!(h.wait(&id).await["state"], "FAILURE");
+        ids.push(id);
+    }
+    // Oldest first: three weigh just over 3 MB, four would be over the budget.
+    for old in &ids[..3] {
+        assert_eq!(h.get(&format!("/v1/tasks/{old}")).await.status, 404);
+    }
+    for kept in &ids[3..] {
+        let info = h.info(kept).await;
+        assert_eq!(
+            info["error"].as_str().map(str::len),
+            Some(MB),
+            "read by id in full"
+        );
+    }
+    let metrics = h.get("/metrics").await.text();
+    let bytes: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_service_results_bytes "))
+        .expect("weft_service_results_bytes in /metrics")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (3 * MB..=3 * MB + MB / 2).contains(&bytes),
+        "{bytes} bytes kept"
+    );
+    // A list stops at its byte budget (newest first) and says so.
+    let listed = h.get("/v1/tasks?limit=100").await.json();
+    let listed_ids: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed_ids,
+        [ids[5].as_str()],
+        "one 1 MB record fits in 1.5 MB"
+    );
+    assert_eq!(listed["truncated"], true);
+    // A result larger than a list answer may hold is still read in full by its id.
+    let large = h
+        .submit("fail", json!({ "args": "l".repeat(MB + MB / 2) }))
+        .await;
+    assert_eq!(h.wait(&large).await["state"], "FAILURE");
+    let info = h.info(&large).await;
+    assert_eq!(info["error"].as_str().map(str::len), Some(MB + MB / 2));
+    fx.shutdown().await;
+}
+
 // ---------------------------------------------------------------- bad input
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

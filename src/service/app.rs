@@ -54,6 +54,8 @@ pub(crate) struct App {
     pub store: Store,
     pub token: Option<String>,
     pub max_body_bytes: usize,
+    /// The most a `GET /v1/tasks` answer lists, in record weight (`store.rs`).
+    pub max_list_bytes: usize,
     pub counters: Counters,
     /// Set when shutdown begins: submissions answer 503.
     pub closing: AtomicBool,

@@ -457,7 +457,12 @@ async fn list(
         None => DEFAULT_LIST_LIMIT,
     }
     .min(MAX_LIST_LIMIT);
-    let tasks: Vec<_> = app.store.list(limit).iter().map(|r| r.info()).collect();
+    let (records, truncated) = app.store.list(limit, app.max_list_bytes);
+    let tasks: Vec<_> = records.iter().map(|r| r.info()).collect();
+    if truncated {
+        // Cut short by the byte budget: the rest are still readable by id.
+        return Ok(Json(json!({ "tasks": tasks, "truncated": true })).into_response());
+    }
     Ok(Json(json!({ "tasks": tasks })).into_response())
 }
 

@@ -166,6 +166,8 @@ pub struct Node {
     token: Option<String>,
     result_ttl: Duration,
     max_results: usize,
+    max_result_bytes: usize,
+    max_list_bytes: usize,
     max_in_flight: usize,
     max_body_bytes: usize,
     header_timeout: Duration,
@@ -193,6 +195,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
 /// Default for [`Node::max_results`].
 pub const DEFAULT_MAX_RESULTS: usize = 10_000;
+/// Default for [`Node::max_result_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 << 20;
+/// Default for [`Node::max_list_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_LIST_BYTES: usize = 8 << 20;
 /// Default for [`Node::max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 /// Default for [`Node::max_queued`].
@@ -216,6 +222,8 @@ impl Node {
             token: None,
             result_ttl: DEFAULT_RESULT_TTL,
             max_results: DEFAULT_MAX_RESULTS,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_list_bytes: DEFAULT_MAX_LIST_BYTES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -280,6 +288,33 @@ impl Node {
     /// [`DEFAULT_MAX_RESULTS`]).
     pub fn max_results(mut self, n: usize) -> Self {
         self.max_results = n;
+        self
+    }
+
+    /// The most bytes the finished records may hold together: their results and errors as
+    /// JSON, plus about 256 bytes each. Beyond it the oldest go first, but the newest
+    /// finished record is kept whatever it weighs, so a large result stays readable by its
+    /// id until the next task finishes (default [`DEFAULT_MAX_RESULT_BYTES`]).
+    ///
+    /// ```
+    /// let node = weft::service::Node::new(weft::service::Registry::new())
+    ///     .max_result_bytes(16 << 20)
+    ///     .max_list_bytes(1 << 20);
+    /// let shown = format!("{node:?}");
+    /// assert!(shown.contains("max_result_bytes: 16777216"));
+    /// assert!(shown.contains("max_list_bytes: 1048576"));
+    /// ```
+    pub fn max_result_bytes(mut self, n: usize) -> Self {
+        self.max_result_bytes = n;
+        self
+    }
+
+    /// The most bytes of records one `GET /v1/tasks` lists (weighed as for
+    /// [`max_result_bytes`](Self::max_result_bytes)); a list cut short by it says
+    /// `"truncated": true`, and the records left out are still readable by id. At least
+    /// one record is listed (default [`DEFAULT_MAX_LIST_BYTES`]).
+    pub fn max_list_bytes(mut self, n: usize) -> Self {
+        self.max_list_bytes = n;
         self
     }
 
@@ -354,6 +389,8 @@ impl Node {
     pub async fn start(self) -> Result<RunningNode, ServiceError> {
         for (what, n) in [
             ("max_results", self.max_results),
+            ("max_result_bytes", self.max_result_bytes),
+            ("max_list_bytes", self.max_list_bytes),
             ("max_in_flight", self.max_in_flight),
             ("max_body_bytes", self.max_body_bytes),
             ("max_connections", self.max_connections),
@@ -415,9 +452,15 @@ impl Node {
         let app = Arc::new(App {
             pool,
             registry: self.registry,
-            store: Store::new(self.result_ttl, self.max_results, self.max_in_flight),
+            store: Store::new(
+                self.result_ttl,
+                self.max_results,
+                self.max_in_flight,
+                self.max_result_bytes,
+            ),
             token: self.token,
             max_body_bytes: self.max_body_bytes,
+            max_list_bytes: self.max_list_bytes,
             counters: Counters::default(),
             closing: AtomicBool::new(false),
             stopping: watch::Sender::new(false),
@@ -502,6 +545,8 @@ impl fmt::Debug for Node {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("result_ttl", &self.result_ttl)
             .field("max_results", &self.max_results)
+            .field("max_result_bytes", &self.max_result_bytes)
+            .field("max_list_bytes", &self.max_list_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("header_timeout", &self.header_timeout)

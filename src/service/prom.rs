@@ -121,6 +121,12 @@ pub(crate) fn render(app: &App) -> String {
         "Task records held in the result store (in flight and finished).",
         &[("", stored as u64)],
     );
+    one(
+        "weft_service_results_bytes",
+        "gauge",
+        "What the finished records weigh (results and errors as JSON, plus about 256 bytes each), held under max_result_bytes.",
+        &[("", app.store.finished_bytes() as u64)],
+    );
     let k = &app.connections;
     one(
         "weft_service_connections",

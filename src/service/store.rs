@@ -13,8 +13,11 @@
 //!    the spawn was refused.
 //! 2. Finished records sit in `finished` in the order they finished (their `Instant`s are
 //!    taken under the store lock, so the queue is sorted). A record leaves the store when
-//!    it is older than the TTL or when more than `capacity` records are finished (oldest
-//!    first). Eviction runs on every access, so an expired id is never found.
+//!    it is older than the TTL, when more than `capacity` records are finished, or when
+//!    the finished records weigh more than `max_bytes` (oldest first; the newest finished
+//!    record is kept whatever it weighs, so a large result stays readable by its id until
+//!    the next one finishes). A record weighs what its result and error take as JSON, plus
+//!    [`RECORD_OVERHEAD`]. Eviction runs on every access, so an expired id is never found.
 //! 3. A record's final state is written once, under its own lock, before its `done` flag
 //!    turns true; a long-poll waits on `done` (a `watch`), never by polling.
 //! 4. Lock order: the store's lock, then a record's lock; never the other way.
@@ -30,6 +33,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::wire::{State, TaskInfo};
+
+/// What a finished record weighs beyond its result and error (the record, its id, name
+/// and index entries), in bytes; an estimate, for the byte budgets.
+pub(crate) const RECORD_OVERHEAD: usize = 256;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -61,6 +68,9 @@ pub(crate) struct Record {
     inner: Mutex<RecordInner>,
     done: watch::Sender<bool>,
     cancel: mpsc::Sender<CancelRequest>,
+    /// What the record weighs ([`RECORD_OVERHEAD`] until it finished); set under the
+    /// store's lock.
+    weight: AtomicU64,
 }
 
 struct RecordInner {
@@ -92,6 +102,7 @@ impl Record {
             }),
             done: watch::Sender::new(false),
             cancel,
+            weight: AtomicU64::new(RECORD_OVERHEAD as u64),
         };
         (Arc::new(record), rx)
     }
@@ -158,6 +169,7 @@ pub(crate) struct Store {
     ttl: Duration,
     capacity: usize,
     max_in_flight: usize,
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -165,19 +177,22 @@ struct Inner {
     by_id: HashMap<Uuid, Arc<Record>>,
     /// Insertion order, for listing newest first.
     by_seq: BTreeMap<u64, Uuid>,
-    /// Finished records, in the order they finished.
-    finished: VecDeque<(Instant, Uuid)>,
+    /// Finished records, in the order they finished, with their weight.
+    finished: VecDeque<(Instant, Uuid, usize)>,
     /// Reserved slots: in-flight records plus spawns under way.
     in_flight: usize,
+    /// What the records in `finished` weigh together.
+    finished_bytes: usize,
 }
 
 impl Store {
-    pub fn new(ttl: Duration, capacity: usize, max_in_flight: usize) -> Store {
+    pub fn new(ttl: Duration, capacity: usize, max_in_flight: usize, max_bytes: usize) -> Store {
         Store {
             inner: Mutex::new(Inner::default()),
             ttl,
             capacity,
             max_in_flight,
+            max_bytes,
         }
     }
 
@@ -211,22 +226,32 @@ impl Store {
 
     /// Writes the final state, releases the slot, and wakes the waiters (rule 3).
     pub fn finish(&self, record: &Arc<Record>, outcome: Outcome) {
+        let (state, result, error) = match outcome {
+            Outcome::Success(v) => (State::Success, Some(v), None),
+            Outcome::Failure(e) => (State::Failure, None, Some(e)),
+            Outcome::Revoked(e) => (State::Revoked, None, Some(e)),
+        };
+        // Weighed before taking the lock: serializing a large result takes a while.
+        let weight = RECORD_OVERHEAD
+            + result.as_ref().map_or(0, json_len)
+            + error
+                .as_ref()
+                .map_or(0, |e| json_len(&Value::from(e.as_str())));
         let mut inner = self.inner.lock();
         {
             let mut r = record.inner.lock();
-            let (state, result, error) = match outcome {
-                Outcome::Success(v) => (State::Success, Some(v), None),
-                Outcome::Failure(e) => (State::Failure, None, Some(e)),
-                Outcome::Revoked(e) => (State::Revoked, None, Some(e)),
-            };
             r.state = state;
             r.result = result;
             r.error = error;
             r.finished_at_ms = Some(now_ms());
         }
         inner.in_flight = inner.in_flight.saturating_sub(1);
+        record.weight.store(weight as u64, Ordering::Relaxed);
         if inner.by_id.contains_key(&record.id) {
-            inner.finished.push_back((Instant::now(), record.id));
+            inner
+                .finished
+                .push_back((Instant::now(), record.id, weight));
+            inner.finished_bytes += weight;
         }
         self.evict(&mut inner);
         drop(inner);
@@ -239,17 +264,27 @@ impl Store {
         inner.by_id.get(id).cloned()
     }
 
-    /// Up to `limit` records, newest first.
-    pub fn list(&self, limit: usize) -> Vec<Arc<Record>> {
+    /// Up to `limit` records, newest first, weighing at most `max_bytes` together (the
+    /// first is listed whatever it weighs); and whether the weight cut the list short.
+    pub fn list(&self, limit: usize, max_bytes: usize) -> (Vec<Arc<Record>>, bool) {
         let mut inner = self.inner.lock();
         self.evict(&mut inner);
-        inner
-            .by_seq
-            .values()
-            .rev()
-            .take(limit)
-            .filter_map(|id| inner.by_id.get(id).cloned())
-            .collect()
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for id in inner.by_seq.values().rev() {
+            if out.len() == limit {
+                break;
+            }
+            let Some(r) = inner.by_id.get(id) else {
+                continue;
+            };
+            bytes += r.weight.load(Ordering::Relaxed) as usize;
+            if bytes > max_bytes && !out.is_empty() {
+                return (out, true);
+            }
+            out.push(r.clone());
+        }
+        (out, false)
     }
 
     /// (records stored, in-flight slots taken).
@@ -259,18 +294,103 @@ impl Store {
         (inner.by_id.len(), inner.in_flight)
     }
 
-    /// Rule 2: drops finished records past the TTL, then the oldest beyond capacity.
+    /// What the finished records weigh together.
+    pub fn finished_bytes(&self) -> usize {
+        let mut inner = self.inner.lock();
+        self.evict(&mut inner);
+        inner.finished_bytes
+    }
+
+    /// Rule 2: drops finished records past the TTL, then the oldest beyond capacity or the
+    /// byte budget (never the newest for the budget).
     fn evict(&self, inner: &mut Inner) {
         let now = Instant::now();
-        while let Some(&(at, id)) = inner.finished.front() {
+        while let Some(&(at, id, weight)) = inner.finished.front() {
             let expired = now.saturating_duration_since(at) >= self.ttl;
-            if !expired && inner.finished.len() <= self.capacity {
+            let over_bytes = inner.finished_bytes > self.max_bytes && inner.finished.len() > 1;
+            if !expired && inner.finished.len() <= self.capacity && !over_bytes {
                 break;
             }
             inner.finished.pop_front();
+            inner.finished_bytes -= weight;
             if let Some(r) = inner.by_id.remove(&id) {
                 inner.by_seq.remove(&r.seq);
             }
         }
+    }
+}
+
+/// The length of `v` as compact JSON, without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(store: &Store, outcome: Outcome) -> Arc<Record> {
+        assert!(store.reserve());
+        let (r, _rx) = Record::new("t", State::Pending);
+        store.insert(&r);
+        store.finish(&r, outcome);
+        r
+    }
+
+    #[test]
+    fn json_len_is_the_compact_json_length() {
+        let v = serde_json::json!({"a": [1, "two", null], "b": "é\n"});
+        assert_eq!(json_len(&v), serde_json::to_string(&v).unwrap().len());
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_oldest_first_but_keeps_the_newest() {
+        let big = "x".repeat(10_000);
+        let weight = RECORD_OVERHEAD + big.len() + 2;
+        let store = Store::new(Duration::from_secs(60), 100, 100, 3 * weight);
+        let rs: Vec<_> = (0..5)
+            .map(|_| finished(&store, Outcome::Failure(big.clone())))
+            .collect();
+        assert!(store.get(&rs[0].id).is_none() && store.get(&rs[1].id).is_none());
+        assert!(rs[2..].iter().all(|r| store.get(&r.id).is_some()));
+        assert_eq!(store.finished_bytes(), 3 * weight);
+        // One record over the whole budget: kept alone, readable by id.
+        let huge = finished(&store, Outcome::Success(Value::from("y".repeat(50_000))));
+        assert!(store.get(&huge.id).is_some());
+        assert_eq!(store.counts().0, 1);
+        // The next one pushes it out.
+        let small = finished(&store, Outcome::Success(Value::from(1)));
+        assert!(store.get(&huge.id).is_none() && store.get(&small.id).is_some());
+    }
+
+    #[test]
+    fn a_list_stops_at_its_byte_budget_but_lists_at_least_one() {
+        let store = Store::new(Duration::from_secs(60), 100, 100, usize::MAX);
+        let big = "x".repeat(1000);
+        let rs: Vec<_> = (0..4)
+            .map(|_| finished(&store, Outcome::Success(Value::from(big.clone()))))
+            .collect();
+        let w = RECORD_OVERHEAD + big.len() + 2;
+        let (listed, cut) = store.list(10, 2 * w);
+        assert!(cut);
+        let ids: Vec<_> = listed.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [rs[3].id, rs[2].id], "newest first");
+        let (listed, cut) = store.list(10, 1);
+        assert_eq!((listed.len(), cut), (1, true));
+        let (listed, cut) = store.list(2, usize::MAX);
+        assert_eq!((listed.len(), cut), (2, false));
     }
 }
