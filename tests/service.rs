@@ -766,12 +766,7 @@ async fn results_expire_after_ttl_and_capacity() {
         "oldest finished went"
     );
     let listed = h.get("/v1/tasks").await.json();
-    let ids: Vec<&str> = listed["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let ids = listed_ids(&listed);
     assert_eq!(
         ids,
         [done[2].as_str(), done[1].as_str(), blocked.as_str()],
@@ -786,6 +781,16 @@ async fn results_expire_after_ttl_and_capacity() {
         .text()
         .contains("weft_service_results_stored 2"));
     fx.shutdown().await;
+}
+
+/// The ids of a `GET /v1/tasks` answer, in its order.
+fn listed_ids(listed: &Value) -> Vec<&str> {
+    listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -834,14 +839,8 @@ async fn kept_results_and_list_answers_are_bounded_in_bytes() {
     );
     // A list stops at its byte budget (newest first) and says so.
     let listed = h.get("/v1/tasks?limit=100").await.json();
-    let listed_ids: Vec<&str> = listed["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        listed_ids,
+        listed_ids(&listed),
         [ids[5].as_str()],
         "one 1 MB record fits in 1.5 MB"
     );

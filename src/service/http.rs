@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::app::{App, Counters, Refused, Spawn};
 use super::serve::BodyTimeout;
-use super::wire::{priority_name, RetrySpec, SubmitRequest};
+use super::wire::{human_duration, priority_name, RetrySpec, SubmitRequest};
 use crate::RetryPolicy;
 
 /// The longest long-poll (`?wait=`).
@@ -404,26 +404,6 @@ pub(crate) fn parse_wait(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
-/// `1h`, `90s`, `1h30m`, `250ms`: for messages.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out += &format!("{h}h");
-    }
-    if m > 0 {
-        out += &format!("{m}m");
-    }
-    if s > 0 {
-        out += &format!("{s}s");
-    }
-    out
-}
-
 async fn cancel(
     AxState(app): AxState<Arc<App>>,
     key: Result<Path<String>, PathRejection>,
@@ -511,13 +491,5 @@ mod tests {
         for v in ["Basic t0k", "Bearert0k", "Bearer", "Token t0k"] {
             assert_eq!(bearer_token(v), None, "{v}");
         }
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human_duration(Duration::from_secs(3600)), "1h");
-        assert_eq!(human_duration(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(human_duration(Duration::from_secs(61)), "1m1s");
     }
 }

@@ -67,7 +67,6 @@ mod socket;
 mod store;
 mod wire;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 pub use crate::registry::{Registry, TaskOptions};
@@ -101,15 +100,5 @@ pub fn default_socket_path() -> PathBuf {
     if let Some(p) = set(SOCKET_ENV) {
         return PathBuf::from(p);
     }
-    if let Some(dir) = set("XDG_RUNTIME_DIR") {
-        return PathBuf::from(dir).join("weft.sock");
-    }
-    PathBuf::from(format!("/tmp/weft-{}", current_uid())).join("weft.sock")
-}
-
-/// The real user id, without libc: the owner of `/proc/self` (Linux), else of `$HOME`.
-fn current_uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .or_else(|_| std::fs::metadata(std::env::var_os("HOME").unwrap_or_default()))
-        .map_or(0, |m| m.uid())
+    socket::default_dir().join("weft.sock")
 }

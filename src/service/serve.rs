@@ -432,7 +432,7 @@ impl std::fmt::Display for BodyTimeout {
         write!(
             f,
             "the request body did not arrive within {}",
-            super::http::human_duration(self.0)
+            super::wire::human_duration(self.0)
         )
     }
 }

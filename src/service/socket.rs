@@ -24,8 +24,6 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::current_uid;
-
 /// The mode the node gives the directories it creates, and the only mode the default
 /// socket directory may have (rule 1).
 pub(crate) const DEFAULT_DIR_MODE: u32 = 0o700;
@@ -45,6 +43,13 @@ pub(crate) fn default_dir() -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(format!("/tmp/weft-{}", current_uid())),
     }
+}
+
+/// The real user id, without libc: the owner of `/proc/self` (Linux), else of `$HOME`.
+pub(crate) fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .or_else(|_| std::fs::metadata(std::env::var_os("HOME").unwrap_or_default()))
+        .map_or(0, |m| m.uid())
 }
 
 /// The directory a socket at `path` lives in (`.` for a bare file name).
