@@ -288,7 +288,7 @@ impl Pool {
         shared.close(false);
         let on_own_worker = shared.current_worker().is_some();
         let mut still_running = if on_own_worker {
-            shared.num_workers() + 1
+            shared.num_workers() + crate::shared::POOL_THREADS_BESIDE_WORKERS
         } else {
             shared.join_threads(deadline)
         };

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 mod common;
 
 use common::celery::{
-    fixtures, python_sends_interop, python_worker_command, rabbitmqctl, required,
-    spawn_ready_child, unique, uuid_like, Killed,
+    broker_and_backend, fixtures, python_sends_interop, python_worker_command, rabbitmqctl,
+    required, spawn_ready_child, unique, uuid_like, Killed,
 };
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
@@ -32,15 +32,7 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
-    let backend = required("WEFT_REDIS_URL")?;
-    let broker = std::env::var("WEFT_CELERY_BROKER")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| backend.clone());
-    let amqp = broker.starts_with("amqp");
-    if amqp && !cfg!(feature = "amqp") {
-        panic!("WEFT_CELERY_BROKER is {broker}: run with --features amqp");
-    }
+    let (broker, backend, amqp) = broker_and_backend()?;
     Some(Env {
         broker,
         backend,

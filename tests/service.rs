@@ -1383,7 +1383,7 @@ fn common_wait(mut cond: impl FnMut() -> bool) {
             Instant::now() < deadline,
             "condition not reached in {HANG:?}"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::yield_now();
     }
 }
 

@@ -29,11 +29,11 @@ pub struct Brokers {
     pub python: String,
 }
 
-/// The [`Brokers`] the environment names; `None` (skipped) where it names none, a panic
-/// for a RabbitMQ broker in a build without the feature `amqp`.
-pub fn brokers() -> Option<Brokers> {
+/// The broker URL (`WEFT_CELERY_BROKER`, else the backend's), the Redis backend URL
+/// (`WEFT_REDIS_URL`) and whether the broker is RabbitMQ; `None` (skipped) without a
+/// backend, a panic for a RabbitMQ broker in a build without the feature `amqp`.
+pub fn broker_and_backend() -> Option<(String, String, bool)> {
     let backend = required("WEFT_REDIS_URL")?;
-    let python = required("WEFT_CELERY_PYTHON")?;
     let broker = std::env::var("WEFT_CELERY_BROKER")
         .ok()
         .filter(|b| !b.is_empty())
@@ -42,6 +42,14 @@ pub fn brokers() -> Option<Brokers> {
     if amqp && !cfg!(feature = "amqp") {
         panic!("WEFT_CELERY_BROKER is {broker}: run with --features amqp");
     }
+    Some((broker, backend, amqp))
+}
+
+/// The [`Brokers`] the environment names; `None` (skipped) where it names none, a panic
+/// for a RabbitMQ broker in a build without the feature `amqp`.
+pub fn brokers() -> Option<Brokers> {
+    let (broker, backend, amqp) = broker_and_backend()?;
+    let python = required("WEFT_CELERY_PYTHON")?;
     Some(Brokers {
         broker,
         backend,
