@@ -5,6 +5,12 @@
 //! cargo run --release --features service --example node -- --tcp 127.0.0.1:8080 [--token T]
 //! ```
 //!
+//! Where the tasks are kept: `--data-dir DIR` (default `$WEFT_DATA_DIR`, else
+//! `$XDG_STATE_HOME/weft`, else `~/.local/state/weft`; `--data-dir` wins over the
+//! environment): a durable store, so accepted tasks survive a crash or a restart (those not
+//! finished run again); or `--ephemeral`: in memory only. `--max-store-bytes N` caps the
+//! store's file (then submissions are answered 507 until results expire).
+//!
 //! HTTP limits (durations: `10s`, `500ms`, `1m`, or plain seconds):
 //! `--header-timeout D` (default 10s: a request's head must arrive within it),
 //! `--body-timeout D` (default 30s: its body within it, else 408),
@@ -88,6 +94,7 @@ fn registry() -> Registry {
 }
 
 const USAGE: &str = "usage: node [--socket PATH | --tcp ADDR [--token TOKEN]] \
+    [--data-dir DIR | --ephemeral] [--max-store-bytes N] \
     [--header-timeout D] [--body-timeout D] [--idle-timeout D] [--max-connections N] \
     [--max-body-bytes N] [--max-result-bytes N] [--max-list-bytes N] [--drain-timeout D]";
 
@@ -95,7 +102,19 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut node = Node::new(registry());
     while let Some(a) = args.next() {
+        if a == "--ephemeral" {
+            node = node.ephemeral();
+            continue;
+        }
         match (a.as_str(), args.next()) {
+            ("--data-dir", Some(d)) => node = node.data_dir(d),
+            ("--max-store-bytes", Some(n)) => match n.parse() {
+                Ok(n) => node = node.max_store_bytes(n),
+                Err(e) => {
+                    eprintln!("bad --max-store-bytes {n:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
             ("--tcp", Some(addr)) => match addr.parse() {
                 Ok(addr) => node = node.tcp(addr),
                 Err(e) => {

@@ -15,6 +15,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weft::service::{Endpoint, Node, Registry, RunningNode, ShutdownMode, TaskOptions};
 use weft::{Priority, RetryPolicy};
 
+/// A node that keeps its tasks in memory (tests never touch the user's state directory).
+fn ephemeral_node(registry: Registry) -> Node {
+    Node::new(registry).ephemeral()
+}
+
 /// Generous: only catches hangs.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -388,7 +393,7 @@ async fn unix_node(f: impl FnOnce(Node) -> Node) -> Fixture {
     let gate = Gate::default();
     let order = Arc::default();
     let dir = temp_dir();
-    let node = f(Node::new(registry(&gate, &order))
+    let node = f(ephemeral_node(registry(&gate, &order))
         .workers(2)
         .unix(dir.join("n.sock")))
     .start()
@@ -477,7 +482,7 @@ async fn unix_submit_and_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_loopback_without_token() {
-    let node = Node::new(registry(&Gate::default(), &Arc::default()))
+    let node = ephemeral_node(registry(&Gate::default(), &Arc::default()))
         .workers(1)
         .tcp("127.0.0.1:0".parse().unwrap())
         .start()
@@ -495,7 +500,7 @@ async fn tcp_loopback_without_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_with_token() {
-    let node = Node::new(registry(&Gate::default(), &Arc::default()))
+    let node = ephemeral_node(registry(&Gate::default(), &Arc::default()))
         .workers(1)
         .tcp("127.0.0.1:0".parse().unwrap())
         .token("s3cret")
@@ -525,14 +530,14 @@ async fn tcp_with_token() {
     node.shutdown().await;
 
     // A non-loopback bind needs a token.
-    let err = Node::new(Registry::new())
+    let err = ephemeral_node(Registry::new())
         .tcp("0.0.0.0:0".parse().unwrap())
         .start()
         .await
         .unwrap_err();
     assert!(err.is_token_required(), "{err}");
     assert!(err.to_string().contains("token"));
-    let ok = Node::new(Registry::new())
+    let ok = ephemeral_node(Registry::new())
         .workers(1)
         .tcp("0.0.0.0:0".parse().unwrap())
         .token("t")
@@ -545,7 +550,7 @@ async fn tcp_with_token() {
 /// The `Bearer` scheme is matched without regard to case (RFC 9110 §11.1); the token is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_scheme_is_case_insensitive() {
-    let node = Node::new(Registry::new())
+    let node = ephemeral_node(Registry::new())
         .workers(1)
         .tcp("127.0.0.1:0".parse().unwrap())
         .token("s3cret")
@@ -1210,7 +1215,7 @@ async fn stale_socket_replaced_live_socket_refused() {
     // A stale socket: its listener is gone, the file stays.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let node = Node::new(Registry::new())
+    let node = ephemeral_node(Registry::new())
         .workers(1)
         .unix(&path)
         .start()
@@ -1220,7 +1225,7 @@ async fn stale_socket_replaced_live_socket_refused() {
     assert_eq!(h.get("/healthz").await.status, 200);
 
     // A live one.
-    let err = Node::new(Registry::new())
+    let err = ephemeral_node(Registry::new())
         .workers(1)
         .unix(&path)
         .start()
@@ -1238,7 +1243,7 @@ async fn stale_socket_replaced_live_socket_refused() {
 
     // Not a socket.
     std::fs::write(&path, "precious").unwrap();
-    let err = Node::new(Registry::new())
+    let err = ephemeral_node(Registry::new())
         .workers(1)
         .unix(&path)
         .start()
@@ -1399,7 +1404,7 @@ fn child_node_until_signalled() {
             std::thread::park();
         }
     });
-    Node::new(registry)
+    ephemeral_node(registry)
         .workers(1)
         .drain_timeout(Duration::from_millis(drain))
         .run_with(|_| println!("node ready"))
@@ -1428,7 +1433,7 @@ async fn a_squatted_socket_directory_is_refused() {
         if let Some(uid) = owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
         }
-        let err = Node::new(Registry::new())
+        let err = ephemeral_node(Registry::new())
             .workers(1)
             .unix(dir.join("n.sock"))
             .start()
@@ -1449,7 +1454,7 @@ async fn a_squatted_socket_directory_is_refused() {
 
     // A missing directory is created, mode 0700, and used.
     let dir = temp_dir().join("a").join("b");
-    let node = Node::new(Registry::new())
+    let node = ephemeral_node(Registry::new())
         .workers(1)
         .unix(dir.join("n.sock"))
         .start()
@@ -1499,7 +1504,7 @@ fn child_refuses_a_loose_default_dir() {
     assert_eq!(weft::service::default_socket_path(), dir.join("weft.sock"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let err = Node::new(Registry::new())
+        let err = ephemeral_node(Registry::new())
             .workers(1)
             .start()
             .await
@@ -1508,7 +1513,7 @@ fn child_refuses_a_loose_default_dir() {
         assert!(err.to_string().contains("must be 0700"), "{err}");
         assert!(!dir.join("weft.sock").exists());
         // Named explicitly, it is still the default directory, judged by the same rule.
-        let err = Node::new(Registry::new())
+        let err = ephemeral_node(Registry::new())
             .workers(1)
             .unix(dir.join("other.sock"))
             .start()
@@ -1516,7 +1521,11 @@ fn child_refuses_a_loose_default_dir() {
             .unwrap_err();
         assert!(err.is_unsafe_socket_dir(), "{err}");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let node = Node::new(Registry::new()).workers(1).start().await.unwrap();
+        let node = ephemeral_node(Registry::new())
+            .workers(1)
+            .start()
+            .await
+            .unwrap();
         assert_eq!(Http::new(&node).get("/healthz").await.status, 200);
         node.shutdown().await;
     });
@@ -1557,7 +1566,11 @@ fn child_uses_weft_socket() {
     assert_eq!(weft::service::default_socket_path(), path);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let node = Node::new(Registry::new()).workers(1).start().await.unwrap();
+        let node = ephemeral_node(Registry::new())
+            .workers(1)
+            .start()
+            .await
+            .unwrap();
         assert_eq!(node.endpoint(), &Endpoint::Unix(path.clone()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -1572,7 +1585,7 @@ fn child_uses_weft_socket() {
 async fn tcp_node(f: impl FnOnce(Node) -> Node) -> (Fixture, std::net::SocketAddr) {
     let gate = Gate::default();
     let order = Arc::default();
-    let node = f(Node::new(registry(&gate, &order))
+    let node = f(ephemeral_node(registry(&gate, &order))
         .workers(2)
         .tcp("127.0.0.1:0".parse().unwrap()))
     .start()
@@ -1905,7 +1918,7 @@ async fn zero_http_limits_are_refused() {
         ("max_connections", |n| n.max_connections(0)),
     ];
     for (what, f) in configs {
-        let err = f(Node::new(Registry::new()).tcp("127.0.0.1:0".parse().unwrap()))
+        let err = f(ephemeral_node(Registry::new()).tcp("127.0.0.1:0".parse().unwrap()))
             .start()
             .await
             .unwrap_err();
@@ -1925,7 +1938,7 @@ fn fuzz_node() -> &'static (tokio::runtime::Runtime, Endpoint) {
             .build()
             .unwrap();
         let node = rt.block_on(async {
-            Node::new(registry(&Gate::default(), &Arc::default()))
+            ephemeral_node(registry(&Gate::default(), &Arc::default()))
                 .workers(2)
                 .max_body_bytes(4096)
                 .tcp("127.0.0.1:0".parse().unwrap())

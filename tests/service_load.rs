@@ -13,6 +13,11 @@ use serde_json::json;
 use weft::service::client::{State, SubmitOptions};
 use weft::service::{Client, Node, Registry};
 
+/// A node that keeps its tasks in memory (tests never touch the user's state directory).
+fn ephemeral_node(registry: Registry) -> Node {
+    Node::new(registry).ephemeral()
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -43,7 +48,7 @@ fn hundred_thousand_tiny_tasks() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let node = rt
         .block_on(
-            Node::new(registry)
+            ephemeral_node(registry)
                 .unix(&socket)
                 .max_in_flight(tasks.max(1))
                 // Every result must still be there when the test reads it back.

@@ -3,7 +3,7 @@
 # Usage: python3 benches/service/bighead.py target/release/examples/node
 import os, socket, subprocess, sys, time
 binary = sys.argv[1]; port = 19000 + os.getpid() % 1000
-node = subprocess.Popen([binary, "--tcp", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL); time.sleep(1)
+node = subprocess.Popen([binary, "--ephemeral", "--tcp", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL); time.sleep(1)
 def rss():
     for l in open(f"/proc/{node.pid}/status"):
         if l.startswith("VmRSS"): return int(l.split()[1]) // 1024

@@ -4,7 +4,7 @@
 # Usage: python3 benches/service/bigresults.py target/release/examples/node [node flags...]
 import http.client, json, os, subprocess, sys, time
 binary = sys.argv[1]; port = 20000 + os.getpid() % 1000
-node = subprocess.Popen([binary, "--tcp", f"127.0.0.1:{port}"] + sys.argv[2:], stdout=subprocess.DEVNULL)
+node = subprocess.Popen([binary, "--ephemeral", "--tcp", f"127.0.0.1:{port}"] + sys.argv[2:], stdout=subprocess.DEVNULL)
 def status(field):
     for l in open(f"/proc/{node.pid}/status"):
         if l.startswith(field): return int(l.split()[1]) // 1024

@@ -5,7 +5,7 @@
 import os, socket, subprocess, sys, time
 binary, n, gap, dur = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 port = 18000 + os.getpid() % 1000
-node = subprocess.Popen([binary, "--tcp", f"127.0.0.1:{port}"] + sys.argv[5:], stdout=subprocess.DEVNULL)
+node = subprocess.Popen([binary, "--ephemeral", "--tcp", f"127.0.0.1:{port}"] + sys.argv[5:], stdout=subprocess.DEVNULL)
 time.sleep(1)
 def fds(): return len(os.listdir(f"/proc/{node.pid}/fd"))
 def rss():

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::journal::{Final, Journal, JournalTx, NewRow, Op, StoreError};
 use super::serve::ConnStats;
-use super::store::{CancelReply, CancelRequest, Outcome, Record, Store};
-use super::wire::State;
+use super::store::{now_ms, CancelReply, CancelRequest, Finished, Outcome, Record, Store};
+use super::wire::{State, SubmitRequest};
 use super::Registry;
 use crate::registry::Attempt;
 use crate::{JoinError, JoinHandle, Pool, Priority, RetryPolicy};
@@ -22,6 +23,10 @@ pub(crate) struct Counters {
     pub rejected_in_flight: AtomicU64,
     pub rejected_bad_request: AtomicU64,
     pub rejected_unknown_task: AtomicU64,
+    /// Submissions refused because the durable store could not write them.
+    pub rejected_store: AtomicU64,
+    /// Writes to the durable store that failed (each is tried again or answered).
+    pub store_errors: AtomicU64,
 }
 
 impl Counters {
@@ -46,7 +51,19 @@ pub(crate) enum Refused {
     Full,
     /// The node (its pool) is shutting down.
     Closing,
+    /// The durable store could not write the task (a full disk, say).
+    Store(StoreError),
 }
+
+/// Why a submission cannot be planned.
+pub(crate) enum Plan {
+    UnknownTask,
+    /// Arguments that do not fit the task, or a bad option: what is wrong.
+    Bad(String),
+}
+
+/// How long a resolver waits before writing a final state again, at first and at most.
+const FINISH_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 pub(crate) struct App {
     pub pool: Pool,
@@ -67,17 +84,66 @@ pub(crate) struct App {
     pub idle: Notify,
     /// The HTTP server's connection counters (`serve.rs`).
     pub connections: Arc<ConnStats>,
+    /// The durable store; `None` for an ephemeral node.
+    pub journal: Option<Journal>,
+    /// Tasks shut down before they finished stay unfinished in the durable store, to run
+    /// after the next start (a durable node draining), instead of being revoked.
+    pub keep_unfinished: bool,
 }
 
 impl App {
-    /// Spawns an accepted task: reserves an in-flight slot, spawns on the pool (never
-    /// waiting for room), makes the record visible and starts its resolver. A refused
-    /// spawn leaves nothing behind.
-    pub fn spawn(
+    /// Checks a submission of task `name` and turns it into an attempt and its options.
+    pub fn plan(&self, name: &str, req: SubmitRequest) -> Result<(Attempt, Spawn), Plan> {
+        let entry = self.registry.get(name).ok_or(Plan::UnknownTask)?;
+        let attempt = entry
+            .prepare(req.args)
+            .map_err(|e| Plan::Bad(format!("invalid args for task {name:?}: {e}")))?;
+        let defaults = entry.options;
+        let delay = match req.delay_ms {
+            Some(ms) => {
+                let d = Duration::from_millis(ms);
+                let fits =
+                    now_ms().checked_add(ms).is_some() && Instant::now().checked_add(d).is_some();
+                if !fits {
+                    return Err(Plan::Bad(format!(
+                        "delay_ms {ms} is too large (past what the node's clock can hold)"
+                    )));
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        let retry = match req.retry {
+            Some(spec) => Some(spec.policy().map_err(Plan::Bad)?),
+            None => defaults.get_retry(),
+        };
+        let spawn = Spawn {
+            priority: req.priority.map_or(defaults.get_priority(), Into::into),
+            delay,
+            time_limit: req
+                .time_limit_ms
+                .map(Duration::from_millis)
+                .or(defaults.get_time_limit()),
+            retry,
+        };
+        Ok((attempt, spawn))
+    }
+
+    fn journal(&self) -> Option<&JournalTx> {
+        self.journal.as_ref().map(Journal::tx)
+    }
+
+    /// Spawns an accepted task: reserves an in-flight slot, writes it to the durable store
+    /// (and waits for that), spawns on the pool (never waiting for room), makes the record
+    /// visible and starts its resolver. A refused spawn leaves nothing behind, on disk
+    /// included. `request` is the submission's body, kept to run the task again after a
+    /// restart.
+    pub async fn spawn(
         self: &Arc<Self>,
         name: &str,
-        mut attempt: Attempt,
+        attempt: Attempt,
         opts: Spawn,
+        request: String,
     ) -> Result<Arc<Record>, Refused> {
         if self.closing.load(Ordering::Acquire) {
             return Err(Refused::Closing);
@@ -85,52 +151,156 @@ impl App {
         if !self.store.reserve() {
             return Err(Refused::InFlight);
         }
-        let initial = if opts.delay.is_some_and(|d| !d.is_zero()) {
+        let delay = opts.delay.filter(|d| !d.is_zero());
+        let initial = if delay.is_some() {
             State::Scheduled
         } else {
             State::Pending
         };
         let (record, cancel_rx) = Record::new(name, initial);
+        if let Some(j) = self.journal() {
+            let row = NewRow {
+                seq: record.seq,
+                id: record.id,
+                name: name.to_owned(),
+                request,
+                state: initial,
+                submitted_at_ms: record.submitted_at_ms,
+                due_at_ms: delay.map(|d| {
+                    record
+                        .submitted_at_ms
+                        .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                }),
+                attempts: 0,
+                interrupted: 0,
+            };
+            if let Err(e) = j.write(|ack| Op::Insert(row, ack)).await {
+                Counters::bump(&self.counters.store_errors);
+                self.store.release();
+                self.idle.notify_waiters();
+                return Err(Refused::Store(e));
+            }
+        }
         let max_attempts = opts.retry.map_or(1, |p| p.attempts());
+        match self.launch(&record, attempt, opts, max_attempts, cancel_rx, true) {
+            Ok(()) => {
+                Counters::bump(&self.counters.submitted);
+                Ok(record)
+            }
+            Err(why) => {
+                if let Some(j) = self.journal() {
+                    // Written but refused: taken back before the refusal is answered.
+                    j.send(Op::Delete { seq: record.seq });
+                    if j.write(Op::Flush).await.is_err() {
+                        Counters::bump(&self.counters.store_errors);
+                    }
+                }
+                self.store.release();
+                self.idle.notify_waiters();
+                Err(why)
+            }
+        }
+    }
+
+    /// Spawns `record`'s task on the pool (its slot is reserved, its row written), makes
+    /// the record visible and starts its resolver. `max_attempts` counts the attempts made
+    /// before a restart too. With `try_only` a full lane refuses; else the task waits in
+    /// the timer and joins its lane whatever its room (for tasks accepted before a
+    /// restart).
+    pub fn launch(
+        self: &Arc<Self>,
+        record: &Arc<Record>,
+        mut attempt: Attempt,
+        opts: Spawn,
+        max_attempts: u32,
+        cancel_rx: mpsc::Receiver<CancelRequest>,
+        try_only: bool,
+    ) -> Result<(), Refused> {
         let rec = record.clone();
+        let journal = self.journal().cloned();
         let run = move || {
             let n = rec.start_attempt();
+            if let Some(j) = &journal {
+                j.send(Op::Started {
+                    seq: rec.seq,
+                    attempts: n,
+                });
+            }
             let out = attempt();
             // No RETRY when the run is past its time limit or asked to stop: weft will
             // not retry it.
             if out.is_err() && n < max_attempts && crate::checkpoint().is_ok() {
                 rec.mark_retry();
+                if let Some(j) = &journal {
+                    j.send(Op::Retry { seq: rec.seq });
+                }
             }
             out
         };
         let mut task = self.pool.task().priority(opts.priority);
-        if let Some(d) = opts.delay {
-            task = task.delay(d);
+        match (opts.delay, try_only) {
+            (Some(d), _) => task = task.delay(d),
+            // Through the timer, which never refuses for a full lane.
+            (None, false) => task = task.delay(Duration::from_millis(1)),
+            (None, true) => {}
         }
         if let Some(limit) = opts.time_limit {
             task = task.time_limit(limit);
         }
         let spawned = match opts.retry {
-            Some(policy) => task.retry(policy).try_spawn(run),
+            Some(policy) => {
+                // Attempts made before a restart count; at least one more runs.
+                let left = max_attempts.saturating_sub(record.attempts()).max(1);
+                task.retry(policy.max_attempts(left)).try_spawn(run)
+            }
             None => task.try_spawn(run),
         };
         match spawned {
             Ok(handle) => {
-                self.store.insert(&record);
-                Counters::bump(&self.counters.submitted);
+                self.store.insert(record);
                 tokio::spawn(resolve(self.clone(), record.clone(), handle, cancel_rx));
-                Ok(record)
+                Ok(())
             }
-            Err(e) => {
-                self.store.release();
-                self.idle.notify_waiters();
-                Err(if e.is_full() {
-                    Refused::Full
-                } else {
-                    Refused::Closing
-                })
+            Err(e) if e.is_full() => Err(Refused::Full),
+            Err(_) => Err(Refused::Closing),
+        }
+    }
+
+    /// Writes `record`'s final state to the durable store (trying again until it is
+    /// written: rule 5 of `journal.rs`), then shows it, gives back its slot and wakes the
+    /// waiters.
+    pub async fn finish(&self, record: &Arc<Record>, outcome: Outcome) {
+        let done = Finished::from(outcome);
+        if let Some(j) = self.journal() {
+            let result = done.result.as_ref().map(|v| v.to_string());
+            let mut wait = FINISH_RETRY.0;
+            loop {
+                let row = Final {
+                    seq: record.seq,
+                    state: done.state,
+                    result: result.clone(),
+                    error: done.error.clone(),
+                    finished_at_ms: done.finished_at_ms,
+                    attempts: record.attempts(),
+                };
+                match j.write(|ack| Op::Finish(row, ack)).await {
+                    Ok(()) => break,
+                    // The node is past its end: nothing will read the record any more.
+                    Err(e) if e.closed => return,
+                    Err(e) => {
+                        Counters::bump(&self.counters.store_errors);
+                        eprintln!(
+                            "weft node: cannot write the final state of task {} ({e}); trying again in {wait:?}",
+                            record.id
+                        );
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(FINISH_RETRY.1);
+                    }
+                }
             }
         }
+        self.store.finish(record, done);
+        self.idle.notify_waiters();
     }
 
     /// Waits until no task is in flight, or until `deadline`.
@@ -169,8 +339,7 @@ async fn resolve(
                     // The handle resolves at once; finish before answering, so the
                     // answer shows REVOKED.
                     let r = (&mut handle).await;
-                    app.store.finish(&record, outcome(r));
-                    app.idle.notify_waiters();
+                    app.finish(&record, outcome(r)).await;
                     let _ = reply.send(CancelReply { won, finished: false });
                     return;
                 }
@@ -178,8 +347,13 @@ async fn resolve(
             }
         }
     };
-    app.store.finish(&record, outcome(result));
-    app.idle.notify_waiters();
+    if app.keep_unfinished && matches!(&result, Err(e) if e.is_shutdown()) {
+        // Stays unfinished on disk, and runs after the next start.
+        app.store.release();
+        app.idle.notify_waiters();
+        return;
+    }
+    app.finish(&record, outcome(result)).await;
 }
 
 fn outcome(r: Result<Output, JoinError>) -> Outcome {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -17,10 +17,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::app::{App, Counters, Refused, Spawn};
+use super::app::{App, Counters, Plan, Refused};
+use super::journal::StoreError;
 use super::serve::BodyTimeout;
-use super::wire::{human_duration, priority_name, RetrySpec, SubmitRequest};
-use crate::RetryPolicy;
+use super::wire::{human_duration, priority_name, SubmitRequest};
 
 /// The longest long-poll (`?wait=`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -204,51 +204,35 @@ async fn submit_inner(
     if app.closing.load(Ordering::Acquire) {
         return Err(shutting_down());
     }
-    let Some(entry) = app.registry.get(&name) else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            body: json!({
-                "error": format!("unknown task {name:?}"),
-                "tasks": app.registry.names().collect::<Vec<_>>(),
-            }),
-        });
-    };
+    if !app.registry.contains(&name) {
+        return Err(unknown_task(app, &name));
+    }
     let bytes = read_body(body, app.max_body_bytes).await?;
     let req: SubmitRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
-    let attempt = entry
-        .prepare(req.args)
-        .map_err(|e| ApiError::bad_request(format!("invalid args for task {name:?}: {e}")))?;
-    let defaults = entry.options;
-    let delay = match req.delay_ms {
-        Some(ms) => {
-            let d = Duration::from_millis(ms);
-            let fits = super::store::now_ms().checked_add(ms).is_some()
-                && Instant::now().checked_add(d).is_some();
-            if !fits {
-                return Err(ApiError::bad_request(format!(
-                    "delay_ms {ms} is too large (past what the node's clock can hold)"
-                )));
-            }
-            Some(d)
-        }
-        None => None,
+    let (attempt, spawn) = app.plan(&name, req).map_err(|e| match e {
+        Plan::UnknownTask => unknown_task(app, &name),
+        Plan::Bad(m) => ApiError::bad_request(m),
+    })?;
+    let priority = spawn.priority;
+    // The submission's body is kept with the task in a durable store, to run it again after
+    // a restart.
+    let request = String::from_utf8_lossy(&bytes).into_owned();
+    let spawned = if app.journal.is_some() {
+        // Apart from this request, so that a client hanging up while the task is written
+        // leaves no task half accepted.
+        let (app, name) = (app.clone(), name.clone());
+        tokio::spawn(async move { app.spawn(&name, attempt, spawn, request).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Refused::Store(StoreError::new(format!(
+                    "the submission failed: {e}"
+                ))))
+            })
+    } else {
+        app.spawn(&name, attempt, spawn, request).await
     };
-    let retry = match req.retry {
-        Some(spec) => Some(retry_policy(spec)?),
-        None => defaults.get_retry(),
-    };
-    let priority = req.priority.map_or(defaults.get_priority(), Into::into);
-    let spawn = Spawn {
-        priority,
-        delay,
-        time_limit: req
-            .time_limit_ms
-            .map(Duration::from_millis)
-            .or(defaults.get_time_limit()),
-        retry,
-    };
-    match app.spawn(&name, attempt, spawn) {
+    match spawned {
         Ok(record) => {
             // The state it was accepted in: it may have run already.
             let body = json!({ "id": record.id.to_string(), "name": record.name, "state": record.initial });
@@ -269,6 +253,23 @@ async fn submit_inner(
             ))
         }
         Err(Refused::Closing) => Err(shutting_down()),
+        Err(Refused::Store(e)) => {
+            Counters::bump(&app.counters.rejected_store);
+            Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("the node cannot write the task to its store ({e}); nothing was accepted"),
+            ))
+        }
+    }
+}
+
+fn unknown_task(app: &App, name: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        body: json!({
+            "error": format!("unknown task {name:?}"),
+            "tasks": app.registry.names().collect::<Vec<_>>(),
+        }),
     }
 }
 
@@ -293,34 +294,6 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             )))
         }
     }
-}
-
-fn retry_policy(spec: RetrySpec) -> Result<RetryPolicy, ApiError> {
-    let backoff = Duration::from_millis(spec.backoff_ms.unwrap_or(1000));
-    let mut policy = match spec.multiplier {
-        None | Some(1.0) => RetryPolicy::fixed(backoff),
-        Some(2.0) => RetryPolicy::exponential(backoff),
-        Some(m) => {
-            return Err(ApiError::bad_request(format!(
-                "retry.multiplier {m} is not supported: use 1 (fixed backoff) or 2 (exponential)"
-            )))
-        }
-    };
-    if let Some(n) = spec.max_attempts {
-        policy = policy.max_attempts(n);
-    }
-    if let Some(max) = spec.max_backoff_ms {
-        policy = policy.max_delay(Duration::from_millis(max));
-    }
-    if let Some(j) = spec.jitter {
-        if !(0.0..=1.0).contains(&j) {
-            return Err(ApiError::bad_request(format!(
-                "retry.jitter {j} is out of range: it must be between 0 and 1"
-            )));
-        }
-        policy = policy.jitter(j);
-    }
-    Ok(policy)
 }
 
 fn unknown_id(app: &App, id: &str) -> ApiError {

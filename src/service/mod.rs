@@ -44,7 +44,7 @@
 //! let registry = Registry::new().task("add", |(x, y): (i64, i64)| Ok::<_, String>(x + y));
 //! let rt = tokio::runtime::Runtime::new().unwrap();
 //! rt.block_on(async {
-//!     let node = Node::new(registry).workers(1).tcp("127.0.0.1:0".parse().unwrap()).start().await.unwrap();
+//!     let node = Node::new(registry).ephemeral().workers(1).tcp("127.0.0.1:0".parse().unwrap()).start().await.unwrap();
 //!     let weft::service::Endpoint::Tcp(addr) = node.endpoint().clone() else { unreachable!() };
 //!     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
 //!     let body = r#"{"args": [2, 3]}"#;
@@ -60,8 +60,10 @@
 mod app;
 pub mod client;
 mod http;
+mod journal;
 mod node;
 mod prom;
+mod recover;
 mod serve;
 mod socket;
 mod store;
@@ -81,6 +83,30 @@ pub use wire::{State, TaskInfo};
 
 /// The environment variable naming the node's socket.
 pub const SOCKET_ENV: &str = "WEFT_SOCKET";
+
+/// The environment variable naming the node's data directory.
+pub const DATA_DIR_ENV: &str = "WEFT_DATA_DIR";
+
+/// Where a durable node keeps its tasks by default: `$WEFT_DATA_DIR` if set, else
+/// `$XDG_STATE_HOME/weft`, else `$HOME/.local/state/weft`; `None` if none of those is set.
+/// The store is one SQLite database, `tasks.sqlite3`, beside a `lock` file held by the
+/// node using the directory (see [`Node::ephemeral`] for what is kept).
+///
+/// ```
+/// if let Some(dir) = weft::service::default_data_dir() {
+///     assert!(dir.ends_with("weft") || std::env::var_os("WEFT_DATA_DIR").is_some());
+/// }
+/// ```
+pub fn default_data_dir() -> Option<PathBuf> {
+    let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = set(DATA_DIR_ENV) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = set("XDG_STATE_HOME") {
+        return Some(PathBuf::from(d).join("weft"));
+    }
+    set("HOME").map(|h| PathBuf::from(h).join(".local/state/weft"))
+}
 
 /// Where the node listens and the client connects by default: `$WEFT_SOCKET` if set, else
 /// `$XDG_RUNTIME_DIR/weft.sock` if that is set, else `/tmp/weft-$UID/weft.sock`.

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::app::{App, Counters};
+use super::journal::{Journal, OpenError};
+use super::recover::recover;
 use super::serve::{serve, Limits};
 use super::socket;
 use super::store::Store;
-use super::{default_socket_path, Registry};
+use super::{default_data_dir, default_socket_path, Registry};
 use crate::Pool;
 
 /// Where a node listens.
@@ -55,7 +57,7 @@ pub enum ShutdownMode {
 /// use weft::service::{Node, Registry};
 /// let rt = tokio::runtime::Runtime::new().unwrap();
 /// let err = rt
-///     .block_on(Node::new(Registry::new()).tcp("0.0.0.0:0".parse().unwrap()).start())
+///     .block_on(Node::new(Registry::new()).ephemeral().tcp("0.0.0.0:0".parse().unwrap()).start())
 ///     .unwrap_err();
 /// assert!(err.is_token_required());
 /// ```
@@ -70,6 +72,7 @@ enum ErrorKind {
     UnsafeSocketDir,
     TokenRequired,
     Config,
+    Store,
     Io,
 }
 
@@ -85,7 +88,7 @@ impl ServiceError {
         ServiceError::new(ErrorKind::Io, format!("{what}: {e}"))
     }
 
-    /// Another node is listening on the socket already.
+    /// Another node is listening on the socket already, or holds the data directory.
     pub fn is_in_use(&self) -> bool {
         self.kind == ErrorKind::InUse
     }
@@ -106,7 +109,13 @@ impl ServiceError {
         self.kind == ErrorKind::Config
     }
 
-    /// An I/O error (binding, the socket's directory, the runtime).
+    /// The durable store cannot be read (corrupt, truncated, or written by a newer weft);
+    /// the node refuses to start rather than lose what it holds.
+    pub fn is_store(&self) -> bool {
+        self.kind == ErrorKind::Store
+    }
+
+    /// An I/O error (binding, the socket's directory, the data directory, the runtime).
     pub fn is_io(&self) -> bool {
         self.kind == ErrorKind::Io
     }
@@ -129,6 +138,16 @@ impl fmt::Debug for ServiceError {
 
 impl std::error::Error for ServiceError {}
 
+/// Where a node keeps its tasks.
+#[derive(Clone, Debug)]
+enum Data {
+    /// [`default_data_dir`].
+    Default,
+    Dir(PathBuf),
+    /// In memory only.
+    Ephemeral,
+}
+
 #[derive(Clone, Debug)]
 enum Listen {
     /// `None`: [`default_socket_path`].
@@ -150,12 +169,19 @@ enum Listen {
 /// let dir = std::env::temp_dir().join(format!("weft-doc-{}", std::process::id()));
 /// let rt = tokio::runtime::Runtime::new().unwrap();
 /// rt.block_on(async {
-///     let node = Node::new(registry).workers(1).unix(dir.join("node.sock")).start().await.unwrap();
+///     let node = Node::new(registry)
+///         .workers(1)
+///         .unix(dir.join("node.sock"))
+///         .data_dir(dir.join("data"))
+///         .start()
+///         .await
+///         .unwrap();
 ///     assert_eq!(node.endpoint().to_string(), format!("unix:{}", dir.join("node.sock").display()));
 ///     node.shutdown().await;
 /// });
 /// assert!(!dir.join("node.sock").exists(), "the socket file is removed");
-/// # std::fs::remove_dir(&dir).unwrap();
+/// assert!(dir.join("data/tasks.sqlite3").exists(), "the store stays");
+/// # std::fs::remove_dir_all(&dir).unwrap();
 /// ```
 pub struct Node {
     registry: Registry,
@@ -176,6 +202,8 @@ pub struct Node {
     max_connections: usize,
     shutdown_mode: ShutdownMode,
     drain_timeout: Duration,
+    data: Data,
+    max_store_bytes: Option<u64>,
 }
 
 /// The exit status of a process that [`Node::run`] ends on a second signal
@@ -232,7 +260,48 @@ impl Node {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_mode: ShutdownMode::Drain,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            data: Data::Default,
+            max_store_bytes: None,
         }
+    }
+
+    /// Keeps the node's tasks in a durable store in `dir` (created with mode 0700 if
+    /// missing) instead of [`default_data_dir`]. See [`ephemeral`](Self::ephemeral) for
+    /// what durable means.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data = Data::Dir(dir.into());
+        self
+    }
+
+    /// Keeps the node's tasks in memory only: a crash or a restart forgets every task.
+    ///
+    /// By default a node is durable: it writes each task to an SQLite database in its
+    /// data directory ([`data_dir`](Self::data_dir), else [`default_data_dir`]) before it
+    /// answers `202` (one sync for all the submissions that arrive together), and a final
+    /// state before it shows it, so kill -9 undoes nothing a client has seen. At start it
+    /// reads the store back before it serves: finished tasks are readable for the rest of
+    /// their TTL; unfinished ones run again (at least once: a task that was running counts
+    /// its attempts across the restart and says `"interrupted": 1`), delayed ones at their
+    /// due time. A graceful shutdown leaves the tasks it did not run (queued past the drain
+    /// timeout, delayed, waiting for a retry, or still running) to the next start, rather
+    /// than revoking them. A write the disk refuses answers the submission `507` and
+    /// accepts nothing. One node per data directory.
+    ///
+    /// ```
+    /// let node = weft::service::Node::new(weft::service::Registry::new()).ephemeral();
+    /// assert!(format!("{node:?}").contains("Ephemeral"));
+    /// ```
+    pub fn ephemeral(mut self) -> Self {
+        self.data = Data::Ephemeral;
+        self
+    }
+
+    /// Caps the durable store's database file at about `bytes`; past it, writes fail as on
+    /// a full disk (submissions answered `507`) until eviction frees room (default: no cap
+    /// but the disk's).
+    pub fn max_store_bytes(mut self, bytes: u64) -> Self {
+        self.max_store_bytes = Some(bytes);
+        self
     }
 
     /// Runs the tasks on `pool` instead of building one (`workers` and `max_queued` are
@@ -422,6 +491,28 @@ impl Node {
                 ));
             }
         }
+        let journal = match &self.data {
+            Data::Ephemeral => None,
+            Data::Default | Data::Dir(_) => {
+                let dir = match &self.data {
+                    Data::Dir(d) => d.clone(),
+                    _ => default_data_dir().ok_or_else(|| {
+                        ServiceError::new(
+                            ErrorKind::Config,
+                            "no data directory: set WEFT_DATA_DIR (or XDG_STATE_HOME, or HOME), \
+                             give one with data_dir, or run ephemeral",
+                        )
+                    })?,
+                };
+                Some(
+                    Journal::open(&dir, self.max_store_bytes).map_err(|e| match e {
+                        OpenError::InUse(m) => ServiceError::new(ErrorKind::InUse, m),
+                        OpenError::Corrupt(m) => ServiceError::new(ErrorKind::Store, m),
+                        OpenError::Io(m) => ServiceError::new(ErrorKind::Io, m),
+                    })?,
+                )
+            }
+        };
         let bound = match &self.listen {
             Listen::Unix(path) => {
                 let path = path.clone().unwrap_or_else(default_socket_path);
@@ -449,6 +540,11 @@ impl Node {
                 })?
             }
         };
+        let (journal, stored) = match journal {
+            Some((j, stored)) => (Some(j), stored),
+            None => (None, Vec::new()),
+        };
+        let keep_unfinished = journal.is_some() && self.shutdown_mode == ShutdownMode::Drain;
         let app = Arc::new(App {
             pool,
             registry: self.registry,
@@ -457,6 +553,7 @@ impl Node {
                 self.max_results,
                 self.max_in_flight,
                 self.max_result_bytes,
+                journal.as_ref().map(|j| j.tx().clone()),
             ),
             token: self.token,
             max_body_bytes: self.max_body_bytes,
@@ -467,7 +564,20 @@ impl Node {
             waiters: AtomicU64::new(0),
             idle: Notify::new(),
             connections: Arc::default(),
+            journal,
+            keep_unfinished,
         });
+        if let Some(tx) = app.journal.as_ref().map(|j| j.tx().clone()) {
+            // Read back before anything is served (`/healthz` included).
+            let r = recover(&app, &tx, stored).await;
+            if r.results + r.requeued + r.failed > 0 {
+                eprintln!(
+                    "weft node: store read back: {} results, {} tasks to run again ({} were \
+                     running when the node stopped), {} that cannot run again, {} expired",
+                    r.results, r.requeued, r.interrupted, r.failed, r.expired
+                );
+            }
+        }
         let router = super::http::router(app.clone());
         let limits = Limits {
             header_timeout: self.header_timeout,
@@ -554,6 +664,7 @@ impl fmt::Debug for Node {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .field("shutdown_mode", &self.shutdown_mode)
+            .field("data", &self.data)
             .finish_non_exhaustive()
     }
 }
@@ -767,6 +878,17 @@ impl RunningNode {
         }
         if let Some(s) = self.socket.take() {
             s.remove();
+        }
+        if let Some(j) = &self.app.journal {
+            // Everything written so far reaches the disk; what did not finish stays there
+            // for the next start.
+            let (_, left) = self.app.store.counts();
+            let kept = self.app.store.unfinished();
+            if let Err(e) = j.close().await {
+                eprintln!("weft node: the store could not be closed cleanly: {e}");
+            } else if kept > 0 {
+                eprintln!("weft node: {kept} unfinished tasks ({left} of them still running) are kept in the store; they run at the next start");
+            }
         }
         if !drained {
             // Tasks still run: the pool's last handle, dropped, would wait for them (and

@@ -21,6 +21,8 @@
 //! 3. A record's final state is written once, under its own lock, before its `done` flag
 //!    turns true; a long-poll waits on `done` (a `watch`), never by polling.
 //! 4. Lock order: the store's lock, then a record's lock; never the other way.
+//! 5. With a durable store (`journal.rs`), every record leaving the store is deleted from
+//!    it too; a final state is written there before [`Store::finish`] shows it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::journal::{JournalTx, Op, StoredTask};
 use super::wire::{State, TaskInfo};
 
 /// What a finished record weighs beyond its result and error (the record, its id, name
@@ -63,8 +66,10 @@ pub(crate) struct Record {
     pub name: String,
     /// `PENDING` or `SCHEDULED`: what the submission is answered.
     pub initial: State,
-    seq: u64,
-    submitted_at_ms: u64,
+    pub seq: u64,
+    pub submitted_at_ms: u64,
+    /// How many times the node stopped while an attempt of this task ran.
+    pub interrupted: u32,
     inner: Mutex<RecordInner>,
     done: watch::Sender<bool>,
     cancel: mpsc::Sender<CancelRequest>,
@@ -85,17 +90,62 @@ impl Record {
     /// A new record in `state` (`PENDING` or `SCHEDULED`) and the receiving end of its
     /// cancellation channel, for its resolver.
     pub fn new(name: &str, state: State) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        Record::build(Uuid::new_v4(), seq, name, state, now_ms(), 0, 0)
+    }
+
+    /// A record read back from the durable store at start: a finished one as it was, an
+    /// unfinished one in `state` (`PENDING` or `SCHEDULED`), to run again. Later records
+    /// are numbered after it.
+    pub fn restore(
+        t: &StoredTask,
+        state: State,
+        interrupted: u32,
+    ) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
+        SEQ.fetch_max(t.seq + 1, Ordering::Relaxed);
+        let (record, rx) = Record::build(
+            t.id,
+            t.seq,
+            &t.name,
+            state,
+            t.submitted_at_ms,
+            t.attempts,
+            interrupted,
+        );
+        if state.is_finished() {
+            let mut inner = record.inner.lock();
+            inner.result = t
+                .result
+                .as_deref()
+                .map(|r| serde_json::from_str(r).unwrap_or_else(|_| Value::from(r.to_owned())));
+            inner.error = t.error.clone();
+            inner.finished_at_ms = t.finished_at_ms;
+            drop(inner);
+            record.done.send_replace(true);
+        }
+        (record, rx)
+    }
+
+    fn build(
+        id: Uuid,
+        seq: u64,
+        name: &str,
+        state: State,
+        submitted_at_ms: u64,
+        attempts: u32,
+        interrupted: u32,
+    ) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
         let (cancel, rx) = mpsc::channel(4);
         let record = Record {
-            id: Uuid::new_v4(),
+            id,
             name: name.to_owned(),
             initial: state,
-            seq: SEQ.fetch_add(1, Ordering::Relaxed),
-            submitted_at_ms: now_ms(),
+            seq,
+            submitted_at_ms,
+            interrupted,
             inner: Mutex::new(RecordInner {
                 state,
-                attempts: 0,
+                attempts,
                 result: None,
                 error: None,
                 finished_at_ms: None,
@@ -129,6 +179,11 @@ impl Record {
         self.inner.lock().state
     }
 
+    /// How many attempts have started (across restarts).
+    pub fn attempts(&self) -> u32 {
+        self.inner.lock().attempts
+    }
+
     /// A receiver that sees `true` once the record is finished.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.done.subscribe()
@@ -152,15 +207,43 @@ impl Record {
             attempts: inner.attempts,
             submitted_at_ms: self.submitted_at_ms,
             finished_at_ms: inner.finished_at_ms,
+            interrupted: self.interrupted,
         }
     }
 }
+
+/// Numbers records in the order they were accepted, across nodes and restarts.
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The outcome a resolver writes into a record.
 pub(crate) enum Outcome {
     Success(Value),
     Failure(String),
     Revoked(String),
+}
+
+/// A final state as written: the state, the result or the error, and when.
+pub(crate) struct Finished {
+    pub state: State,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub finished_at_ms: u64,
+}
+
+impl From<Outcome> for Finished {
+    fn from(outcome: Outcome) -> Finished {
+        let (state, result, error) = match outcome {
+            Outcome::Success(v) => (State::Success, Some(v), None),
+            Outcome::Failure(e) => (State::Failure, None, Some(e)),
+            Outcome::Revoked(e) => (State::Revoked, None, Some(e)),
+        };
+        Finished {
+            state,
+            result,
+            error,
+            finished_at_ms: now_ms(),
+        }
+    }
 }
 
 /// Bounds and clock for the store.
@@ -170,6 +253,8 @@ pub(crate) struct Store {
     capacity: usize,
     max_in_flight: usize,
     max_bytes: usize,
+    /// The durable store, told of every record that leaves (rule 5).
+    journal: Option<JournalTx>,
 }
 
 #[derive(Default)]
@@ -186,13 +271,20 @@ struct Inner {
 }
 
 impl Store {
-    pub fn new(ttl: Duration, capacity: usize, max_in_flight: usize, max_bytes: usize) -> Store {
+    pub fn new(
+        ttl: Duration,
+        capacity: usize,
+        max_in_flight: usize,
+        max_bytes: usize,
+        journal: Option<JournalTx>,
+    ) -> Store {
         Store {
             inner: Mutex::new(Inner::default()),
             ttl,
             capacity,
             max_in_flight,
             max_bytes,
+            journal,
         }
     }
 
@@ -210,7 +302,13 @@ impl Store {
         true
     }
 
-    /// Gives back a slot taken by [`reserve`](Self::reserve) for a spawn that was refused.
+    /// Takes an in-flight slot even past the limit: for a task accepted before a restart.
+    pub fn reserve_anyway(&self) {
+        self.inner.lock().in_flight += 1;
+    }
+
+    /// Gives back a slot taken by [`reserve`](Self::reserve) for a spawn that was refused,
+    /// or for a task left unfinished at shutdown (to run after the next start).
     pub fn release(&self) {
         let mut inner = self.inner.lock();
         inner.in_flight = inner.in_flight.saturating_sub(1);
@@ -225,25 +323,15 @@ impl Store {
     }
 
     /// Writes the final state, releases the slot, and wakes the waiters (rule 3).
-    pub fn finish(&self, record: &Arc<Record>, outcome: Outcome) {
-        let (state, result, error) = match outcome {
-            Outcome::Success(v) => (State::Success, Some(v), None),
-            Outcome::Failure(e) => (State::Failure, None, Some(e)),
-            Outcome::Revoked(e) => (State::Revoked, None, Some(e)),
-        };
-        // Weighed before taking the lock: serializing a large result takes a while.
-        let weight = RECORD_OVERHEAD
-            + result.as_ref().map_or(0, json_len)
-            + error
-                .as_ref()
-                .map_or(0, |e| json_len(&Value::from(e.as_str())));
+    pub fn finish(&self, record: &Arc<Record>, done: Finished) {
+        let weight = weigh(done.result.as_ref(), done.error.as_deref());
         let mut inner = self.inner.lock();
         {
             let mut r = record.inner.lock();
-            r.state = state;
-            r.result = result;
-            r.error = error;
-            r.finished_at_ms = Some(now_ms());
+            r.state = done.state;
+            r.result = done.result;
+            r.error = done.error;
+            r.finished_at_ms = Some(done.finished_at_ms);
         }
         inner.in_flight = inner.in_flight.saturating_sub(1);
         record.weight.store(weight as u64, Ordering::Relaxed);
@@ -256,6 +344,21 @@ impl Store {
         self.evict(&mut inner);
         drop(inner);
         record.done.send_replace(true);
+    }
+
+    /// Puts back a record that finished before a restart, `age` after it finished. Call
+    /// in the order they finished.
+    pub fn restore_finished(&self, record: &Arc<Record>, age: Duration) {
+        let info = record.info();
+        let weight = weigh(info.result.as_ref(), info.error.as_deref());
+        record.weight.store(weight as u64, Ordering::Relaxed);
+        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let mut inner = self.inner.lock();
+        inner.by_seq.insert(record.seq, record.id);
+        inner.by_id.insert(record.id, record.clone());
+        inner.finished.push_back((at, record.id, weight));
+        inner.finished_bytes += weight;
+        self.evict(&mut inner);
     }
 
     pub fn get(&self, id: &Uuid) -> Option<Arc<Record>> {
@@ -294,6 +397,12 @@ impl Store {
         (inner.by_id.len(), inner.in_flight)
     }
 
+    /// Records not finished (in flight, or left unfinished at shutdown).
+    pub fn unfinished(&self) -> usize {
+        let inner = self.inner.lock();
+        inner.by_id.len() - inner.finished.len()
+    }
+
     /// What the finished records weigh together.
     pub fn finished_bytes(&self) -> usize {
         let mut inner = self.inner.lock();
@@ -315,9 +424,17 @@ impl Store {
             inner.finished_bytes -= weight;
             if let Some(r) = inner.by_id.remove(&id) {
                 inner.by_seq.remove(&r.seq);
+                if let Some(j) = &self.journal {
+                    j.send(Op::Delete { seq: r.seq });
+                }
             }
         }
     }
+}
+
+/// What a finished record weighs: its result and error as JSON, plus [`RECORD_OVERHEAD`].
+fn weigh(result: Option<&Value>, error: Option<&str>) -> usize {
+    RECORD_OVERHEAD + result.map_or(0, json_len) + error.map_or(0, |e| json_len(&Value::from(e)))
 }
 
 /// The length of `v` as compact JSON, without building the text.
@@ -346,7 +463,7 @@ mod tests {
         assert!(store.reserve());
         let (r, _rx) = Record::new("t", State::Pending);
         store.insert(&r);
-        store.finish(&r, outcome);
+        store.finish(&r, outcome.into());
         r
     }
 
@@ -360,7 +477,7 @@ mod tests {
     fn the_byte_budget_evicts_oldest_first_but_keeps_the_newest() {
         let big = "x".repeat(10_000);
         let weight = RECORD_OVERHEAD + big.len() + 2;
-        let store = Store::new(Duration::from_secs(60), 100, 100, 3 * weight);
+        let store = Store::new(Duration::from_secs(60), 100, 100, 3 * weight, None);
         let rs: Vec<_> = (0..5)
             .map(|_| finished(&store, Outcome::Failure(big.clone())))
             .collect();
@@ -378,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_list_stops_at_its_byte_budget_but_lists_at_least_one() {
-        let store = Store::new(Duration::from_secs(60), 100, 100, usize::MAX);
+        let store = Store::new(Duration::from_secs(60), 100, 100, usize::MAX, None);
         let big = "x".repeat(1000);
         let rs: Vec<_> = (0..4)
             .map(|_| finished(&store, Outcome::Success(Value::from(big.clone()))))

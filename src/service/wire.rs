@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Priority;
+use crate::{Priority, RetryPolicy};
 
 /// The state of a submitted task, as Celery names them (`"PENDING"`, `"STARTED"`, ...).
 ///
@@ -95,6 +95,14 @@ pub struct TaskInfo {
     pub submitted_at_ms: u64,
     /// When it finished, in milliseconds since the Unix epoch; `null` until then.
     pub finished_at_ms: Option<u64>,
+    /// How many times the node stopped (a crash, or a shutdown past its drain timeout)
+    /// while an attempt of this task ran; the task ran again after each. Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interrupted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The body of `POST /v1/tasks/{name}`: every field is optional; unknown fields are refused.
@@ -146,6 +154,37 @@ pub(crate) struct RetrySpec {
     pub max_backoff_ms: Option<u64>,
     pub multiplier: Option<f64>,
     pub jitter: Option<f64>,
+}
+
+impl RetrySpec {
+    /// The policy it asks for, or what is wrong with it.
+    pub fn policy(self) -> Result<RetryPolicy, String> {
+        let backoff = Duration::from_millis(self.backoff_ms.unwrap_or(1000));
+        let mut policy = match self.multiplier {
+            None | Some(1.0) => RetryPolicy::fixed(backoff),
+            Some(2.0) => RetryPolicy::exponential(backoff),
+            Some(m) => {
+                return Err(format!(
+                "retry.multiplier {m} is not supported: use 1 (fixed backoff) or 2 (exponential)"
+            ))
+            }
+        };
+        if let Some(n) = self.max_attempts {
+            policy = policy.max_attempts(n);
+        }
+        if let Some(max) = self.max_backoff_ms {
+            policy = policy.max_delay(Duration::from_millis(max));
+        }
+        if let Some(j) = self.jitter {
+            if !(0.0..=1.0).contains(&j) {
+                return Err(format!(
+                    "retry.jitter {j} is out of range: it must be between 0 and 1"
+                ));
+            }
+            policy = policy.jitter(j);
+        }
+        Ok(policy)
+    }
 }
 
 /// `1h`, `90s`, `1h30m`, `250ms`: for messages.
