@@ -305,10 +305,35 @@ fn a_full_store_refuses_submissions_and_loses_nothing_it_accepted() {
     assert_eq!(refused.status(), Some(507), "{refused:?}");
     assert!(message.contains("nothing was accepted"), "{message}");
     assert!(!accepted.is_empty());
-    // The accepted tasks ran, but their results do not fit either: they are shown as
-    // finished only once written, so they wait (STARTED) for room, and are read below.
     let listed = client.tasks(Some(1000)).unwrap();
     assert_eq!(listed.len(), accepted.len(), "only accepted tasks exist");
+    // The last accepted task ran, but its result does not fit either: a final state is
+    // shown only once written, so it stays unfinished, its write tried again meanwhile.
+    let last = accepted.last().unwrap();
+    let deadline = Instant::now() + HANG;
+    loop {
+        let metrics = client.metrics().unwrap();
+        let errors: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_service_store_errors_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        if errors >= 2 && client.status(last, None).unwrap().attempts == 1 {
+            assert!(
+                metrics.contains("weft_submissions_rejected_total{reason=\"store\"} 1"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed final write seen");
+        std::thread::yield_now();
+    }
+    let info = client.status(last, None).unwrap();
+    assert_eq!(
+        info.state,
+        State::Started,
+        "not shown finished before it is written: {info:?}"
+    );
     stop(node);
     // With room again, everything accepted is there and finishes.
     let (node, client) = start(&dir, registry(&Gate::default()), |n| n.max_results(1000));

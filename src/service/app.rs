@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::journal::{Final, Journal, JournalTx, NewRow, Op, StoreError};
@@ -143,7 +144,7 @@ impl App {
         name: &str,
         attempt: Attempt,
         opts: Spawn,
-        request: String,
+        request: Bytes,
     ) -> Result<Arc<Record>, Refused> {
         if self.closing.load(Ordering::Acquire) {
             return Err(Refused::Closing);
@@ -163,7 +164,7 @@ impl App {
                 seq: record.seq,
                 id: record.id,
                 name: name.to_owned(),
-                request,
+                request: String::from_utf8_lossy(&request).into_owned(),
                 state: initial,
                 submitted_at_ms: record.submitted_at_ms,
                 due_at_ms: delay.map(|d| {
@@ -289,10 +290,13 @@ impl App {
                     Err(e) if e.closed => return,
                     Err(e) => {
                         Counters::bump(&self.counters.store_errors);
-                        eprintln!(
-                            "weft node: cannot write the final state of task {} ({e}); trying again in {wait:?}",
-                            record.id
-                        );
+                        if wait == FINISH_RETRY.0 {
+                            eprintln!(
+                                "weft node: cannot write the final state of task {} ({e}); \
+                                 trying again until it is written (it stays unfinished meanwhile)",
+                                record.id
+                            );
+                        }
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(FINISH_RETRY.1);
                     }

@@ -217,7 +217,7 @@ async fn submit_inner(
     let priority = spawn.priority;
     // The submission's body is kept with the task in a durable store, to run it again after
     // a restart.
-    let request = String::from_utf8_lossy(&bytes).into_owned();
+    let request = bytes;
     let spawned = if app.journal.is_some() {
         // Apart from this request, so that a client hanging up while the task is written
         // leaves no task half accepted.

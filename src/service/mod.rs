@@ -18,7 +18,8 @@
 //! not fit the task, a bad option; 404 for an unknown task name, an unknown or expired id;
 //! 413 for a body over the limit; 429 (with `Retry-After: 1`) when the task's lane is full
 //! or the node's in-flight limit is reached; 503 while shutting down (submissions, and
-//! `/healthz` with `{"status": "draining"}`); 401 for a missing or
+//! `/healthz` with `{"status": "draining"}`); 507 when the durable store cannot write the
+//! task (a full disk; nothing was accepted); 401 for a missing or
 //! wrong bearer token when the node has one. Before any of that (so before
 //! authentication), the HTTP server bounds every connection: a request that is not
 //! valid HTTP is answered 400 (its headers over 32 KiB: 431); a `Content-Length` over the
@@ -33,9 +34,21 @@
 //! `PENDING` (queued) or `SCHEDULED` (waiting for its delay) → `STARTED` (an attempt runs)
 //! → `RETRY` (it failed and another attempt comes) → `STARTED` ... → `SUCCESS`,
 //! `FAILURE` (the task's error, a panic's message, or `"time limit exceeded"`) or
-//! `REVOKED` (cancelled, or shut down before it ran). Every accepted task reaches a final
-//! state; the node never drops one. Finished records are kept for the result TTL and up
-//! to a number ([`Node::result_ttl`], [`Node::max_results`]); then `GET` answers 404.
+//! `REVOKED` (cancelled, or, on an ephemeral node, shut down before it ran). Every
+//! accepted task reaches a final state; the node never drops one. Finished records are
+//! kept for the result TTL and up to a number ([`Node::result_ttl`],
+//! [`Node::max_results`]); then `GET` answers 404.
+//!
+//! # Durability
+//!
+//! A node is durable unless built [`ephemeral`](Node::ephemeral): every accepted task is
+//! in an SQLite database in its data directory ([`Node::data_dir`], else
+//! [`default_data_dir`]), written and synced before the `202` (group commit), its final
+//! state written before it is shown; the node reads the store back before it serves. After
+//! a crash (kill -9, a power cut) or a restart, what a client saw is still true: finished
+//! results stay readable for their TTL, and unfinished tasks run again, at least once
+//! ([`TaskInfo::interrupted`] says when one was running). See [`Node::ephemeral`] for the
+//! details, a full disk and a corrupt store.
 //!
 //! ```
 //! use weft::service::{Node, Registry};

@@ -43,11 +43,12 @@ impl fmt::Display for Endpoint {
 /// What shutdown does with work that has not run yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ShutdownMode {
-    /// Run the queued tasks first (for at most the drain timeout; then they are revoked).
-    /// Delayed tasks and retries still waiting are revoked.
+    /// Run the queued tasks first, for at most the drain timeout. What is left then
+    /// (queued tasks, delayed ones and retries still waiting) is revoked on an ephemeral
+    /// node, and kept in the store for the next start on a durable one.
     #[default]
     Drain,
-    /// Revoke every task that has not started.
+    /// Revoke every task that has not started (durable or not).
     Cancel,
 }
 
@@ -160,7 +161,8 @@ enum Listen {
 /// Configure it with the chained setters, then [`start`](Self::start) it on the current
 /// tokio runtime (a [`RunningNode`] comes back), or [`run`](Self::run) it in the
 /// foreground until SIGINT or SIGTERM. By default it listens on a Unix socket at
-/// [`default_socket_path`].
+/// [`default_socket_path`] and keeps its tasks in a durable store in
+/// [`default_data_dir`] (see [`ephemeral`](Self::ephemeral)).
 ///
 /// ```
 /// use weft::service::{Node, Registry};
@@ -449,12 +451,15 @@ impl Node {
         self
     }
 
-    /// Binds and starts serving on the current tokio runtime (it needs the `net` and
+    /// Opens the durable store and reads it back (see [`ephemeral`](Self::ephemeral)),
+    /// then binds and starts serving on the current tokio runtime (it needs the `net` and
     /// `time` drivers: a runtime built with `enable_all`).
     ///
     /// Fails if the socket's directory is not safe (see [`default_socket_path`]), if the
-    /// socket is in use by a live node (a stale socket file is replaced), if a
-    /// non-loopback TCP address has no token, if a limit is zero, or if binding fails.
+    /// socket is in use by a live node (a stale socket file is replaced), if another node
+    /// holds the data directory ([`ServiceError::is_in_use`]), if the store cannot be read
+    /// ([`ServiceError::is_store`]), if a non-loopback TCP address has no token, if a
+    /// limit is zero, or if binding fails.
     pub async fn start(self) -> Result<RunningNode, ServiceError> {
         for (what, n) in [
             ("max_results", self.max_results),
@@ -832,7 +837,10 @@ impl RunningNode {
     /// (then closes them), and removes the socket file.
     ///
     /// Tasks still running when it returns are not waited for: they keep their worker
-    /// threads until the process exits, and their records stay `STARTED`.
+    /// threads until the process exits, and their records stay `STARTED`. A durable node
+    /// writes everything out before it returns and closes its store: the tasks still
+    /// running, and (in [`ShutdownMode::Drain`]) the ones it did not run, stay unfinished
+    /// there and run at the next start (the running ones counted as interrupted).
     pub async fn shutdown(mut self) {
         let start = Instant::now();
         let deadline = start + self.drain_timeout;

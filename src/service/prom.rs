@@ -101,7 +101,14 @@ pub(crate) fn render(app: &App) -> String {
             ("{reason=\"in_flight\"}", load(&c.rejected_in_flight)),
             ("{reason=\"bad_request\"}", load(&c.rejected_bad_request)),
             ("{reason=\"unknown_task\"}", load(&c.rejected_unknown_task)),
+            ("{reason=\"store\"}", load(&c.rejected_store)),
         ],
+    );
+    one(
+        "weft_service_store_errors_total",
+        "counter",
+        "Writes the durable store refused (a full disk, an I/O error): submissions answered 507, final states tried again.",
+        &[("", load(&c.store_errors))],
     );
     one(
         "weft_service_in_flight",
