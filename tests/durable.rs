@@ -168,6 +168,33 @@ fn a_restart_keeps_results_and_runs_what_did_not_finish() {
 }
 
 #[test]
+fn results_keep_their_ttl_across_a_restart() {
+    let dir = temp_dir("ttl");
+    let ttl = Duration::from_millis(300);
+    let (node, client) = start(&dir, registry(&Gate::default()), |n| n.result_ttl(ttl));
+    let t = client
+        .submit("add", json!([1, 2]), SubmitOptions::new())
+        .unwrap();
+    let info = wait_final(&client, &t.id);
+    stop(node);
+    // Past its TTL by the wall clock it was stamped with: the restart does not start the
+    // TTL over (it would be readable for another 300 ms).
+    let finished = UNIX_EPOCH + Duration::from_millis(info.finished_at_ms.unwrap());
+    while SystemTime::now() < finished + ttl {
+        std::thread::yield_now();
+    }
+    let (node, client) = start(&dir, registry(&Gate::default()), |n| n.result_ttl(ttl));
+    let gone = client.status(&t.id, None).unwrap_err();
+    assert_eq!(
+        gone.status(),
+        Some(404),
+        "expired while the node was down: {gone}"
+    );
+    stop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_task_no_longer_registered_fails_with_the_reason_after_a_restart() {
     let dir = temp_dir("unregistered");
     let (node, client) = start(
