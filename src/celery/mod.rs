@@ -77,6 +77,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 mod backend;
+pub mod beat;
 pub mod canvas;
 mod client;
 pub mod control;

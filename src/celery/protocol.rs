@@ -496,7 +496,8 @@ pub fn check_content_type(
 }
 
 /// `pid@host` of this process, as Celery's `origin` header.
-fn origin() -> String {
+/// `<pid>@<host>`, as Celery names a process (a message's `origin` header).
+pub(crate) fn origin() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
