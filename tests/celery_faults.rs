@@ -678,3 +678,71 @@ fn amqp_survives(backend_down: bool) {
     assert_eq!(duplicates, 0, "tasks run twice");
     assert_eq!(left, 0, "messages left on the queue");
 }
+
+/// Celery beat (`weft::celery::beat`) through a Redis killed (`kill -9`) and restarted on
+/// its append-only log: it keeps trying with backoff, resumes, and sends no tick twice
+/// (each message's `expires`, stamped at its send, tells when it was sent).
+#[test]
+fn beat_sends_no_tick_twice_through_a_redis_restart() {
+    use weft::celery::beat::{Beat, Entry, Schedule};
+    if required("WEFT_REDIS_URL").is_none() {
+        return;
+    }
+    let mut server = Server::start();
+    let queue = unique("beat-faults");
+    let every = Duration::from_millis(300);
+    let beat = Beat::new(&server.url())
+        .entry(
+            Entry::new("e", "add", Schedule::every(every).unwrap())
+                .queue(&queue)
+                .expires(Duration::from_secs(3600)),
+        )
+        .start()
+        .unwrap();
+    let len = |s: &Server| -> usize {
+        s.conn()
+            .and_then(|mut c| c.llen::<_, usize>(&queue))
+            .unwrap_or(0)
+    };
+    wait_for("three ticks", Duration::from_secs(30), || len(&server) >= 3);
+    server.kill();
+    // Down for a while: the beat's sends fail meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    let before = len(&server);
+    wait_for(
+        "three ticks after the restart",
+        Duration::from_secs(30),
+        || len(&server) >= before + 3,
+    );
+    let stats = beat.stats();
+    beat.stop();
+    assert!(stats.outages >= 1, "the outage was seen: {stats:?}");
+    let raw: Vec<Vec<u8>> = server.conn().unwrap().lrange(&queue, 0, -1).unwrap();
+    let mut sent: Vec<String> = raw
+        .iter()
+        .map(|m| {
+            weft::celery::TaskMessage::decode(m)
+                .unwrap()
+                .expires
+                .unwrap()
+        })
+        .collect();
+    sent.sort();
+    let at: Vec<chrono::DateTime<chrono::FixedOffset>> = sent
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(e).unwrap())
+        .collect();
+    let gaps: Vec<i64> = at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    println!(
+        "beat through a Redis restart: {} ticks, gaps (ms) {gaps:?}",
+        at.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g >= 150),
+        "a tick sent twice (two sends within half the interval): {gaps:?}"
+    );
+}

@@ -337,6 +337,8 @@ pub struct BeatStats {
     pub already_sent: u64,
     /// Times this process took the lease.
     pub leases_taken: u64,
+    /// Times this process lost its broker (each logged once, then retried with backoff).
+    pub outages: u64,
     /// How late this process's recent sends were against the times they were due, in ms
     /// by Redis's clock (the last 4,096; catch-ups left out).
     pub lateness_ms: Vec<u64>,
@@ -522,6 +524,7 @@ impl Loop {
                 }
                 Err(e) => {
                     if self.backoff.is_zero() {
+                        self.shared.stats.lock().outages += 1;
                         eprintln!(
                             "weft beat: cannot reach the broker ({e}); trying again with backoff"
                         );
