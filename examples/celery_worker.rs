@@ -1,6 +1,8 @@
 //! A weft worker for Python Celery: consumes the queue `celery` and runs `add(x, y)`,
-//! `mul(x, y)`, `xsum(numbers)`, `fail()` (always fails) and `sleep_ms(ms)`, so Celery
-//! workflows (chain, group, chord, link, chunks, map) run on it as on a Python worker.
+//! `mul(x, y)`, `xsum(numbers)`, `fail()` (always fails), `sleep_ms(ms)` and
+//! `throttled(x)` (returns `x`; at most 20 starts a second across every weft worker on the
+//! same Redis: a shared rate limit), so Celery workflows (chain, group, chord, link,
+//! chunks, map) run on it as on a Python worker.
 //!
 //! The broker is `$BROKER_URL` if set (Redis, or RabbitMQ `amqp://...` with the feature
 //! `amqp`), else the Redis at `$REDIS_URL` (default `redis://127.0.0.1:6379/0`), which is
@@ -45,7 +47,7 @@
 use std::time::Duration;
 
 use weft::celery::Worker;
-use weft::registry::Registry;
+use weft::registry::{RateLimit, Registry, TaskOptions};
 
 fn main() {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
@@ -60,7 +62,13 @@ fn main() {
         .task("sleep_ms", |(ms,): (u64,)| {
             std::thread::sleep(Duration::from_millis(ms));
             Ok::<_, String>(ms)
-        });
+        })
+        // At most 20 starts a second across every weft worker on this Redis.
+        .task_with(
+            "throttled",
+            TaskOptions::new().shared_rate_limit(RateLimit::per_second(20)),
+            |(x,): (serde_json::Value,)| Ok::<_, String>(x),
+        );
     let mut worker = Worker::new(broker.as_str(), registry);
     if let Ok(master) = std::env::var("WEFT_SENTINEL_MASTER") {
         worker = worker.sentinel_master(master);

@@ -48,6 +48,7 @@ pub struct TaskOptions {
     time_limit: Option<Duration>,
     acks_late: Option<bool>,
     rate_limit: Option<RateLimit>,
+    shared_rate_limit: Option<RateLimit>,
 }
 
 impl TaskOptions {
@@ -109,6 +110,36 @@ impl TaskOptions {
     /// The task's rate limit, if set.
     pub fn get_rate_limit(&self) -> Option<RateLimit> {
         self.rate_limit
+    }
+
+    /// weft's extension of Celery's `rate_limit`: a limit shared by every weft Celery
+    /// worker (feature `redis`) on the same Redis (the broker, or the result backend when
+    /// the broker is RabbitMQ), whatever their number: together they start this task's
+    /// runs at most at this rate, [`RateLimit::interval`] apart, in any one-second window
+    /// (give or take a start or two). It applies with the per-worker
+    /// [`rate_limit`](Self::rate_limit) when both are set. Each worker takes its starts
+    /// from a schedule kept in Redis, a few at a time in one script call (about a tenth
+    /// of a second's worth); a task waiting for its start is held by the worker and
+    /// counts against its prefetch, as a rate-limited task does in Celery, so no worker
+    /// hoards the limited tasks. A worker that dies leaves only the few starts it had
+    /// taken unused, once; while the limit's Redis does not answer, the limited tasks
+    /// wait. Python Celery workers on the same queues do not know it: give such tasks
+    /// their own queue. `None` removes it.
+    ///
+    /// ```
+    /// use weft::registry::{RateLimit, TaskOptions};
+    ///
+    /// let opts = TaskOptions::new().shared_rate_limit(RateLimit::per_second(20));
+    /// assert_eq!(opts.get_shared_rate_limit().unwrap().to_string(), "20/s");
+    /// ```
+    pub fn shared_rate_limit(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+        self.shared_rate_limit = limit.into();
+        self
+    }
+
+    /// The task's shared rate limit, if set.
+    pub fn get_shared_rate_limit(&self) -> Option<RateLimit> {
+        self.shared_rate_limit
     }
 
     /// The task's own acknowledgement choice, if set.

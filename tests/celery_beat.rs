@@ -415,3 +415,51 @@ fn a_beat_whose_lease_was_taken_sends_nothing_until_it_holds_it_again() {
     );
     assert_eq!(stats.leases_taken, 2, "{stats:?}");
 }
+
+/// BENCHMARKS.md: how late beat's sends are against their due times (by Redis's clock),
+/// for an interval entry (every 100 ms) and a crontab one (every second), over
+/// `WEFT_BEAT_BENCH_SECS` seconds (default 20).
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture (WEFT_BEAT_BENCH_SECS)"]
+fn beat_lateness() {
+    let Some(url) = redis_url() else { return };
+    let secs: u64 = std::env::var("WEFT_BEAT_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for (what, schedule) in [
+        (
+            "every 100 ms",
+            Schedule::every(Duration::from_millis(100)).unwrap(),
+        ),
+        (
+            "crontab * * * * * * (every second)",
+            Schedule::crontab("* * * * * *").unwrap(),
+        ),
+    ] {
+        let prefix = format!("{}:", unique("weft:beat:bench"));
+        let queue = unique("beat-bench");
+        let b = beat(
+            &url,
+            &prefix,
+            Entry::new("e", "py.mul", schedule).queue(&queue),
+        );
+        std::thread::sleep(Duration::from_secs(secs));
+        let stats = b.stats();
+        b.stop();
+        let _: () = redis::cmd("DEL")
+            .arg(&queue)
+            .query(&mut conn(&url))
+            .unwrap();
+        let mut late = stats.lateness_ms;
+        late.sort();
+        let pct = |p: f64| late[((late.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "beat lateness, {what}: {} sends in {secs} s; p50 {} ms, p99 {} ms, max {} ms",
+            late.len(),
+            pct(0.5),
+            pct(0.99),
+            late.last().unwrap()
+        );
+    }
+}

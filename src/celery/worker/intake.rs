@@ -281,10 +281,15 @@ fn take(
     };
     let time_limit = shared.monitor.time_limit(&msg.task);
     let mut plan = plan(cfg, entry, &msg, &taken.queue, delay, counted, time_limit);
-    // The rate limit's next start, from when it is due (at once, or at its ETA).
-    if shared.limits.any() {
+    // The rate limits' next start, from when it is due (at once, or at its ETA): the
+    // worker's own, then the one shared by the fleet.
+    if shared.limits.any() || shared.shared_limits.any() {
         let due = Instant::now() + delay.unwrap_or_default();
-        let start = shared.limits.reserve(&msg.task, due);
+        let mut start = shared.limits.reserve(&msg.task, due);
+        if shared.shared_limits.any() {
+            let stopping = || shared.stop.load(Ordering::Acquire);
+            start = shared.shared_limits.reserve(&msg.task, start, &stopping);
+        }
         plan.rate_wait = Some(start.saturating_duration_since(due)).filter(|d| !d.is_zero());
     }
     let id = msg.id.clone();

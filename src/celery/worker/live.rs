@@ -23,7 +23,7 @@ use super::super::events::{Clock, Events};
 use super::super::protocol::TaskMessage;
 use super::super::result::TaskResult;
 use super::super::transport::Settlement;
-use super::limits::RateLimits;
+use super::limits::{RateLimits, SharedLimits};
 use crate::Priority;
 
 /// The messages taken and not settled, by the worker's own key, with what acknowledges
@@ -65,6 +65,8 @@ pub(super) struct Shared {
     pub(super) monitor: Monitor,
     /// The tasks' rate limits (the registry's, then the `rate_limit` command's).
     pub(super) limits: RateLimits,
+    /// The rate limits shared by every worker on the same Redis (the registry's).
+    pub(super) shared_limits: SharedLimits,
 }
 
 /// What monitoring (events and remote control) shares with the worker's threads.

@@ -205,6 +205,9 @@ pub struct Worker {
     command_timeout: Duration,
     sentinel_master: Option<String>,
     task_events: bool,
+    /// The Redis of the shared rate limits (the broker's, or the result backend's), set
+    /// by `start`.
+    limiter: Option<Source>,
 }
 
 impl Worker {
@@ -235,6 +238,7 @@ impl Worker {
             command_timeout: redis_transport::COMMAND_TIMEOUT,
             sentinel_master: None,
             task_events: false,
+            limiter: None,
         }
     }
 
@@ -403,9 +407,11 @@ impl Worker {
             .sort_by_key(|(_, lane)| std::cmp::Reverse(*lane));
         match BrokerKind::of(&self.url, self.backend.as_deref())? {
             BrokerKind::Redis => {
+                let source = Source::open(&self.url, self.sentinel_master.as_deref())?
+                    .command_timeout(self.command_timeout);
+                self.limiter = Some(source.clone());
                 let transport = RedisTransport {
-                    source: Source::open(&self.url, self.sentinel_master.as_deref())?
-                        .command_timeout(self.command_timeout),
+                    source,
                     visibility_timeout: self.visibility_timeout,
                     restore_interval: self.restore_interval,
                     result_expires: self.result_expires,
@@ -414,10 +420,12 @@ impl Worker {
             }
             #[cfg(feature = "amqp")]
             BrokerKind::Amqp { backend } => {
+                let backend = Source::open(&backend, self.sentinel_master.as_deref())?
+                    .command_timeout(self.command_timeout);
+                self.limiter = Some(backend.clone());
                 let transport = super::amqp::AmqpTransport {
                     url: self.url.clone(),
-                    backend: Source::open(&backend, self.sentinel_master.as_deref())?
-                        .command_timeout(self.command_timeout),
+                    backend,
                     result_expires: self.result_expires,
                     max_priority: self.max_priority,
                     queue_type: self.queue_type,
@@ -464,6 +472,7 @@ impl Worker {
             queues: Mutex::new(self.queues.clone()),
             monitor: Monitor::new(events.clone(), clock, registry.names()),
             limits: limits::RateLimits::new(&registry),
+            shared_limits: limits::SharedLimits::new(&registry, self.limiter.take()),
             queue_changes: Mutex::new(live::QueueChanges::default()),
             queues_asked: AtomicBool::new(false),
         });

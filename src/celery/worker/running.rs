@@ -32,6 +32,13 @@ impl RunningWorker {
         &self.hostname
     }
 
+    /// How many times this worker has asked Redis for starts of tasks with a
+    /// [shared rate limit](crate::registry::TaskOptions::shared_rate_limit): one script
+    /// call, one round trip, each for a batch of starts.
+    pub fn shared_limit_calls(&self) -> u64 {
+        self.shared.shared_limits.calls()
+    }
+
     /// A warm shutdown, as Celery's: stops taking messages, waits for the tasks that are
     /// running to finish (their results written and acknowledged; this blocks as long as
     /// they run), and puts back on their queues the messages of every task that had not
