@@ -291,18 +291,35 @@ fn python_celery_runs_what_beat_sends() {
     let Some(python) = required("WEFT_CELERY_PYTHON") else {
         return;
     };
+    python_runs_beats_tasks(&python, &url, &url);
+}
+
+/// The same with RabbitMQ as the broker (its lease and last runs in the Redis backend):
+/// the tick is recorded in Redis, then published to RabbitMQ.
+#[cfg(feature = "amqp")]
+#[test]
+fn python_celery_runs_what_beat_sends_over_rabbitmq() {
+    let Some(amqp) = required("WEFT_AMQP_URL") else {
+        return;
+    };
+    let Some(url) = redis_url() else { return };
+    let Some(python) = required("WEFT_CELERY_PYTHON") else {
+        return;
+    };
+    python_runs_beats_tasks(&python, &amqp, &url);
+}
+
+fn python_runs_beats_tasks(python: &str, broker: &str, url: &str) {
     let prefix = format!("{}:", unique("weft:beat:test"));
     let queue = unique("beat-py");
     let _worker = Killed(
-        python_worker_command(&python, &url, &url, &queue, &["--pool", "solo"])
+        python_worker_command(python, broker, url, &queue, &["--pool", "solo"])
             .spawn()
             .unwrap(),
     );
     // A value no other test's results hold.
-    let n = (std::process::id() as i64) * 1000 + 7;
-    let b = beat(
-        &url,
-        &prefix,
+    let n = (std::process::id() as i64) * 1000 + 7 + i64::from(broker != url);
+    let mut b = Beat::new(broker).key_prefix(&prefix).entry(
         Entry::new(
             "mul",
             "py.mul",
@@ -312,7 +329,11 @@ fn python_celery_runs_what_beat_sends() {
         .queue(&queue)
         .expires(Duration::from_secs(60)),
     );
-    let mut c = conn(&url);
+    if broker != url {
+        b = b.backend(url);
+    }
+    let b = b.start().unwrap();
+    let mut c = conn(url);
     let deadline = Instant::now() + HANG;
     loop {
         let keys: Vec<String> = redis::cmd("KEYS")
