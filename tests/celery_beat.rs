@@ -150,10 +150,9 @@ fn signal(sig: &str, pid: u32) {
 
 #[test]
 fn three_beats_send_each_tick_once_through_kill_9_and_a_pause() {
-    let Some(url) = redis_url() else { return };
-    let prefix = format!("{}:", unique("weft:beat:test"));
-    let queue = unique("beat");
-    let collector = Collector::start(&url, &queue);
+    let Some((url, prefix, queue, collector)) = setup() else {
+        return;
+    };
     let envs = [
         ("WEFT_REDIS_URL", url.as_str()),
         ("WEFT_BEAT_PREFIX", prefix.as_str()),
@@ -215,6 +214,16 @@ fn three_beats_send_each_tick_once_through_kill_9_and_a_pause() {
     }
 }
 
+/// The Redis URL, a key prefix and a queue of the test's own, and a collector on that
+/// queue; `None` (skipped) without `WEFT_REDIS_URL`.
+fn setup() -> Option<(String, String, String, Collector)> {
+    let url = redis_url()?;
+    let prefix = format!("{}:", unique("weft:beat:test"));
+    let queue = unique("beat");
+    let collector = Collector::start(&url, &queue);
+    Some((url, prefix, queue, collector))
+}
+
 fn beat(url: &str, prefix: &str, entry: Entry) -> weft::celery::beat::RunningBeat {
     Beat::new(url)
         .key_prefix(prefix)
@@ -225,10 +234,9 @@ fn beat(url: &str, prefix: &str, entry: Entry) -> weft::celery::beat::RunningBea
 
 #[test]
 fn a_restarted_beat_sends_one_catch_up_not_every_missed_tick() {
-    let Some(url) = redis_url() else { return };
-    let prefix = format!("{}:", unique("weft:beat:test"));
-    let queue = unique("beat");
-    let collector = Collector::start(&url, &queue);
+    let Some((url, prefix, queue, collector)) = setup() else {
+        return;
+    };
     let every = Duration::from_millis(400);
     let entry = || Entry::new("e", "py.mul", Schedule::every(every).unwrap()).queue(&queue);
     let first = beat(&url, &prefix, entry());
@@ -254,10 +262,9 @@ fn a_restarted_beat_sends_one_catch_up_not_every_missed_tick() {
 
 #[test]
 fn crontab_ticks_come_on_time() {
-    let Some(url) = redis_url() else { return };
-    let prefix = format!("{}:", unique("weft:beat:test"));
-    let queue = unique("beat");
-    let collector = Collector::start(&url, &queue);
+    let Some((url, prefix, queue, collector)) = setup() else {
+        return;
+    };
     // Every second, by a crontab with seconds.
     let cron = Schedule::crontab_in("* * * * * *", "Europe/Paris").unwrap();
     let b = beat(
@@ -393,10 +400,9 @@ fn bad_schedules_are_refused_with_the_reason() {
 
 #[test]
 fn a_beat_whose_lease_was_taken_sends_nothing_until_it_holds_it_again() {
-    let Some(url) = redis_url() else { return };
-    let prefix = format!("{}:", unique("weft:beat:test"));
-    let queue = unique("beat");
-    let collector = Collector::start(&url, &queue);
+    let Some((url, prefix, queue, collector)) = setup() else {
+        return;
+    };
     let every = Duration::from_millis(100);
     let b = beat(
         &url,

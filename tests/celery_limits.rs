@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::DateTime;
 use common::celery::{required, spawn_ready_child, unique};
 use serde_json::{json, Value};
-use weft::celery::{Client, SendOptions, Worker};
+use weft::celery::{AsyncResult, Client, SendOptions, Worker};
 use weft::registry::{RateLimit, Registry, TaskOptions};
 use weft::Priority;
 
@@ -47,6 +47,21 @@ fn child_limited_worker() {
     }
 }
 
+/// Sends `n` tasks `task(i)` to `queue`.
+fn send_all(client: &Client, task: &str, queue: &str, n: usize) -> Vec<AsyncResult> {
+    (0..n)
+        .map(|i| {
+            let options = SendOptions {
+                queue: Some(queue.to_owned()),
+                ..SendOptions::default()
+            };
+            client
+                .send_task(task, vec![json!(i)], Default::default(), options)
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The most completions in any one-second window (`times` sorted, in ms).
 fn busiest_second(times: &[i64]) -> usize {
     let mut best = 0;
@@ -79,17 +94,7 @@ fn three_workers_share_one_limit() {
     let client = Client::new(&url).unwrap();
     let n = 200;
     let sent = Instant::now();
-    let results: Vec<_> = (0..n)
-        .map(|i| {
-            let options = SendOptions {
-                queue: Some(queue.clone()),
-                ..SendOptions::default()
-            };
-            client
-                .send_task(&task, vec![json!(i)], Default::default(), options)
-                .unwrap()
-        })
-        .collect();
+    let results = send_all(&client, &task, &queue, n);
     // Kill one worker mid-run.
     let mut done = 0;
     while done < 60 {
@@ -174,17 +179,7 @@ fn shared_limit_round_trips() {
             .unwrap();
         let client = Client::new(&url).unwrap();
         let started = Instant::now();
-        let results: Vec<_> = (0..n)
-            .map(|i| {
-                let options = SendOptions {
-                    queue: Some(queue.clone()),
-                    ..SendOptions::default()
-                };
-                client
-                    .send_task(&task, vec![json!(i)], Default::default(), options)
-                    .unwrap()
-            })
-            .collect();
+        let results = send_all(&client, &task, &queue, n);
         for r in &results {
             r.get_value(HANG).unwrap();
         }

@@ -84,6 +84,18 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     RT.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
 }
 
+/// Why a node on `dir`'s data directory (listening on `socket` there) cannot start.
+fn refused(dir: &Path, socket: &str) -> weft::service::ServiceError {
+    runtime()
+        .block_on(
+            Node::new(Registry::new())
+                .unix(dir.join(socket))
+                .data_dir(dir.join("data"))
+                .start(),
+        )
+        .unwrap_err()
+}
+
 fn stop(node: RunningNode) {
     runtime().block_on(node.shutdown());
 }
@@ -227,14 +239,7 @@ fn a_task_no_longer_registered_fails_with_the_reason_after_a_restart() {
 fn a_data_directory_in_use_is_refused() {
     let dir = temp_dir("in-use");
     let (node, _) = start(&dir, Registry::new(), |n| n);
-    let err = runtime()
-        .block_on(
-            Node::new(Registry::new())
-                .unix(dir.join("other.sock"))
-                .data_dir(dir.join("data"))
-                .start(),
-        )
-        .unwrap_err();
+    let err = refused(&dir, "other.sock");
     assert!(err.is_in_use(), "{err}");
     assert!(err.to_string().contains("in use by another node"), "{err}");
     stop(node);
@@ -263,14 +268,7 @@ fn a_corrupt_or_truncated_store_is_refused_at_start() {
 
     // Truncated: the file ends half way.
     std::fs::write(&db, &bytes[..bytes.len() / 2]).unwrap();
-    let err = runtime()
-        .block_on(
-            Node::new(Registry::new())
-                .unix(dir.join("node.sock"))
-                .data_dir(dir.join("data"))
-                .start(),
-        )
-        .unwrap_err();
+    let err = refused(&dir, "node.sock");
     assert!(err.is_store(), "{err}");
     assert!(err.to_string().contains("refusing to start"), "{err}");
     assert!(!dir.join("node.sock").exists(), "nothing is served");
@@ -281,26 +279,12 @@ fn a_corrupt_or_truncated_store_is_refused_at_start() {
         *b = 0xA5;
     }
     std::fs::write(&db, &garbled).unwrap();
-    let err = runtime()
-        .block_on(
-            Node::new(Registry::new())
-                .unix(dir.join("node.sock"))
-                .data_dir(dir.join("data"))
-                .start(),
-        )
-        .unwrap_err();
+    let err = refused(&dir, "node.sock");
     assert!(err.is_store(), "{err}");
 
     // Not a database at all.
     std::fs::write(&db, b"hello, this is not SQLite").unwrap();
-    let err = runtime()
-        .block_on(
-            Node::new(Registry::new())
-                .unix(dir.join("node.sock"))
-                .data_dir(dir.join("data"))
-                .start(),
-        )
-        .unwrap_err();
+    let err = refused(&dir, "node.sock");
     assert!(err.is_store(), "{err}");
     // Nothing was overwritten by the refusals.
     assert_eq!(std::fs::read(&db).unwrap(), b"hello, this is not SQLite");
