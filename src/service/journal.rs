@@ -370,6 +370,7 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Vec<StoredTask>> {
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
     let mut batch = Vec::with_capacity(64);
     let mut stop = false;
+    let mut failing = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
         batch.push(first);
@@ -380,9 +381,13 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
             }
         }
         let result = apply(&mut conn, &batch).map_err(|e| StoreError::new(e.to_string()));
-        if let Err(e) = &result {
-            eprintln!("weft node: cannot write to the store: {e}");
+        // Logged when writes start failing and when they work again, not at each batch.
+        match (&result, failing) {
+            (Err(e), false) => eprintln!("weft node: cannot write to the store: {e}"),
+            (Ok(()), true) => eprintln!("weft node: the store takes writes again"),
+            _ => {}
         }
+        failing = result.is_err();
         for op in batch.drain(..) {
             stop |= matches!(op, Op::Close(_));
             if let Op::Insert(_, ack) | Op::Finish(_, ack) | Op::Flush(ack) | Op::Close(ack) = op {
