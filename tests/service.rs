@@ -421,7 +421,10 @@ async fn unix_submit_and_wait() {
     assert_eq!(mode(path.parent().unwrap()), 0o700, "directory mode");
 
     let h = &fx.http;
-    assert_eq!(h.get("/healthz").await.json(), json!({"status": "ok"}));
+    assert_eq!(
+        h.get("/healthz").await.json(),
+        json!({"status": "ok", "token_required": false})
+    );
     let id = h.submit("add", json!({"args": [2, 3]})).await;
     let v = h.wait(&id).await;
     assert_eq!(v["state"], "SUCCESS");

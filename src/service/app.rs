@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::journal::{Final, Journal, JournalTx, NewRow, Op, StoreError};
+use super::live::Live;
 use super::serve::ConnStats;
 use super::store::{now_ms, CancelReply, CancelRequest, Finished, Outcome, Record, Store};
 use super::wire::{State, SubmitRequest};
@@ -90,6 +91,8 @@ pub(crate) struct App {
     /// Tasks shut down before they finished stay unfinished in the durable store, to run
     /// after the next start (a durable node draining), instead of being revoked.
     pub keep_unfinished: bool,
+    /// The event stream and the service's live figures (`live.rs`).
+    pub live: Arc<Live>,
 }
 
 impl App {
@@ -145,6 +148,7 @@ impl App {
         attempt: Attempt,
         opts: Spawn,
         request: Bytes,
+        args: serde_json::Value,
     ) -> Result<Arc<Record>, Refused> {
         if self.closing.load(Ordering::Acquire) {
             return Err(Refused::Closing);
@@ -158,7 +162,7 @@ impl App {
         } else {
             State::Pending
         };
-        let (record, cancel_rx) = Record::new(name, initial);
+        let (record, cancel_rx) = Record::new(name, initial, Some(args));
         if let Some(j) = self.journal() {
             let row = NewRow {
                 seq: record.seq,
@@ -219,6 +223,7 @@ impl App {
     ) -> Result<(), Refused> {
         let rec = record.clone();
         let journal = self.journal().cloned();
+        let live = self.live.clone();
         let run = move || {
             let n = rec.start_attempt();
             if let Some(j) = &journal {
@@ -227,7 +232,10 @@ impl App {
                     attempts: n,
                 });
             }
+            live.running.fetch_add(1, Ordering::Relaxed);
+            live.task(|| rec.info());
             let out = attempt();
+            live.running.fetch_sub(1, Ordering::Relaxed);
             // No RETRY when the run is past its time limit or asked to stop: weft will
             // not retry it.
             if out.is_err() && n < max_attempts && crate::checkpoint().is_ok() {
@@ -235,6 +243,7 @@ impl App {
                 if let Some(j) = &journal {
                     j.send(Op::Retry { seq: rec.seq });
                 }
+                live.task(|| rec.info());
             }
             out
         };
@@ -259,6 +268,7 @@ impl App {
         match spawned {
             Ok(handle) => {
                 self.store.insert(record);
+                self.live.task(|| record.info());
                 tokio::spawn(resolve(self.clone(), record.clone(), handle, cancel_rx));
                 Ok(())
             }
@@ -303,7 +313,14 @@ impl App {
                 }
             }
         }
+        let counter = match done.state {
+            State::Success => &self.live.succeeded,
+            State::Failure => &self.live.failed,
+            _ => &self.live.revoked,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.store.finish(record, done);
+        self.live.task(|| record.info());
         self.idle.notify_waiters();
     }
 

@@ -74,10 +74,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/tasks", get(list))
         .route("/v1/tasks/{key}", get(status).post(submit).delete(cancel))
         .route("/v1/registry", get(registry))
+        .route("/v1/events", get(super::live::events))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(super::dashboard::index))
+        .route("/dashboard.js", get(super::dashboard::script))
+        .route("/dashboard.css", get(super::dashboard::style))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -141,13 +145,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `{"status": "ok"}`, or 503 `{"status": "draining"}` once shutdown has begun.
+/// `{"status": "ok", "token_required": ..}`, or 503 `{"status": "draining"}` once shutdown
+/// has begun. `token_required` tells a client (the dashboard) to ask for the token before
+/// it calls the API.
 async fn healthz(AxState(app): AxState<Arc<App>>) -> Response {
     if app.closing.load(Ordering::Acquire) {
         let body = json!({ "status": "draining", "error": "the node is shutting down" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(json!({ "status": "ok" })).into_response()
+    Json(json!({ "status": "ok", "token_required": app.token.is_some() })).into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -210,6 +216,7 @@ async fn submit_inner(
     let bytes = read_body(body, app.max_body_bytes).await?;
     let req: SubmitRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    let args = req.args.clone();
     let (attempt, spawn) = app.plan(&name, req).map_err(|e| match e {
         Plan::UnknownTask => unknown_task(app, &name),
         Plan::Bad(m) => ApiError::bad_request(m),
@@ -222,7 +229,7 @@ async fn submit_inner(
         // Apart from this request, so that a client hanging up while the task is written
         // leaves no task half accepted.
         let (app, name) = (app.clone(), name.clone());
-        tokio::spawn(async move { app.spawn(&name, attempt, spawn, request).await })
+        tokio::spawn(async move { app.spawn(&name, attempt, spawn, request, args).await })
             .await
             .unwrap_or_else(|e| {
                 Err(Refused::Store(StoreError::new(format!(
@@ -230,7 +237,7 @@ async fn submit_inner(
                 ))))
             })
     } else {
-        app.spawn(&name, attempt, spawn, request).await
+        app.spawn(&name, attempt, spawn, request, args).await
     };
     match spawned {
         Ok(record) => {

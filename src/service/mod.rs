@@ -11,8 +11,10 @@
 //! | `DELETE /v1/tasks/{id}` | `200 {"id", "revoked", "state"}` |
 //! | `GET /v1/tasks?limit=N` | `200 {"tasks": [TaskInfo, ..]}`, newest first |
 //! | `GET /v1/registry` | `200 {"tasks": [{"name", "priority"}, ..]}` |
+//! | `GET /v1/events` | server-sent events: `task` (a task's state changed: its record without result and args) and `stats` (lanes, workers, counts; every second) |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /healthz` | `200 {"status": "ok"}` (no token needed) |
+//! | `GET /healthz` | `200 {"status": "ok", "token_required": false}` (no token needed) |
+//! | `GET /` | the dashboard (no token needed to load it; it asks for one when the node has one) |
 //!
 //! Errors are `{"error": "<what is wrong>"}`: 400 for a malformed body, arguments that do
 //! not fit the task, a bad option; 404 for an unknown task name, an unknown or expired id;
@@ -72,8 +74,10 @@
 
 mod app;
 pub mod client;
+mod dashboard;
 mod http;
 mod journal;
+mod live;
 mod node;
 mod prom;
 mod recover;

@@ -571,7 +571,9 @@ impl Node {
             connections: Arc::default(),
             journal,
             keep_unfinished,
+            live: Arc::default(),
         });
+        tokio::spawn(super::live::stats_loop(app.clone()));
         if let Some(tx) = app.journal.as_ref().map(|j| j.tx().clone()) {
             // Read back before anything is served (`/healthz` included).
             let r = recover(&app, &tx, stored).await;

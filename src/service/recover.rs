@@ -43,7 +43,7 @@ pub(crate) async fn recover(app: &Arc<App>, j: &JournalTx, tasks: Vec<StoredTask
             report.expired += 1;
             continue;
         }
-        let (record, _) = Record::restore(&t, t.state, t.interrupted);
+        let (record, _) = Record::restore(&t, t.state, t.interrupted, None);
         app.store
             .restore_finished(&record, Duration::from_millis(age));
         report.results += 1;
@@ -57,18 +57,22 @@ pub(crate) async fn recover(app: &Arc<App>, j: &JournalTx, tasks: Vec<StoredTask
         } else {
             State::Pending
         };
-        let (record, cancel_rx) = Record::restore(&t, state, interrupted);
+        let request = t
+            .request
+            .as_deref()
+            .map(serde_json::from_str::<SubmitRequest>);
+        let args = match &request {
+            Some(Ok(req)) => Some(req.args.clone()),
+            _ => None,
+        };
+        let (record, cancel_rx) = Record::restore(&t, state, interrupted, args);
         j.send(Op::Requeue {
             seq: t.seq,
             state,
             interrupted,
         });
         app.store.reserve_anyway();
-        let planned = match t
-            .request
-            .as_deref()
-            .map(serde_json::from_str::<SubmitRequest>)
-        {
+        let planned = match request {
             None => Err("its submission was not kept".to_owned()),
             Some(Err(e)) => Err(format!("its submission cannot be read: {e}")),
             Some(Ok(req)) => app.plan(&t.name, req).map_err(|e| match e {

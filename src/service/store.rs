@@ -70,6 +70,9 @@ pub(crate) struct Record {
     pub submitted_at_ms: u64,
     /// How many times the node stopped while an attempt of this task ran.
     pub interrupted: u32,
+    /// The submission's arguments (`None` for a record read back finished after a
+    /// restart: the store keeps them only until the task finishes).
+    pub args: Option<Value>,
     inner: Mutex<RecordInner>,
     done: watch::Sender<bool>,
     cancel: mpsc::Sender<CancelRequest>,
@@ -81,6 +84,8 @@ pub(crate) struct Record {
 struct RecordInner {
     state: State,
     attempts: u32,
+    /// When the first attempt started (ms since the epoch).
+    started_at_ms: Option<u64>,
     result: Option<Value>,
     error: Option<String>,
     finished_at_ms: Option<u64>,
@@ -89,9 +94,13 @@ struct RecordInner {
 impl Record {
     /// A new record in `state` (`PENDING` or `SCHEDULED`) and the receiving end of its
     /// cancellation channel, for its resolver.
-    pub fn new(name: &str, state: State) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
+    pub fn new(
+        name: &str,
+        state: State,
+        args: Option<Value>,
+    ) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        Record::build(Uuid::new_v4(), seq, name, state, now_ms(), 0, 0)
+        Record::build(Uuid::new_v4(), seq, name, state, now_ms(), (0, 0), args)
     }
 
     /// A record read back from the durable store at start: a finished one as it was, an
@@ -101,6 +110,7 @@ impl Record {
         t: &StoredTask,
         state: State,
         interrupted: u32,
+        args: Option<Value>,
     ) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
         SEQ.fetch_max(t.seq + 1, Ordering::Relaxed);
         let (record, rx) = Record::build(
@@ -109,8 +119,8 @@ impl Record {
             &t.name,
             state,
             t.submitted_at_ms,
-            t.attempts,
-            interrupted,
+            (t.attempts, interrupted),
+            args,
         );
         if state.is_finished() {
             let mut inner = record.inner.lock();
@@ -126,14 +136,15 @@ impl Record {
         (record, rx)
     }
 
+    /// `counts`: (attempts, interruptions) carried over from before a restart.
     fn build(
         id: Uuid,
         seq: u64,
         name: &str,
         state: State,
         submitted_at_ms: u64,
-        attempts: u32,
-        interrupted: u32,
+        (attempts, interrupted): (u32, u32),
+        args: Option<Value>,
     ) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
         let (cancel, rx) = mpsc::channel(4);
         let record = Record {
@@ -143,9 +154,11 @@ impl Record {
             seq,
             submitted_at_ms,
             interrupted,
+            args,
             inner: Mutex::new(RecordInner {
                 state,
                 attempts,
+                started_at_ms: None,
                 result: None,
                 error: None,
                 finished_at_ms: None,
@@ -161,6 +174,7 @@ impl Record {
     pub fn start_attempt(&self) -> u32 {
         let mut inner = self.inner.lock();
         inner.attempts += 1;
+        inner.started_at_ms.get_or_insert_with(now_ms);
         if !inner.state.is_finished() {
             inner.state = State::Started;
         }
@@ -206,8 +220,10 @@ impl Record {
             error: inner.error.clone(),
             attempts: inner.attempts,
             submitted_at_ms: self.submitted_at_ms,
+            started_at_ms: inner.started_at_ms,
             finished_at_ms: inner.finished_at_ms,
             interrupted: self.interrupted,
+            args: self.args.clone(),
         }
     }
 }
@@ -324,7 +340,8 @@ impl Store {
 
     /// Writes the final state, releases the slot, and wakes the waiters (rule 3).
     pub fn finish(&self, record: &Arc<Record>, done: Finished) {
-        let weight = weigh(done.result.as_ref(), done.error.as_deref());
+        let weight = weigh(done.result.as_ref(), done.error.as_deref())
+            + record.args.as_ref().map_or(0, json_len);
         let mut inner = self.inner.lock();
         {
             let mut r = record.inner.lock();
@@ -461,7 +478,7 @@ mod tests {
 
     fn finished(store: &Store, outcome: Outcome) -> Arc<Record> {
         assert!(store.reserve());
-        let (r, _rx) = Record::new("t", State::Pending);
+        let (r, _rx) = Record::new("t", State::Pending, None);
         store.insert(&r);
         store.finish(&r, outcome.into());
         r
