@@ -41,9 +41,9 @@ function askToken(why) {
 }
 
 function runtime(t) {
-  if (!t.finished_at_ms) return "";
-  const from = t.started_at_ms || t.submitted_at_ms;
-  const ms = Math.max(0, t.finished_at_ms - from);
+  // A task that finished without running (revoked before it started) has none.
+  if (!t.finished_at_ms || !t.started_at_ms) return "";
+  const ms = Math.max(0, t.finished_at_ms - t.started_at_ms);
   return ms < 1000 ? ms + " ms" : (ms / 1000).toFixed(1) + " s";
 }
 
