@@ -300,6 +300,25 @@ async fn metrics(Ax(s): Ax<Arc<Shared>>, headers: HeaderMap) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], METRICS).into_response()
 }
 
+/// Two `stats` events a second apart (the figures of `METRICS`), then the end of the
+/// stream (as a node that stops).
+async fn events(Ax(s): Ax<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let stats = |at: u64, done: u64| {
+        json!({"at_ms": at, "queued": {"high": 2, "normal": 7, "low": 0}, "workers": 4,
+               "busy": 1, "in_flight": 9, "submitted": 120, "succeeded": done, "failed": 0,
+               "revoked": 0, "rejected": 4})
+    };
+    let body = format!(
+        ": hello\n\nevent: stats\ndata: {}\n\nevent: task\ndata: {{\"id\": \"x\"}}\n\nevent: stats\ndata: {}\n\n",
+        stats(1_000, 100),
+        stats(2_000, 110)
+    );
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -332,6 +351,7 @@ impl Stub {
             .route("/v1/tasks", get(list))
             .route("/v1/registry", get(registry))
             .route("/metrics", get(metrics))
+            .route("/v1/events", get(events))
             .route("/healthz", get(healthz))
             .with_state(shared.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -921,8 +941,17 @@ fn cli_tasks_metrics_watch() {
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("queued high=2 normal=7 low=0"), "{out}");
-    assert!(out.contains("workers 4"), "{out}");
+    assert!(out.contains("workers 4 (1 busy)"), "{out}");
     assert!(out.contains("completed 100"), "{out}");
+
+    // Without --once: a frame per stats event (the rate from the second), until the stream
+    // ends.
+    let o = on(&stub, &["watch", "--interval", "0s"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].contains("completed 110 (10.0/s)"), "{out}");
 }
 
 #[test]

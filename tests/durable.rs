@@ -594,3 +594,44 @@ fn kill_9_at_random_moments_loses_no_accepted_task() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_store_of_the_first_schema_is_read_and_upgraded() {
+    let dir = temp_dir("schema1");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    // What the first durable node (schema 1, no start times) wrote: one finished task.
+    let conn = rusqlite::Connection::open(dir.join("data/tasks.sqlite3")).unwrap();
+    conn.execute_batch(
+        "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;
+         CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id BLOB NOT NULL, name TEXT NOT NULL,
+             request TEXT, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+             interrupted INTEGER NOT NULL, submitted_at_ms INTEGER NOT NULL, due_at_ms INTEGER,
+             result TEXT, error TEXT, finished_at_ms INTEGER);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let id = uuid::Uuid::new_v4();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    conn.execute(
+        "INSERT INTO tasks VALUES (7, ?1, 'add', NULL, 'SUCCESS', 1, 0, ?2, NULL, '5', NULL, ?2)",
+        rusqlite::params![&id.as_bytes()[..], now],
+    )
+    .unwrap();
+    drop(conn);
+    let (node, client) = start(&dir, registry(&Gate::default()), |n| n);
+    let info = client.status(&id.to_string(), None).unwrap();
+    assert_eq!((info.state, info.result), (State::Success, Some(json!(5))));
+    // Upgraded: new tasks record their start.
+    let t = client
+        .submit("add", json!([1, 1]), SubmitOptions::new())
+        .unwrap();
+    assert!(wait_final(&client, &t.id).started_at_ms.is_some());
+    stop(node);
+    let (node, client) = start(&dir, registry(&Gate::default()), |n| n);
+    assert!(client.status(&t.id, None).unwrap().started_at_ms.is_some());
+    stop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}

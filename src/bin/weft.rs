@@ -4,11 +4,12 @@
 //! metrics, over the node's Unix socket (default) or TCP. Exit codes are in
 //! [`EXIT_CODES`] and `weft --help`.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use weft::service::client::{
@@ -126,9 +127,9 @@ enum Command {
     Metrics,
     /// Check that the node is up
     Health,
-    /// Live view of queue depths and throughput, from the node's metrics
+    /// Live view of queue depths and throughput, from the node's event stream
     Watch {
-        /// Time between polls
+        /// Least time between frames (the node sends its figures every second)
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
         interval: Duration,
         /// Print one frame and exit
@@ -335,88 +336,13 @@ fn print_json<T: serde::Serialize>(value: &T) {
 /// The lanes, in the order shown.
 const LANES: [&str; 3] = ["high", "normal", "low"];
 
-/// One scrape of `/metrics`: `name{label="v",...}` (labels sorted) to value.
-#[derive(Debug, Default)]
-struct Sample {
-    values: BTreeMap<String, f64>,
-}
-
-impl Sample {
-    /// Reads Prometheus text format: comments and blank lines skipped, unreadable lines
-    /// ignored.
-    fn parse(text: &str) -> Sample {
-        let mut values = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if let Some((key, value)) = parse_line(line) {
-                values.insert(key, value);
-            }
-        }
-        Sample { values }
-    }
-
-    fn get(&self, key: &str) -> Option<f64> {
-        self.values.get(key).copied()
-    }
-
-    /// The sum of a metric over all its label sets.
-    fn sum(&self, name: &str) -> Option<f64> {
-        let mut found = None;
-        for (k, v) in &self.values {
-            let base = k.split('{').next().unwrap_or(k);
-            if base == name {
-                *found.get_or_insert(0.0) += v;
-            }
-        }
-        found
-    }
-
-    fn queued(&self, lane: &str) -> f64 {
-        self.get(&format!("weft_queued{{lane=\"{lane}\"}}"))
-            .unwrap_or(0.0)
-    }
-}
-
-/// One sample line: the key with its labels sorted, and the value.
-fn parse_line(line: &str) -> Option<(String, f64)> {
-    let (series, rest) = match line.find('{') {
-        Some(open) => {
-            let close = open + line[open..].find('}')?;
-            (&line[..=close], &line[close + 1..])
-        }
-        None => {
-            let end = line.find(char::is_whitespace)?;
-            (&line[..end], &line[end..])
-        }
-    };
-    let value: f64 = match rest.split_whitespace().next()? {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    let key = match series.find('{') {
-        None => series.to_owned(),
-        Some(open) => {
-            let mut labels: Vec<String> = series[open + 1..series.len() - 1]
-                .split(',')
-                .map(|l| l.trim().replace(' ', ""))
-                .filter(|l| !l.is_empty())
-                .collect();
-            labels.sort();
-            format!("{}{{{}}}", &series[..open], labels.join(","))
-        }
-    };
-    Some((key, value))
-}
-
-/// What one frame shows.
+/// What one frame shows, from a `stats` event of the node's event stream.
 struct Frame {
     queued: [f64; 3],
     workers: f64,
+    busy: f64,
     in_flight: f64,
+    /// Tasks finished (`SUCCESS`, `FAILURE` or `REVOKED`) since the node started.
     completed: f64,
     failed: f64,
     submitted: f64,
@@ -426,25 +352,26 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(now: &Sample, before: Option<(&Sample, Duration)>) -> Frame {
-        let total = |s: &Sample, n: &str| s.sum(n).unwrap_or(0.0);
-        let rates = before.map(|(prev, dt)| {
-            let secs = dt.as_secs_f64().max(1e-9);
-            let rate = |n: &str| ((total(now, n) - total(prev, n)) / secs).max(0.0);
+    /// The frame of a `stats` event, with rates against the one before, if any.
+    fn new(now: &Value, before: Option<&Value>) -> Frame {
+        let n = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        let completed = |v: &Value| n(v, "succeeded") + n(v, "failed") + n(v, "revoked");
+        let rates = before.map(|prev| {
+            let secs = ((n(now, "at_ms") - n(prev, "at_ms")) / 1000.0).max(1e-3);
             (
-                rate("weft_tasks_completed_total"),
-                rate("weft_service_submitted_total"),
+                ((completed(now) - completed(prev)) / secs).max(0.0),
+                ((n(now, "submitted") - n(prev, "submitted")) / secs).max(0.0),
             )
         });
         Frame {
-            queued: LANES.map(|l| now.queued(l)),
-            workers: total(now, "weft_workers"),
-            in_flight: total(now, "weft_service_in_flight"),
-            completed: total(now, "weft_tasks_completed_total"),
-            failed: total(now, "weft_tasks_panicked_total")
-                + total(now, "weft_tasks_timed_out_total"),
-            submitted: total(now, "weft_service_submitted_total"),
-            rejected: total(now, "weft_submissions_rejected_total"),
+            queued: LANES.map(|l| now["queued"][l].as_f64().unwrap_or(0.0)),
+            workers: n(now, "workers"),
+            busy: n(now, "busy"),
+            in_flight: n(now, "in_flight"),
+            completed: completed(now),
+            failed: n(now, "failed"),
+            submitted: n(now, "submitted"),
+            rejected: n(now, "rejected"),
             rates,
         }
     }
@@ -456,11 +383,12 @@ impl Frame {
             None => String::new(),
         };
         format!(
-            "queued high={} normal={} low={} | workers {} | in flight {} | submitted {}{} | completed {}{} | failed {} | rejected {}",
+            "queued high={} normal={} low={} | workers {} ({} busy) | in flight {} | submitted {}{} | completed {}{} | failed {} | rejected {}",
             self.queued[0],
             self.queued[1],
             self.queued[2],
             self.workers,
+            self.busy,
             self.in_flight,
             self.submitted,
             rate(self.rates.map(|r| r.1)),
@@ -472,17 +400,25 @@ impl Frame {
     }
 }
 
+/// Follows the node's event stream (`GET /v1/events`): a frame per `stats` event, at most
+/// one per `interval`; the stream's end (the node stopped) ends the watch.
 fn watch(client: &Client, interval: Duration, once: bool) -> Result<(), Failure> {
-    let mut prev: Option<(Sample, Instant)> = None;
     let tty = std::io::stdout().is_terminal() && !once;
     let bars = tty.then(Bars::new);
-    loop {
-        let sample = Sample::parse(&client.metrics()?);
+    let mut prev: Option<(Value, Instant)> = None;
+    for event in client.events()? {
+        let event = event?;
+        if event.kind != "stats" {
+            continue;
+        }
         let now = Instant::now();
-        let frame = Frame::new(
-            &sample,
-            prev.as_ref().map(|(s, at)| (s, now.duration_since(*at))),
-        );
+        if prev
+            .as_ref()
+            .is_some_and(|(_, at)| now.duration_since(*at) + Duration::from_millis(50) < interval)
+        {
+            continue;
+        }
+        let frame = Frame::new(&event.data, prev.as_ref().map(|(s, _)| s));
         match &bars {
             Some(bars) => bars.draw(&frame),
             None => {
@@ -496,9 +432,9 @@ fn watch(client: &Client, interval: Duration, once: bool) -> Result<(), Failure>
         if once {
             return Ok(());
         }
-        prev = Some((sample, now));
-        std::thread::sleep(interval);
+        prev = Some((event.data, now));
     }
+    Ok(())
 }
 
 /// The terminal view: a bar per lane (scaled to the deepest queue seen) and a status line.
@@ -554,51 +490,20 @@ impl Bars {
 mod tests {
     use super::*;
 
-    const METRICS: &str = "\
-# HELP weft_queued Tasks queued per lane.
-# TYPE weft_queued gauge
-weft_queued{lane=\"high\"} 2
-weft_queued{lane=\"normal\"} 7
-weft_queued{lane=\"low\"} 0
-# TYPE weft_tasks_completed_total counter
-weft_tasks_completed_total 100
-weft_workers 4
-weft_submissions_rejected_total{reason=\"full\"} 3
-weft_submissions_rejected_total{ reason=\"unknown_task\" } 1
-weft_service_submitted_total 120 1700000000000
-garbage line
-";
-
     #[test]
-    fn parses_samples() {
-        let s = Sample::parse(METRICS);
-        assert_eq!(s.queued("high"), 2.0);
-        assert_eq!(s.queued("normal"), 7.0);
-        assert_eq!(s.queued("low"), 0.0);
-        assert_eq!(s.get("weft_workers"), Some(4.0));
-        assert_eq!(s.sum("weft_submissions_rejected_total"), Some(4.0));
-        assert_eq!(s.get("weft_service_submitted_total"), Some(120.0));
-        assert_eq!(s.sum("weft_nothing"), None);
-    }
-
-    #[test]
-    fn labels_are_sorted() {
-        assert_eq!(
-            parse_line("m{b=\"2\",a=\"1\"} 5"),
-            Some(("m{a=\"1\",b=\"2\"}".to_owned(), 5.0))
-        );
-        assert_eq!(parse_line("m +Inf"), Some(("m".to_owned(), f64::INFINITY)));
-        assert_eq!(parse_line("m{a=\"1\"}"), None);
-    }
-
-    #[test]
-    fn frame_rates() {
-        let before =
-            Sample::parse("weft_tasks_completed_total 10\nweft_service_submitted_total 10\n");
-        let now = Sample::parse("weft_tasks_completed_total 30\nweft_service_submitted_total 50\n");
-        let f = Frame::new(&now, Some((&before, Duration::from_secs(2))));
+    fn frames_and_rates_from_stats_events() {
+        let before = serde_json::json!({"at_ms": 1000, "succeeded": 8, "failed": 2, "revoked": 0, "submitted": 10});
+        let now = serde_json::json!({
+            "at_ms": 3000, "succeeded": 25, "failed": 4, "revoked": 1, "submitted": 50,
+            "queued": {"high": 2, "normal": 7, "low": 0}, "workers": 4, "busy": 1, "rejected": 3,
+        });
+        let f = Frame::new(&now, Some(&before));
         assert_eq!(f.rates, Some((10.0, 20.0)));
-        assert!(f.line().contains("completed 30 (10.0/s)"));
+        let line = f.line();
+        assert!(line.contains("queued high=2 normal=7 low=0"), "{line}");
+        assert!(line.contains("workers 4 (1 busy)"), "{line}");
+        assert!(line.contains("completed 30 (10.0/s)"), "{line}");
+        assert!(line.contains("failed 4 | rejected 3"), "{line}");
         let first = Frame::new(&now, None);
         assert!(!first.line().contains("/s"));
     }

@@ -230,6 +230,7 @@ impl App {
                 j.send(Op::Started {
                     seq: rec.seq,
                     attempts: n,
+                    started_at_ms: rec.started_at_ms().unwrap_or_else(now_ms),
                 });
             }
             live.running.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,7 @@
 
 mod duration;
 mod error;
+mod events;
 mod transport;
 mod types;
 
@@ -39,6 +40,7 @@ use serde::de::DeserializeOwned;
 
 pub use duration::{parse_duration, ParseDurationError};
 pub use error::ClientError;
+pub use events::{Event, EventStream};
 pub use types::{
     Cancellation, RegisteredTask, RetryOptions, State, SubmitOptions, Submitted, TaskInfo,
 };
@@ -234,6 +236,27 @@ impl AsyncClient {
             .await?;
         String::from_utf8(res.body.to_vec())
             .map_err(|_| ClientError::bad_response("metrics are not UTF-8"))
+    }
+
+    /// Opens the node's event stream (`GET /v1/events`): `task` events as tasks change
+    /// state, a `stats` event at once and then every second.
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let open = self
+            .transport
+            .open_stream("/v1/events", self.token.as_deref());
+        let res = tokio::time::timeout(self.request_timeout, open)
+            .await
+            .map_err(|_| {
+                ClientError::timeout(format!(
+                    "no answer from {} to GET /v1/events within {}",
+                    self.transport.target().describe(),
+                    human(self.request_timeout)
+                ))
+            })??;
+        match res {
+            Ok(body) => Ok(EventStream::new(body)),
+            Err(res) => Err(status_error(res)),
+        }
     }
 
     /// Succeeds if the node answers `GET /healthz` with `{"status": "ok"}`.
@@ -445,6 +468,16 @@ impl Client {
         self.block_on(self.inner.health())
     }
 
+    /// The node's event stream, as an iterator that blocks for each event; see
+    /// [`AsyncClient::events`]. It ends when the node ends the stream.
+    pub fn events(&self) -> Result<Events<'_>, ClientError> {
+        let stream = self.block_on(self.inner.events())?;
+        Ok(Events {
+            client: self,
+            stream,
+        })
+    }
+
     fn block_on<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, ClientError>>,
@@ -463,5 +496,20 @@ impl Client {
             }
         };
         runtime.block_on(fut)
+    }
+}
+
+/// The node's events, one at a time; made by [`Client::events`].
+pub struct Events<'a> {
+    client: &'a Client,
+    stream: EventStream,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<Event, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let stream = &mut self.stream;
+        self.client.block_on(stream.next()).transpose()
     }
 }

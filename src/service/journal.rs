@@ -56,7 +56,7 @@ pub(crate) const DB_FILE: &str = "tasks.sqlite3";
 /// The lock file in the data directory.
 const LOCK_FILE: &str = "lock";
 /// The schema this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Free pages past which the writer gives space back to the file system.
 const VACUUM_FREE_PAGES: i64 = 256;
 
@@ -125,6 +125,8 @@ pub(crate) enum Op {
     Started {
         seq: u64,
         attempts: u32,
+        /// When the task's first attempt started (kept from the first start on).
+        started_at_ms: u64,
     },
     Retry {
         seq: u64,
@@ -159,6 +161,7 @@ pub(crate) struct StoredTask {
     pub result: Option<String>,
     pub error: Option<String>,
     pub finished_at_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
 }
 
 /// The sending side, cloned wherever the node writes (cheap to clone).
@@ -326,9 +329,14 @@ fn setup(conn: &Connection, max_bytes: Option<u64>) -> rusqlite::Result<()> {
             due_at_ms INTEGER,
             result TEXT,
             error TEXT,
-            finished_at_ms INTEGER
+            finished_at_ms INTEGER,
+            started_at_ms INTEGER
         );",
     )?;
+    if version == 1 {
+        // Schema 1 (before the dashboard) had no start time.
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN started_at_ms INTEGER;")?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
@@ -340,7 +348,7 @@ fn parse_state(s: &str) -> Option<State> {
 fn read_all(conn: &Connection) -> rusqlite::Result<Vec<StoredTask>> {
     let mut stmt = conn.prepare(
         "SELECT seq, id, name, request, state, attempts, interrupted, submitted_at_ms,
-                due_at_ms, result, error, finished_at_ms FROM tasks ORDER BY seq",
+                due_at_ms, result, error, finished_at_ms, started_at_ms FROM tasks ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
         let id: Vec<u8> = r.get(1)?;
@@ -361,6 +369,7 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Vec<StoredTask>> {
             result: r.get(9)?,
             error: r.get(10)?,
             finished_at_ms: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
+            started_at_ms: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
         })
     })?;
     rows.collect()
@@ -421,11 +430,16 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                     row.due_at_ms.map(|v| v as i64),
                 ])?;
             }
-            Op::Started { seq, attempts } => {
+            Op::Started {
+                seq,
+                attempts,
+                started_at_ms,
+            } => {
                 tx.prepare_cached(
-                    "UPDATE tasks SET state = 'STARTED', attempts = ?2 WHERE seq = ?1",
+                    "UPDATE tasks SET state = 'STARTED', attempts = ?2,
+                        started_at_ms = coalesce(started_at_ms, ?3) WHERE seq = ?1",
                 )?
-                .execute(params![*seq as i64, attempts])?;
+                .execute(params![*seq as i64, attempts, *started_at_ms as i64])?;
             }
             Op::Retry { seq } => {
                 tx.prepare_cached("UPDATE tasks SET state = 'RETRY' WHERE seq = ?1")?
@@ -434,7 +448,7 @@ fn apply(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
             Op::Finish(f, _) => {
                 tx.prepare_cached(
                     "UPDATE tasks SET state = ?2, result = ?3, error = ?4, finished_at_ms = ?5,
-                        attempts = ?6, request = NULL WHERE seq = ?1",
+                        attempts = ?6 WHERE seq = ?1",
                 )?
                 .execute(params![
                     f.seq as i64,

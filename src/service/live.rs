@@ -106,6 +106,17 @@ pub(crate) fn stats(app: &App) -> serde_json::Value {
     let (stored, in_flight) = app.store.counts();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let live = &app.live;
+    let c = &app.counters;
+    let rejected: u64 = [
+        &c.rejected_full,
+        &c.rejected_in_flight,
+        &c.rejected_bad_request,
+        &c.rejected_unknown_task,
+        &c.rejected_store,
+    ]
+    .into_iter()
+    .map(load)
+    .sum();
     json!({
         "at_ms": now_ms(),
         "queued": {"high": m.queued_high, "normal": m.queued_normal, "low": m.queued_low},
@@ -115,6 +126,7 @@ pub(crate) fn stats(app: &App) -> serde_json::Value {
         "in_flight": in_flight,
         "stored": stored,
         "submitted": load(&app.counters.submitted),
+        "rejected": rejected,
         "succeeded": load(&live.succeeded),
         "failed": load(&live.failed),
         "revoked": load(&live.revoked),
@@ -189,5 +201,7 @@ pub(crate) async fn events(AxState(app): AxState<Arc<App>>) -> Response {
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // The connection is the stream's: it closes when the stream ends.
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
 }

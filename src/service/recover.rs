@@ -43,7 +43,12 @@ pub(crate) async fn recover(app: &Arc<App>, j: &JournalTx, tasks: Vec<StoredTask
             report.expired += 1;
             continue;
         }
-        let (record, _) = Record::restore(&t, t.state, t.interrupted, None);
+        let args = t
+            .request
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<SubmitRequest>(r).ok())
+            .map(|r| r.args);
+        let (record, _) = Record::restore(&t, t.state, t.interrupted, args);
         app.store
             .restore_finished(&record, Duration::from_millis(age));
         report.results += 1;

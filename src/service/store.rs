@@ -70,8 +70,7 @@ pub(crate) struct Record {
     pub submitted_at_ms: u64,
     /// How many times the node stopped while an attempt of this task ran.
     pub interrupted: u32,
-    /// The submission's arguments (`None` for a record read back finished after a
-    /// restart: the store keeps them only until the task finishes).
+    /// The submission's arguments.
     pub args: Option<Value>,
     inner: Mutex<RecordInner>,
     done: watch::Sender<bool>,
@@ -122,6 +121,7 @@ impl Record {
             (t.attempts, interrupted),
             args,
         );
+        record.inner.lock().started_at_ms = t.started_at_ms;
         if state.is_finished() {
             let mut inner = record.inner.lock();
             inner.result = t
@@ -191,6 +191,11 @@ impl Record {
 
     pub fn state(&self) -> State {
         self.inner.lock().state
+    }
+
+    /// When the first attempt started.
+    pub fn started_at_ms(&self) -> Option<u64> {
+        self.inner.lock().started_at_ms
     }
 
     /// How many attempts have started (across restarts).

@@ -94,8 +94,7 @@ pub struct TaskInfo {
     /// When the node accepted it, in milliseconds since the Unix epoch.
     pub submitted_at_ms: u64,
     /// When its first attempt started, in milliseconds since the Unix epoch; left out
-    /// until then (and for a task finished before a restart, which the store does not
-    /// time).
+    /// until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
     /// When it finished, in milliseconds since the Unix epoch; `null` until then.
@@ -104,7 +103,8 @@ pub struct TaskInfo {
     /// while an attempt of this task ran; the task ran again after each. Left out when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub interrupted: u32,
-    /// The submission's `args`; left out for a task read back finished after a restart.
+    /// The submission's `args` (left out only by the event stream, which never carries
+    /// them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
 }

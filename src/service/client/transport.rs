@@ -149,6 +149,36 @@ impl Transport {
         self.finish(sender, res).await
     }
 
+    /// Opens `GET path` on a connection of its own and answers as soon as the head
+    /// arrives: a success with its body still coming (server-sent events), or an error
+    /// answer read whole.
+    pub(crate) async fn open_stream(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Result<hyper::body::Incoming, Response>, ClientError> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, self.target.host_header())
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(t) = token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::invalid_input(format!("bad request {path:?}: {e}")))?;
+        let mut sender = self.connect().await?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::bad_response(format!("connection lost: {e}")))?;
+        if res.status().is_success() {
+            return Ok(Ok(res.into_body()));
+        }
+        Ok(Err(self.finish(sender, res).await?))
+    }
+
     fn take_idle(&self) -> Option<Sender> {
         self.idle.lock().pop()
     }
