@@ -79,6 +79,38 @@ fn the_stream_needs_the_token() {
     assert_eq!(err.status(), Some(401), "{err}");
     let ok = Client::tcp(&tcp_url(&at)).unwrap().with_token("t0k");
     assert_eq!(ok.events().unwrap().next().unwrap().unwrap().kind, "stats");
+    // The dashboard's page and assets need no token; unknown paths are still 404 JSON.
+    let Endpoint::Tcp(addr) = at else {
+        unreachable!()
+    };
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let page = get("/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("content-type: text/html") && page.contains("<select id=\"task-name\">"));
+    assert!(
+        page.contains("content-security-policy: default-src 'none'"),
+        "{page}"
+    );
+    assert!(get("/dashboard.js").starts_with("HTTP/1.1 200"));
+    assert!(get("/dashboard.css").starts_with("HTTP/1.1 200"));
+    let missing = get("/nope.html");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert!(
+        missing.contains("{\"error\":\"no such endpoint: GET /nope.html\"}"),
+        "{missing}"
+    );
+    let health = get("/healthz");
+    assert!(health.contains("\"token_required\":true"), "{health}");
     rt.block_on(node.shutdown());
 }
 
