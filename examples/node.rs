@@ -27,6 +27,10 @@
 //! SIGINT or SIGTERM shuts it down within `--drain-timeout D` (default 30s); a second
 //! signal ends it at once.
 //!
+//! With `--tcp ADDR`, open `http://ADDR/` in a browser for the dashboard (queues, workers,
+//! throughput, recent tasks, a submit form, Cancel buttons); `weft watch` shows the same
+//! figures in a terminal.
+//!
 //! Tasks: `add` (`[x, y]` → their sum), `sleep_ms` (`[ms]` → sleeps, returns `ms`),
 //! `fail` (`[message]` → always fails with it), `flaky` (`[n]` → fails its first `n - 1`
 //! attempts, retried up to 5 times with a 100 ms backoff), `panic` (panics).

@@ -75,8 +75,8 @@ pub(crate) struct Record {
     inner: Mutex<RecordInner>,
     done: watch::Sender<bool>,
     cancel: mpsc::Sender<CancelRequest>,
-    /// What the record weighs ([`RECORD_OVERHEAD`] until it finished); set under the
-    /// store's lock.
+    /// What the record weighs ([`RECORD_OVERHEAD`] and its args until it finished); set
+    /// under the store's lock.
     weight: AtomicU64,
 }
 
@@ -147,6 +147,8 @@ impl Record {
         args: Option<Value>,
     ) -> (Arc<Record>, mpsc::Receiver<CancelRequest>) {
         let (cancel, rx) = mpsc::channel(4);
+        // A list weighs an unfinished record by its args too.
+        let args_len = args.as_ref().map_or(0, json_len);
         let record = Record {
             id,
             name: name.to_owned(),
@@ -165,7 +167,7 @@ impl Record {
             }),
             done: watch::Sender::new(false),
             cancel,
-            weight: AtomicU64::new(RECORD_OVERHEAD as u64),
+            weight: AtomicU64::new((RECORD_OVERHEAD + args_len) as u64),
         };
         (Arc::new(record), rx)
     }
