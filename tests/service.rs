@@ -803,13 +803,13 @@ fn listed_ids(listed: &Value) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_results_and_list_answers_are_bounded_in_bytes() {
-    // Each failure carries a 1 MB message; the finished records may hold 3.5 MB together,
-    // a list answer 1.5 MB.
+    // Each failure carries a 1 MB message, and its args (the message) are kept too: a
+    // record weighs 2 MB; the finished records may hold 7 MB together, a list answer 3 MB.
     const MB: usize = 1_000_000;
     let fx = unix_node(|n| {
         n.max_body_bytes(2 * MB)
-            .max_result_bytes(3 * MB + MB / 2)
-            .max_list_bytes(MB + MB / 2)
+            .max_result_bytes(7 * MB)
+            .max_list_bytes(3 * MB)
             .workers(2)
     })
     .await;
@@ -821,7 +821,7 @@ async fn kept_results_and_list_answers_are_bounded_in_bytes() {
         assert_eq!(h.wait(&id).await["state"], "FAILURE");
         ids.push(id);
     }
-    // Oldest first: three weigh just over 3 MB, four would be over the budget.
+    // Oldest first: three weigh just over 6 MB, four would be over the budget.
     for old in &ids[..3] {
         assert_eq!(h.get(&format!("/v1/tasks/{old}")).await.status, 404);
     }
@@ -841,16 +841,13 @@ async fn kept_results_and_list_answers_are_bounded_in_bytes() {
         .trim()
         .parse()
         .unwrap();
-    assert!(
-        (3 * MB..=3 * MB + MB / 2).contains(&bytes),
-        "{bytes} bytes kept"
-    );
+    assert!((6 * MB..=7 * MB).contains(&bytes), "{bytes} bytes kept");
     // A list stops at its byte budget (newest first) and says so.
     let listed = h.get("/v1/tasks?limit=100").await.json();
     assert_eq!(
         listed_ids(&listed),
         [ids[5].as_str()],
-        "one 1 MB record fits in 1.5 MB"
+        "one 2 MB record fits in 3 MB"
     );
     assert_eq!(listed["truncated"], true);
     // A result larger than a list answer may hold is still read in full by its id.
