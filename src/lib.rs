@@ -323,7 +323,7 @@ pub fn checkpoint() -> Result<(), Cancelled> {
 /// assert_eq!(weft::drop_panics(), before + 1);
 /// ```
 pub fn drop_panics() -> u64 {
-    task::raw::drop_panics()
+    util::drop_panics()
 }
 
 /// The index of the current worker thread in its pool (`0..workers`), or `None` when

@@ -90,7 +90,7 @@ impl<'scope> Scope<'scope> {
                 } else {
                     // Only the first panic is re-raised; drop the others without unwinding.
                     drop(first);
-                    crate::task::raw::drop_quietly(p);
+                    crate::util::drop_quietly(p);
                 }
             }
             // SAFETY: live until the count reaches zero and the latch is set.

@@ -1,4 +1,6 @@
-//! Small helpers with no protocol of their own.
+//! Small helpers with no protocol of their own: the unwind helpers in one place
+//! ([`AbortOnPanic`], [`drop_quietly`] / [`run_quietly`] with the process-wide count of
+//! panics caught from user `Drop`s, [`panic_message`]) and the steal-victim xorshift.
 
 use std::cell::Cell;
 
@@ -14,6 +16,35 @@ impl Drop for AbortOnPanic {
         if std::thread::panicking() {
             eprintln!("weft: a panic inside the scheduler's own bookkeeping; aborting");
             std::process::abort();
+        }
+    }
+}
+
+/// Panics caught from user `Drop`s in the whole process (see [`crate::drop_panics`]).
+/// A plain statistic, not part of any protocol, so not modelled by loom.
+static DROP_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Panics caught from user `Drop`s so far, in every pool.
+pub(crate) fn drop_panics() -> u64 {
+    DROP_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs `x`'s drop glue, catching a panic from it: a panicking `Drop` in user code must
+/// not unwind through the scheduler. Returns true (and counts it process-wide) if it
+/// panicked.
+pub(crate) fn drop_quietly<X>(x: X) -> bool {
+    run_quietly(move || drop(x))
+}
+
+/// Runs `f` (drop glue of user values), catching a panic from it as `drop_quietly` does.
+pub(crate) fn run_quietly(f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => false,
+        Err(payload) => {
+            DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Dropping the payload could panic again; leak it instead.
+            std::mem::forget(payload);
+            true
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::loom::{AtomicU32, Ordering, UnsafeCell};
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::time::wheel::NEVER;
+use crate::util::{drop_quietly, run_quietly};
 
 /// The fixed-layout start of every task.
 #[repr(C)]
@@ -139,35 +140,6 @@ pub(crate) fn allocate_refused<B: Body>(body: B) -> NonNull<Header> {
         std::ptr::null(),
         0,
     )
-}
-
-/// Panics caught from user `Drop`s in the whole process (see [`crate::drop_panics`]).
-/// A plain statistic, not part of any protocol, so not modelled by loom.
-static DROP_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Panics caught from user `Drop`s so far, in every pool.
-pub(crate) fn drop_panics() -> u64 {
-    DROP_PANICS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Runs `x`'s drop glue, catching a panic from it: a panicking `Drop` in user code must
-/// not unwind through the scheduler. Returns true (and counts it process-wide) if it
-/// panicked.
-pub(crate) fn drop_quietly<X>(x: X) -> bool {
-    run_quietly(move || drop(x))
-}
-
-/// Runs `f` (drop glue of user values), catching a panic from it as `drop_quietly` does.
-fn run_quietly(f: impl FnOnce()) -> bool {
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(()) => false,
-        Err(payload) => {
-            DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Dropping the payload could panic again; leak it instead.
-            std::mem::forget(payload);
-            true
-        }
-    }
 }
 
 /// `drop_quietly`, also counting a panic in the pool's `drop_panics`.

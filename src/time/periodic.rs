@@ -94,7 +94,7 @@ impl Drop for PeriodicState {
         // The last reference may go on the driver thread, a worker or the handle's
         // thread: a panicking `Drop` of the user's closure must not unwind there.
         let body = std::mem::replace(self.body.get_mut(), Box::new(|| {}));
-        crate::task::raw::drop_quietly(body);
+        crate::util::drop_quietly(body);
     }
 }
 
@@ -159,7 +159,7 @@ impl RunJob {
         match panic::catch_unwind(AssertUnwindSafe(&mut *body)) {
             Ok(()) => s.runs.fetch_add(1, Ordering::Relaxed),
             Err(payload) => {
-                crate::task::raw::drop_quietly(payload);
+                crate::util::drop_quietly(payload);
                 s.panics.fetch_add(1, Ordering::Relaxed)
             }
         };
