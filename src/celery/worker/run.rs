@@ -196,12 +196,7 @@ pub(super) fn build_run(
             },
             Ok(Ok(v)) => TaskResult::Success(v),
             Ok(Err(e)) => TaskResult::error(e),
-            Err(p) => TaskResult::error(
-                p.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "task panicked".into()),
-            ),
+            Err(p) => TaskResult::error(crate::util::panic_message(&*p).unwrap_or("task panicked")),
         };
         // A built-in that runs from its message (its entry only checked the call).
         let mut sent = None;
