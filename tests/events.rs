@@ -60,7 +60,10 @@ fn a_task_s_changes_come_in_order_with_stats_every_second() {
             "{states:?}, {stats} stats"
         );
     }
-    assert_eq!(states, [State::Pending, State::Started, State::Success]);
+    // In order, each once; the acceptance's PENDING is left out when a worker started the
+    // task before the node announced it.
+    let expected = [State::Pending, State::Started, State::Success];
+    assert!(states == expected || states == expected[1..], "{states:?}");
     let done = submitter.status(&task.id, None).unwrap();
     assert_eq!(done.result, Some(json!(5)));
     assert!(

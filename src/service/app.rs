@@ -234,7 +234,7 @@ impl App {
                 });
             }
             live.running.fetch_add(1, Ordering::Relaxed);
-            live.task(|| rec.info());
+            rec.announce(&live, None);
             let out = attempt();
             live.running.fetch_sub(1, Ordering::Relaxed);
             // No RETRY when the run is past its time limit or asked to stop: weft will
@@ -244,7 +244,7 @@ impl App {
                 if let Some(j) = &journal {
                     j.send(Op::Retry { seq: rec.seq });
                 }
-                live.task(|| rec.info());
+                rec.announce(&live, None);
             }
             out
         };
@@ -269,7 +269,7 @@ impl App {
         match spawned {
             Ok(handle) => {
                 self.store.insert(record);
-                self.live.task(|| record.info());
+                record.announce(&self.live, Some(record.initial));
                 tokio::spawn(resolve(self.clone(), record.clone(), handle, cancel_rx));
                 Ok(())
             }
@@ -321,7 +321,7 @@ impl App {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.store.finish(record, done);
-        self.live.task(|| record.info());
+        record.announce(&self.live, None);
         self.idle.notify_waiters();
     }
 

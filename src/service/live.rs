@@ -9,6 +9,9 @@
 //!
 //! 1. Every event is formatted once, as a whole SSE frame, and sent on one broadcast
 //!    channel of [`EVENT_BUFFER`] frames; nothing is formatted while no client listens.
+//!    A task's events are sent under its record's lock (`Record::announce`), so they go
+//!    out in the order its state changed; the event of its acceptance is left out when a
+//!    worker started it first (its first event is then `STARTED`).
 //! 2. Each client's stream reads the channel at its own pace. One that falls more than
 //!    [`EVENT_BUFFER`] frames behind (a slow reader: its socket full) is sent an
 //!    `event: dropped` frame and ended: the node's memory never grows with a slow reader

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::journal::{JournalTx, Op, StoredTask};
+use super::live::Live;
 use super::wire::{State, TaskInfo};
 
 /// What a finished record weighs beyond its result and error (the record, its id, name
@@ -215,6 +216,30 @@ impl Record {
         let (tx, rx) = oneshot::channel();
         self.cancel.send(tx).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Sends the record's `task` event (`live.rs`), under the record's lock, so that the
+    /// events of one task go out in the order its state changed; with `only_in`, only if
+    /// the record is still in that state (the event of its acceptance, which a worker that
+    /// started it already may have overtaken).
+    pub fn announce(&self, live: &Live, only_in: Option<State>) {
+        let inner = self.inner.lock();
+        if only_in.is_some_and(|s| s != inner.state) {
+            return;
+        }
+        live.task(|| TaskInfo {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            state: inner.state,
+            result: None,
+            error: inner.error.clone(),
+            attempts: inner.attempts,
+            submitted_at_ms: self.submitted_at_ms,
+            started_at_ms: inner.started_at_ms,
+            finished_at_ms: inner.finished_at_ms,
+            interrupted: self.interrupted,
+            args: None,
+        });
     }
 
     pub fn info(&self) -> TaskInfo {
