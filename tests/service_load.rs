@@ -140,28 +140,27 @@ fn load(tasks: usize, threads: usize, durable: bool, round: usize) -> f64 {
     }
     assert_eq!(seen.len(), tasks);
     if keep < tasks {
-        // Most results are evicted: wait until every task finished and count them.
+        // Most results are evicted: wait, on the node's event stream, until every task
+        // finished, and count them.
         let client = Client::unix(&socket);
-        let gauge = |text: &str, name: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in /metrics"))
-        };
         let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let m = client.metrics().unwrap();
-            if gauge(&m, "weft_service_in_flight ") == 0.0 {
-                assert_eq!(gauge(&m, "weft_tasks_completed_total ") as usize, tasks);
-                assert!(gauge(&m, "weft_service_results_stored ") as usize <= keep);
-                break;
-            }
+        for event in client.events().unwrap() {
+            let event = event.unwrap();
+            // A stats event comes every second: the deadline is checked at least that often.
             assert!(
                 Instant::now() < deadline,
                 "tasks still in flight after 600 s"
             );
-            // A condition polled through the API, which has no way to notify.
-            std::thread::sleep(Duration::from_millis(20));
+            if event.kind != "stats" || event.data["in_flight"] != 0 {
+                continue;
+            }
+            let done = ["succeeded", "failed", "revoked"]
+                .iter()
+                .map(|k| event.data[*k].as_u64().unwrap())
+                .sum::<u64>();
+            assert_eq!(done as usize, tasks);
+            assert!(event.data["stored"].as_u64().unwrap() as usize <= keep);
+            break;
         }
     }
     std::thread::scope(|s| {

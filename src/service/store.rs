@@ -227,35 +227,27 @@ impl Record {
         if only_in.is_some_and(|s| s != inner.state) {
             return;
         }
-        live.task(|| TaskInfo {
-            id: self.id.to_string(),
-            name: self.name.clone(),
-            state: inner.state,
-            result: None,
-            error: inner.error.clone(),
-            attempts: inner.attempts,
-            submitted_at_ms: self.submitted_at_ms,
-            started_at_ms: inner.started_at_ms,
-            finished_at_ms: inner.finished_at_ms,
-            interrupted: self.interrupted,
-            args: None,
-        });
+        live.task(|| self.info_of(&inner, false));
     }
 
     pub fn info(&self) -> TaskInfo {
-        let inner = self.inner.lock();
+        self.info_of(&self.inner.lock(), true)
+    }
+
+    /// The record as the API shows it; without result and args unless `full`.
+    fn info_of(&self, inner: &RecordInner, full: bool) -> TaskInfo {
         TaskInfo {
             id: self.id.to_string(),
             name: self.name.clone(),
             state: inner.state,
-            result: inner.result.clone(),
+            result: if full { inner.result.clone() } else { None },
             error: inner.error.clone(),
             attempts: inner.attempts,
             submitted_at_ms: self.submitted_at_ms,
             started_at_ms: inner.started_at_ms,
             finished_at_ms: inner.finished_at_ms,
             interrupted: self.interrupted,
-            args: self.args.clone(),
+            args: if full { self.args.clone() } else { None },
         }
     }
 }
