@@ -297,10 +297,7 @@ where
 /// assert!(h.join().unwrap_err().is_cancelled());
 /// ```
 pub fn checkpoint() -> Result<(), Cancelled> {
-    match WorkerThread::current() {
-        Some(w) => w.checkpoint(),
-        None => Ok(()),
-    }
+    task::frame::checkpoint()
 }
 
 /// Panics caught from the `Drop` of task closures and outputs in this process, in every

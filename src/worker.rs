@@ -8,11 +8,11 @@
 //! Only the current-worker pointer is thread-local; everything else is reached through it.
 
 use std::cell::Cell;
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::job::{JobHeader, JobRef};
+use crate::job::JobRef;
 use crate::join::frames::Frames;
 use crate::join::heartbeat::Heartbeat;
 use crate::lanes::{LocalQueues, Source};
@@ -21,8 +21,7 @@ use crate::loom::{fence, Ordering};
 use crate::metrics::Counters;
 use crate::shared::Shared;
 use crate::sleep::SEARCH_ROUNDS;
-use crate::task::raw::Header;
-use crate::task::Cancelled;
+use crate::task::frame;
 use crate::util::{AbortOnPanic, XorShift64Star};
 
 thread_local! {
@@ -41,32 +40,11 @@ pub(crate) struct WorkerThread {
     lane: Cell<usize>,
     /// True while this worker counts as SEARCHING in the sleep state.
     searching: Cell<bool>,
-    /// The innermost job this thread is executing (a chain through `execute` frames).
-    running: Cell<*const Running>,
     /// The second halves of this worker's joins that no other thread can see yet
     /// (`join`'s protocol).
     pub(crate) frames: Frames,
     /// When to share one of `frames`, and which joins record one.
     pub(crate) heartbeat: Heartbeat,
-}
-
-/// One `execute` call on a worker's stack.
-struct Running {
-    job: NonNull<JobHeader>,
-    outer: *const Running,
-    /// The end of this run's time limit, set by a time-limited task's body.
-    deadline: Cell<Option<Instant>>,
-    /// `checkpoint()` reported the time limit to this run.
-    limit_seen: Cell<bool>,
-}
-
-/// Puts back the outer frame when an `execute` call ends.
-struct RestoreRunning<'a>(&'a Cell<*const Running>, *const Running);
-
-impl Drop for RestoreRunning<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.1);
-    }
 }
 
 impl WorkerThread {
@@ -93,7 +71,6 @@ impl WorkerThread {
             picks: Cell::new(0),
             lane: Cell::new(1),
             searching: Cell::new(false),
-            running: Cell::new(ptr::null()),
             frames: Frames::new(),
             heartbeat: Heartbeat::new(),
         };
@@ -229,88 +206,18 @@ impl WorkerThread {
         }
     }
 
-    /// Runs `job` found in `lane` (or resolves it as shut down after `shutdown_now`).
+    /// Runs `job` found in `lane` (or resolves it as shut down after `shutdown_now`), as
+    /// this thread's innermost running frame (`task/frame.rs`).
     pub(crate) fn execute(&self, job: JobRef, lane: usize) {
         let outer = self.lane.replace(lane);
-        let frame = Running {
-            job: job.as_ptr(),
-            outer: self.running.get(),
-            deadline: Cell::new(None),
-            limit_seen: Cell::new(false),
-        };
-        // Restores `running` even if `execute` unwinds, so it never points at a dead frame.
-        let _restore = RestoreRunning(&self.running, frame.outer);
-        self.running.set(&frame);
-        if self.shared.is_cancelling_queued() {
-            job.discard(self.counters());
-        } else {
-            job.execute(self.counters());
-        }
+        frame::enter(job.as_ptr(), || {
+            if self.shared.is_cancelling_queued() {
+                job.discard(self.counters());
+            } else {
+                job.execute(self.counters());
+            }
+        });
         self.lane.set(outer);
-    }
-
-    /// True if `job` is being executed on this thread, by this call or one it is nested
-    /// in (a worker runs other jobs while it waits). Joining such a task's handle here
-    /// could never return.
-    pub(crate) fn is_running(&self, job: NonNull<JobHeader>) -> bool {
-        let mut frame = self.running.get();
-        // SAFETY: every frame in the chain lives in an `execute` call that is still on
-        // this thread's stack: each call links its frame in and unlinks it (by a drop
-        // guard) before returning, so the chain only holds live frames, newest first.
-        while let Some(f) = unsafe { frame.as_ref() } {
-            if f.job == job {
-                return true;
-            }
-            frame = f.outer;
-        }
-        false
-    }
-
-    /// The innermost `execute` frame on this thread, if any.
-    fn innermost(&self) -> Option<&Running> {
-        // SAFETY: frames in the chain are live (see `is_running`); the reference is used
-        // within the caller, which runs inside that frame's `execute` call.
-        unsafe { self.running.get().as_ref() }
-    }
-
-    /// Starts the time limit of the task running in the innermost frame (its body calls
-    /// this at the start of each attempt).
-    pub(crate) fn start_time_limit(&self, limit: Duration) {
-        if let Some(f) = self.innermost() {
-            // An `Instant` that cannot hold the end means no limit.
-            f.deadline.set(Instant::now().checked_add(limit));
-            f.limit_seen.set(false);
-        }
-    }
-
-    /// True if the innermost frame's time limit passed (or `checkpoint` reported it).
-    pub(crate) fn time_limit_passed(&self) -> bool {
-        self.innermost().is_some_and(|f| {
-            f.limit_seen.get() || f.deadline.get().is_some_and(|d| Instant::now() >= d)
-        })
-    }
-
-    /// `weft::checkpoint()` on this worker: about the job of the innermost frame.
-    pub(crate) fn checkpoint(&self) -> Result<(), Cancelled> {
-        let Some(frame) = self.innermost() else {
-            return Ok(());
-        };
-        // SAFETY: the frame's job is being executed by this thread, so it is live, and
-        // its header's vtable points at a `'static` table.
-        let vtable = unsafe { &*frame.job.as_ref().vtable };
-        if vtable.is_task {
-            // SAFETY: a task's job header is the start of its task header (`raw.rs`), live
-            // while its `execute` runs.
-            let header = unsafe { frame.job.cast::<Header>().as_ref() };
-            if header.state.load().is_cancel_requested() {
-                return Err(Cancelled::requested());
-            }
-        }
-        if frame.limit_seen.get() || frame.deadline.get().is_some_and(|d| Instant::now() >= d) {
-            frame.limit_seen.set(true);
-            return Err(Cancelled::time_limit());
-        }
-        Ok(())
     }
 
     /// Runs queued work until `probe` reports done or `deadline` passes; parks when there

@@ -4,10 +4,10 @@
 use std::mem::ManuallyDrop;
 use std::time::Duration;
 
+use super::frame;
 use super::raw::drop_counted;
 use crate::metrics::Counters;
 use crate::retry::RetryPolicy;
-use crate::worker::WorkerThread;
 
 /// The result of one attempt.
 pub(crate) enum Attempt<O> {
@@ -182,13 +182,10 @@ impl<B: Body> Body for Limited<B> {
         attempt: u32,
         counters: &Counters,
     ) -> Attempt<B::Output> {
-        let worker = WorkerThread::current();
-        if let Some(w) = worker {
-            w.start_time_limit(body.limit);
-        }
+        frame::start_time_limit(body.limit);
         // SAFETY: our body is live (contract), so is the inner one; we pass on the contract.
         let result = unsafe { B::attempt(&mut body.body, attempt, counters) };
-        if !worker.is_some_and(|w| w.time_limit_passed()) {
+        if !frame::time_limit_passed() {
             return result;
         }
         match result {

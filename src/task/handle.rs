@@ -12,6 +12,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use super::error::JoinError;
+use super::frame;
 use super::raw::Header;
 use crate::latch::Probe;
 use crate::worker::WorkerThread;
@@ -144,8 +145,7 @@ impl<T> JoinHandle<T> {
 
     /// True if this thread is running the task itself (see [`JoinError::is_self_join`]).
     fn is_own_task(&self) -> bool {
-        !self.is_finished()
-            && WorkerThread::current().is_some_and(|w| w.is_running(self.raw.cast()))
+        !self.is_finished() && frame::is_running(self.raw.cast())
     }
 
     /// Waits at most `timeout`. Gives the handle back if the task is not done by then.

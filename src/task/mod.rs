@@ -6,6 +6,8 @@
 //! - `alloc.rs`: where the allocation comes from: the global allocator, or the one spare
 //!   block a thread keeps from the last task it freed;
 //! - `body.rs`: what a task runs: one `FnOnce` attempt, or a retrying `FnMut`;
+//! - `frame.rs`: the jobs this thread is executing, innermost first (checkpoints, time
+//!   limits, self-joins);
 //! - `handle.rs`: [`JoinHandle`], the typed owner of the result;
 //! - `error.rs`: [`JoinError`].
 //!
@@ -19,6 +21,7 @@
 mod alloc;
 pub(crate) mod body;
 mod error;
+pub(crate) mod frame;
 mod handle;
 #[cfg(all(test, loom))]
 #[path = "tests/loom_state.rs"]
