@@ -9,9 +9,51 @@
 //! latch, so `set` copies what it needs *before* publishing and never touches the latch
 //! after.
 
+use std::sync::OnceLock;
 use std::thread::Thread;
+use std::time::Instant;
 
 use crate::loom::{AtomicUsize, Ordering};
+
+/// How a worker thread waits: it runs its pool's work until the probe reports done or the
+/// deadline passes, and returns whether the probe reported done; `None` on a thread that
+/// is no pool's worker.
+pub(crate) type Helper = fn(&dyn Probe, Option<Instant>) -> Option<bool>;
+
+/// The workers' way of waiting, registered by the first worker thread that starts. Kept
+/// here, below the pool, so that what blocks (a `JoinHandle`, a scope, `install`) need
+/// not know the pool.
+static HELPER: OnceLock<Helper> = OnceLock::new();
+
+/// Registers how a worker waits (every worker thread calls this as it starts).
+pub(crate) fn register_helper(helper: Helper) {
+    HELPER.get_or_init(|| helper);
+}
+
+/// Blocks until `probe` reports done or `deadline` passes; returns whether it reported
+/// done. On a worker thread (of any pool) the wait runs that pool's work meanwhile, which
+/// is what makes a nested wait safe on a one-worker pool; elsewhere the thread parks,
+/// armed, until the setter unparks it.
+pub(crate) fn block_until(probe: &dyn Probe, deadline: Option<Instant>) -> bool {
+    if let Some(done) = HELPER.get().and_then(|help| help(probe, deadline)) {
+        return done;
+    }
+    loop {
+        if !probe.arm() {
+            return true;
+        }
+        match deadline {
+            None => std::thread::park(),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return probe.probe();
+                }
+                std::thread::park_timeout(d - now);
+            }
+        }
+    }
+}
 
 /// A waiter's view of a latch.
 pub(crate) trait Probe {
@@ -107,13 +149,6 @@ impl ThreadLatch {
             owner: std::thread::current(),
         }
     }
-
-    /// Parks the current thread until the latch is set.
-    pub(crate) fn wait(&self) {
-        while !self.probe() {
-            std::thread::park();
-        }
-    }
 }
 
 impl Probe for ThreadLatch {
@@ -205,7 +240,7 @@ mod tests {
                 // SAFETY: the latch outlives the scope.
                 unsafe { ThreadLatch::set(l) };
             });
-            latch.wait();
+            assert!(block_until(&latch, None));
         });
         assert!(latch.probe());
         assert!(!latch.arm());

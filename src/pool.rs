@@ -148,7 +148,7 @@ impl Pool {
         // SAFETY: `job` lives on this frame, which waits below until its latch is set; the
         // queue's reference is the only one. A job that races shutdown is run by a drain.
         shared.push(Priority::Normal.lane(), unsafe { job.as_job_ref() }, false);
-        wait_for(&job.latch);
+        crate::latch::block_until(&job.latch, None);
         job.into_result()
     }
 
@@ -346,17 +346,6 @@ impl fmt::Debug for Pool {
             .field("workers", &self.num_workers())
             .field("closed", &self.shared().is_closed())
             .finish()
-    }
-}
-
-/// Waits for a latch: on a worker thread (of any pool) by running that pool's work
-/// meanwhile, elsewhere by parking.
-pub(crate) fn wait_for(latch: &ThreadLatch) {
-    match WorkerThread::current() {
-        Some(w) => {
-            w.wait_until(latch, None);
-        }
-        None => latch.wait(),
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::job::HeapJob;
-use crate::latch::{CountLatch, Latch};
+use crate::latch::{self, CountLatch, Latch};
 use crate::shared::Shared;
 use crate::worker::WorkerThread;
 
@@ -126,17 +126,7 @@ where
     // The body's own count.
     // SAFETY: `scope` is live on this frame until after the wait below.
     unsafe { CountLatch::set(&scope.latch) };
-    match WorkerThread::current() {
-        Some(w) => {
-            w.wait_until(&scope.latch, None);
-        }
-        None => {
-            use crate::latch::Probe;
-            while !scope.latch.probe() {
-                std::thread::park();
-            }
-        }
-    }
+    latch::block_until(&scope.latch, None);
     let result = match result {
         Ok(r) => r,
         Err(p) => panic::resume_unwind(p),

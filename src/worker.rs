@@ -16,7 +16,7 @@ use crate::job::JobRef;
 use crate::join::frames::Frames;
 use crate::join::heartbeat::Heartbeat;
 use crate::lanes::{LocalQueues, Source};
-use crate::latch::Probe;
+use crate::latch::{self, Probe};
 use crate::loom::{fence, Ordering};
 use crate::metrics::Counters;
 use crate::shared::Shared;
@@ -75,6 +75,7 @@ impl WorkerThread {
             heartbeat: Heartbeat::new(),
         };
         worker.shared.sleep.register_thread(index);
+        latch::register_helper(help);
         CURRENT.with(|c| c.set(&worker));
         // User code never unwinds into the loop (it is caught where it runs); a panic here
         // would be a weft bug that leaves the pool's state inconsistent, so abort.
@@ -294,6 +295,11 @@ impl WorkerThread {
             exiting = true;
         }
     }
+}
+
+/// `latch::block_until` on a worker: run this worker's pool's work while waiting.
+fn help(probe: &dyn Probe, deadline: Option<Instant>) -> Option<bool> {
+    WorkerThread::current().map(|w| w.wait_until(probe, deadline))
 }
 
 /// Done once the pool is closed: the cheap `closed` flag first, then the CLOSED bit of the

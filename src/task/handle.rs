@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use super::error::JoinError;
 use super::frame;
 use super::raw::Header;
-use crate::latch::Probe;
-use crate::worker::WorkerThread;
+use crate::latch::{self, Probe};
 
 /// An owned permission to wait for a task's result, or to cancel it.
 ///
@@ -199,24 +198,7 @@ impl<T> JoinHandle<T> {
             header: self.header(),
             waker: current_thread_waker(),
         };
-        match WorkerThread::current() {
-            Some(worker) => worker.wait_until(&probe, deadline),
-            None => loop {
-                if !probe.arm() {
-                    return true;
-                }
-                match deadline {
-                    None => thread::park(),
-                    Some(d) => {
-                        let now = Instant::now();
-                        if now >= d {
-                            return probe.probe();
-                        }
-                        thread::park_timeout(d - now);
-                    }
-                }
-            },
-        }
+        latch::block_until(&probe, deadline)
     }
 
     fn take_output(&mut self) -> Result<T, JoinError> {
