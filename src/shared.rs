@@ -16,7 +16,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_deque::Steal;
 use crossbeam_utils::CachePadded;
@@ -28,8 +28,10 @@ use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
 use crate::sleep::Sleep;
 use crate::task::body::{Body, Once};
+use crate::task::raw::{self, TaskRef};
+use crate::task::schedule::Schedule;
 use crate::task::state::State;
-use crate::task::{raw, JoinHandle};
+use crate::task::JoinHandle;
 use crate::time::driver::{Timer, NEVER};
 use crate::worker::WorkerThread;
 
@@ -433,6 +435,30 @@ impl Shared {
     }
 }
 
+/// The pool as its tasks' owner (`task/schedule.rs`).
+impl Schedule for Shared {
+    #[inline]
+    fn is_closed(&self) -> bool {
+        Shared::is_closed(self)
+    }
+
+    #[inline]
+    fn counters(&self) -> &Counters {
+        Shared::counters(self)
+    }
+
+    fn retry_after(&self, delay: Duration, job: JobRef, lane: usize) {
+        let deadline = Instant::now()
+            .checked_add(delay)
+            .map_or(NEVER, |at| self.timer.tick_ceil(at));
+        self.timer.insert(deadline, job, lane, self);
+    }
+
+    fn cancel_retry(&self, task: TaskRef) {
+        self.timer.cancel(task, self);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use std::time::Duration;
@@ -476,7 +502,7 @@ mod tests {
 
             // A push as from a spawn that passed the `closed` check just before shutdown.
             let shared = pool.shared();
-            let (job, handle) = raw::allocate(|| 5, shared, 1);
+            let (job, handle) = raw::allocate(|| 5, &**shared, 1);
             shared.push(1, job, true);
             // SAFETY: the handle's reference of a task with output `i32`.
             let h: JoinHandle<i32> = unsafe { JoinHandle::from_raw(handle) };

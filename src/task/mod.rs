@@ -3,6 +3,8 @@
 //! - `state.rs`: the atomic state word, its bit table and invariants, every RMW;
 //! - `raw.rs`: the allocation (header + stage), its vtable, and the harness that runs,
 //!   cancels, completes and frees a task;
+//! - `schedule.rs`: [`Schedule`](schedule::Schedule), all the harness knows of the pool
+//!   that owns a task;
 //! - `alloc.rs`: where the allocation comes from: the global allocator, or the one spare
 //!   block a thread keeps from the last task it freed;
 //! - `body.rs`: what a task runs: one `FnOnce` attempt, or a retrying `FnMut`;
@@ -27,6 +29,7 @@ mod handle;
 #[path = "tests/loom_state.rs"]
 mod loom_state;
 pub(crate) mod raw;
+pub(crate) mod schedule;
 pub(crate) mod state;
 
 pub use body::{RetryAny, ShouldRetry};

@@ -3,7 +3,7 @@
 //! ```text
 //! Cell<B> (#[repr(C)], one heap allocation)
 //! ┌──────────────────────────────── Header ─────────────────────────────────┐┌──── Stage ────┐
-//! │ job (vtable) │ state │ pool │ waker: Option<Waker> │ attempts │ priority ││ B | O | panic │
+//! │ job (vtable) │ state │ owner │ waker: Option<Waker> │ attempts │ lane   ││ B | O | panic │
 //! └─────────────────────────────────────────────────────────────────────────┘└───────────────┘
 //! ```
 //!
@@ -13,29 +13,34 @@
 //! (cancelled, shut down).
 //!
 //! A claimer runs one attempt of the body (`body.rs`). `Done` completes the task. `Retry`
-//! sends the task back to the timer: the worker moves RUNNING → SCHEDULED (from then on a
-//! `cancel` wins), then hands the timer its reference (inbox `Insert`). A canceller's
-//! `Cancel` may overtake that `Insert`; the driver pairs them up (see `time/driver.rs`).
+//! sends the task back to its owner's timer: the worker moves RUNNING → SCHEDULED (from
+//! then on a `cancel` wins), then hands the owner its reference
+//! ([`Schedule::retry_after`]). A canceller's [`Schedule::cancel_retry`] may overtake it;
+//! the pool's timer driver pairs them up (see `time/driver.rs`).
+//!
+//! The harness is generic over the owner `S` (`schedule.rs`) and knows nothing else of
+//! the pool: the header keeps the owner as an untyped pointer, and `Cell<B, S>`'s vtable
+//! functions, made for that `S`, cast it back.
 
 use std::alloc::Layout;
 use std::any::Any;
+use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_utils::Backoff;
 
 use super::alloc;
 use super::body::{Attempt, Body, Once};
 use super::error::JoinError;
+use super::schedule::{Schedule, Unowned};
 use super::state::{Outcome, Snapshot, State, TransitionToRunning};
 use crate::job::{JobHeader, JobRef, JobVtable};
 use crate::loom::{AtomicU32, Ordering, UnsafeCell};
 use crate::metrics::Counters;
-use crate::shared::Shared;
-use crate::time::wheel::NEVER;
 use crate::util::{drop_quietly, run_quietly};
 
 /// The fixed-layout start of every task.
@@ -44,10 +49,10 @@ pub(crate) struct Header {
     /// First, so a task pointer is a job pointer. Its vtable is a `TaskVtable`.
     pub(crate) job: JobHeader,
     pub(crate) state: State,
-    /// The pool that accepted the task (null for a refused spawn). Reached only by a
-    /// claimer, while the task sits in a queue or the timer of that live pool
-    /// (invariants 5 and 6 of `state.rs`).
-    pub(crate) pool: *const Shared,
+    /// The owner that accepted the task, an `S: Schedule` of the cell's type (null for a
+    /// refused spawn). Reached only by a claimer or a canceller, while the task sits in a
+    /// queue or the timer of that live owner (invariants 5 and 6 of `state.rs`).
+    owner: *const (),
     /// The joiner's waker (invariant 3 of `state.rs`).
     pub(crate) waker: UnsafeCell<Option<Waker>>,
     /// Attempts started so far; written only by the claimer.
@@ -84,16 +89,18 @@ union Stage<B: Body> {
 }
 
 #[repr(C)]
-struct Cell<B: Body> {
+struct Cell<B: Body, S> {
     header: Header,
     stage: UnsafeCell<Stage<B>>,
+    /// The owner's type, which `header.owner` points at.
+    owner: PhantomData<fn() -> S>,
 }
 
 impl Header {
     /// The task's vtable.
     pub(crate) fn vtable(&self) -> &'static TaskVtable {
-        // SAFETY: every task header is built by `Cell::<B>::header` with a pointer to the
-        // `'static` `Cell::<B>::VTABLE`, a `#[repr(C)]` struct whose first field is the job
+        // SAFETY: every task header is built by `Cell::<B, S>::allocate` with a pointer to the
+        // `'static` `Cell::<B, S>::VTABLE`, a `#[repr(C)]` struct whose first field is the job
         // table, and the pointer was derived from a reference to the whole struct.
         unsafe { &*self.job.vtable.cast::<TaskVtable>() }
     }
@@ -101,28 +108,29 @@ impl Header {
 
 /// Allocates a QUEUED task. Returns the queued reference and the handle's pointer (the two
 /// references of invariant 4).
-pub(crate) fn allocate<F, T>(func: F, pool: &Shared, lane: usize) -> (JobRef, NonNull<Header>)
+pub(crate) fn allocate<F, T, S>(func: F, owner: &S, lane: usize) -> (JobRef, NonNull<Header>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
+    S: Schedule,
 {
-    allocate_body(Once(func), State::new(), pool, lane)
+    allocate_body(Once(func), State::new(), owner, lane)
 }
 
 /// Allocates a task with any body in `state` (QUEUED or SCHEDULED): the queue's (or
 /// timer's) reference and the handle's pointer.
-pub(crate) fn allocate_body<B: Body>(
+pub(crate) fn allocate_body<B: Body, S: Schedule>(
     body: B,
     state: State,
-    pool: &Shared,
+    owner: &S,
     lane: usize,
 ) -> (JobRef, NonNull<Header>) {
-    let ptr = Cell::<B>::allocate(
+    let ptr = Cell::<B, S>::allocate(
         Stage {
             body: ManuallyDrop::new(body),
         },
         state,
-        pool,
+        (owner as *const S).cast(),
         lane,
     );
     // SAFETY: a fresh task, live until both references are dropped; the first goes to the
@@ -134,7 +142,7 @@ pub(crate) fn allocate_body<B: Body>(
 /// pool). `body` is dropped now; the only reference is the handle's.
 pub(crate) fn allocate_refused<B: Body>(body: B) -> NonNull<Header> {
     drop_quietly(body);
-    Cell::<B>::allocate(
+    Cell::<B, Unowned>::allocate(
         Stage { empty: () },
         State::new_complete(Outcome::Shutdown),
         std::ptr::null(),
@@ -192,7 +200,7 @@ pub(crate) unsafe fn fire(job: &JobRef) -> bool {
     header.state.transition_scheduled_to_queued().is_ok()
 }
 
-impl<B: Body> Cell<B> {
+impl<B: Body, S: Schedule> Cell<B, S> {
     const VTABLE: TaskVtable = TaskVtable {
         job: JobVtable {
             execute: Self::execute,
@@ -205,25 +213,21 @@ impl<B: Body> Cell<B> {
         dealloc: Self::dealloc,
     };
 
-    fn allocate(
-        stage: Stage<B>,
-        state: State,
-        pool: *const Shared,
-        lane: usize,
-    ) -> NonNull<Header> {
+    fn allocate(stage: Stage<B>, state: State, owner: *const (), lane: usize) -> NonNull<Header> {
         let cell = alloc::allocate(Layout::new::<Self>()).cast::<Self>();
-        let value = Cell::<B> {
+        let value = Cell::<B, S> {
             header: Header {
                 job: JobHeader {
                     vtable: (&Self::VTABLE as *const TaskVtable).cast(),
                 },
                 state,
-                pool,
+                owner,
                 waker: UnsafeCell::new(None),
                 attempts: AtomicU32::new(0),
                 lane: lane as u8,
             },
             stage: UnsafeCell::new(stage),
+            owner: PhantomData,
         };
         // SAFETY: a fresh block with the layout of `Self`, ours alone: the write
         // initializes it.
@@ -374,8 +378,19 @@ impl<B: Body> Cell<B> {
         drop_counted(body, counters);
     }
 
-    /// Sends a failed attempt back to the timer (module docs), or resolves it as shut down
-    /// if the pool is closing.
+    /// The task's owner.
+    ///
+    /// # Safety
+    /// The caller claimed the task from a queue or the timer of its owner, or holds the
+    /// handle of a task it claimed while it waited there: the owner is alive (invariants
+    /// 5 and 6 of `state.rs`), and it is an `S` (it was allocated as a `Cell<B, S>`).
+    unsafe fn owner<'a>(&self) -> &'a S {
+        // SAFETY: the caller's promise.
+        unsafe { &*self.header.owner.cast::<S>() }
+    }
+
+    /// Sends a failed attempt back to its owner's timer (module docs), or resolves it as
+    /// shut down if the owner is closing.
     ///
     /// # Safety
     /// The caller claimed the task, its body is live, and it passes on the queued
@@ -383,17 +398,14 @@ impl<B: Body> Cell<B> {
     unsafe fn reschedule(ptr: NonNull<Header>, delay: Duration, counters: &Counters) {
         // SAFETY: live (we hold the reference).
         let this = unsafe { Self::from_header(ptr) };
-        // SAFETY: we are running the task, so its pool is alive (a worker or a drainer
-        // holds it).
-        let pool = unsafe { &*this.header.pool };
-        if pool.is_closed() {
+        // SAFETY: we claimed the task from one of its owner's queues, so the owner is
+        // alive (a worker or a drainer holds it).
+        let owner = unsafe { this.owner() };
+        if owner.is_closed() {
             // SAFETY: as our caller's.
             unsafe { Self::abandon(ptr, Outcome::Shutdown, counters) };
             return;
         }
-        let deadline = Instant::now()
-            .checked_add(delay)
-            .map_or(NEVER, |at| pool.timer.tick_ceil(at));
         counters.bump(&counters.retried);
         let lane = this.header.lane as usize;
         // SCHEDULED first: from here a `cancel` wins (and sends the driver a `Cancel`,
@@ -401,7 +413,7 @@ impl<B: Body> Cell<B> {
         this.header.state.transition_running_to_scheduled();
         // SAFETY: we hand the timer the queued reference we own.
         let job = unsafe { JobRef::new(ptr.cast()) };
-        pool.timer.insert(deadline, job, lane, pool);
+        owner.retry_after(delay, job, lane);
     }
 
     /// Shutdown side: resolve a waiting task as shut down without running it. Consumes the
@@ -438,17 +450,18 @@ impl<B: Body> Cell<B> {
         };
         // SAFETY: claimed; the body is live.
         let body = unsafe { this.take_body() };
-        // SAFETY: the task waited in a queue or the timer of a live pool, and whoever holds
-        // its reference waits for COMPLETE before letting the pool go (invariants 5, 6).
-        let pool = unsafe { &*this.header.pool };
-        let counters = pool.counters();
+        // SAFETY: the task waited in a queue or the timer of its live owner, and whoever
+        // holds its reference waits for COMPLETE before letting the owner go (invariants
+        // 5, 6).
+        let owner = unsafe { this.owner() };
+        let counters = owner.counters();
         counters.bump(&counters.cancelled);
         if before.is_scheduled() {
             // Invariant 6: tell the driver to drop the wheel entry now, with a reference
             // that keeps this address from being reused until it did.
             this.header.state.ref_inc();
             // SAFETY: we just added the reference that the `TaskRef` owns.
-            pool.timer.cancel(unsafe { TaskRef::from_raw(ptr) }, pool);
+            owner.cancel_retry(unsafe { TaskRef::from_raw(ptr) });
         }
         // The body goes before `complete`: after it, the pool may be gone (invariant 5).
         drop_counted(body, counters);
@@ -622,6 +635,6 @@ mod tests {
         assert_eq!(mem::size_of::<Header>(), 48);
         // An empty closure with unit output costs one header and one pointer of stage:
         // 56 bytes, the same 64-byte malloc chunk as 48.
-        assert_eq!(mem::size_of::<Cell<Once<fn()>>>(), 48 + 8);
+        assert_eq!(mem::size_of::<Cell<Once<fn()>, Unowned>>(), 48 + 8);
     }
 }
