@@ -541,7 +541,7 @@ impl<'a> TaskBuilder<'a> {
                 };
                 shared
                     .timer
-                    .insert_periodic(first, schedule.clone(), shared);
+                    .insert_periodic(first, schedule.clone(), &**shared);
             }
             Periodic::new(schedule, shared.clone())
         })

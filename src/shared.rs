@@ -32,6 +32,7 @@ use crate::task::raw::{self, TaskRef};
 use crate::task::schedule::Schedule;
 use crate::task::state::State;
 use crate::task::JoinHandle;
+use crate::time::dispatch::Dispatch;
 use crate::time::driver::{Timer, NEVER};
 use crate::worker::WorkerThread;
 
@@ -432,6 +433,31 @@ impl Shared {
         if let Some(h) = &self.stop_hook {
             let _ = panic::catch_unwind(AssertUnwindSafe(|| h(index)));
         }
+    }
+}
+
+/// The pool as its timer's destination (`time/dispatch.rs`).
+impl Dispatch for Shared {
+    #[inline]
+    fn timer(&self) -> &Timer {
+        &self.timer
+    }
+
+    #[inline]
+    fn counters(&self) -> &Counters {
+        Shared::counters(self)
+    }
+
+    fn push_due(&self, lane: usize, job: JobRef) {
+        self.push(lane, job, false);
+    }
+
+    fn is_shut_down(&self) -> bool {
+        self.sleep.is_closed()
+    }
+
+    fn driver_exited(&self) {
+        self.thread_exited();
     }
 }
 

@@ -46,12 +46,12 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::CachePadded;
 
+use super::dispatch::Dispatch;
 use super::periodic::PeriodicState;
 pub(crate) use super::wheel::NEVER;
 use super::wheel::{Key, Wheel};
 use crate::job::JobRef;
 use crate::loom::{fence, AtomicBool, AtomicU64, Ordering};
-use crate::shared::Shared;
 use crate::task::raw::{self, TaskRef};
 
 /// `sleeping_until` while the driver is awake and will look at its inbox again.
@@ -181,7 +181,7 @@ impl Entry {
 
     /// Resolves the entry without firing it: a task as shut down (or, if a canceller
     /// claimed it, just drops the timer's reference), a schedule as cancelled.
-    fn discard(self, shared: &Shared) {
+    fn discard<D: Dispatch + ?Sized>(self, shared: &D) {
         match self {
             Entry::Task(job, _) => job.discard(shared.counters()),
             Entry::Periodic(s, _) => {
@@ -191,7 +191,7 @@ impl Entry {
     }
 }
 
-/// The senders' side of the timer, shared through the pool's `Shared`.
+/// The senders' side of the timer, reached through the pool's [`Dispatch`].
 pub(crate) struct Timer {
     inbox: Injector<Msg>,
     /// `sleeping_until` and `gone`.
@@ -243,7 +243,13 @@ impl Timer {
     }
 
     /// Hands a SCHEDULED task's timer reference to the driver.
-    pub(crate) fn insert(&self, deadline: u64, job: JobRef, lane: usize, pool: &Shared) {
+    pub(crate) fn insert<D: Dispatch + ?Sized>(
+        &self,
+        deadline: u64,
+        job: JobRef,
+        lane: usize,
+        pool: &D,
+    ) {
         self.send(
             Msg::Insert {
                 deadline,
@@ -256,27 +262,31 @@ impl Timer {
     }
 
     /// Asks the driver to drop a cancelled task's wheel entry now.
-    pub(crate) fn cancel(&self, task: TaskRef, pool: &Shared) {
+    pub(crate) fn cancel<D: Dispatch + ?Sized>(&self, task: TaskRef, pool: &D) {
         // Deadline 1: wake the driver unless it is awake anyway, so the memory goes now.
         self.send(Msg::Cancel(task), 1, pool);
     }
 
     /// Starts a periodic schedule, first due at `deadline`.
-    pub(crate) fn insert_periodic(
+    pub(crate) fn insert_periodic<D: Dispatch + ?Sized>(
         &self,
         deadline: u64,
         schedule: Arc<PeriodicState>,
-        pool: &Shared,
+        pool: &D,
     ) {
         self.send(Msg::InsertPeriodic { deadline, schedule }, deadline, pool);
     }
 
     /// Asks the driver to drop a cancelled schedule's wheel entry now.
-    pub(crate) fn cancel_periodic(&self, schedule: Arc<PeriodicState>, pool: &Shared) {
+    pub(crate) fn cancel_periodic<D: Dispatch + ?Sized>(
+        &self,
+        schedule: Arc<PeriodicState>,
+        pool: &D,
+    ) {
         self.send(Msg::CancelPeriodic(schedule), 1, pool);
     }
 
-    fn send(&self, msg: Msg, deadline: u64, pool: &Shared) {
+    fn send<D: Dispatch + ?Sized>(&self, msg: Msg, deadline: u64, pool: &D) {
         self.inbox.push(msg);
         match self.handoff.after_send(deadline) {
             AfterSend::DrainAfterExit => self.drain_after_exit(pool),
@@ -307,7 +317,7 @@ impl Timer {
     }
 
     /// After the driver exited: resolve whatever a racing sender left in the inbox.
-    fn drain_after_exit(&self, pool: &Shared) {
+    fn drain_after_exit<D: Dispatch + ?Sized>(&self, pool: &D) {
         let counters = pool.counters();
         loop {
             match self.inbox.steal() {
@@ -342,8 +352,8 @@ struct Driver {
 }
 
 /// The scheduler thread's body. Returns when the pool shuts down.
-pub(crate) fn run(shared: Arc<Shared>) {
-    let timer = &shared.timer;
+pub(crate) fn run<D: Dispatch>(shared: Arc<D>) {
+    let timer = shared.timer();
     let _ = timer.thread.set(thread::current());
     let mut driver = Driver {
         wheel: Wheel::new(),
@@ -354,17 +364,17 @@ pub(crate) fn run(shared: Arc<Shared>) {
     };
     loop {
         timer.handoff.set_awake();
-        driver.drain_inbox(&shared);
-        if shared.sleep.is_closed() {
+        driver.drain_inbox(&*shared);
+        if shared.is_shut_down() {
             break;
         }
-        driver.fire_due(&shared, Instant::now());
+        driver.fire_due(&*shared, Instant::now());
         let next = driver.wheel.next_deadline().unwrap_or(NEVER);
         timer
             .pending
             .store(driver.wheel.len() as u64, Ordering::Relaxed);
         timer.handoff.publish_and_fence(next);
-        if !timer.inbox.is_empty() || shared.sleep.is_closed() {
+        if !timer.inbox.is_empty() || shared.is_shut_down() {
             continue;
         }
         match timer.instant_of(next) {
@@ -377,14 +387,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
             None => thread::park(),
         }
     }
-    driver.shut_down(&shared);
-    shared.thread_exited();
+    driver.shut_down(&*shared);
+    shared.driver_exited();
 }
 
 impl Driver {
-    fn drain_inbox(&mut self, shared: &Shared) {
+    fn drain_inbox<D: Dispatch>(&mut self, shared: &D) {
         loop {
-            match shared.timer.inbox.steal() {
+            match shared.timer().inbox.steal() {
                 Steal::Success(Msg::Insert {
                     deadline,
                     job,
@@ -432,7 +442,7 @@ impl Driver {
         self.keys.insert(id, key);
     }
 
-    fn remove(&mut self, id: NonNull<()>, shared: &Shared) {
+    fn remove<D: Dispatch>(&mut self, id: NonNull<()>, shared: &D) {
         if let Some(key) = self.keys.remove(&id) {
             if let Some(entry) = self.wheel.cancel(key) {
                 entry.discard(shared);
@@ -440,8 +450,8 @@ impl Driver {
         }
     }
 
-    fn fire_due(&mut self, shared: &Shared, now: Instant) {
-        let now = shared.timer.tick_floor(now);
+    fn fire_due<D: Dispatch>(&mut self, shared: &D, now: Instant) {
+        let now = shared.timer().tick_floor(now);
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
         for entry in expired.drain(..) {
@@ -450,8 +460,8 @@ impl Driver {
                 Entry::Task(job, lane) => {
                     // SAFETY: task entries are SCHEDULED tasks' timer references.
                     if unsafe { raw::fire(&job) } {
-                        shared.timer.fired.fetch_add(1, Ordering::Relaxed);
-                        shared.push(lane, job, false);
+                        shared.timer().fired.fetch_add(1, Ordering::Relaxed);
+                        shared.push_due(lane, job);
                     } else {
                         // A canceller claimed it while SCHEDULED: its `Cancel` is coming.
                         self.tombstones.insert(job.as_ptr().cast());
@@ -463,8 +473,8 @@ impl Driver {
                         continue;
                     }
                     if let Some(run) = schedule.try_queue_run() {
-                        shared.timer.fired.fetch_add(1, Ordering::Relaxed);
-                        shared.push(schedule.lane, run, false);
+                        shared.timer().fired.fetch_add(1, Ordering::Relaxed);
+                        shared.push_due(schedule.lane, run);
                     }
                     let (next, skipped) = next_due(due, schedule.period, now);
                     schedule.add_missed(skipped);
@@ -477,8 +487,8 @@ impl Driver {
 
     /// Resolves every pending timer (tasks as shut down, schedules as cancelled), then
     /// leaves.
-    fn shut_down(mut self, shared: &Shared) {
-        let timer = &shared.timer;
+    fn shut_down<D: Dispatch>(mut self, shared: &D) {
+        let timer = shared.timer();
         self.drain_inbox(shared);
         for (_, key) in self.keys.drain() {
             if let Some(entry) = self.wheel.cancel(key) {

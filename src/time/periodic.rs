@@ -23,10 +23,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::dispatch::Dispatch;
 use crate::job::{JobHeader, JobRef, JobVtable};
 use crate::loom::{AtomicU64, AtomicU8, Ordering};
 use crate::metrics::Counters;
-use crate::shared::Shared;
 use crate::util::AbortOnPanic;
 
 const QUEUED: u8 = 1 << 0;
@@ -208,15 +208,15 @@ impl RunJob {
 /// ```
 pub struct Periodic {
     schedule: Arc<PeriodicState>,
-    shared: Arc<Shared>,
+    pool: Arc<dyn Dispatch>,
     detached: bool,
 }
 
 impl Periodic {
-    pub(crate) fn new(schedule: Arc<PeriodicState>, shared: Arc<Shared>) -> Periodic {
+    pub(crate) fn new(schedule: Arc<PeriodicState>, pool: Arc<dyn Dispatch>) -> Periodic {
         Periodic {
             schedule,
-            shared,
+            pool,
             detached: false,
         }
     }
@@ -229,9 +229,9 @@ impl Periodic {
             return false;
         }
         // Drop the wheel entry now rather than at its next tick.
-        self.shared
-            .timer
-            .cancel_periodic(self.schedule.clone(), &self.shared);
+        self.pool
+            .timer()
+            .cancel_periodic(self.schedule.clone(), &*self.pool);
         true
     }
 
