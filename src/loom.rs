@@ -56,3 +56,16 @@ impl<T: ?Sized> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+/// One step of a spin-wait for another thread: crossbeam's `Backoff::snooze`, or under loom
+/// a yield, which lets the model run the thread being waited for.
+#[inline]
+pub(crate) fn snooze(backoff: &crossbeam_utils::Backoff) {
+    #[cfg(not(loom))]
+    backoff.snooze();
+    #[cfg(loom)]
+    {
+        let _ = backoff;
+        loom::thread::yield_now();
+    }
+}

@@ -47,6 +47,19 @@ thread_local! {
     static SPARE: Spare = const { Spare(Cell::new(None)) };
 }
 
+#[cfg(loom)]
+thread_local! {
+    /// Blocks handed out and not yet freed, for the loom models' leak and double-free
+    /// checks (loom runs a model's threads on the test's own thread).
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+/// Blocks allocated and not yet freed on this thread's models (loom only).
+#[cfg(loom)]
+pub(crate) fn live_blocks() -> isize {
+    LIVE.get()
+}
+
 /// Allocates a block for `layout`: the thread's spare if it has that layout, else from
 /// the global allocator (aborting through `handle_alloc_error` if that fails).
 ///
@@ -54,6 +67,8 @@ thread_local! {
 #[inline]
 pub(crate) fn allocate(layout: Layout) -> NonNull<u8> {
     debug_assert!(layout.size() > 0);
+    #[cfg(loom)]
+    LIVE.set(LIVE.get() + 1);
     let spare = SPARE.try_with(|s| match s.0.get() {
         Some(b) if b.layout == layout => {
             s.0.set(None);
@@ -77,6 +92,8 @@ pub(crate) fn allocate(layout: Layout) -> NonNull<u8> {
 /// not used again by the caller.
 #[inline]
 pub(crate) unsafe fn free(ptr: NonNull<u8>, layout: Layout) {
+    #[cfg(loom)]
+    LIVE.set(LIVE.get() - 1);
     if layout.size() <= SPARE_MAX {
         let kept = SPARE.try_with(|s| {
             if s.0.get().is_none() {

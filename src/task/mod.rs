@@ -26,6 +26,9 @@ mod error;
 pub(crate) mod frame;
 mod handle;
 #[cfg(all(test, loom))]
+#[path = "tests/loom_raw.rs"]
+mod loom_raw;
+#[cfg(all(test, loom))]
 #[path = "tests/loom_state.rs"]
 mod loom_state;
 pub(crate) mod raw;

@@ -280,7 +280,7 @@ impl<B: Body, S: Schedule> Cell<B, S> {
                 // Between a claim and `complete`, or a retry between RUNNING and
                 // SCHEDULED: no user code runs there, so this wait is short unless the
                 // other thread was preempted.
-                TransitionToRunning::Failed(_) => backoff.snooze(),
+                TransitionToRunning::Failed(_) => crate::loom::snooze(&backoff),
             }
         }
     }

@@ -1,9 +1,10 @@
 //! Loom models of the task state machine (`state.rs`), run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom`.
 //!
-//! `raw.rs` cannot run under loom as it is (it needs a live `Shared` pool, crossbeam's
-//! queues and real wakers), so [`Task`] is a small stand-in that drives the real [`State`]
-//! exactly as `raw.rs` and `handle.rs` do, with loom cells in place of the allocation:
+//! `loom_raw.rs` runs the real harness (`raw.rs`, `handle.rs`) through the same races. Loom
+//! cannot see a use of memory after it was freed, so this file keeps a stand-in: [`Task`]
+//! drives the real [`State`] exactly as `raw.rs` and `handle.rs` do, with loom cells in
+//! place of the allocation, one of which stands for the allocation itself:
 //!
 //! - `stage`: the body / output union. Every access goes through a loom `UnsafeCell`, so
 //!   two threads touching it without a happens-before edge is a reported data race
