@@ -1,13 +1,14 @@
 //! Jobs: what the queues carry.
 //!
 //! Every queue holds [`JobRef`]s: one pointer to a [`JobHeader`] at the start of some
-//! job. Three kinds exist, each `#[repr(C)]` with the header first:
+//! job. Four kinds exist, each `#[repr(C)]` with the header first:
 //!
 //! | kind | lives | made by | freed by |
 //! | --- | --- | --- | --- |
 //! | task (`task::raw::Cell`) | heap, one allocation | `spawn` | the last task reference |
 //! | [`StackJob`] | the stack of a thread blocked on its latch | `join`, `install` | that frame |
 //! | [`HeapJob`] | heap | `Scope::spawn` | itself, after it ran |
+//! | a periodic run (`time::periodic::RunJob`) | heap | the timer driver, when a schedule comes due | itself, when run or discarded |
 //!
 //! A `JobRef` in a queue owns the right to run the job exactly once. Whoever takes it out
 //! calls either [`JobRef::execute`] (run it, on a worker) or [`JobRef::discard`] (the pool is

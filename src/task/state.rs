@@ -2,7 +2,7 @@
 //!
 //! | bits | name | meaning | set by | cleared by | never with |
 //! | --- | --- | --- | --- | --- | --- |
-//! | 0 | `RUNNING` | someone claimed the stage: a worker runs the closure, or a canceller drops it | `try_claim` (a sole owner: `try_claim_sole_owner`) | `complete` | `COMPLETE` |
+//! | 0 | `RUNNING` | someone claimed the stage: a worker runs the closure, or a canceller drops it | `try_claim` (a sole owner: `try_claim_sole_owner`) | `complete` (and `complete_and_release_if_unwatched`); a retry's `transition_running_to_scheduled` | `COMPLETE` |
 //! | 1 | `COMPLETE` | the outcome is final; the stage holds the output (or nothing) | `complete` | never | `RUNNING` |
 //! | 2 | `JOIN_INTEREST` | the `JoinHandle` is alive | `new` | handle drop (`drop_join_interest`) | |
 //! | 3 | `JOIN_WAKER` | a waker is stored; the task side may read it | `set_join_waker` | `unset_join_waker` | |
@@ -13,8 +13,9 @@
 //! | 12.. | `REF_COUNT` | references: the handle, and the one queued/running reference | `new` | `ref_dec` | |
 //!
 //! Lifecycle (the names of the design doc): SCHEDULED (in the timer); QUEUED = neither
-//! `RUNNING`, `COMPLETE` nor `SCHEDULED`; RUNNING; then COMPLETE with one of four outcomes. The value outcome covers COMPLETE;
-//! PANICKED, CANCELLED and SHUT DOWN are the others.
+//! `RUNNING`, `COMPLETE` nor `SCHEDULED`; RUNNING (back to SCHEDULED for a retry); then
+//! COMPLETE with one of the five [`Outcome`]s: a value, panicked, cancelled, shut down or
+//! timed out.
 //!
 //! ## Invariants
 //! 1. *Claim.* The stage (closure) is touched only by the thread whose `try_claim` CAS set
@@ -242,6 +243,7 @@ impl State {
     /// locked CAS. Returns the state before; `None` (changing nothing) when someone else
     /// may still reach the task, or it is claimed or complete: use `try_claim`.
     #[inline]
+    #[must_use]
     pub(crate) fn try_claim_sole_owner(&self) -> Option<Snapshot> {
         // Acquire: pairs with the handle's release of its reference (as in
         // `is_sole_owner`), so everything the handle did happens before we touch the stage.
@@ -259,6 +261,7 @@ impl State {
     /// publishes the stage to the handle; Acquire sees the waker the handle stored before
     /// setting `JOIN_WAKER` (invariant 3).
     #[inline]
+    #[must_use]
     pub(crate) fn complete(&self, outcome: Outcome) -> Snapshot {
         let prev = self
             .val
@@ -272,6 +275,7 @@ impl State {
     /// output goes to the handle, so the caller never touches the task again. Returns
     /// false, changing nothing, otherwise. One RMW instead of `complete` plus `ref_dec`.
     #[inline]
+    #[must_use]
     pub(crate) fn complete_and_release_if_unwatched(&self, outcome: Outcome) -> bool {
         let mut cur = self.val.load(Ordering::Relaxed);
         loop {
@@ -295,6 +299,7 @@ impl State {
     /// The completing claimer owns the whole task: the handle is gone and only the
     /// caller's reference is left, so no other thread can reach the task again.
     #[inline]
+    #[must_use]
     pub(crate) fn is_sole_owner(&self) -> bool {
         // Acquire: pairs with the handle's release of its reference, so everything the
         // handle did happens before we free the task (as in `Arc`'s drop).
@@ -380,7 +385,8 @@ impl State {
     }
 
     /// A retry goes back to the timer: RUNNING → SCHEDULED. Only the claimer calls this,
-    /// after handing the timer its reference (see `raw.rs`).
+    /// before it hands the timer its reference (`raw.rs`, `reschedule`): from here a
+    /// `cancel` wins, and its `Cancel` may overtake that reference (invariant 6).
     pub(crate) fn transition_running_to_scheduled(&self) {
         // Release: the body's state after this attempt is published to the next claimer
         // (who acquires in `try_claim`).
@@ -410,6 +416,7 @@ impl State {
     /// other thread can reach the word or add a reference (only a handle adds one,
     /// invariant 4), so nobody sees the count.
     #[inline]
+    #[must_use]
     pub(crate) fn ref_dec(&self) -> bool {
         // Acquire: pairs with the Release of every other reference's drop, so their
         // accesses happen before the caller frees the task.
