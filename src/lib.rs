@@ -202,7 +202,7 @@ pub use pool::{
 pub use retry::{RetryPolicy, DEFAULT_MAX_ATTEMPTS};
 pub use scope::Scope;
 pub use task::{Cancelled, JoinError, JoinHandle, RetryAny, ShouldRetry};
-pub use time::periodic::Periodic;
+pub use time::periodic_handle::Periodic;
 
 use worker::WorkerThread;
 

@@ -17,7 +17,8 @@ use crate::shared::{Hook, Refused, Shared};
 use crate::sleep::MAX_WORKERS;
 use crate::task::body::{Body, Limited, Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
-use crate::time::periodic::{Periodic, PeriodicState};
+use crate::time::periodic::PeriodicState;
+use crate::time::periodic_handle::Periodic;
 use crate::worker::WorkerThread;
 
 /// The environment variable read for the default worker count (like rayon's

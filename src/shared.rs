@@ -28,12 +28,12 @@ use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
 use crate::sleep::Sleep;
 use crate::task::body::{Body, Once};
-use crate::task::raw::{self, TaskRef};
+use crate::task::header::TaskRef;
+use crate::task::raw;
 use crate::task::schedule::Schedule;
 use crate::task::state::State;
 use crate::task::JoinHandle;
-use crate::time::dispatch::Dispatch;
-use crate::time::driver::{Timer, NEVER};
+use crate::time::driver::{Dispatch, Timer, NEVER};
 use crate::worker::WorkerThread;
 
 /// Why a submission was refused.
@@ -436,7 +436,7 @@ impl Shared {
     }
 }
 
-/// The pool as its timer's destination (`time/dispatch.rs`).
+/// The pool as its timer's destination (`time/driver.rs`).
 impl Dispatch for Shared {
     #[inline]
     fn timer(&self) -> &Timer {

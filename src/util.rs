@@ -1,8 +1,11 @@
 //! Small helpers with no protocol of their own: the unwind helpers in one place
-//! ([`AbortOnPanic`], [`drop_quietly`] / [`run_quietly`] with the process-wide count of
-//! panics caught from user `Drop`s, [`panic_message`]) and the steal-victim xorshift.
+//! ([`AbortOnPanic`], [`drop_quietly`] / [`run_quietly`] / [`drop_counted`] with the
+//! process-wide count of panics caught from user `Drop`s, [`panic_message`]) and the
+//! steal-victim xorshift.
 
 use std::cell::Cell;
+
+use crate::metrics::Counters;
 
 /// Aborts the process if dropped while panicking.
 ///
@@ -46,6 +49,13 @@ pub(crate) fn run_quietly(f: impl FnOnce()) -> bool {
             std::mem::forget(payload);
             true
         }
+    }
+}
+
+/// `drop_quietly`, also counting a panic in the pool's `drop_panics`.
+pub(crate) fn drop_counted<X>(x: X, counters: &Counters) {
+    if drop_quietly(x) {
+        counters.bump(&counters.drop_panics);
     }
 }
 

@@ -5,9 +5,9 @@ use std::mem::ManuallyDrop;
 use std::time::Duration;
 
 use super::frame;
-use super::raw::drop_counted;
 use crate::metrics::Counters;
 use crate::retry::RetryPolicy;
+use crate::util::drop_counted;
 
 /// The result of one attempt.
 pub(crate) enum Attempt<O> {

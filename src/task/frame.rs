@@ -20,7 +20,7 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use super::error::Cancelled;
-use super::raw::Header;
+use super::header::Header;
 use crate::job::JobHeader;
 
 thread_local! {

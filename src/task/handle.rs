@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::error::JoinError;
 use super::frame;
-use super::raw::Header;
+use super::header::Header;
 use crate::latch::{self, Probe};
 
 /// An owned permission to wait for a task's result, or to cancel it.

@@ -1,8 +1,10 @@
 //! Tasks: one allocation holding the closure and, once it ran, its outcome.
 //!
 //! - `state.rs`: the atomic state word, its bit table and invariants, every RMW;
-//! - `raw.rs`: the allocation (header + stage), its vtable, and the harness that runs,
-//!   cancels, completes and frees a task;
+//! - `header.rs`: the fixed-layout start of every task, its vtable, and `TaskRef`, all
+//!   that code outside the harness sees of a task;
+//! - `raw.rs`: the allocation (header + stage) and the harness that runs, cancels,
+//!   completes and frees a task;
 //! - `schedule.rs`: [`Schedule`](schedule::Schedule), all the harness knows of the pool
 //!   that owns a task;
 //! - `alloc.rs`: where the allocation comes from: the global allocator, or the one spare
@@ -25,6 +27,7 @@ pub(crate) mod body;
 mod error;
 pub(crate) mod frame;
 mod handle;
+pub(crate) mod header;
 #[cfg(all(test, loom))]
 #[path = "tests/loom_raw.rs"]
 mod loom_raw;

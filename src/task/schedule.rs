@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::raw::TaskRef;
+use super::header::TaskRef;
 use crate::job::JobRef;
 use crate::metrics::Counters;
 

@@ -46,13 +46,13 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 use crossbeam_utils::CachePadded;
 
-use super::dispatch::Dispatch;
 use super::periodic::PeriodicState;
 pub(crate) use super::wheel::NEVER;
 use super::wheel::{Key, Wheel};
 use crate::job::JobRef;
 use crate::loom::{fence, AtomicBool, AtomicU64, Ordering};
-use crate::task::raw::{self, TaskRef};
+use crate::metrics::Counters;
+use crate::task::header::{self, TaskRef};
 
 /// `sleeping_until` while the driver is awake and will look at its inbox again.
 const AWAKE: u64 = 0;
@@ -189,6 +189,27 @@ impl Entry {
             }
         }
     }
+}
+
+/// What the timer driver and its senders need of the pool: the pool's `Shared`
+/// implements it.
+pub(crate) trait Dispatch: Send + Sync + 'static {
+    /// The pool's timer (its inbox and hand-off).
+    fn timer(&self) -> &Timer;
+
+    /// The counter block the current thread writes.
+    fn counters(&self) -> &Counters;
+
+    /// Queues a timer that came due in `lane`: a task made QUEUED again, or a run of a
+    /// periodic schedule.
+    fn push_due(&self, lane: usize, job: JobRef);
+
+    /// True once the pool shut down and its workers are leaving: the driver resolves
+    /// what is left and exits.
+    fn is_shut_down(&self) -> bool;
+
+    /// The driver thread finished its work (the pool's shutdown waits for it).
+    fn driver_exited(&self);
 }
 
 /// The senders' side of the timer, reached through the pool's [`Dispatch`].
@@ -459,7 +480,7 @@ impl Driver {
             match entry {
                 Entry::Task(job, lane) => {
                     // SAFETY: task entries are SCHEDULED tasks' timer references.
-                    if unsafe { raw::fire(&job) } {
+                    if unsafe { header::fire(&job) } {
                         shared.timer().fired.fetch_add(1, Ordering::Relaxed);
                         shared.push_due(lane, job);
                     } else {

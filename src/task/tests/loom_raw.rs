@@ -29,7 +29,8 @@ use crate::loom::{AtomicBool, AtomicUsize, Ordering};
 use crate::metrics::Counters;
 use crate::task::alloc;
 use crate::task::body::{Attempt, Body, Once};
-use crate::task::raw::{self, TaskRef};
+use crate::task::header::{self, TaskRef};
+use crate::task::raw;
 use crate::task::schedule::Schedule;
 use crate::task::state::State;
 use crate::task::JoinHandle;
@@ -378,7 +379,7 @@ fn loom_real_fire_races_cancel() {
             let owner = owner.clone();
             thread::spawn(move || {
                 // SAFETY: `job` is the timer's reference.
-                let fired = unsafe { raw::fire(&job) };
+                let fired = unsafe { header::fire(&job) };
                 if fired {
                     job.execute(&owner.counters);
                 } else {
@@ -435,7 +436,7 @@ fn loom_real_retry_races_fire_and_cancel() {
                 let retried = owner.timer.lock().unwrap().pop();
                 if let Some(job) = retried {
                     // SAFETY: the timer's reference, handed over by `retry_after`.
-                    let fired = unsafe { raw::fire(&job) };
+                    let fired = unsafe { header::fire(&job) };
                     if fired {
                         job.execute(&owner.counters);
                     } else {
