@@ -182,9 +182,7 @@ mod tests {
         let p = RetryPolicy::fixed(100 * MS).jitter(0.25);
         let mut x = 0x1234_5678_9abc_def0u64;
         for _ in 0..10_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            x = crate::util::xorshift64(x);
             let d = p.jittered_delay(1, x);
             assert!(d >= 75 * MS && d <= 100 * MS, "{d:?}");
         }

@@ -1,7 +1,7 @@
 //! Small helpers with no protocol of their own: the unwind helpers in one place
 //! ([`AbortOnPanic`], [`drop_quietly`] / [`run_quietly`] / [`drop_counted`] with the
 //! process-wide count of panics caught from user `Drop`s, [`panic_message`]) and the
-//! steal-victim xorshift.
+//! xorshift generators ([`xorshift64`], [`XorShift64Star`]).
 
 use std::cell::Cell;
 
@@ -57,6 +57,16 @@ pub(crate) fn drop_counted<X>(x: X, counters: &Counters) {
     if drop_quietly(x) {
         counters.bump(&counters.drop_panics);
     }
+}
+
+/// One step of Marsaglia's xorshift64 (13, 7, 17): the next value of a non-zero state, for
+/// jitter and test data, where a few instructions of randomness are enough.
+#[inline]
+pub(crate) fn xorshift64(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
 }
 
 /// A tiny xorshift generator for picking steal victims; not for anything else.
@@ -120,9 +130,7 @@ mod stress {
                     .map_or(1, |d| d.as_nanos() as u64);
                 x = (here ^ now) | 1;
             }
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            x = super::xorshift64(x);
             s.set(x);
             x
         });

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::frame;
 use crate::metrics::Counters;
 use crate::retry::RetryPolicy;
-use crate::util::drop_counted;
+use crate::util::{drop_counted, xorshift64};
 
 /// The result of one attempt.
 pub(crate) enum Attempt<O> {
@@ -118,9 +118,7 @@ where
         let this: &mut Self = body;
         match (this.f)() {
             Err(e) if attempt < this.policy.attempts() && this.should_retry.should_retry(&e) => {
-                this.seed ^= this.seed << 13;
-                this.seed ^= this.seed >> 7;
-                this.seed ^= this.seed << 17;
+                this.seed = xorshift64(this.seed);
                 Attempt::Retry(this.policy.jittered_delay(attempt, this.seed))
             }
             result => {

@@ -964,9 +964,7 @@ mod tests {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut want = Vec::new();
         for i in 0..5000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            x = crate::util::xorshift64(x);
             let d = x % (30 * WHEEL_SPAN);
             wheel.insert(d, i);
             want.push((d, i));
