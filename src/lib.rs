@@ -171,7 +171,6 @@
 mod bound;
 #[cfg(feature = "redis")]
 pub mod celery;
-mod global;
 mod job;
 mod join;
 mod lanes;
@@ -204,6 +203,7 @@ pub use scope::Scope;
 pub use task::{Cancelled, JoinError, JoinHandle, RetryAny, ShouldRetry};
 pub use time::periodic::Periodic;
 
+use pool::global;
 use worker::WorkerThread;
 
 /// Internals exposed for weft's own benchmarks (`benches/timer.rs`). Not a stable API:
