@@ -32,33 +32,9 @@ use crossbeam_utils::CachePadded;
 
 use crate::bound::Bound;
 use crate::job::JobRef;
+use crate::lane::LANES;
 use crate::loom::{AtomicU8, Ordering};
 use crate::util::XorShift64Star;
-
-/// The priority of a task: which lane it waits in.
-///
-/// Higher lanes are always searched first, but a lower lane is never starved: see the
-/// fairness rule in the crate docs. The default is [`Priority::Normal`].
-///
-/// ```
-/// use weft::Priority;
-/// assert_eq!(Priority::default(), Priority::Normal);
-/// assert!(Priority::High > Priority::Low);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    /// Background work: runs when nothing more urgent waits, and at a guaranteed minimum
-    /// rate otherwise.
-    Low,
-    /// Ordinary work.
-    #[default]
-    Normal,
-    /// Urgent work: searched first.
-    High,
-}
-
-/// Number of lanes.
-pub(crate) const LANES: usize = 3;
 
 /// The length of the fairness cycle, in picks per worker.
 pub(crate) const FAIRNESS_INTERVAL: u32 = 32;
@@ -71,18 +47,6 @@ const _: () = assert!(NORMAL_TURN < FAIRNESS_INTERVAL && LOW_TURN < FAIRNESS_INT
 const _: () = assert!(NORMAL_TURN != LOW_TURN);
 // At most one pick in 16 goes to a lower lane while a higher one has work.
 const _: () = assert!(FAIRNESS_INTERVAL >= 2 * 16);
-
-impl Priority {
-    /// The lane index: 0 is searched first.
-    #[inline]
-    pub(crate) fn lane(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
-        }
-    }
-}
 
 /// The lane order for a worker's `pick`-th pick (see the module docs).
 #[inline]

@@ -173,6 +173,7 @@ mod bound;
 pub mod celery;
 mod job;
 mod join;
+mod lane;
 mod lanes;
 mod latch;
 mod loom;
@@ -192,7 +193,7 @@ mod util;
 mod worker;
 
 pub use join::join;
-pub use lanes::Priority;
+pub use lane::Priority;
 pub use metrics::Metrics;
 pub use pool::{
     default_workers, BuildError, Builder, Pool, RetryBuilder, ShutdownReport, TaskBuilder,

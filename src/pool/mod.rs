@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::job::StackJob;
-use crate::lanes::Priority;
+use crate::lane::Priority;
 use crate::latch::ThreadLatch;
 use crate::metrics::Metrics;
 use crate::scope::Scope;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::TrySpawnError;
-use crate::lanes::Priority;
+use crate::lane::Priority;
 use crate::retry::RetryPolicy;
 use crate::shared::{Refused, Shared};
 use crate::task::body::{Body, Limited, Once, RetryAny, Retrying, ShouldRetry};
