@@ -7,6 +7,9 @@
 //! | `Normal` | `Lane::NORMAL` | 1 |
 //! | `Low` | `Lane::LOW` | 2 |
 //!
+//! Names (`Priority::as_str`, `Priority::from_name`) are what the service's API, its
+//! event stream and the `weft` command write: `"high"`, `"normal"`, `"low"`.
+//!
 //! Indices run over `0..LANES` and index every per-lane array (injectors, deques, bounds);
 //! the `const` checks below and `lane::tests` keep this table true. The lane a task waits
 //! in is fixed when it is spawned; `join` halves and scope jobs take the lane of the job
@@ -79,6 +82,42 @@ impl From<Priority> for Lane {
 }
 
 impl Priority {
+    /// The priority's name: `"high"`, `"normal"` or `"low"`, as the service's HTTP API
+    /// and the `weft` command write it.
+    ///
+    /// ```
+    /// use weft::Priority;
+    /// assert_eq!(Priority::High.as_str(), "high");
+    /// assert_eq!(Priority::default().as_str(), "normal");
+    /// assert_eq!(Priority::Low.as_str(), "low");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// The priority named `name`, as [`as_str`](Self::as_str) writes it (lowercase, no
+    /// spaces), or `None`.
+    ///
+    /// ```
+    /// use weft::Priority;
+    /// assert_eq!(Priority::from_name("high"), Some(Priority::High));
+    /// assert_eq!(Priority::from_name(Priority::Low.as_str()), Some(Priority::Low));
+    /// assert_eq!(Priority::from_name("High"), None);
+    /// assert_eq!(Priority::from_name("urgent"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Priority> {
+        match name {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+
     /// The lane index: 0 is searched first.
     #[inline]
     pub(crate) fn lane(self) -> usize {
@@ -101,5 +140,15 @@ mod tests {
                 assert_eq!(a > b, a.lane() < b.lane(), "{a:?} against {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn names_round_trip_and_are_distinct() {
+        assert_eq!(ALL.map(Priority::as_str), ["high", "normal", "low"]);
+        for p in ALL {
+            assert_eq!(Priority::from_name(p.as_str()), Some(p));
+        }
+        assert_eq!(Priority::from_name(""), None);
+        assert_eq!(Priority::from_name("NORMAL"), None);
     }
 }
