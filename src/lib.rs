@@ -231,10 +231,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match WorkerThread::current() {
-        Some(w) => w.shared.spawn(Priority::Normal, f),
-        None => global::pool().spawn(f),
-    }
+    global::with_current_or_global(|shared| shared.spawn(Priority::Normal, f))
 }
 
 /// Task options for the pool of the thread that calls `spawn` on them: the current
@@ -263,10 +260,7 @@ pub fn scope<'scope, OP, R>(op: OP) -> R
 where
     OP: FnOnce(&Scope<'scope>) -> R,
 {
-    match WorkerThread::current() {
-        Some(w) => scope::run(&w.shared, op),
-        None => global::pool().scope(op),
-    }
+    global::with_current_or_global(|shared| scope::run(shared, op))
 }
 
 /// Asks whether the task running on this thread should stop: `Err` once its handle

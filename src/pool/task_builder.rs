@@ -12,7 +12,6 @@ use crate::shared::{Refused, Shared};
 use crate::task::body::{Body, Limited, Once, RetryAny, Retrying, ShouldRetry};
 use crate::task::JoinHandle;
 use crate::time::periodic::{Periodic, PeriodicState};
-use crate::worker::WorkerThread;
 
 /// Options for one task; made by [`Pool::task`].
 ///
@@ -236,10 +235,7 @@ impl<'a> TaskBuilder<'a> {
     fn with_shared<R>(&self, f: impl FnOnce(&Arc<Shared>) -> R) -> R {
         match self.target {
             Target::Pool(shared) => f(shared),
-            Target::Current => match WorkerThread::current() {
-                Some(w) => f(&w.shared),
-                None => f(super::global::pool().shared()),
-            },
+            Target::Current => super::global::with_current_or_global(f),
         }
     }
 
