@@ -26,7 +26,7 @@ use std::sync::PoisonError;
 
 use crossbeam_utils::CachePadded;
 
-use crate::lanes::LANES;
+use crate::lane::LANES;
 #[cfg(not(all(test, shuttle)))]
 use crate::loom::{AtomicUsize, Condvar, Mutex, Ordering};
 // The gate blocks on a mutex and condvar and never spins, so shuttle can drive it: under

@@ -32,33 +32,9 @@ use crossbeam_utils::CachePadded;
 
 use crate::bound::Bound;
 use crate::job::JobRef;
+use crate::lane::{Lane, LANES};
 use crate::loom::{AtomicU8, Ordering};
 use crate::util::XorShift64Star;
-
-/// The priority of a task: which lane it waits in.
-///
-/// Higher lanes are always searched first, but a lower lane is never starved: see the
-/// fairness rule in the crate docs. The default is [`Priority::Normal`].
-///
-/// ```
-/// use weft::Priority;
-/// assert_eq!(Priority::default(), Priority::Normal);
-/// assert!(Priority::High > Priority::Low);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    /// Background work: runs when nothing more urgent waits, and at a guaranteed minimum
-    /// rate otherwise.
-    Low,
-    /// Ordinary work.
-    #[default]
-    Normal,
-    /// Urgent work: searched first.
-    High,
-}
-
-/// Number of lanes.
-pub(crate) const LANES: usize = 3;
 
 /// The length of the fairness cycle, in picks per worker.
 pub(crate) const FAIRNESS_INTERVAL: u32 = 32;
@@ -72,25 +48,16 @@ const _: () = assert!(NORMAL_TURN != LOW_TURN);
 // At most one pick in 16 goes to a lower lane while a higher one has work.
 const _: () = assert!(FAIRNESS_INTERVAL >= 2 * 16);
 
-impl Priority {
-    /// The lane index: 0 is searched first.
-    #[inline]
-    pub(crate) fn lane(self) -> usize {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
-        }
-    }
-}
-
 /// The lane order for a worker's `pick`-th pick (see the module docs).
 #[inline]
 pub(crate) fn lane_order(pick: u32) -> [usize; LANES] {
+    const HIGH: usize = Lane::HIGH.index();
+    const NORMAL: usize = Lane::NORMAL.index();
+    const LOW: usize = Lane::LOW.index();
     match pick % FAIRNESS_INTERVAL {
-        LOW_TURN => [2, 1, 0],
-        NORMAL_TURN => [1, 0, 2],
-        _ => [0, 1, 2],
+        LOW_TURN => [LOW, NORMAL, HIGH],
+        NORMAL_TURN => [NORMAL, HIGH, LOW],
+        _ => [HIGH, NORMAL, LOW],
     }
 }
 
@@ -528,13 +495,13 @@ mod tests {
             let mut sorted = o;
             sorted.sort();
             assert_eq!(sorted, [0, 1, 2], "each lane exactly once");
-            if o[0] != 0 {
+            if o[0] != Lane::HIGH.index() {
                 lower_first += 1;
             }
-            match o[0] {
-                2 => low_first += 1,
-                1 => normal_first += 1,
-                _ => {}
+            if o[0] == Lane::LOW.index() {
+                low_first += 1;
+            } else if o[0] == Lane::NORMAL.index() {
+                normal_first += 1;
             }
         }
         // Over 4 cycles: low and normal each go first once per cycle; together at most
@@ -568,20 +535,21 @@ mod tests {
         let lanes = Lanes::new(vec![stealers], None);
         let rng = XorShift64Star::new(1);
         let headers = fakes(20);
+        let normal = Lane::NORMAL.index();
         let mut model = VecDeque::new();
         for h in &headers[..10] {
-            lanes.inject(1, job(h));
+            lanes.inject(normal, job(h));
             model.push_back(NonNull::from(h));
         }
         let mut pick = 0;
         for h in &headers[10..] {
-            local.push_spawned(1, job(h));
+            local.push_spawned(normal, job(h));
         }
         // The injector batch moves into the local FIFO behind the already-queued spawns, so
         // the worker runs its own spawns first, then the injected ones in order.
         let mut got = Vec::new();
         while let Some((j, lane, _)) = lanes.find(0, &local, pick, &rng) {
-            assert_eq!(lane, 1);
+            assert_eq!(lane, normal);
             got.push(j.as_ptr().cast::<JobHeader>());
             pick += 1;
         }
@@ -597,16 +565,20 @@ mod tests {
         let lanes = Lanes::new(vec![a_steal, b_steal], None);
         let rng = XorShift64Star::new(7);
         let h = fakes(3);
+        let normal = Lane::NORMAL.index();
         for x in &h {
-            a_local.push_join(1, job(x));
+            a_local.push_join(normal, job(x));
         }
-        assert_eq!(a_local.pop_join(1).unwrap().as_ptr(), NonNull::from(&h[2]));
+        assert_eq!(
+            a_local.pop_join(normal).unwrap().as_ptr(),
+            NonNull::from(&h[2])
+        );
         let (stolen, _, src) = lanes.find(1, &b_local, 0, &rng).unwrap();
         assert_eq!(src, Source::Stolen);
         assert_eq!(stolen.as_ptr(), NonNull::from(&h[0]));
-        assert_eq!(lanes.len(1), 1);
+        assert_eq!(lanes.len(normal), 1);
         assert!(!lanes.is_empty());
-        let _ = a_local.pop_join(1);
+        let _ = a_local.pop_join(normal);
         assert!(lanes.is_empty() && a_local.is_empty());
     }
 }

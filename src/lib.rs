@@ -171,9 +171,9 @@
 mod bound;
 #[cfg(feature = "redis")]
 pub mod celery;
-mod global;
 mod job;
 mod join;
+mod lane;
 mod lanes;
 mod latch;
 mod loom;
@@ -193,7 +193,7 @@ mod util;
 mod worker;
 
 pub use join::join;
-pub use lanes::Priority;
+pub use lane::Priority;
 pub use metrics::Metrics;
 pub use pool::{
     default_workers, BuildError, Builder, Pool, RetryBuilder, ShutdownReport, TaskBuilder,
@@ -204,6 +204,7 @@ pub use scope::Scope;
 pub use task::{Cancelled, JoinError, JoinHandle, RetryAny, ShouldRetry};
 pub use time::periodic_handle::Periodic;
 
+use pool::global;
 use worker::WorkerThread;
 
 /// Internals exposed for weft's own benchmarks (`benches/timer.rs`). Not a stable API:
@@ -230,10 +231,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match WorkerThread::current() {
-        Some(w) => w.shared.spawn(Priority::Normal, f),
-        None => global::pool().spawn(f),
-    }
+    global::with_current_or_global(|shared| shared.spawn(Priority::Normal, f))
 }
 
 /// Task options for the pool of the thread that calls `spawn` on them: the current
@@ -262,10 +260,7 @@ pub fn scope<'scope, OP, R>(op: OP) -> R
 where
     OP: FnOnce(&Scope<'scope>) -> R,
 {
-    match WorkerThread::current() {
-        Some(w) => scope::run(&w.shared, op),
-        None => global::pool().scope(op),
-    }
+    global::with_current_or_global(|shared| scope::run(shared, op))
 }
 
 /// Asks whether the task running on this thread should stop: `Err` once its handle

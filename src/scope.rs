@@ -14,6 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::job::HeapJob;
+use crate::lane::Lane;
 use crate::latch::{self, CountLatch, Latch};
 use crate::shared::Shared;
 use crate::worker::WorkerThread;
@@ -100,7 +101,10 @@ impl<'scope> Scope<'scope> {
             job.execute(self.shared.counters());
             return;
         }
-        let lane = self.shared.current_worker().map_or(1, WorkerThread::lane);
+        let lane = self
+            .shared
+            .current_worker()
+            .map_or(Lane::NORMAL.index(), WorkerThread::lane);
         self.shared.push(lane, job, false);
     }
 }

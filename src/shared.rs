@@ -23,7 +23,8 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 
 use crate::job::JobRef;
-use crate::lanes::{Lanes, Priority, LANES};
+use crate::lane::{Priority, LANES};
+use crate::lanes::Lanes;
 use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
 use crate::sleep::Sleep;

@@ -69,7 +69,7 @@ impl WorkerThread {
             shared,
             local,
             picks: Cell::new(0),
-            lane: Cell::new(1),
+            lane: Cell::new(crate::lane::Lane::NORMAL.index()),
             searching: Cell::new(false),
             frames: Frames::new(),
             heartbeat: Heartbeat::new(),

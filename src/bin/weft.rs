@@ -334,7 +334,11 @@ fn print_json<T: serde::Serialize>(value: &T) {
 // ---- weft watch ----------------------------------------------------------------------
 
 /// The lanes, in the order shown.
-const LANES: [&str; 3] = ["high", "normal", "low"];
+const LANES: [&str; 3] = [
+    Priority::High.as_str(),
+    Priority::Normal.as_str(),
+    Priority::Low.as_str(),
+];
 
 /// What one frame shows, from a `stats` event of the node's event stream.
 struct Frame {

@@ -131,7 +131,7 @@ where
                 (ra, b())
             }
         }
-        None => crate::global::pool().install(|| join(a, b)),
+        None => crate::Pool::global().install(|| join(a, b)),
     }
 }
 

@@ -34,6 +34,7 @@ use tokio::sync::broadcast;
 use super::app::App;
 use super::store::now_ms;
 use super::wire::TaskInfo;
+use crate::Priority;
 
 /// Frames the channel holds: how far a client may fall behind before it is dropped.
 pub(crate) const EVENT_BUFFER: usize = 1024;
@@ -122,7 +123,11 @@ pub(crate) fn stats(app: &App) -> serde_json::Value {
     .sum();
     json!({
         "at_ms": now_ms(),
-        "queued": {"high": m.queued_high, "normal": m.queued_normal, "low": m.queued_low},
+        "queued": {
+            Priority::High.as_str(): m.queued_high,
+            Priority::Normal.as_str(): m.queued_normal,
+            Priority::Low.as_str(): m.queued_low,
+        },
         "scheduled": m.timers_pending,
         "workers": m.workers,
         "busy": load(&live.running).min(m.workers),

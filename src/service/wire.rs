@@ -144,13 +144,9 @@ impl From<PriorityName> for Priority {
     }
 }
 
-/// The lane's name on the wire.
+/// The lane's name on the wire ([`Priority::as_str`]).
 pub(crate) fn priority_name(p: Priority) -> &'static str {
-    match p {
-        Priority::High => "high",
-        Priority::Normal => "normal",
-        Priority::Low => "low",
-    }
+    p.as_str()
 }
 
 /// A retry policy given with one submission.

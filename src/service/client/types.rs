@@ -48,30 +48,13 @@ pub(crate) mod priority_name {
     use super::Priority;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn as_str(p: Priority) -> &'static str {
-        match p {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-
-    pub(crate) fn from_str(s: &str) -> Option<Priority> {
-        match s {
-            "high" => Some(Priority::High),
-            "normal" => Some(Priority::Normal),
-            "low" => Some(Priority::Low),
-            _ => None,
-        }
-    }
-
     pub(crate) fn serialize<S: Serializer>(p: &Priority, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(as_str(*p))
+        s.serialize_str(p.as_str())
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
         let s = String::deserialize(d)?;
-        from_str(&s).ok_or_else(|| {
+        Priority::from_name(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "unknown priority {s:?} (expected high, normal or low)"
             ))
@@ -141,7 +124,7 @@ impl SubmitOptions {
         let mut body = serde_json::Map::new();
         body.insert("args".into(), args);
         if let Some(p) = self.priority {
-            body.insert("priority".into(), priority_name::as_str(p).into());
+            body.insert("priority".into(), p.as_str().into());
         }
         if let Some(d) = self.delay {
             body.insert("delay_ms".into(), millis(d).into());

@@ -1,10 +1,13 @@
 //! The global pool behind `weft::spawn`, `weft::join` and `weft::scope`: an ordinary
 //! [`Pool`] built lazily in a `OnceLock` on first use, or configured once by
-//! [`Builder::build_global`].
+//! [`Builder::build_global`]; and [`with_current_or_global`], the one place that chooses
+//! between the current worker's pool and the global one.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::pool::{BuildError, Builder, Pool};
+use crate::shared::Shared;
+use crate::worker::WorkerThread;
 
 static GLOBAL: OnceLock<Pool> = OnceLock::new();
 
@@ -19,6 +22,16 @@ pub(crate) fn pool() -> &'static Pool {
             .build()
             .unwrap_or_else(|e| panic!("weft: cannot build the global pool: {e}"))
     })
+}
+
+/// Runs `f` with the pool that work started on this thread belongs to: the current
+/// worker's pool, or the global pool (built on first use) outside any pool. The pool of
+/// `weft::spawn`, `weft::task` and `weft::scope`. The borrow cannot escape `f`.
+pub(crate) fn with_current_or_global<R>(f: impl FnOnce(&Arc<Shared>) -> R) -> R {
+    match WorkerThread::current() {
+        Some(w) => f(&w.shared),
+        None => f(pool().shared()),
+    }
 }
 
 pub(crate) fn set(builder: Builder) -> Result<(), BuildError> {
