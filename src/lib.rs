@@ -151,6 +151,67 @@
 //! Within one lane, tasks submitted from one thread start in submission order when one
 //! worker takes them; with several workers, roughly so.
 //!
+//! # How the crate is built
+//!
+//! A map for contributors; each file's own docs hold the details. Paths are under `src/`.
+//!
+//! **Parts, from the bottom up.** Nothing below the pool knows the pool: the task and the
+//! timer reach it through one small trait each.
+//!
+//! | part | owns |
+//! | --- | --- |
+//! | `loom.rs`, `util.rs` | the std/loom switch of every atomic; the unwind helpers (`drop_quietly`, `drop_counted`, `AbortOnPanic`, `panic_message`) and xorshift |
+//! | `metrics.rs`, `latch.rs`, `job.rs` | per-worker counters; one-shot latches and `latch::block_until`, the one blocking wait (run work on a worker, else park); `JobRef`, what a queue carries (four kinds of job) |
+//! | `task/` | a task: `header.rs` (what others see of it), `state.rs` (the state word), `raw.rs` (the allocation and the harness), `body.rs`, `frame.rs` (what this thread runs: checkpoints, time limits), `handle.rs` ([`JoinHandle`]); `schedule.rs`: the `Schedule` seam, all it knows of its owner |
+//! | `time/` | `wheel.rs` (the timing wheel), `driver.rs` (the timer thread and its `Dispatch` seam to the pool), periodic schedules |
+//! | `lane.rs`, `lanes.rs`, `bound.rs`, `sleep.rs` | [`Priority`] and `Lane`; the lanes' deques and injectors and the search order; `max_queued` admission; the sleep protocol |
+//! | **the hub**: `shared.rs`, `worker.rs` | `Shared`, one pool's state, which every worker and `Pool` handle points at, implements `Schedule` and `Dispatch`, routes pushes and owns shutdown; `WorkerThread`, the find-run-park loop. The two import each other, and are the only files of the core that do |
+//! | `pool/`, `scope.rs`, `join/` | the public API over the hub: [`Pool`], [`Builder`], [`TaskBuilder`], the global pool (`pool/global.rs`), [`Scope`], [`join`] with its heartbeat |
+//! | `registry.rs`, `service/`, `celery/` | named tasks (features); the node-local service; Celery's protocol (`celery/mod.rs` and `celery/worker/mod.rs` describe their parts) |
+//!
+//! **A spawn.** [`spawn`] → `pool::global::with_current_or_global` → `Shared::spawn` →
+//! `task::raw::allocate` (one allocation, QUEUED, two references: handle and queue) →
+//! `Shared::push` (the current worker's deque, else the lane's injector; wakes a parked
+//! worker if none is searching, `sleep.rs`) → a worker's `WorkerThread::find_work`
+//! (`Lanes::find`) → `WorkerThread::execute` → `task::frame::enter` → the task vtable's
+//! `execute` (`raw.rs`: claim, `Body::attempt` under `catch_unwind`, `complete`, wake the
+//! joiner) → [`JoinHandle::join`] → `latch::block_until`.
+//!
+//! **A retry.** The attempt returns `Attempt::Retry` (`body.rs`, `Retrying`) →
+//! `Cell::reschedule` (`raw.rs`: RUNNING → SCHEDULED) → `Schedule::retry_after` (on
+//! `Shared`) → `Timer::insert` → the driver thread (`time/driver.rs`, `run`, `fire_due`) →
+//! `task::header::fire` → `Dispatch::push_due` → a worker runs the next attempt in the same
+//! allocation. A `cancel` meanwhile wins: `Schedule::cancel_retry` → `Timer::cancel`.
+//!
+//! **A join.** [`join`] (`join/mod.rs`) on a worker records `b` as a `StackJob` in the
+//! worker's private frames (`join/frames.rs`), runs `a`, then runs `b` inline, or, if the
+//! heartbeat (`join/heartbeat.rs`) shared it and a thief took it, waits on its `SpinLatch`
+//! running other work (`WorkerThread::wait_until`). Off a worker it runs inside
+//! [`Pool::install`] of the global pool.
+//!
+//! **A Celery message** (feature `redis`). The consumer thread (`celery/worker/intake.rs`,
+//! `consume`) fetches from the transport (`celery/redis/transport.rs` or
+//! `celery/amqp/`), decodes it (`TaskMessage::decode`, `celery/protocol.rs`), screens it
+//! (`screen`: revoked, expired, ETA), finds the task in the registry (`registry.rs`) and spawns its run
+//! (`spawn`, planned by `celery/worker/run.rs`) on the worker's [`Pool`]; the run's result
+//! and what follows it in a workflow (`celery/canvas/after.rs`) go to the finisher thread
+//! (`celery/worker/finisher.rs`), which writes results and acknowledges messages in
+//! batches through the transport's settler.
+//!
+//! **Numbered invariants and protocols** live with the state they guard: the task state
+//! word (`task/state.rs`), the sleep and shutdown hand-offs (`sleep.rs`, `shared.rs`), the
+//! timer hand-off and loop (`time/driver.rs`), the wheel (`time/wheel.rs`), periodic runs
+//! (`time/periodic.rs`), `join` (`join/mod.rs`), the service's store, journal, event
+//! stream and connections (`service/store.rs`, `journal.rs`, `live.rs`, `serve.rs`,
+//! `socket.rs`), and Celery's beat, rate limits and Sentinel (`celery/beat/mod.rs`,
+//! `celery/worker/limits.rs`, `celery/sentinel.rs`).
+//!
+//! **Where tests go.** Unit tests in a `#[cfg(test)] mod tests` at the end of their file
+//! while the file is short (about 150 lines of tests), else in `tests.rs` beside it; loom
+//! and shuttle models in `<module>/tests/loom_*.rs` (`cfg(loom)`; the task's models run the
+//! real harness, `task/tests/loom_raw.rs`); tests of the public API, and fault tests that
+//! start brokers or processes, in the crate's `tests/` folder, sharing `tests/common/`.
+//!
 //! # Cargo features
 //!
 //! The default build depends only on crossbeam-deque, crossbeam-utils and parking_lot.
