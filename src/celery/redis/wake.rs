@@ -48,7 +48,7 @@ pub const POLL_WITHOUT_TRACKING: Duration = Duration::from_millis(20);
 /// consumer's waits end by their timeout, so a message of an added queue waits at most one
 /// wait of the consumer, never for good.
 pub struct Wake {
-    state: parking_lot::Mutex<State>,
+    state: parking_lot::Mutex<WakeState>,
     /// Consumers waiting for the generation to move on.
     cv: parking_lot::Condvar,
     /// The tracker waiting for a consumer to ask for an arm.
@@ -60,7 +60,7 @@ pub struct Wake {
 }
 
 /// What [`Wake`]'s lock guards.
-struct State {
+struct WakeState {
     gen: u64,
     /// The watch is armed: every change to the lists is still to be reported.
     armed: bool,
@@ -78,7 +78,7 @@ impl Wake {
     /// A wake with no tracking yet (its waits poll until a tracker has armed the watch).
     pub fn new() -> Wake {
         Wake {
-            state: parking_lot::Mutex::new(State {
+            state: parking_lot::Mutex::new(WakeState {
                 gen: 0,
                 armed: false,
                 arm_asked: false,
