@@ -20,10 +20,10 @@ pub use rate::{RateLimit, RateLimitError};
 
 /// One run of a task, with its arguments already decoded: the value as JSON, or the
 /// error's message. Called once per attempt.
-pub(crate) type Attempt = Box<dyn FnMut() -> Result<Value, String> + Send>;
+pub(crate) type Invoke = Box<dyn FnMut() -> Result<Value, String> + Send>;
 
-/// Decodes a submission's arguments into an [`Attempt`], or says why they do not fit.
-type Prepare = dyn Fn(Value) -> Result<Attempt, serde_json::Error> + Send + Sync;
+/// Decodes a submission's arguments into an [`Invoke`], or says why they do not fit.
+type Prepare = dyn Fn(Value) -> Result<Invoke, serde_json::Error> + Send + Sync;
 
 /// Per-task defaults: the lane, a retry policy and a time limit. A submission may override
 /// each of them.
@@ -165,14 +165,14 @@ impl TaskOptions {
 
 /// A registered task.
 #[derive(Clone)]
-pub(crate) struct Entry {
+pub(crate) struct Registered {
     pub options: TaskOptions,
     prepare: Arc<Prepare>,
 }
 
-impl Entry {
+impl Registered {
     /// Decodes `args` for this task: the attempt to run, or serde's reason.
-    pub fn prepare(&self, args: Value) -> Result<Attempt, serde_json::Error> {
+    pub fn prepare(&self, args: Value) -> Result<Invoke, serde_json::Error> {
         (self.prepare)(args)
     }
 }
@@ -212,7 +212,7 @@ impl Entry {
 /// ```
 #[derive(Clone, Default)]
 pub struct Registry {
-    tasks: BTreeMap<String, Entry>,
+    tasks: BTreeMap<String, Registered>,
 }
 
 impl Registry {
@@ -246,7 +246,7 @@ impl Registry {
         F: Fn(A) -> Result<O, E> + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        let prepare = move |args: Value| -> Result<Attempt, serde_json::Error> {
+        let prepare = move |args: Value| -> Result<Invoke, serde_json::Error> {
             // Decode once now, to refuse bad arguments before anything runs; a retry
             // decodes the kept JSON again, so `A` need not be `Clone`.
             let first: A = serde_json::from_value(args.clone())?;
@@ -264,7 +264,7 @@ impl Registry {
         };
         self.tasks.insert(
             name.into(),
-            Entry {
+            Registered {
                 options,
                 prepare: Arc::new(prepare),
             },
@@ -304,12 +304,12 @@ impl Registry {
         self.tasks.is_empty()
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Registered> {
         self.tasks.get(name)
     }
 
     #[cfg_attr(not(feature = "service"), allow(dead_code))]
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &Registered)> {
         self.tasks.iter().map(|(k, v)| (k.as_str(), v))
     }
 }

@@ -18,6 +18,7 @@ use common::celery::{
     broker_and_backend, fixtures, python_sends_interop, python_worker_command, rabbitmqctl,
     required, spawn_ready_child, unique, uuid_like, Killed,
 };
+use common::rng::Rng;
 use weft::celery::{AsyncResult, Client, SendOptions, TaskResult, Worker};
 use weft::registry::Registry;
 use weft::Priority;
@@ -175,28 +176,6 @@ fn send_slow_adds(client: &Client, q: &str, runs: &str, n: usize) -> Vec<AsyncRe
                 .unwrap()
         })
         .collect()
-}
-
-/// A small random number generator for kill moments (xorshift; the seed is printed).
-struct Rng(u64);
-
-impl Rng {
-    fn new(what: &str) -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("{what}: seed {seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Waits (up to 30 s) until the test tasks have counted more than `above` runs in the hash
@@ -926,7 +905,7 @@ fn a_killed_worker_loses_no_task() {
     let _b = spawn_child_worker(&env, &q);
     let client = env.client();
     let n = 40;
-    let mut rng = Rng::new("a_killed_worker_loses_no_task");
+    let mut rng = Rng::from_clock("a_killed_worker_loses_no_task");
     let mut conn = env.redis();
     let results = send_slow_adds(&client, &q, &runs, n);
     // kill -9: no shutdown, its unacked messages stay behind.
@@ -961,7 +940,7 @@ fn repeated_kills_at_random_moments_lose_no_task() {
     let runs = unique("runs");
     let client = env.client();
     let mut conn = env.redis();
-    let mut rng = Rng::new("repeated_kills_at_random_moments_lose_no_task");
+    let mut rng = Rng::from_clock("repeated_kills_at_random_moments_lose_no_task");
     let n = 60;
     let results = send_slow_adds(&client, &q, &runs, n);
     let mut ran = Vec::new();
@@ -1520,7 +1499,7 @@ fn a_python_worker_recovers_a_killed_weft_workers_tasks() {
     let mut a = spawn_child_worker(&env, &q);
     let client = env.client();
     let n = 20;
-    let mut rng = Rng::new("a_python_worker_recovers_a_killed_weft_workers_tasks");
+    let mut rng = Rng::from_clock("a_python_worker_recovers_a_killed_weft_workers_tasks");
     let mut conn = env.redis();
     let results = send_slow_adds(&client, &q, &runs, n);
     let ran = kill_while_running(&mut conn, &runs, &mut a, &mut rng, 300, 0);
@@ -1570,7 +1549,7 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
         .unwrap();
     warm.get(Duration::from_secs(60)).unwrap();
     let n = 20;
-    let mut rng = Rng::new("a_weft_worker_recovers_a_killed_python_workers_tasks");
+    let mut rng = Rng::from_clock("a_weft_worker_recovers_a_killed_python_workers_tasks");
     let mut conn = env.redis();
     let results = send_slow_adds(&client, &q, &runs, n);
     let ran = kill_while_running(&mut conn, &runs, &mut python, &mut rng, 300, 0);

@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 use weft::service::client::{State, SubmitOptions, TaskInfo};
 use weft::service::{Client, Node, Registry, RunningNode};
 
+mod common;
+use common::rng::Rng;
+
 /// The longest any wait here may take before the test fails.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -437,36 +440,9 @@ fn child_durable_node() {
         .unwrap();
 }
 
-/// xorshift64*, seeded from the clock (the seed is printed, to replay a failure).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn kill_9_at_random_moments_loses_no_accepted_task() {
-    let seed = std::env::var("WEFT_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("kill -9 test: WEFT_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock("kill -9 test");
     let dir = temp_dir("kill9");
     // (id, expected sum) of every task answered 202, and the results seen before a crash.
     let accepted: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
@@ -488,7 +464,7 @@ fn kill_9_at_random_moments_loses_no_accepted_task() {
             .map(|t| {
                 let (stop, count, accepted) = (stop.clone(), count.clone(), accepted.clone());
                 let client = Client::unix(dir.join("node.sock")).with_busy_retries(100);
-                let mut rng = Rng(seed ^ (round as u64 * 31 + t + 1).wrapping_mul(0x9E37_79B9));
+                let mut rng = rng.split();
                 std::thread::spawn(move || {
                     let mut i = 0i64;
                     while !stop.load(Ordering::Relaxed) {

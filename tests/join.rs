@@ -4,6 +4,7 @@
 //! random timing sum right on pools of every size, nested pools included.
 
 mod common;
+use common::rng::Rng;
 use common::*;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -171,23 +172,10 @@ fn a_panic_from_any_leaf_propagates_and_the_pool_lives_on() {
     }
 }
 
-/// xorshift64*, for reproducible jitter.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// A random binary tree of joins with random work at the nodes, random spawns and scopes
 /// inside; returns the number of leaves (checked against the sequential count).
 fn random_tree(seed: u64, depth: u32) -> u64 {
-    let mut rng = Rng(seed | 1);
-    let r = rng.next();
+    let r = Rng::seeded(seed).next_u64();
     spin(r % 64);
     if depth == 0 || r.is_multiple_of(11) {
         return 1;
@@ -218,8 +206,7 @@ fn random_tree(seed: u64, depth: u32) -> u64 {
 
 /// The same tree counted without weft (the scope and spawn arms count the same leaves).
 fn random_tree_seq(seed: u64, depth: u32) -> u64 {
-    let mut rng = Rng(seed | 1);
-    let r = rng.next();
+    let r = Rng::seeded(seed).next_u64();
     if depth == 0 || r.is_multiple_of(11) {
         return 1;
     }

@@ -35,10 +35,13 @@ use std::time::{Duration, Instant};
 
 use weft::{JoinError, JoinHandle, Pool, Priority, RetryPolicy};
 
+mod common;
+use common::rng::Rng;
+
 /// A balanced tree of `weft::join`s `depth` deep with up to a few µs of random work at each
 /// leaf; returns the number of leaves.
 fn join_tree(seed: u64, depth: u32) -> u64 {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     if depth == 0 {
         let spin = rng.below(2_000);
         let mut x = seed;
@@ -48,7 +51,7 @@ fn join_tree(seed: u64, depth: u32) -> u64 {
         std::hint::black_box(x);
         return 1;
     }
-    let (l, r) = (rng.next() | 1, rng.next() | 1);
+    let (l, r) = (rng.next_u64() | 1, rng.next_u64() | 1);
     let (a, b) = weft::join(|| join_tree(l, depth - 1), || join_tree(r, depth - 1));
     a + b
 }
@@ -142,24 +145,9 @@ fn quiet_panic() -> ! {
 // ---------------------------------------------------------------------------------------
 // Random numbers.
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn priority(&mut self) -> Priority {
-        [Priority::High, Priority::Normal, Priority::Low][self.below(3) as usize]
-    }
+/// A random lane.
+fn random_priority(rng: &mut Rng) -> Priority {
+    [Priority::High, Priority::Normal, Priority::Low][rng.below(3) as usize]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -238,7 +226,7 @@ impl Ctx {
 /// Spawns one random task; returns what to track about it.
 fn spawn_random(ctx: &Arc<Ctx>, rng: &mut Rng) -> Tracked {
     let id = ctx.task_id();
-    let priority = rng.priority();
+    let priority = random_priority(rng);
     let token = Token::new();
     let kind = rng.below(100);
     // A closure whose `Drop` panics: it goes off when the task is cancelled or discarded
@@ -313,10 +301,10 @@ fn spawn_random(ctx: &Arc<Ctx>, rng: &mut Rng) -> Tracked {
         // some first run a tree of `weft::join`s with random work at the leaves.
         let children = rng.below(4);
         let join_them = rng.chance(50);
-        let child_seed = rng.next() | 1;
+        let child_seed = rng.next_u64() | 1;
         let tree = rng
             .chance(30)
-            .then(|| (rng.next() | 1, rng.below(11) as u32));
+            .then(|| (rng.next_u64() | 1, rng.below(11) as u32));
         Handle::Plain(builder.spawn(move || {
             c.runs.ran(id);
             let _keep = &bomb_closure;
@@ -327,16 +315,18 @@ fn spawn_random(ctx: &Arc<Ctx>, rng: &mut Rng) -> Tracked {
                     "a join tree lost a leaf"
                 );
             }
-            let mut rng = Rng(child_seed);
+            let mut rng = Rng::seeded(child_seed);
             let handles: Vec<_> = (0..children)
                 .map(|_| {
                     let child = c.task_id();
                     let cc = c.clone();
                     let t = Token::new();
-                    weft::task().priority(rng.priority()).spawn(move || {
-                        cc.runs.ran(child);
-                        drop(t);
-                    })
+                    weft::task()
+                        .priority(random_priority(&mut rng))
+                        .spawn(move || {
+                            cc.runs.ran(child);
+                            drop(t);
+                        })
                 })
                 .collect();
             if join_them {
@@ -466,7 +456,7 @@ fn drop_catching<T>(x: T) {
 
 /// One submitter's share of the operations.
 fn submitter(ctx: Arc<Ctx>, seed: u64, ops: usize, shutdown_at: Option<usize>) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let mut live: Vec<Tracked> = Vec::new();
     let mut schedules = Vec::new();
     for op in 0..ops {
@@ -515,7 +505,7 @@ fn submitter(ctx: Arc<Ctx>, seed: u64, ops: usize, shutdown_at: Option<usize>) {
             }
             87..=88 => {
                 let token = Token::new();
-                let p = ctx.pool.task().priority(rng.priority()).every(
+                let p = ctx.pool.task().priority(random_priority(&mut rng)).every(
                     Duration::from_micros(rng.below(2_000)),
                     move || {
                         let _keep = &token;
@@ -574,13 +564,13 @@ fn round(seed: u64, ops: usize) -> RoundResult {
         next_task: AtomicUsize::new(0),
         dropper,
     });
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let shutdown_by = rng.below(SUBMITTERS as u64) as usize;
     let per = ops / SUBMITTERS;
     let threads: Vec<_> = (0..SUBMITTERS)
         .map(|i| {
             let ctx = ctx.clone();
-            let seed = rng.next() | 1;
+            let seed = rng.next_u64() | 1;
             // One submitter shuts the pool down somewhere in its second half.
             let at = (i == shutdown_by).then(|| per / 2 + (seed as usize % (per / 2).max(1)));
             thread::spawn(move || submitter(ctx, seed, per, at))
@@ -646,7 +636,7 @@ fn soak() {
     // exist; the big round must not add more live blocks than a bounded slack.
     let warm = round(seed, 2_000);
     let blocks_after_warm_up = LIVE_BLOCKS.load(Ordering::Relaxed);
-    let mut rng = Rng(seed.rotate_left(17) | 1);
+    let mut rng = Rng::seeded(seed.rotate_left(17) | 1);
     let mut big = RoundResult {
         ops: 0,
         tasks: 0,
@@ -654,7 +644,7 @@ fn soak() {
     };
     let mut rounds = 0;
     while big.ops < ops {
-        let r = round(rng.next() | 1, ROUND.min(ops - big.ops).max(1_000));
+        let r = round(rng.next_u64() | 1, ROUND.min(ops - big.ops).max(1_000));
         big.ops += r.ops;
         big.tasks += r.tasks;
         big.elapsed += r.elapsed;

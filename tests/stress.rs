@@ -10,17 +10,18 @@ use std::time::Duration;
 
 use weft::{JoinHandle, Pool, Priority};
 
+mod common;
+use common::rng::Rng;
+
 const HANG: Duration = Duration::from_secs(60);
 
-/// A small per-thread xorshift, seeded per thread, for random timing.
-fn jitter(seed: &mut u64) {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    match *seed % 8 {
+/// Random timing: a yield, a spin or nothing, drawn from a per-thread `rng`.
+fn jitter(rng: &mut Rng) {
+    let r = rng.next_u64();
+    match r % 8 {
         0 => thread::yield_now(),
         1 => {
-            for _ in 0..(*seed % 500) {
+            for _ in 0..(r % 500) {
                 std::hint::spin_loop();
             }
         }
@@ -53,11 +54,11 @@ fn many_producers_inside_and_outside() {
             let start = start.clone();
             thread::spawn(move || {
                 start.wait();
-                let mut seed = t * 7919 + 1;
+                let mut rng = Rng::seeded(t * 7919 + 1);
                 let mut sum = 0;
                 let handles: Vec<_> = (0..PER)
                     .map(|i| {
-                        jitter(&mut seed);
+                        jitter(&mut rng);
                         let ran = ran.clone();
                         let p = pool.clone();
                         pool.task().priority(prio(i)).spawn(move || {
@@ -99,7 +100,7 @@ fn many_producers_inside_and_outside() {
 #[test]
 fn cancel_racing_run_has_exactly_one_winner() {
     let pool = Pool::builder().workers(2).build().unwrap();
-    let mut seed = 12345u64;
+    let mut rng = Rng::seeded(12345);
     for round in 0..20 {
         let ran: Arc<Vec<AtomicBool>> =
             Arc::new((0..500).map(|_| AtomicBool::new(false)).collect());
@@ -115,7 +116,7 @@ fn cancel_racing_run_has_exactly_one_winner() {
         let handles: Vec<_> = handles
             .into_iter()
             .map(|h| {
-                jitter(&mut seed);
+                jitter(&mut rng);
                 let won = h.cancel();
                 (won, h)
             })
@@ -190,10 +191,10 @@ fn shutdown_racing_spawn_resolves_every_handle() {
                 let go = go.clone();
                 thread::spawn(move || {
                     go.wait();
-                    let mut seed = round * 31 + t + 1;
+                    let mut rng = Rng::seeded(round * 31 + t + 1);
                     (0..300)
                         .map(|i| {
-                            jitter(&mut seed);
+                            jitter(&mut rng);
                             let r = ran.clone();
                             pool.task().priority(prio(i)).spawn(move || {
                                 r.fetch_add(1, Ordering::SeqCst);
@@ -204,9 +205,9 @@ fn shutdown_racing_spawn_resolves_every_handle() {
             })
             .collect();
         go.wait();
-        let mut seed = round + 99;
+        let mut rng = Rng::seeded(round + 99);
         for _ in 0..(round * 7 % 50) {
-            jitter(&mut seed);
+            jitter(&mut rng);
         }
         if round % 2 == 0 {
             pool.shutdown();
@@ -232,8 +233,7 @@ fn shutdown_racing_spawn_resolves_every_handle() {
 fn nested_fork_join_on_one_worker_and_stealing_across_many() {
     fn tree(depth: u32, seed: u64) -> u64 {
         if depth == 0 {
-            let mut s = seed | 1;
-            jitter(&mut s);
+            jitter(&mut Rng::seeded(seed));
             return 1;
         }
         let (a, b) = weft::join(

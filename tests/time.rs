@@ -3,6 +3,7 @@
 //! generous upper bounds that only catch hangs.
 
 mod common;
+use common::rng::Rng;
 use common::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,7 +138,7 @@ fn a_huge_delay_never_fires_and_stays_cancellable() {
 #[test]
 fn cancel_racing_fire_has_one_winner() {
     let pool = pool(2);
-    let mut seed = 0x9E37_79B9u64;
+    let mut rng = Rng::seeded(0x9E37_79B9);
     for _ in 0..10 {
         let ran: Arc<Vec<AtomicUsize>> = Arc::new((0..300).map(|_| AtomicUsize::new(0)).collect());
         let handles: Vec<_> = (0..300usize)
@@ -150,11 +151,9 @@ fn cancel_racing_fire_has_one_winner() {
             .collect();
         let mut won = Vec::new();
         for h in &handles {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            if seed.is_multiple_of(3) {
-                for _ in 0..(seed % 2000) {
+            let r = rng.next_u64();
+            if r.is_multiple_of(3) {
+                for _ in 0..(r % 2000) {
                     std::hint::spin_loop();
                 }
             }

@@ -65,7 +65,7 @@ pub(crate) struct Incoming<T> {
     /// The queue it was taken from (its lane).
     pub queue: String,
     /// The task, or why it cannot be one.
-    pub message: Result<TaskMessage, Refused>,
+    pub message: Result<TaskMessage, RefusedMessage>,
     /// What acknowledges it; `None` when there is nothing to acknowledge.
     pub tag: Option<T>,
     /// The broker delivers it again (AMQP's `redelivered`: a connection that held it
@@ -74,7 +74,7 @@ pub(crate) struct Incoming<T> {
 }
 
 /// A message that is not a task weft can run.
-pub(crate) struct Refused {
+pub(crate) struct RefusedMessage {
     pub error: ProtocolError,
     /// Its bytes, for the dead-letter record.
     pub raw: Vec<u8>,

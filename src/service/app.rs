@@ -11,15 +11,15 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::journal::{Final, Journal, JournalTx, NewRow, Op, StoreError};
 use super::live::Live;
 use super::serve::ConnStats;
-use super::store::{now_ms, CancelReply, CancelRequest, Finished, Outcome, Record, Store};
+use super::store::{now_ms, CancelReply, CancelRequest, FinalOutcome, Finished, Record, Store};
 use super::wire::{State, SubmitRequest};
 use super::Registry;
-use crate::registry::Attempt;
+use crate::registry::Invoke;
 use crate::{JoinError, JoinHandle, Pool, Priority, RetryPolicy};
 
 /// Counters of the service itself (the pool keeps its own).
 #[derive(Default)]
-pub(crate) struct Counters {
+pub(crate) struct ServiceCounters {
     pub submitted: AtomicU64,
     pub rejected_full: AtomicU64,
     pub rejected_in_flight: AtomicU64,
@@ -31,7 +31,7 @@ pub(crate) struct Counters {
     pub store_errors: AtomicU64,
 }
 
-impl Counters {
+impl ServiceCounters {
     pub fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -46,7 +46,7 @@ pub(crate) struct Spawn {
 }
 
 /// Why a spawn was refused.
-pub(crate) enum Refused {
+pub(crate) enum SubmitRefused {
     /// The node's in-flight limit is reached.
     InFlight,
     /// The lane is full.
@@ -75,7 +75,7 @@ pub(crate) struct App {
     pub max_body_bytes: usize,
     /// The most a `GET /v1/tasks` answer lists, in record weight (`store.rs`).
     pub max_list_bytes: usize,
-    pub counters: Counters,
+    pub counters: ServiceCounters,
     /// Set when shutdown begins: submissions answer 503.
     pub closing: AtomicBool,
     /// True once long-polls must answer at once (the end of shutdown).
@@ -97,7 +97,7 @@ pub(crate) struct App {
 
 impl App {
     /// Checks a submission of task `name` and turns it into an attempt and its options.
-    pub fn plan(&self, name: &str, req: SubmitRequest) -> Result<(Attempt, Spawn), Plan> {
+    pub fn plan(&self, name: &str, req: SubmitRequest) -> Result<(Invoke, Spawn), Plan> {
         let entry = self.registry.get(name).ok_or(Plan::UnknownTask)?;
         let attempt = entry
             .prepare(req.args)
@@ -145,16 +145,16 @@ impl App {
     pub async fn spawn(
         self: &Arc<Self>,
         name: &str,
-        attempt: Attempt,
+        attempt: Invoke,
         opts: Spawn,
         request: Bytes,
         args: serde_json::Value,
-    ) -> Result<Arc<Record>, Refused> {
+    ) -> Result<Arc<Record>, SubmitRefused> {
         if self.closing.load(Ordering::Acquire) {
-            return Err(Refused::Closing);
+            return Err(SubmitRefused::Closing);
         }
         if !self.store.reserve() {
-            return Err(Refused::InFlight);
+            return Err(SubmitRefused::InFlight);
         }
         let delay = opts.delay.filter(|d| !d.is_zero());
         let initial = if delay.is_some() {
@@ -180,16 +180,16 @@ impl App {
                 interrupted: 0,
             };
             if let Err(e) = j.write(|ack| Op::Insert(row, ack)).await {
-                Counters::bump(&self.counters.store_errors);
+                ServiceCounters::bump(&self.counters.store_errors);
                 self.store.release();
                 self.idle.notify_waiters();
-                return Err(Refused::Store(e));
+                return Err(SubmitRefused::Store(e));
             }
         }
         let max_attempts = opts.retry.map_or(1, |p| p.attempts());
         match self.launch(&record, attempt, opts, max_attempts, cancel_rx, true) {
             Ok(()) => {
-                Counters::bump(&self.counters.submitted);
+                ServiceCounters::bump(&self.counters.submitted);
                 Ok(record)
             }
             Err(why) => {
@@ -197,7 +197,7 @@ impl App {
                     // Written but refused: taken back before the refusal is answered.
                     j.send(Op::Delete { seq: record.seq });
                     if j.write(Op::Flush).await.is_err() {
-                        Counters::bump(&self.counters.store_errors);
+                        ServiceCounters::bump(&self.counters.store_errors);
                     }
                 }
                 self.store.release();
@@ -215,12 +215,12 @@ impl App {
     pub fn launch(
         self: &Arc<Self>,
         record: &Arc<Record>,
-        mut attempt: Attempt,
+        mut attempt: Invoke,
         opts: Spawn,
         max_attempts: u32,
         cancel_rx: mpsc::Receiver<CancelRequest>,
         try_only: bool,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), SubmitRefused> {
         let rec = record.clone();
         let journal = self.journal().cloned();
         let live = self.live.clone();
@@ -273,15 +273,15 @@ impl App {
                 tokio::spawn(resolve(self.clone(), record.clone(), handle, cancel_rx));
                 Ok(())
             }
-            Err(e) if e.is_full() => Err(Refused::Full),
-            Err(_) => Err(Refused::Closing),
+            Err(e) if e.is_full() => Err(SubmitRefused::Full),
+            Err(_) => Err(SubmitRefused::Closing),
         }
     }
 
     /// Writes `record`'s final state to the durable store (trying again until it is
     /// written: rule 5 of `journal.rs`), then shows it, gives back its slot and wakes the
     /// waiters.
-    pub async fn finish(&self, record: &Arc<Record>, outcome: Outcome) {
+    pub async fn finish(&self, record: &Arc<Record>, outcome: FinalOutcome) {
         let done = Finished::from(outcome);
         if let Some(j) = self.journal() {
             let result = done.result.as_ref().map(|v| v.to_string());
@@ -300,7 +300,7 @@ impl App {
                     // The node is past its end: nothing will read the record any more.
                     Err(e) if e.closed => return,
                     Err(e) => {
-                        Counters::bump(&self.counters.store_errors);
+                        ServiceCounters::bump(&self.counters.store_errors);
                         if wait == FINISH_RETRY.0 {
                             eprintln!(
                                 "weft node: cannot write the final state of task {} ({e}); \
@@ -378,18 +378,18 @@ async fn resolve(
     app.finish(&record, outcome(result)).await;
 }
 
-fn outcome(r: Result<Output, JoinError>) -> Outcome {
+fn outcome(r: Result<Output, JoinError>) -> FinalOutcome {
     match r {
-        Ok(Ok(v)) => Outcome::Success(v),
-        Ok(Err(e)) => Outcome::Failure(e),
-        Err(e) if e.is_time_limit() => Outcome::Failure("time limit exceeded".into()),
+        Ok(Ok(v)) => FinalOutcome::Success(v),
+        Ok(Err(e)) => FinalOutcome::Failure(e),
+        Err(e) if e.is_time_limit() => FinalOutcome::Failure("time limit exceeded".into()),
         Err(e) if e.is_panic() => {
-            Outcome::Failure(e.panic_message().unwrap_or("task panicked").to_owned())
+            FinalOutcome::Failure(e.panic_message().unwrap_or("task panicked").to_owned())
         }
-        Err(e) if e.is_cancelled() => Outcome::Revoked("cancelled".into()),
+        Err(e) if e.is_cancelled() => FinalOutcome::Revoked("cancelled".into()),
         Err(e) if e.is_shutdown() => {
-            Outcome::Revoked("the node shut down before the task ran".into())
+            FinalOutcome::Revoked("the node shut down before the task ran".into())
         }
-        Err(e) => Outcome::Failure(e.to_string()),
+        Err(e) => FinalOutcome::Failure(e.to_string()),
     }
 }

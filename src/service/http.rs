@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::app::{App, Counters, Plan, Refused};
+use super::app::{App, Plan, ServiceCounters, SubmitRefused};
 use super::journal::StoreError;
 use super::serve::BodyTimeout;
 use super::wire::{human_duration, priority_name, SubmitRequest};
@@ -100,7 +100,7 @@ async fn body_limit(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
         if req.method() == Method::POST {
-            Counters::bump(&app.counters.rejected_bad_request);
+            ServiceCounters::bump(&app.counters.rejected_bad_request);
         }
         return too_large(app.max_body_bytes).into_response();
     }
@@ -191,9 +191,9 @@ async fn submit(
     if let Err(e) = &result {
         let c = &app.counters;
         match e.status {
-            StatusCode::NOT_FOUND => Counters::bump(&c.rejected_unknown_task),
+            StatusCode::NOT_FOUND => ServiceCounters::bump(&c.rejected_unknown_task),
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => {
-                Counters::bump(&c.rejected_bad_request)
+                ServiceCounters::bump(&c.rejected_bad_request)
             }
             _ => {}
         }
@@ -232,7 +232,7 @@ async fn submit_inner(
         tokio::spawn(async move { app.spawn(&name, attempt, spawn, request, args).await })
             .await
             .unwrap_or_else(|e| {
-                Err(Refused::Store(StoreError::new(format!(
+                Err(SubmitRefused::Store(StoreError::new(format!(
                     "the submission failed: {e}"
                 ))))
             })
@@ -245,23 +245,23 @@ async fn submit_inner(
             let body = json!({ "id": record.id.to_string(), "name": record.name, "state": record.initial });
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
-        Err(Refused::InFlight) => {
-            Counters::bump(&app.counters.rejected_in_flight);
+        Err(SubmitRefused::InFlight) => {
+            ServiceCounters::bump(&app.counters.rejected_in_flight);
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "the node's in-flight limit is reached; retry later",
             ))
         }
-        Err(Refused::Full) => {
-            Counters::bump(&app.counters.rejected_full);
+        Err(SubmitRefused::Full) => {
+            ServiceCounters::bump(&app.counters.rejected_full);
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("the {} lane is full; retry later", priority_name(priority)),
             ))
         }
-        Err(Refused::Closing) => Err(shutting_down()),
-        Err(Refused::Store(e)) => {
-            Counters::bump(&app.counters.rejected_store);
+        Err(SubmitRefused::Closing) => Err(shutting_down()),
+        Err(SubmitRefused::Store(e)) => {
+            ServiceCounters::bump(&app.counters.rejected_store);
             Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 format!("the node cannot write the task to its store ({e}); nothing was accepted"),
@@ -447,29 +447,4 @@ async fn metrics(AxState(app): AxState<Arc<App>>) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_parse_and_cap() {
-        assert_eq!(parse_wait("5"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_wait("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_wait("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_wait("3600"), Some(MAX_WAIT));
-        assert_eq!(parse_wait("1e300"), Some(MAX_WAIT));
-        for bad in ["", "-1", "x", "5m", "NaN", "inf", "ms"] {
-            assert_eq!(parse_wait(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "BeArEr   t0k"] {
-            assert_eq!(bearer_token(v), Some("t0k"), "{v}");
-        }
-        for v in ["Basic t0k", "Bearert0k", "Bearer", "Token t0k"] {
-            assert_eq!(bearer_token(v), None, "{v}");
-        }
-    }
-}
+mod tests;

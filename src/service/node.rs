@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::app::{App, Counters};
+use super::app::{App, ServiceCounters};
 use super::journal::{Journal, OpenError};
 use super::recover::recover;
 use super::serve::{serve, Limits};
@@ -563,7 +563,7 @@ impl Node {
             token: self.token,
             max_body_bytes: self.max_body_bytes,
             max_list_bytes: self.max_list_bytes,
-            counters: Counters::default(),
+            counters: ServiceCounters::default(),
             closing: AtomicBool::new(false),
             stopping: watch::Sender::new(false),
             waiters: AtomicU64::new(0),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::app::{App, Plan};
 use super::journal::{JournalTx, Op, StoredTask};
-use super::store::{now_ms, Outcome, Record};
+use super::store::{now_ms, FinalOutcome, Record};
 use super::wire::{State, SubmitRequest};
 
 /// What a start found in the store.
@@ -99,7 +99,7 @@ pub(crate) async fn recover(app: &Arc<App>, j: &JournalTx, tasks: Vec<StoredTask
             Err(why) => {
                 app.store.insert(&record);
                 let why = format!("cannot run again after the node restarted: {why}");
-                app.finish(&record, Outcome::Failure(why)).await;
+                app.finish(&record, FinalOutcome::Failure(why)).await;
                 report.failed += 1;
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use weft::{JoinHandle, Pool};
 
 pub mod celery;
+pub mod rng;
 
 /// Generous: only catches hangs.
 pub const HANG: Duration = Duration::from_secs(60);

@@ -148,4 +148,4 @@ pub const PIDBOX_MESSAGE_TTL_MS: i32 = 300_000;
 type Runtime = async_rs::AGERuntime;
 
 #[cfg(test)]
-mod test;
+mod tests;

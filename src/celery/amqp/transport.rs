@@ -12,7 +12,7 @@ use super::super::control::Panel;
 use super::super::error::Error;
 use super::super::protocol::{parse_iso8601, TaskMessage};
 use super::super::source::Source;
-use super::super::transport::{Consume, Incoming, Publish, Refused, Transport};
+use super::super::transport::{Consume, Incoming, Publish, RefusedMessage, Transport};
 use super::broker::Broker;
 use super::consumer::Consumer;
 use super::delayed::{delayed_routing_key, strip_delay, FIRST_LEVEL};
@@ -190,7 +190,7 @@ impl AmqpConsumer {
 
 /// What a delivery holds for the worker.
 fn incoming(d: Delivery) -> Incoming<Delivery> {
-    let message = d.task().map_err(|error| Refused {
+    let message = d.task().map_err(|error| RefusedMessage {
         error,
         raw: d.body().to_vec(),
         id: d

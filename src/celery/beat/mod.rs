@@ -287,7 +287,7 @@ impl Beat {
             (self.broker.clone(), None)
         };
         let source = Source::open(&redis_url, self.sentinel_master.as_deref())?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(BeatShared::default());
         let mut run = Loop {
             source,
             publisher,
@@ -345,7 +345,7 @@ pub struct BeatStats {
 }
 
 #[derive(Default)]
-struct Shared {
+struct BeatShared {
     stop: Mutex<bool>,
     wake: Condvar,
     leader: AtomicBool,
@@ -355,7 +355,7 @@ struct Shared {
 
 /// A beat that runs; made by [`Beat::start`].
 pub struct RunningBeat {
-    shared: Arc<Shared>,
+    shared: Arc<BeatShared>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -496,7 +496,7 @@ struct Loop {
     holder: String,
     ttl_ms: u64,
     entries: Vec<Entry>,
-    shared: Arc<Shared>,
+    shared: Arc<BeatShared>,
     conn: Option<redis::Connection>,
     /// The lease's value while this process holds it.
     lease: Option<String>,

@@ -17,7 +17,7 @@ use super::super::protocol::{ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::source::Source;
 use super::super::transport::{
-    Consume, Incoming, Publish, Refused, Settle, Settlement, Transport, Unsettled,
+    Consume, Incoming, Publish, RefusedMessage, Settle, Settlement, Transport, Unsettled,
 };
 use super::wake::{track_on, Wake};
 use super::{
@@ -89,7 +89,7 @@ fn incoming(list: &str, raw: Vec<u8>, tag: Option<String>) -> Incoming<String> {
     };
     let message = match message {
         Ok(m) => Ok(m),
-        Err(error) => Err(Refused {
+        Err(error) => Err(RefusedMessage {
             error,
             id: field("/headers/id"),
             raw,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::super::transport::{Consume, Settle, Settlement, Unsettled};
-use super::live::{Done, Held, Shared};
+use super::live::{Done, Held, WorkerShared};
 
 /// The longest wait between two tries of a batch that could not be written (so that work
 /// resumes within about this long of the broker answering again).
@@ -42,7 +42,7 @@ pub(super) fn finisher<C: Consume>(
     mut settler: impl Settle<Tag = C::Tag>,
     done: mpsc::Receiver<Done>,
     held: Held<C::Tag>,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerShared>,
     parked: mpsc::Receiver<C>,
 ) -> usize {
     // Whatever finished meanwhile is settled in one batch (one round trip on Redis).
@@ -180,7 +180,7 @@ pub(super) fn finisher<C: Consume>(
 /// freed already at their task's start).
 fn settle<S: Settle>(
     settler: &mut S,
-    shared: &Shared,
+    shared: &WorkerShared,
     batch: Vec<Settlement<S::Tag>>,
     counted: usize,
     started: usize,

@@ -17,10 +17,10 @@ use super::super::events::{py_repr, py_tuple_repr};
 use super::super::protocol::{parse_iso8601, ProtocolError, TaskMessage};
 use super::super::result::TaskResult;
 use super::super::transport::{Consume, Settlement};
-use super::live::{Done, Held, Live, Shared, TaskInfo, WAITING};
+use super::live::{Done, Held, Live, TaskInfo, WorkerShared, WAITING};
 use super::queues::apply_queue_changes;
 use super::run::{build_run, plan, Plan, Tracked};
-use crate::registry::{Attempt, Entry, Registry};
+use crate::registry::{Invoke, Registered, Registry};
 use crate::{Pool, Priority};
 
 pub(super) struct Config {
@@ -39,7 +39,7 @@ pub(super) fn consume<C: Consume>(
     mut consumer: C,
     mut cfg: Config,
     pool: Pool,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerShared>,
     held: Held<C::Tag>,
     done: mpsc::Sender<Done>,
     parked: mpsc::Sender<C>,
@@ -124,7 +124,7 @@ pub(super) fn consume<C: Consume>(
 fn upkeep<C: Consume>(
     consumer: &mut C,
     held: &Held<C::Tag>,
-    shared: &Shared,
+    shared: &WorkerShared,
     done: &mpsc::Sender<Done>,
 ) {
     {
@@ -174,7 +174,7 @@ fn upkeep<C: Consume>(
 }
 
 /// Celery's `task-received` event of `msg` (when task events are on).
-fn received(shared: &Shared, msg: &TaskMessage) {
+fn received(shared: &WorkerShared, msg: &TaskMessage) {
     shared.monitor.events.task("task-received", |e| {
         e.insert("uuid", &msg.id);
         e.insert("name", &msg.task);
@@ -196,7 +196,7 @@ fn received(shared: &Shared, msg: &TaskMessage) {
 
 /// Celery's `task-revoked` event (`terminated`: stopped while it ran; `expired`: its
 /// `expires` passed).
-pub(super) fn revoked_event(shared: &Shared, id: &str, terminated: bool, expired: bool) {
+pub(super) fn revoked_event(shared: &WorkerShared, id: &str, terminated: bool, expired: bool) {
     shared.monitor.events.task("task-revoked", |e| {
         e.insert("uuid", id);
         e.insert("terminated", terminated);
@@ -238,10 +238,10 @@ struct Taken {
 fn take(
     cfg: &Config,
     pool: &Pool,
-    shared: &Arc<Shared>,
+    shared: &Arc<WorkerShared>,
     done: &mpsc::Sender<Done>,
     taken: Taken,
-    message: Result<TaskMessage, super::super::transport::Refused>,
+    message: Result<TaskMessage, super::super::transport::RefusedMessage>,
 ) {
     let mut msg = match message {
         Ok(m) => m,
@@ -307,11 +307,11 @@ fn take(
 /// A message that is not a task never runs: it goes to the dead-letter place with its
 /// reason, with a `FAILURE` when its id is known ([`refusal_result`]).
 fn refuse(
-    shared: &Shared,
+    shared: &WorkerShared,
     done: &mpsc::Sender<Done>,
     queue: String,
     key: Option<u64>,
-    refused: super::super::transport::Refused,
+    refused: super::super::transport::RefusedMessage,
 ) {
     if let Some(id) = &refused.id {
         shared.monitor.events.task("task-rejected", |e| {
@@ -341,7 +341,7 @@ fn settle_now(msg: &TaskMessage, key: Option<u64>, result: TaskResult, counted: 
 /// Settles `msg` unrun (`REVOKED`) if it was revoked or has expired; otherwise returns the
 /// time it was screened at, which its ETA is measured from.
 fn screen(
-    shared: &Shared,
+    shared: &WorkerShared,
     done: &mpsc::Sender<Done>,
     msg: &TaskMessage,
     key: Option<u64>,
@@ -387,12 +387,12 @@ fn eta_delay(msg: &TaskMessage, now: SystemTime) -> Option<Duration> {
 /// unknown name, `TypeError` for arguments that do not fit).
 fn fit<'r>(
     cfg: &'r Config,
-    shared: &Shared,
+    shared: &WorkerShared,
     done: &mpsc::Sender<Done>,
     msg: &TaskMessage,
     key: Option<u64>,
     counted: bool,
-) -> Option<(&'r Entry, Attempt)> {
+) -> Option<(&'r Registered, Invoke)> {
     let Some(entry) = cfg.registry.get(&msg.task) else {
         // As Celery's `on_unknown_task`.
         shared.monitor.events.task("task-failed", |e| {
@@ -440,7 +440,7 @@ fn fit<'r>(
 /// sequence number; a run the pool refuses (shut down) gives its count back.
 fn spawn(
     pool: &Pool,
-    shared: &Shared,
+    shared: &WorkerShared,
     taken: &Taken,
     plan: Plan,
     id: String,

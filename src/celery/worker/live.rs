@@ -1,4 +1,4 @@
-//! What the worker's threads share about the messages it holds: [`Shared`] (stop flag,
+//! What the worker's threads share about the messages it holds: [`WorkerShared`] (stop flag,
 //! prefetch room, ETA count, revoked ids, the [`Live`] tasks, the queues consumed and the
 //! changes to them asked by remote control), [`Held`] (the messages taken and not settled,
 //! with what acknowledges each) and [`Done`] (what the consumer and the tasks tell the
@@ -30,7 +30,7 @@ use crate::Priority;
 /// each.
 pub(super) type Held<T> = Arc<Mutex<HashMap<u64, T>>>;
 
-pub(super) struct Shared {
+pub(super) struct WorkerShared {
     pub(super) stop: AtomicBool,
     /// The prefetch count: messages taken and not settled, ETA tasks not counted.
     pub(super) in_flight: Mutex<InFlight>,
@@ -261,7 +261,7 @@ pub(super) enum QueueChange {
     Cancel(String),
 }
 
-/// [`Shared::queue_changes`].
+/// [`WorkerShared::queue_changes`].
 #[derive(Default, Debug)]
 pub(super) struct QueueChanges {
     /// Not yet applied, oldest first: one the broker refused stays first, tried again at
@@ -271,13 +271,13 @@ pub(super) struct QueueChanges {
     pub(super) error: Option<String>,
 }
 
-/// The prefetch count ([`Shared::in_flight`]), as Celery's: its prefetch limit counts
+/// The prefetch count ([`WorkerShared::in_flight`]), as Celery's: its prefetch limit counts
 /// *unacknowledged* messages, so the slot of a message acknowledged early is free as its
 /// task starts (running tasks are bounded by the pool's threads), while a late-acknowledged
 /// one holds its slot until its result is written.
 ///
 /// Invariants, under the lock:
-/// 1. `started ≤ taken`: a task frees its slot at start ([`Shared::start_early`]) only
+/// 1. `started ≤ taken`: a task frees its slot at start ([`WorkerShared::start_early`]) only
 ///    once, and only if it counted; its result's [`Done`] says so (`started`), and the
 ///    finisher takes it off both counts once that result is written, never before.
 /// 2. The consumer takes a message only while [`room`](Self::room) is not 0, so
@@ -424,7 +424,7 @@ impl Live {
     }
 }
 
-impl Shared {
+impl WorkerShared {
     /// A counted task acknowledged early has started: its prefetch slot is free
     /// ([`InFlight`]); its result's [`Done`] must say so (`started`).
     pub(super) fn start_early(&self) {
@@ -523,7 +523,7 @@ pub(super) struct Done {
     pub(super) settle: Settlement<u64>,
     /// True if the message counted against the prefetch limit (a task's end frees it).
     pub(super) counted: bool,
-    /// True if its task freed its prefetch slot as it started ([`Shared::start_early`]).
+    /// True if its task freed its prefetch slot as it started ([`WorkerShared::start_early`]).
     pub(super) started: bool,
 }
 

@@ -41,7 +41,7 @@ mod tests;
 
 use finisher::finisher;
 use intake::{consume, Config};
-use live::{Done, Held, Monitor, Shared};
+use live::{Done, Held, Monitor, WorkerShared};
 use panel::WorkerPanel;
 pub use running::{RunningWorker, Stopped};
 
@@ -459,7 +459,7 @@ impl Worker {
         let (registry, message_builtins) = builtins::with_builtins(self.registry);
         let clock = Arc::new(Clock::default());
         let events = Arc::new(Events::new(&hostname, self.task_events, clock.clone()));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WorkerShared {
             stop: AtomicBool::new(false),
             in_flight: Mutex::new(live::InFlight::default()),
             room: Condvar::new(),

@@ -19,12 +19,12 @@ use serde_json::{json, Map, Value};
 
 use super::super::control::{nok, ok, Panel, Request};
 use super::super::events::{py_repr, py_tuple_repr};
-use super::live::{Done, Halt, Live, QueueChange, Shared, STARTED, WAITING};
+use super::live::{Done, Halt, Live, QueueChange, WorkerShared, STARTED, WAITING};
 use crate::registry::RateLimit;
 
-/// What the panel knows of its worker beyond [`Shared`].
+/// What the panel knows of its worker beyond [`WorkerShared`].
 pub(super) struct WorkerPanel {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<WorkerShared>,
     /// Where revoked tasks' results go.
     pub(super) done: mpsc::Sender<Done>,
     /// Every task name the worker runs (its registry with Celery's built-ins), sorted.

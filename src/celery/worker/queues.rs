@@ -1,12 +1,12 @@
 //! Queues added and cancelled while the worker runs (Celery's `add_consumer` and
 //! `cancel_consumer` remote-control commands).
 //!
-//! Remote control asks ([`Shared::change_queues`]: the change joins
-//! [`Shared::queue_changes`] and wakes the consumer thread); the consumer thread applies
+//! Remote control asks ([`WorkerShared::change_queues`]: the change joins
+//! [`WorkerShared::queue_changes`] and wakes the consumer thread); the consumer thread applies
 //! the changes, oldest first, at its next turn ([`apply_queue_changes`], within 250 ms:
 //! it turns at least that often), through the transport's
 //! [`Consume::add_queue`] / [`Consume::cancel_queue`]. It alone writes
-//! [`Shared::queues`] and its lanes, so the two always name the queues the transport
+//! [`WorkerShared::queues`] and its lanes, so the two always name the queues the transport
 //! consumes. A change the broker refuses stays first in line (the ones after it wait, so
 //! that an add and a cancel of one queue keep their order), is logged once, and is tried
 //! again at each turn.
@@ -20,15 +20,15 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use super::super::transport::Consume;
-use super::live::{QueueChange, Shared};
+use super::live::{QueueChange, WorkerShared};
 use crate::Priority;
 
 /// The consumer thread's turn: applies the changes asked since the last one (and retries
-/// a refused one), updating [`Shared::queues`] and the `lanes` of `take`.
+/// a refused one), updating [`WorkerShared::queues`] and the `lanes` of `take`.
 pub(super) fn apply_queue_changes<C: Consume>(
     consumer: &mut C,
     lanes: &mut HashMap<String, Priority>,
-    shared: &Shared,
+    shared: &WorkerShared,
 ) {
     shared.queues_asked.store(false, Ordering::Relaxed);
     // Taken out, so that asking is never blocked behind a broker's answer.
@@ -78,9 +78,9 @@ pub(super) fn apply_queue_changes<C: Consume>(
     changes.pending = pending;
 }
 
-/// A change the transport made: [`Shared::queues`] (highest lane first; an added queue
+/// A change the transport made: [`WorkerShared::queues`] (highest lane first; an added queue
 /// in the Normal lane, after the Normal ones) and the lanes follow.
-fn record(change: &QueueChange, lanes: &mut HashMap<String, Priority>, shared: &Shared) {
+fn record(change: &QueueChange, lanes: &mut HashMap<String, Priority>, shared: &WorkerShared) {
     let mut queues = shared.queues.lock();
     match change {
         QueueChange::Add(q) => {

@@ -18,8 +18,8 @@ use super::super::transport::Settlement;
 use super::builtins;
 use super::intake::revoked_event;
 use super::intake::Config;
-use super::live::{Done, Shared, TaskInfo, STARTED, WAITING};
-use crate::registry::{Attempt, Entry};
+use super::live::{Done, TaskInfo, WorkerShared, STARTED, WAITING};
+use crate::registry::{Invoke, Registered};
 use crate::{Priority, RetryPolicy};
 
 /// How a task runs: what [`plan`] decides and [`build_run`] and [`spawn`] follow.
@@ -58,7 +58,7 @@ pub(super) struct Tracked {
 /// acknowledgement and retry policy (the registry's options, else the worker's).
 pub(super) fn plan(
     cfg: &Config,
-    entry: &Entry,
+    entry: &Registered,
     msg: &TaskMessage,
     queue: &str,
     delay: Option<Duration>,
@@ -105,11 +105,11 @@ pub(super) fn plan(
 /// acknowledges early unless acks are late, turns its outcome into a result (or Celery's
 /// retry), and reports through `done`.
 pub(super) fn build_run(
-    shared: &Arc<Shared>,
+    shared: &Arc<WorkerShared>,
     done: &mpsc::Sender<Done>,
     mut msg: TaskMessage,
     key: Option<u64>,
-    mut attempt: Attempt,
+    mut attempt: Invoke,
     plan: &Plan,
     tracked: &Tracked,
 ) -> impl FnOnce() + Send + 'static {
@@ -250,7 +250,13 @@ pub(super) fn build_run(
 /// `runtime` in seconds), `task-failed` or, when it is sent again, `task-retried`
 /// (`exception` as Python's repr of the exception, `traceback`), `task-revoked` when it
 /// was stopped while it ran.
-fn ended_event(shared: &Shared, id: &str, result: &TaskResult, retried: bool, runtime: Duration) {
+fn ended_event(
+    shared: &WorkerShared,
+    id: &str,
+    result: &TaskResult,
+    retried: bool,
+    runtime: Duration,
+) {
     let events = &shared.monitor.events;
     if !events.task_events() {
         return;

@@ -9,14 +9,14 @@ use std::thread;
 use std::time::Duration;
 
 use super::super::error::Error;
-use super::live::{Halt, Shared};
+use super::live::{Halt, WorkerShared};
 use crate::Pool;
 
 /// A started [`Worker`](super::Worker).
 pub struct RunningWorker {
     /// `None` once stopped.
     pub(super) pool: Option<Pool>,
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<WorkerShared>,
     pub(super) shutdown_timeout: Option<Duration>,
     pub(super) hostname: String,
     pub(super) consumer: Option<thread::JoinHandle<()>>,

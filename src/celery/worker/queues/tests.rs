@@ -1,5 +1,5 @@
 //! Queues added and cancelled at run time, on real brokers: a worker started as usual,
-//! its changes asked through [`Shared::change_queues`] (as remote control asks them).
+//! its changes asked through [`WorkerShared::change_queues`] (as remote control asks them).
 //!
 //! Redis is found through `WEFT_REDIS_URL`, RabbitMQ (feature `amqp`) through
 //! `WEFT_AMQP_URL` and `WEFT_RABBITMQ_DIR` (`.ci/rabbitmq.sh start DIR` prints the URL).
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use serde_json::{json, Map};
 
-use super::super::live::{QueueChange, Shared};
+use super::super::live::{QueueChange, WorkerShared};
 use crate::celery::{Client, RunningWorker, SendOptions, Worker};
 use crate::registry::Registry;
 use crate::Priority;
@@ -51,7 +51,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn shared(worker: &RunningWorker) -> &Shared {
+fn shared(worker: &RunningWorker) -> &WorkerShared {
     &worker.shared
 }
 
