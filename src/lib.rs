@@ -207,8 +207,8 @@
 //! `celery/worker/limits.rs`, `celery/sentinel.rs`).
 //!
 //! **Where tests go.** Unit tests in a `#[cfg(test)] mod tests` at the end of their file
-//! while they are short (about 150 lines), else in a `tests.rs` of their own: `x/tests.rs`
-//! for `x.rs` or `x/mod.rs` (e.g. `time/wheel/tests.rs`); loom
+//! while the file is short (about 150 lines), else in a `tests.rs` of their own:
+//! `x/tests.rs` for `x.rs` or `x/mod.rs` (e.g. `time/wheel/tests.rs`); loom
 //! and shuttle models in `<module>/tests/loom_*.rs` (`cfg(loom)`; the task's models run the
 //! real harness, `task/tests/loom_raw.rs`); tests of the public API, and fault tests that
 //! start brokers or processes, in the crate's `tests/` folder, sharing `tests/common/`.

@@ -534,15 +534,4 @@ impl<B: Body, S: Schedule> Cell<B, S> {
 }
 
 #[cfg(all(test, not(loom), target_pointer_width = "64"))]
-mod tests {
-    use super::*;
-    use std::mem;
-
-    #[test]
-    fn header_is_six_words() {
-        assert_eq!(mem::size_of::<Header>(), 48);
-        // An empty closure with unit output costs one header and one pointer of stage:
-        // 56 bytes, the same 64-byte malloc chunk as 48.
-        assert_eq!(mem::size_of::<Cell<Once<fn()>, Unowned>>(), 48 + 8);
-    }
-}
+mod tests;
