@@ -138,7 +138,7 @@ pub(crate) fn render(app: &App) -> String {
     one(
         "weft_service_connections",
         "gauge",
-        "HTTP connections open now.",
+        "HTTP connections the node holds open now (at most max_connections).",
         &[("", load(&k.open))],
     );
     one(

@@ -71,6 +71,8 @@ pub(crate) struct Limits {
 /// Counters of connections, for `/metrics`.
 #[derive(Default)]
 pub(crate) struct ConnStats {
+    /// Connections in the table (at most `max_connections`, invariant 2); one evicted is
+    /// no longer counted, though its socket closes a moment later.
     pub open: AtomicU64,
     pub header_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
@@ -290,8 +292,10 @@ pub(crate) async fn serve<L: Listener>(
                 }
             }
             conns.insert(id, conn.clone());
+            // The gauge is the table's size (invariant 2), set under its lock: an evicted
+            // connection stops counting when it leaves the table, not when its task ends.
+            stats.open.store(conns.len() as u64, Ordering::Relaxed);
         }
-        stats.open.fetch_add(1, Ordering::Relaxed);
         let (table, stats) = (table.clone(), stats.clone());
         let (service, stop) = (service.clone(), stop.clone());
         tasks.spawn(async move {
@@ -301,8 +305,9 @@ pub(crate) async fn serve<L: Listener>(
                 Some(Closed::IdleTimeout) => bump(&stats.idle_timeouts),
                 Some(Closed::Evicted) | None => {}
             }
-            table.conns.lock().remove(&id);
-            stats.open.fetch_sub(1, Ordering::Relaxed);
+            let mut conns = table.conns.lock();
+            conns.remove(&id);
+            stats.open.store(conns.len() as u64, Ordering::Relaxed);
         });
     }
     drop(listener);
