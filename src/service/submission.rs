@@ -1,7 +1,8 @@
 //! The body of `POST /v1/tasks/{name}`, one definition for both ends: the node reads it
 //! ([`http`](super::http), then [`App::plan`](super::app::App::plan)) and reads it again
 //! from its durable store after a restart ([`recover`](super::recover)); the client writes
-//! it ([`SubmitOptions`](super::client::SubmitOptions)).
+//! it ([`SubmitOptions`](super::client::SubmitOptions)). [`PriorityName`] is also how the
+//! registry's answer names a task's lane.
 //!
 //! Every field is optional and unknown fields are refused. The client leaves an unset
 //! option out rather than writing `null`, so that what it sends is what older nodes read.
@@ -64,6 +65,24 @@ impl From<Priority> for PriorityName {
             Priority::Normal => PriorityName::Normal,
             Priority::Low => PriorityName::Low,
         }
+    }
+}
+
+/// A field that is a [`Priority`], written by its [`PriorityName`]: for
+/// `#[serde(with = "...")]` where the lane is not part of a submission (the registry's
+/// answer, [`RegisteredTask`](crate::service::client::RegisteredTask)).
+pub(crate) mod priority_by_name {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::PriorityName;
+    use crate::Priority;
+
+    pub(crate) fn serialize<S: Serializer>(p: &Priority, s: S) -> Result<S::Ok, S::Error> {
+        PriorityName::from(*p).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
+        PriorityName::deserialize(d).map(Priority::from)
     }
 }
 
