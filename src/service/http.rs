@@ -20,7 +20,8 @@ use uuid::Uuid;
 use super::app::{App, Plan, ServiceCounters, SubmitRefused};
 use super::journal::StoreError;
 use super::serve::BodyTimeout;
-use super::wire::{human_duration, priority_name, SubmitRequest};
+use super::submission::SubmitRequest;
+use super::wire::human_duration;
 
 /// The longest long-poll (`?wait=`).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -256,7 +257,7 @@ async fn submit_inner(
             ServiceCounters::bump(&app.counters.rejected_full);
             Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("the {} lane is full; retry later", priority_name(priority)),
+                format!("the {} lane is full; retry later", priority.as_str()),
             ))
         }
         Err(SubmitRefused::Closing) => Err(shutting_down()),
@@ -430,7 +431,7 @@ async fn registry(AxState(app): AxState<Arc<App>>) -> Response {
     let tasks: Vec<_> = app
         .registry
         .entries()
-        .map(|(name, e)| json!({ "name": name, "priority": priority_name(e.options.get_priority()) }))
+        .map(|(name, e)| json!({ "name": name, "priority": e.options.get_priority().as_str() }))
         .collect();
     Json(json!({ "tasks": tasks })).into_response()
 }

@@ -84,6 +84,7 @@ mod recover;
 mod serve;
 mod socket;
 mod store;
+mod submission;
 mod wire;
 
 use std::path::PathBuf;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::app::{App, Plan};
 use super::journal::{JournalTx, Op, StoredTask};
 use super::store::{now_ms, FinalOutcome, Record};
-use super::wire::{State, SubmitRequest};
+use super::submission::SubmitRequest;
+use super::wire::State;
 
 /// What a start found in the store.
 #[derive(Debug, Default)]

@@ -1,12 +1,11 @@
-//! The JSON shapes on the wire: task states, [`TaskInfo`], and the body of a submission.
+//! The JSON shapes on the wire: task states and [`TaskInfo`] (a submission's body is
+//! `submission.rs`).
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::{Priority, RetryPolicy};
 
 /// The state of a submitted task, as Celery names them (`"PENDING"`, `"STARTED"`, ...).
 ///
@@ -111,84 +110,6 @@ pub struct TaskInfo {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
-}
-
-/// The body of `POST /v1/tasks/{name}`: every field is optional; unknown fields are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SubmitRequest {
-    #[serde(default)]
-    pub args: Value,
-    pub priority: Option<PriorityName>,
-    pub delay_ms: Option<u64>,
-    pub time_limit_ms: Option<u64>,
-    pub retry: Option<RetrySpec>,
-}
-
-/// A lane, by its name on the wire.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum PriorityName {
-    High,
-    Normal,
-    Low,
-}
-
-impl From<PriorityName> for Priority {
-    fn from(p: PriorityName) -> Priority {
-        match p {
-            PriorityName::High => Priority::High,
-            PriorityName::Normal => Priority::Normal,
-            PriorityName::Low => Priority::Low,
-        }
-    }
-}
-
-/// The lane's name on the wire ([`Priority::as_str`]).
-pub(crate) fn priority_name(p: Priority) -> &'static str {
-    p.as_str()
-}
-
-/// A retry policy given with one submission.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RetrySpec {
-    pub max_attempts: Option<u32>,
-    pub backoff_ms: Option<u64>,
-    pub max_backoff_ms: Option<u64>,
-    pub multiplier: Option<f64>,
-    pub jitter: Option<f64>,
-}
-
-impl RetrySpec {
-    /// The policy it asks for, or what is wrong with it.
-    pub fn policy(self) -> Result<RetryPolicy, String> {
-        let backoff = Duration::from_millis(self.backoff_ms.unwrap_or(1000));
-        let mut policy = match self.multiplier {
-            None | Some(1.0) => RetryPolicy::fixed(backoff),
-            Some(2.0) => RetryPolicy::exponential(backoff),
-            Some(m) => {
-                return Err(format!(
-                "retry.multiplier {m} is not supported: use 1 (fixed backoff) or 2 (exponential)"
-            ))
-            }
-        };
-        if let Some(n) = self.max_attempts {
-            policy = policy.max_attempts(n);
-        }
-        if let Some(max) = self.max_backoff_ms {
-            policy = policy.max_delay(Duration::from_millis(max));
-        }
-        if let Some(j) = self.jitter {
-            if !(0.0..=1.0).contains(&j) {
-                return Err(format!(
-                    "retry.jitter {j} is out of range: it must be between 0 and 1"
-                ));
-            }
-            policy = policy.jitter(j);
-        }
-        Ok(policy)
-    }
 }
 
 /// `1h`, `90s`, `1h30m`, `250ms`: for messages.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::submission::{RetrySpec, SubmitRequest};
 use crate::Priority;
 
 // `State` and `TaskInfo` are the node's own wire types (`service::wire`), re-exported
@@ -39,27 +40,8 @@ pub struct RegisteredTask {
     /// The name to submit it under.
     pub name: String,
     /// Its default priority.
-    #[serde(with = "priority_name")]
+    #[serde(with = "crate::service::submission::priority_by_name")]
     pub priority: Priority,
-}
-
-/// `Priority` as the API writes it: `"high"`, `"normal"`, `"low"`.
-pub(crate) mod priority_name {
-    use super::Priority;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(p: &Priority, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(p.as_str())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
-        let s = String::deserialize(d)?;
-        Priority::from_name(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "unknown priority {s:?} (expected high, normal or low)"
-            ))
-        })
-    }
 }
 
 /// How to run a submitted task; every field is optional and the node's defaults apply.
@@ -120,22 +102,14 @@ impl SubmitOptions {
     }
 
     /// The request body for `POST /v1/tasks/{name}`.
-    pub(crate) fn to_body(&self, args: serde_json::Value) -> serde_json::Value {
-        let mut body = serde_json::Map::new();
-        body.insert("args".into(), args);
-        if let Some(p) = self.priority {
-            body.insert("priority".into(), p.as_str().into());
+    pub(crate) fn to_body(&self, args: serde_json::Value) -> SubmitRequest {
+        SubmitRequest {
+            args,
+            priority: self.priority.map(Into::into),
+            delay_ms: self.delay.map(millis),
+            time_limit_ms: self.time_limit.map(millis),
+            retry: self.retry.as_ref().map(RetryOptions::to_spec),
         }
-        if let Some(d) = self.delay {
-            body.insert("delay_ms".into(), millis(d).into());
-        }
-        if let Some(d) = self.time_limit {
-            body.insert("time_limit_ms".into(), millis(d).into());
-        }
-        if let Some(r) = &self.retry {
-            body.insert("retry".into(), r.to_body());
-        }
-        serde_json::Value::Object(body)
     }
 }
 
@@ -185,24 +159,14 @@ impl RetryOptions {
         self
     }
 
-    fn to_body(&self) -> serde_json::Value {
-        let mut body = serde_json::Map::new();
-        if let Some(n) = self.max_attempts {
-            body.insert("max_attempts".into(), n.into());
+    fn to_spec(&self) -> RetrySpec {
+        RetrySpec {
+            max_attempts: self.max_attempts,
+            backoff_ms: self.backoff.map(millis),
+            max_backoff_ms: self.max_backoff.map(millis),
+            multiplier: self.multiplier,
+            jitter: self.jitter,
         }
-        if let Some(d) = self.backoff {
-            body.insert("backoff_ms".into(), millis(d).into());
-        }
-        if let Some(d) = self.max_backoff {
-            body.insert("max_backoff_ms".into(), millis(d).into());
-        }
-        if let Some(m) = self.multiplier {
-            body.insert("multiplier".into(), m.into());
-        }
-        if let Some(j) = self.jitter {
-            body.insert("jitter".into(), j.into());
-        }
-        serde_json::Value::Object(body)
     }
 }
 
@@ -219,7 +183,7 @@ mod tests {
     #[test]
     fn empty_options_send_only_args() {
         assert_eq!(
-            SubmitOptions::new().to_body(json!([1, 2])),
+            serde_json::to_value(SubmitOptions::new().to_body(json!([1, 2]))).unwrap(),
             json!({"args": [1, 2]})
         );
     }
@@ -238,8 +202,15 @@ mod tests {
                     .multiplier(2.0)
                     .jitter(0.5),
             );
+        let body = opts.to_body(json!(null));
+        // What the client sends is what the node reads.
+        let sent = serde_json::to_vec(&body).unwrap();
         assert_eq!(
-            opts.to_body(json!(null)),
+            serde_json::from_slice::<SubmitRequest>(&sent).unwrap(),
+            body
+        );
+        assert_eq!(
+            serde_json::to_value(body).unwrap(),
             json!({"args": null, "priority": "low", "delay_ms": 2500, "time_limit_ms": 5000,
                    "retry": {"max_attempts": 4, "backoff_ms": 10, "max_backoff_ms": 1000,
                              "multiplier": 2.0, "jitter": 0.5}})
@@ -280,9 +251,19 @@ mod tests {
         let t: RegisteredTask =
             serde_json::from_value(json!({"name": "add", "priority": "high"})).unwrap();
         assert_eq!(t.priority, Priority::High);
-        assert!(serde_json::from_value::<RegisteredTask>(
-            json!({"name": "a", "priority": "urgent"})
-        )
-        .is_err());
+        let bad =
+            serde_json::from_value::<RegisteredTask>(json!({"name": "a", "priority": "urgent"}));
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "unknown variant `urgent`, expected one of `high`, `normal`, `low`"
+        );
+        let t = RegisteredTask {
+            name: "a".into(),
+            priority: Priority::Low,
+        };
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            json!({"name": "a", "priority": "low"})
+        );
     }
 }
