@@ -233,6 +233,28 @@ fn spawn<B: Body<Output = Output>>(
     (job, unsafe { JoinHandle::from_raw(handle) })
 }
 
+/// A worker thread that runs the task's queued reference, as one that popped it would.
+fn run_on_a_worker(job: JobRef, owner: &Arc<Owner>) -> thread::JoinHandle<()> {
+    let owner = owner.clone();
+    thread::spawn(move || job.execute(&owner.counters))
+}
+
+/// The driver fires a SCHEDULED task and, if that worked, runs it as the worker that pops
+/// it would; else discards the timer's reference. Returns whether it fired.
+///
+/// # Safety
+/// `job` is the task's timer reference.
+unsafe fn fire_and_run(job: JobRef, owner: &Owner) -> bool {
+    // SAFETY: the caller's promise.
+    let fired = unsafe { header::fire(&job) };
+    if fired {
+        job.execute(&owner.counters);
+    } else {
+        job.discard(&owner.counters);
+    }
+    fired
+}
+
 fn assert_settled(tally: &Tally) {
     assert_eq!(
         count(&tally.bodies_dropped),
@@ -256,10 +278,7 @@ fn loom_real_run_races_handle_drop() {
         let tally = Tally::new();
         let owner = Owner::new();
         let (job, handle) = spawn(once(&tally), State::new(), &owner);
-        let worker = {
-            let owner = owner.clone();
-            thread::spawn(move || job.execute(&owner.counters))
-        };
+        let worker = run_on_a_worker(job, &owner);
         let dropper = thread::spawn(move || drop(handle));
         worker.join().unwrap();
         dropper.join().unwrap();
@@ -277,10 +296,7 @@ fn loom_real_poll_races_complete() {
         let tally = Tally::new();
         let owner = Owner::new();
         let (job, mut handle) = spawn(once(&tally), State::new(), &owner);
-        let worker = {
-            let owner = owner.clone();
-            thread::spawn(move || job.execute(&owner.counters))
-        };
+        let worker = run_on_a_worker(job, &owner);
         let joiner = {
             let tally = tally.clone();
             thread::spawn(move || {
@@ -318,10 +334,7 @@ fn loom_real_pending_handle_dropped_races_complete() {
         let tally = Tally::new();
         let owner = Owner::new();
         let (job, mut handle) = spawn(once(&tally), State::new(), &owner);
-        let worker = {
-            let owner = owner.clone();
-            thread::spawn(move || job.execute(&owner.counters))
-        };
+        let worker = run_on_a_worker(job, &owner);
         let joiner = {
             let tally = tally.clone();
             thread::spawn(move || {
@@ -347,10 +360,7 @@ fn loom_real_run_cancel_and_handle_drop() {
         let owner = Owner::new();
         let (job, handle) = spawn(once(&tally), State::new(), &owner);
         let handle = Arc::new(handle);
-        let worker = {
-            let owner = owner.clone();
-            thread::spawn(move || job.execute(&owner.counters))
-        };
+        let worker = run_on_a_worker(job, &owner);
         let canceller = {
             let handle = handle.clone();
             thread::spawn(move || handle.cancel())
@@ -379,13 +389,7 @@ fn loom_real_fire_races_cancel() {
             let owner = owner.clone();
             thread::spawn(move || {
                 // SAFETY: `job` is the timer's reference.
-                let fired = unsafe { header::fire(&job) };
-                if fired {
-                    job.execute(&owner.counters);
-                } else {
-                    job.discard(&owner.counters);
-                }
-                fired
+                unsafe { fire_and_run(job, &owner) }
             })
         };
         let canceller = thread::spawn(move || {
@@ -436,13 +440,7 @@ fn loom_real_retry_races_fire_and_cancel() {
                 let retried = owner.timer.lock().unwrap().pop();
                 if let Some(job) = retried {
                     // SAFETY: the timer's reference, handed over by `retry_after`.
-                    let fired = unsafe { header::fire(&job) };
-                    if fired {
-                        job.execute(&owner.counters);
-                    } else {
-                        job.discard(&owner.counters);
-                    }
-                    return Some(fired);
+                    return Some(unsafe { fire_and_run(job, &owner) });
                 }
                 if owner.worker_done.load(Ordering::Acquire) {
                     // Acquire pairs with the worker's Release: a retry it made is in the
