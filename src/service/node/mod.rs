@@ -1,25 +1,32 @@
-//! [`Node`]: a pool and a registry served over HTTP; binding, start, and shutdown.
+//! [`Node`]: a pool and a registry served over HTTP, configured and started here; its
+//! listener is bound in `bind.rs`, its errors are `error.rs`'s [`ServiceError`], and a
+//! started node is `running.rs`'s [`RunningNode`] (shutdown).
 
 use std::fmt;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use super::app::{App, ServiceCounters};
 use super::journal::{Journal, OpenError};
 use super::recover::recover;
 use super::serve::{serve, Limits};
-use super::socket;
 use super::store::Store;
 use super::{default_data_dir, default_socket_path, Registry};
 use crate::Pool;
+
+mod bind;
+mod error;
+mod running;
+
+use bind::{bind_unix, Bound};
+use error::ErrorKind;
+pub use error::ServiceError;
+pub use running::RunningNode;
 
 /// Where a node listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,93 +58,6 @@ pub enum ShutdownMode {
     /// Revoke every task that has not started (durable or not).
     Cancel,
 }
-
-/// Why a node could not start.
-///
-/// ```
-/// use weft::service::{Node, Registry};
-/// let rt = tokio::runtime::Runtime::new().unwrap();
-/// let err = rt
-///     .block_on(Node::new(Registry::new()).ephemeral().tcp("0.0.0.0:0".parse().unwrap()).start())
-///     .unwrap_err();
-/// assert!(err.is_token_required());
-/// ```
-pub struct ServiceError {
-    kind: ErrorKind,
-    message: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ErrorKind {
-    InUse,
-    UnsafeSocketDir,
-    TokenRequired,
-    Config,
-    Store,
-    Io,
-}
-
-impl ServiceError {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> ServiceError {
-        ServiceError {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn io(what: impl fmt::Display, e: io::Error) -> ServiceError {
-        ServiceError::new(ErrorKind::Io, format!("{what}: {e}"))
-    }
-
-    /// Another node is listening on the socket already, or holds the data directory.
-    pub fn is_in_use(&self) -> bool {
-        self.kind == ErrorKind::InUse
-    }
-
-    /// The socket's directory is not safe to listen in: it belongs to another user, or
-    /// group or others may write to it (see [`default_socket_path`] for the rule).
-    pub fn is_unsafe_socket_dir(&self) -> bool {
-        self.kind == ErrorKind::UnsafeSocketDir
-    }
-
-    /// A TCP bind to a non-loopback address was asked for without a token.
-    pub fn is_token_required(&self) -> bool {
-        self.kind == ErrorKind::TokenRequired
-    }
-
-    /// The configuration is unusable (a zero limit, a path that is not a socket, ...).
-    pub fn is_config(&self) -> bool {
-        self.kind == ErrorKind::Config
-    }
-
-    /// The durable store cannot be read (corrupt, truncated, or written by a newer weft);
-    /// the node refuses to start rather than lose what it holds.
-    pub fn is_store(&self) -> bool {
-        self.kind == ErrorKind::Store
-    }
-
-    /// An I/O error (binding, the socket's directory, the data directory, the runtime).
-    pub fn is_io(&self) -> bool {
-        self.kind == ErrorKind::Io
-    }
-}
-
-impl fmt::Display for ServiceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Debug for ServiceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceError")
-            .field("kind", &self.kind)
-            .field("message", &self.message)
-            .finish()
-    }
-}
-
-impl std::error::Error for ServiceError {}
 
 /// Where a node keeps its tasks.
 #[derive(Clone, Debug)]
@@ -689,247 +609,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
-    }
-}
-
-enum Bound {
-    Unix(UnixBound),
-    Tcp(tokio::net::TcpListener),
-}
-
-struct UnixBound {
-    path: PathBuf,
-    listener: tokio::net::UnixListener,
-    guard: SocketGuard,
-}
-
-/// Removes the socket file at shutdown, if it is still the one this node bound.
-struct SocketGuard {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl SocketGuard {
-    fn remove(&self) {
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.dev() == self.dev && m.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// Binds a Unix socket at `path`: creates missing directories (0700), refuses a directory
-/// that is not safe (`socket.rs`'s rules), replaces a stale socket, refuses a live one, and makes the socket 0600 before it appears at `path`
-/// (bound under a temporary name, then renamed).
-fn bind_unix(path: &Path) -> Result<UnixBound, ServiceError> {
-    let display = path.display();
-    let dir = socket::dir_of(path);
-    if path.file_name().is_none() {
-        return Err(ServiceError::new(
-            ErrorKind::Config,
-            format!("the socket path {display} has no file name"),
-        ));
-    }
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(socket::DEFAULT_DIR_MODE)
-            .create(&dir)
-            .map_err(|e| ServiceError::io(format!("cannot create {}", dir.display()), e))?;
-    }
-    // Judged after creating it: someone else may have made it first.
-    socket::check_dir(&dir)
-        .map_err(|e| ServiceError::new(ErrorKind::UnsafeSocketDir, e.to_string()))?;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(ServiceError::new(
-                    ErrorKind::InUse,
-                    format!("another node is already listening on {display}; stop it first, or pick another socket (--socket / WEFT_SOCKET)"),
-                ))
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => {
-                std::fs::remove_file(path).map_err(|e| {
-                    ServiceError::io(format!("cannot remove the stale socket {display}"), e)
-                })?;
-            }
-            Err(e) => {
-                return Err(ServiceError::io(
-                    format!("cannot tell whether the socket {display} is in use"),
-                    e,
-                ))
-            }
-        },
-        Ok(_) => {
-            return Err(ServiceError::new(
-                ErrorKind::Config,
-                format!("{display} exists and is not a socket; refusing to replace it"),
-            ))
-        }
-        Err(_) => {}
-    }
-    let tmp = dir.join(format!(".w{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = std::os::unix::net::UnixListener::bind(&tmp)
-        .map_err(|e| ServiceError::io(format!("cannot bind {}", tmp.display()), e))?;
-    let setup = || -> io::Result<std::fs::Metadata> {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::symlink_metadata(path)
-    };
-    let meta = setup().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ServiceError::io(format!("cannot set up the socket {display}"), e)
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ServiceError::io("cannot set up the listener", e))?;
-    let listener = tokio::net::UnixListener::from_std(listener)
-        .map_err(|e| ServiceError::io("cannot set up the listener", e))?;
-    Ok(UnixBound {
-        path: path.to_path_buf(),
-        listener,
-        guard: SocketGuard {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        },
-    })
-}
-
-/// A node that is serving; made by [`Node::start`].
-///
-/// Call [`shutdown`](Self::shutdown) to stop it gracefully. Dropping it without that stops
-/// the listener and removes the socket file, but leaves the pool to finish on its own.
-pub struct RunningNode {
-    endpoint: Endpoint,
-    app: Arc<App>,
-    stop_tx: watch::Sender<bool>,
-    server: Option<tokio::task::JoinHandle<()>>,
-    socket: Option<SocketGuard>,
-    shutdown_mode: ShutdownMode,
-    drain_timeout: Duration,
-}
-
-impl RunningNode {
-    /// Where the node listens (for TCP, with the port actually bound).
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    /// The pool running the tasks (for its [`metrics`](Pool::metrics), say).
-    pub fn pool(&self) -> &Pool {
-        &self.app.pool
-    }
-
-    /// Serves until `signal` resolves, then shuts down.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) {
-        signal.await;
-        self.shutdown().await;
-    }
-
-    /// Shuts down gracefully, within the drain timeout: answers new submissions and
-    /// `/healthz` 503 (`{"status": "draining"}`), still accepting connections so that
-    /// they get that answer; per the [`ShutdownMode`], runs or revokes the queued tasks
-    /// (delayed ones and retries still waiting are revoked) for the drain timeout less
-    /// a reserve (a quarter of it, at most 1 s); then answers every long-poll still
-    /// waiting, stops accepting, lets open requests finish until the drain timeout ends
-    /// (then closes them), and removes the socket file.
-    ///
-    /// Tasks still running when it returns are not waited for: they keep their worker
-    /// threads until the process exits, and their records stay `STARTED`. A durable node
-    /// writes everything out before it returns and closes its store: the tasks still
-    /// running, and (in [`ShutdownMode::Drain`]) the ones it did not run, stay unfinished
-    /// there and run at the next start (the running ones counted as interrupted).
-    pub async fn shutdown(mut self) {
-        let start = Instant::now();
-        let deadline = start + self.drain_timeout;
-        // The drain leaves a part of the time for answering and closing.
-        let reserve = (self.drain_timeout / 4).min(CLOSE_RESERVE);
-        let drain = self.drain_timeout - reserve;
-        // New submissions (and /healthz) are answered 503 from here on; the listener
-        // stays open so that new connections get that answer.
-        self.app.closing.store(true, Ordering::Release);
-        // The pool's shutdown blocks: run it on a thread of its own, not on the runtime
-        // (a blocking task would hold up the runtime's own drop if a task never ends).
-        let (tx, rx) = oneshot::channel();
-        let pool = self.app.pool.clone();
-        let mode = self.shutdown_mode;
-        let spawned = std::thread::Builder::new()
-            .name("weft-service-shutdown".into())
-            .spawn(move || {
-                let still_running = match mode {
-                    ShutdownMode::Drain => pool.shutdown_timeout(drain).threads_still_running,
-                    ShutdownMode::Cancel => {
-                        pool.shutdown_now();
-                        0
-                    }
-                };
-                let _ = tx.send(still_running);
-            });
-        let drained = match spawned {
-            Ok(_) => matches!(
-                tokio::time::timeout_at((start + drain).into(), rx).await,
-                Ok(Ok(0))
-            ),
-            Err(_) => false,
-        };
-        self.app.wait_idle(start + drain).await;
-        self.app.stopping.send_replace(true);
-        self.stop_tx.send_replace(true);
-        if let Some(server) = self.server.take() {
-            let abort = server.abort_handle();
-            let at = deadline.max(Instant::now() + MIN_CLOSE);
-            if tokio::time::timeout_at(at.into(), server).await.is_err() {
-                abort.abort();
-            }
-        }
-        if let Some(s) = self.socket.take() {
-            s.remove();
-        }
-        if let Some(j) = &self.app.journal {
-            // Everything written so far reaches the disk; what did not finish stays there
-            // for the next start.
-            let (_, left) = self.app.store.counts();
-            let kept = self.app.store.unfinished();
-            if let Err(e) = j.close().await {
-                eprintln!("weft node: the store could not be closed cleanly: {e}");
-            } else if kept > 0 {
-                eprintln!("weft node: {kept} unfinished tasks ({left} of them still running) are kept in the store; they run at the next start");
-            }
-        }
-        if !drained {
-            // Tasks still run: the pool's last handle, dropped, would wait for them (and
-            // hold up the process's exit). Leave them to the process's end instead.
-            std::mem::forget(self.app.pool.clone());
-        }
-    }
-}
-
-/// The part of the drain timeout (at most) kept for answering long-polls and closing
-/// connections once the pool's drain ends; a quarter of it when shorter.
-const CLOSE_RESERVE: Duration = Duration::from_secs(1);
-/// The least time connections get to finish their answers at shutdown.
-const MIN_CLOSE: Duration = Duration::from_millis(100);
-
-impl Drop for RunningNode {
-    fn drop(&mut self) {
-        self.app.closing.store(true, Ordering::Release);
-        self.stop_tx.send_replace(true);
-        self.app.stopping.send_replace(true);
-        if let Some(s) = self.socket.take() {
-            s.remove();
-        }
-    }
-}
-
-impl fmt::Debug for RunningNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunningNode")
-            .field("endpoint", &self.endpoint)
-            .field("shutdown_mode", &self.shutdown_mode)
-            .finish_non_exhaustive()
     }
 }
