@@ -26,7 +26,7 @@ use std::sync::PoisonError;
 
 use crossbeam_utils::CachePadded;
 
-use crate::lane::LANES;
+use crate::lane::{Lane, LANES};
 #[cfg(not(all(test, shuttle)))]
 use crate::loom::{AtomicUsize, Condvar, Mutex, Ordering};
 // The gate blocks on a mutex and condvar and never spins, so shuttle can drive it: under
@@ -69,12 +69,12 @@ impl Bound {
 
     /// Jobs counted in `lane` now.
     #[cfg(all(test, any(shuttle, not(loom))))]
-    pub(crate) fn depth(&self, lane: usize) -> usize {
+    pub(crate) fn depth(&self, lane: Lane) -> usize {
         self.gates[lane].depth.load(Ordering::Relaxed)
     }
 
     /// Takes a slot in `lane` if one is free.
-    pub(crate) fn try_acquire(&self, lane: usize) -> bool {
+    pub(crate) fn try_acquire(&self, lane: Lane) -> bool {
         let depth = &self.gates[lane].depth;
         let mut cur = depth.load(Ordering::SeqCst);
         loop {
@@ -90,12 +90,12 @@ impl Bound {
     }
 
     /// Counts a job queued without admission (module docs).
-    pub(crate) fn force_acquire(&self, lane: usize) {
+    pub(crate) fn force_acquire(&self, lane: Lane) {
         self.gates[lane].depth.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A job left `lane`: frees its slot and wakes one waiting submitter, if any.
-    pub(crate) fn release(&self, lane: usize) {
+    pub(crate) fn release(&self, lane: Lane) {
         let gate = &self.gates[lane];
         crate::util::jitter();
         let prev = gate.depth.fetch_sub(1, Ordering::SeqCst);
@@ -110,7 +110,7 @@ impl Bound {
     /// Blocks until a slot in `lane` is taken (true) or `stop()` holds (false). `stop` is
     /// checked under the gate's lock, so a `wake_all` made after `stop` became true is
     /// never missed.
-    pub(crate) fn acquire_blocking(&self, lane: usize, stop: impl Fn() -> bool) -> bool {
+    pub(crate) fn acquire_blocking(&self, lane: Lane, stop: impl Fn() -> bool) -> bool {
         let gate = &self.gates[lane];
         loop {
             if self.try_acquire(lane) {

@@ -57,6 +57,9 @@ impl Lane {
     /// `Priority::Low`'s lane, searched last.
     pub(crate) const LOW: Lane = Lane(2);
 
+    /// Every lane, in search order (`ALL[i].index() == i`).
+    pub(crate) const ALL: [Lane; LANES] = [Lane::HIGH, Lane::NORMAL, Lane::LOW];
+
     /// The index into per-lane arrays, in `0..LANES`.
     #[inline]
     pub(crate) const fn index(self) -> usize {
@@ -69,6 +72,23 @@ const _: () = assert!(Lane::HIGH.index() == 0);
 const _: () = assert!(Lane::NORMAL.index() == Lane::HIGH.index() + 1);
 const _: () = assert!(Lane::LOW.index() == Lane::NORMAL.index() + 1);
 const _: () = assert!(Lane::LOW.index() + 1 == LANES);
+
+/// Per-lane arrays are indexed by lane.
+impl<T> std::ops::Index<Lane> for [T; LANES] {
+    type Output = T;
+
+    #[inline]
+    fn index(&self, lane: Lane) -> &T {
+        &self[lane.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Lane> for [T; LANES] {
+    #[inline]
+    fn index_mut(&mut self, lane: Lane) -> &mut T {
+        &mut self[lane.index()]
+    }
+}
 
 impl From<Priority> for Lane {
     #[inline]
@@ -118,10 +138,10 @@ impl Priority {
         }
     }
 
-    /// The lane index: 0 is searched first.
+    /// The priority's lane.
     #[inline]
-    pub(crate) fn lane(self) -> usize {
-        Lane::from(self).index()
+    pub(crate) fn lane(self) -> Lane {
+        Lane::from(self)
     }
 }
 

@@ -50,14 +50,11 @@ const _: () = assert!(FAIRNESS_INTERVAL >= 2 * 16);
 
 /// The lane order for a worker's `pick`-th pick (see the module docs).
 #[inline]
-pub(crate) fn lane_order(pick: u32) -> [usize; LANES] {
-    const HIGH: usize = Lane::HIGH.index();
-    const NORMAL: usize = Lane::NORMAL.index();
-    const LOW: usize = Lane::LOW.index();
+pub(crate) fn lane_order(pick: u32) -> [Lane; LANES] {
     match pick % FAIRNESS_INTERVAL {
-        LOW_TURN => [LOW, NORMAL, HIGH],
-        NORMAL_TURN => [NORMAL, HIGH, LOW],
-        _ => [HIGH, NORMAL, LOW],
+        LOW_TURN => [Lane::LOW, Lane::NORMAL, Lane::HIGH],
+        NORMAL_TURN => [Lane::NORMAL, Lane::HIGH, Lane::LOW],
+        _ => [Lane::HIGH, Lane::NORMAL, Lane::LOW],
     }
 }
 
@@ -110,44 +107,46 @@ impl LocalQueues {
 
     /// Sets `lane`'s occupancy bit before a push (see `Stealers::occupied`).
     #[inline]
-    fn mark_occupied(&self, lane: usize) {
+    fn mark_occupied(&self, lane: Lane) {
         let bits = self.occupied.load(Ordering::Relaxed);
-        if bits & (1 << lane) == 0 {
+        if bits & (1 << lane.index()) == 0 {
             // Relaxed: the push that follows publishes it with its Release store.
-            self.occupied.store(bits | (1 << lane), Ordering::Relaxed);
+            self.occupied
+                .store(bits | (1 << lane.index()), Ordering::Relaxed);
         }
     }
 
     /// False only while both deques of `lane` are empty (see `Stealers::occupied`).
     #[inline]
-    fn is_occupied(&self, lane: usize) -> bool {
-        self.occupied.load(Ordering::Relaxed) & (1 << lane) != 0
+    fn is_occupied(&self, lane: Lane) -> bool {
+        self.occupied.load(Ordering::Relaxed) & (1 << lane.index()) != 0
     }
 
     /// Clears `lane`'s occupancy bit: the owner's pops just found the lane empty.
     #[inline]
-    fn mark_empty(&self, lane: usize) {
+    fn mark_empty(&self, lane: Lane) {
         let bits = self.occupied.load(Ordering::Relaxed);
-        if bits & (1 << lane) != 0 {
-            self.occupied.store(bits & !(1 << lane), Ordering::Relaxed);
+        if bits & (1 << lane.index()) != 0 {
+            self.occupied
+                .store(bits & !(1 << lane.index()), Ordering::Relaxed);
         }
     }
 
     #[inline]
-    pub(crate) fn push_spawned(&self, lane: usize, job: JobRef) {
+    pub(crate) fn push_spawned(&self, lane: Lane, job: JobRef) {
         self.mark_occupied(lane);
         self.fifo[lane].push(job);
     }
 
     #[inline]
-    pub(crate) fn push_join(&self, lane: usize, job: JobRef) {
+    pub(crate) fn push_join(&self, lane: Lane, job: JobRef) {
         self.mark_occupied(lane);
         self.lifo[lane].push(job);
     }
 
     /// Pops the newest `join` half of `lane`.
     #[inline]
-    pub(crate) fn pop_join(&self, lane: usize) -> Option<JobRef> {
+    pub(crate) fn pop_join(&self, lane: Lane) -> Option<JobRef> {
         self.lifo[lane].pop()
     }
 
@@ -167,15 +166,15 @@ impl Stealers {
             .all(Stealer::is_empty)
     }
 
-    pub(crate) fn len(&self, lane: usize) -> usize {
+    pub(crate) fn len(&self, lane: Lane) -> usize {
         self.fifo[lane].len() + self.lifo[lane].len()
     }
 
     /// Steals every job out and hands it to `f` with its lane, and whether it came from a
     /// FIFO deque (counted by a `Bound`) (shutdown).
-    pub(crate) fn drain(&self, mut f: impl FnMut(JobRef, usize, bool)) {
+    pub(crate) fn drain(&self, mut f: impl FnMut(JobRef, Lane, bool)) {
         for (counted, deques) in [(true, &self.fifo), (false, &self.lifo)] {
-            for (lane, s) in deques.iter().enumerate() {
+            for (lane, s) in Lane::ALL.into_iter().zip(deques) {
                 loop {
                     match s.steal() {
                         Steal::Success(job) => f(job, lane, counted),
@@ -216,7 +215,7 @@ impl Lanes {
 
     /// A counted job (from an injector or a FIFO deque) left `lane`.
     #[inline]
-    pub(crate) fn taken(&self, lane: usize) {
+    pub(crate) fn taken(&self, lane: Lane) {
         if let Some(b) = &self.bound {
             b.release(lane);
         }
@@ -224,7 +223,7 @@ impl Lanes {
 
     /// Queues `job` from outside any worker of this pool.
     #[inline]
-    pub(crate) fn inject(&self, lane: usize, job: JobRef) {
+    pub(crate) fn inject(&self, lane: Lane, job: JobRef) {
         self.injectors[lane].push(job);
     }
 
@@ -235,7 +234,7 @@ impl Lanes {
     }
 
     /// Jobs waiting in `lane` right now (approximate while the pool runs).
-    pub(crate) fn len(&self, lane: usize) -> usize {
+    pub(crate) fn len(&self, lane: Lane) -> usize {
         self.injectors[lane].len() + self.stealers.iter().map(|s| s.len(lane)).sum::<usize>()
     }
 
@@ -246,7 +245,7 @@ impl Lanes {
         local: &LocalQueues,
         pick: u32,
         rng: &XorShift64Star,
-    ) -> Option<(JobRef, usize, Source)> {
+    ) -> Option<(JobRef, Lane, Source)> {
         for lane in lane_order(pick) {
             if let Some(found) = self.find_in_lane(me, local, lane, rng) {
                 return Some(found);
@@ -259,9 +258,9 @@ impl Lanes {
         &self,
         me: usize,
         local: &LocalQueues,
-        lane: usize,
+        lane: Lane,
         rng: &XorShift64Star,
-    ) -> Option<(JobRef, usize, Source)> {
+    ) -> Option<(JobRef, Lane, Source)> {
         // Our own deques, unless our occupancy bit says they are empty: only we push into
         // them, setting the bit first, so a clear bit is exact for us (`Stealers::occupied`).
         if local.is_occupied(lane) {
@@ -291,9 +290,9 @@ impl Lanes {
         &self,
         me: usize,
         local: &LocalQueues,
-        lane: usize,
+        lane: Lane,
         rng: &XorShift64Star,
-    ) -> Option<(JobRef, usize, Source)> {
+    ) -> Option<(JobRef, Lane, Source)> {
         loop {
             let mut retry = false;
             let injector = &self.injectors[lane];
@@ -326,11 +325,11 @@ impl Lanes {
     /// order, before `steal` draws its random first victim: most of the time no other
     /// worker has work in a lane, and then the draw would cost more than the look.
     #[inline]
-    fn may_steal(&self, me: usize, lane: usize) -> bool {
+    fn may_steal(&self, me: usize, lane: Lane) -> bool {
         self.stealers
             .iter()
             .enumerate()
-            .any(|(i, s)| i != me && s.occupied.load(Ordering::Relaxed) & (1 << lane) != 0)
+            .any(|(i, s)| i != me && s.occupied.load(Ordering::Relaxed) & (1 << lane.index()) != 0)
     }
 
     /// Tries the other workers' deques of `lane`, from a random victim on: first their
@@ -340,9 +339,9 @@ impl Lanes {
         &self,
         me: usize,
         local: &LocalQueues,
-        lane: usize,
+        lane: Lane,
         rng: &XorShift64Star,
-    ) -> Steal<(JobRef, usize, Source)> {
+    ) -> Steal<(JobRef, Lane, Source)> {
         let mut retry = false;
         let n = self.stealers.len();
         let start = rng.next_usize(n);
@@ -351,7 +350,7 @@ impl Lanes {
                 continue;
             }
             let theirs = &self.stealers[victim];
-            if theirs.occupied.load(Ordering::Relaxed) & (1 << lane) == 0 {
+            if theirs.occupied.load(Ordering::Relaxed) & (1 << lane.index()) == 0 {
                 continue;
             }
             let attempt = if !theirs.lifo[lane].is_empty() {

@@ -104,7 +104,7 @@ impl<'scope> Scope<'scope> {
         let lane = self
             .shared
             .current_worker()
-            .map_or(Lane::NORMAL.index(), WorkerThread::lane);
+            .map_or(Lane::NORMAL, WorkerThread::lane);
         self.shared.push(lane, job, false);
     }
 }

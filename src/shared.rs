@@ -23,7 +23,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
 
 use crate::job::JobRef;
-use crate::lane::{Priority, LANES};
+use crate::lane::{Lane, Priority};
 use crate::lanes::Lanes;
 use crate::loom::{AtomicBool, Ordering};
 use crate::metrics::{CounterSet, Counters, Metrics};
@@ -221,7 +221,7 @@ impl Shared {
     /// Takes a slot in `lane` of a bounded pool (anything goes in an unbounded one). When
     /// full: refuses if `try_only`, else waits (a worker of this pool runs queued work
     /// meanwhile), until there is room or the pool closes.
-    fn admit(&self, lane: usize, try_only: bool) -> Result<(), Refused> {
+    fn admit(&self, lane: Lane, try_only: bool) -> Result<(), Refused> {
         let Some(bound) = &self.lanes.bound else {
             return Ok(());
         };
@@ -269,7 +269,7 @@ impl Shared {
     /// `count_spawn` is true exactly for new tasks from `spawn`, which took their slot in
     /// a bounded lane already (`admit`); anything else is counted here, admitted or not
     /// (see `bound.rs`), before it becomes visible to a popper.
-    pub(crate) fn push(&self, lane: usize, job: JobRef, count_spawn: bool) {
+    pub(crate) fn push(&self, lane: Lane, job: JobRef, count_spawn: bool) {
         if !count_spawn {
             if let Some(bound) = &self.lanes.bound {
                 bound.force_acquire(lane);
@@ -313,7 +313,7 @@ impl Shared {
     /// scope jobs run here, since a caller is blocked on them).
     pub(crate) fn drain(&self) {
         let counters = self.counters();
-        for lane in 0..LANES {
+        for lane in Lane::ALL {
             loop {
                 match self.lanes.injectors[lane].steal() {
                     Steal::Success(job) => {
@@ -449,7 +449,7 @@ impl Dispatch for Shared {
         Shared::counters(self)
     }
 
-    fn push_due(&self, lane: usize, job: JobRef) {
+    fn push_due(&self, lane: Lane, job: JobRef) {
         self.push(lane, job, false);
     }
 
@@ -474,7 +474,7 @@ impl Schedule for Shared {
         Shared::counters(self)
     }
 
-    fn retry_after(&self, delay: Duration, job: JobRef, lane: usize) {
+    fn retry_after(&self, delay: Duration, job: JobRef, lane: Lane) {
         let deadline = Instant::now()
             .checked_add(delay)
             .map_or(NEVER, |at| self.timer.tick_ceil(at));

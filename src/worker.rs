@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::job::JobRef;
 use crate::join::frames::Frames;
 use crate::join::heartbeat::Heartbeat;
+use crate::lane::Lane;
 use crate::lanes::{LocalQueues, Source};
 use crate::latch::{self, Probe};
 use crate::loom::{fence, Ordering};
@@ -37,7 +38,7 @@ pub(crate) struct WorkerThread {
     /// Successful picks so far (drives the fairness rule in `lanes.rs`).
     picks: Cell<u32>,
     /// The lane of the job running now; `join` halves and scope jobs inherit it.
-    lane: Cell<usize>,
+    lane: Cell<Lane>,
     /// True while this worker counts as SEARCHING in the sleep state.
     searching: Cell<bool>,
     /// The second halves of this worker's joins that no other thread can see yet
@@ -69,7 +70,7 @@ impl WorkerThread {
             shared,
             local,
             picks: Cell::new(0),
-            lane: Cell::new(crate::lane::Lane::NORMAL.index()),
+            lane: Cell::new(Lane::NORMAL),
             searching: Cell::new(false),
             frames: Frames::new(),
             heartbeat: Heartbeat::new(),
@@ -97,13 +98,13 @@ impl WorkerThread {
 
     /// The lane of the job running now.
     #[inline]
-    pub(crate) fn lane(&self) -> usize {
+    pub(crate) fn lane(&self) -> Lane {
         self.lane.get()
     }
 
     /// Queues a task spawned on this worker.
     #[inline]
-    pub(crate) fn push_spawned(&self, lane: usize, job: JobRef) {
+    pub(crate) fn push_spawned(&self, lane: Lane, job: JobRef) {
         self.local.push_spawned(lane, job);
     }
 
@@ -158,7 +159,7 @@ impl WorkerThread {
     }
 
     /// Finds a job by the lanes' search order; leaves SEARCHING if it was.
-    fn find_work(&self) -> Option<(JobRef, usize)> {
+    fn find_work(&self) -> Option<(JobRef, Lane)> {
         let pick = self.picks.get();
         let (job, lane, source) =
             self.shared
@@ -209,7 +210,7 @@ impl WorkerThread {
 
     /// Runs `job` found in `lane` (or resolves it as shut down after `shutdown_now`), as
     /// this thread's innermost running frame (`task/frame.rs`).
-    pub(crate) fn execute(&self, job: JobRef, lane: usize) {
+    pub(crate) fn execute(&self, job: JobRef, lane: Lane) {
         let outer = self.lane.replace(lane);
         frame::enter(job.as_ptr(), || {
             if self.shared.is_cancelling_queued() {

@@ -6,11 +6,20 @@ const ALL: [Priority; LANES] = [Priority::High, Priority::Normal, Priority::Low]
 
 #[test]
 fn a_higher_priority_has_a_lower_index_and_each_lane_one_priority() {
-    let indices = ALL.map(Priority::lane);
+    let indices = ALL.map(|p| p.lane().index());
     assert_eq!(indices, [0, 1, 2], "the table in the module docs");
+    assert_eq!(
+        Lane::ALL.map(Lane::index),
+        [0, 1, 2],
+        "Lane::ALL is in index order"
+    );
     for a in ALL {
         for b in ALL {
-            assert_eq!(a > b, a.lane() < b.lane(), "{a:?} against {b:?}");
+            assert_eq!(
+                a > b,
+                a.lane().index() < b.lane().index(),
+                "{a:?} against {b:?}"
+            );
         }
     }
 }

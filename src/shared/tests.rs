@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::lane::Lane;
 use crate::task::raw;
 use crate::task::JoinHandle;
 use crate::Pool;
@@ -41,8 +42,8 @@ fn nested_waits_during_the_shutdown_drain_keep_the_sleep_state_balanced() {
 
         // A push as from a spawn that passed the `closed` check just before shutdown.
         let shared = pool.shared();
-        let (job, handle) = raw::allocate(|| 5, &**shared, 1);
-        shared.push(1, job, true);
+        let (job, handle) = raw::allocate(|| 5, &**shared, Lane::NORMAL);
+        shared.push(Lane::NORMAL, job, true);
         // SAFETY: the handle's reference of a task with output `i32`.
         let h: JoinHandle<i32> = unsafe { JoinHandle::from_raw(handle) };
         let r = h

@@ -11,6 +11,7 @@ use std::task::Waker;
 
 use super::state::State;
 use crate::job::{JobHeader, JobRef, JobVtable};
+use crate::lane::Lane;
 use crate::loom::{AtomicU32, UnsafeCell};
 
 /// The fixed-layout start of every task.
@@ -28,7 +29,7 @@ pub(crate) struct Header {
     /// Attempts started so far; written only by the claimer.
     pub(crate) attempts: AtomicU32,
     /// The lane the task waits in (a retry goes back to it).
-    pub(crate) lane: u8,
+    pub(crate) lane: Lane,
 }
 
 /// A task's functions. `#[repr(C)]` with the job table first, so the header's job vtable

@@ -40,6 +40,7 @@ use super::header::{Header, TaskRef, TaskVtable};
 use super::schedule::{Schedule, Unowned};
 use super::state::{Outcome, Snapshot, State, TransitionToRunning};
 use crate::job::{JobHeader, JobRef, JobVtable};
+use crate::lane::Lane;
 use crate::loom::{AtomicU32, Ordering, UnsafeCell};
 use crate::metrics::Counters;
 use crate::util::{drop_counted, drop_quietly, run_quietly};
@@ -66,7 +67,7 @@ struct Cell<B: Body, S> {
 
 /// Allocates a QUEUED task. Returns the queued reference and the handle's pointer (the two
 /// references of invariant 4).
-pub(crate) fn allocate<F, T, S>(func: F, owner: &S, lane: usize) -> (JobRef, NonNull<Header>)
+pub(crate) fn allocate<F, T, S>(func: F, owner: &S, lane: Lane) -> (JobRef, NonNull<Header>)
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -81,7 +82,7 @@ pub(crate) fn allocate_body<B: Body, S: Schedule>(
     body: B,
     state: State,
     owner: &S,
-    lane: usize,
+    lane: Lane,
 ) -> (JobRef, NonNull<Header>) {
     let ptr = Cell::<B, S>::allocate(
         Stage {
@@ -104,7 +105,7 @@ pub(crate) fn allocate_refused<B: Body>(body: B) -> NonNull<Header> {
         Stage { empty: () },
         State::new_complete(Outcome::Shutdown),
         std::ptr::null(),
-        0,
+        Lane::NORMAL,
     )
 }
 
@@ -121,7 +122,7 @@ impl<B: Body, S: Schedule> Cell<B, S> {
         dealloc: Self::dealloc,
     };
 
-    fn allocate(stage: Stage<B>, state: State, owner: *const (), lane: usize) -> NonNull<Header> {
+    fn allocate(stage: Stage<B>, state: State, owner: *const (), lane: Lane) -> NonNull<Header> {
         let cell = alloc::allocate(Layout::new::<Self>()).cast::<Self>();
         let value = Cell::<B, S> {
             header: Header {
@@ -132,7 +133,7 @@ impl<B: Body, S: Schedule> Cell<B, S> {
                 owner,
                 waker: UnsafeCell::new(None),
                 attempts: AtomicU32::new(0),
-                lane: lane as u8,
+                lane,
             },
             stage: UnsafeCell::new(stage),
             owner: PhantomData,
@@ -315,7 +316,7 @@ impl<B: Body, S: Schedule> Cell<B, S> {
             return;
         }
         counters.bump(&counters.retried);
-        let lane = this.header.lane as usize;
+        let lane = this.header.lane;
         // SCHEDULED first: from here a `cancel` wins (and sends the driver a `Cancel`,
         // which may overtake the `Insert` below; the driver pairs them up).
         this.header.state.transition_running_to_scheduled();

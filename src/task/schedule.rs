@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::header::TaskRef;
 use crate::job::JobRef;
+use crate::lane::Lane;
 use crate::metrics::Counters;
 
 /// What a task needs of its owner (the pool that accepted it).
@@ -28,7 +29,7 @@ pub(crate) trait Schedule: Sync + 'static {
 
     /// Takes `job`, the queued reference of a task that is now SCHEDULED, and makes it
     /// QUEUED again in `lane` once `delay` passed (or resolves it at shutdown).
-    fn retry_after(&self, delay: Duration, job: JobRef, lane: usize);
+    fn retry_after(&self, delay: Duration, job: JobRef, lane: Lane);
 
     /// A SCHEDULED task was cancelled: drop its timer entry now. `task` is an extra
     /// reference that keeps the address from being reused until the entry is gone.
@@ -48,7 +49,7 @@ impl Schedule for Unowned {
         match *self {}
     }
 
-    fn retry_after(&self, _: Duration, _: JobRef, _: usize) {
+    fn retry_after(&self, _: Duration, _: JobRef, _: Lane) {
         match *self {}
     }
 

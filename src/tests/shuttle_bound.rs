@@ -13,6 +13,7 @@ use shuttle::sync::Arc;
 use shuttle::thread;
 
 use super::Bound;
+use crate::lane::Lane;
 
 const ITERATIONS: usize = 2_000;
 
@@ -29,8 +30,8 @@ fn producers_and_a_consumer() {
             let (bound, queued, stop) = (bound.clone(), queued.clone(), stop.clone());
             thread::spawn(move || {
                 for _ in 0..EACH {
-                    assert!(bound.acquire_blocking(1, || stop.load(Ordering::SeqCst)));
-                    assert!(bound.depth(1) <= 2, "admitted past the limit");
+                    assert!(bound.acquire_blocking(Lane::ALL[1], || stop.load(Ordering::SeqCst)));
+                    assert!(bound.depth(Lane::ALL[1]) <= 2, "admitted past the limit");
                     // The push (after the slot was taken, as in `Shared::push`).
                     queued.fetch_add(1, Ordering::SeqCst);
                 }
@@ -49,7 +50,7 @@ fn producers_and_a_consumer() {
                         .is_ok()
                 {
                     // The pop: a job left the lane.
-                    bound.release(1);
+                    bound.release(Lane::ALL[1]);
                     taken += 1;
                 } else {
                     thread::yield_now();
@@ -61,7 +62,7 @@ fn producers_and_a_consumer() {
         s.join().unwrap();
     }
     consumer.join().unwrap();
-    assert_eq!(bound.depth(1), 0);
+    assert_eq!(bound.depth(Lane::ALL[1]), 0);
 }
 
 #[test]
@@ -78,22 +79,22 @@ fn shuttle_bound_no_lost_slot_pct() {
 /// always releases it (with the slot if one freed in time, else refused).
 fn shutdown_releases_waiters() {
     let bound = Arc::new(Bound::new(1));
-    assert!(bound.try_acquire(0));
+    assert!(bound.try_acquire(Lane::ALL[0]));
     let stop = Arc::new(AtomicBool::new(false));
     let waiter = {
         let (bound, stop) = (bound.clone(), stop.clone());
-        thread::spawn(move || bound.acquire_blocking(0, || stop.load(Ordering::SeqCst)))
+        thread::spawn(move || bound.acquire_blocking(Lane::ALL[0], || stop.load(Ordering::SeqCst)))
     };
     let freer = {
         let bound = bound.clone();
-        thread::spawn(move || bound.release(0))
+        thread::spawn(move || bound.release(Lane::ALL[0]))
     };
     // The shutdown: the flag, then the wake-up (as `Shared::close`).
     stop.store(true, Ordering::SeqCst);
     bound.wake_all();
     let admitted = waiter.join().unwrap();
     freer.join().unwrap();
-    assert_eq!(bound.depth(0), usize::from(admitted));
+    assert_eq!(bound.depth(Lane::ALL[0]), usize::from(admitted));
 }
 
 #[test]

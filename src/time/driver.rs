@@ -50,6 +50,7 @@ use super::periodic::PeriodicState;
 pub(crate) use super::wheel::NEVER;
 use super::wheel::{Key, Wheel};
 use crate::job::JobRef;
+use crate::lane::Lane;
 use crate::loom::{fence, AtomicBool, AtomicU64, Ordering};
 use crate::metrics::Counters;
 use crate::task::header::{self, TaskRef};
@@ -148,7 +149,7 @@ enum Msg {
     Insert {
         deadline: u64,
         job: JobRef,
-        lane: usize,
+        lane: Lane,
     },
     /// A canceller claimed this SCHEDULED task: drop its wheel entry (invariant 6 of
     /// `task/state.rs`).
@@ -165,7 +166,7 @@ enum Msg {
 /// A wheel entry.
 enum Entry {
     /// A SCHEDULED task's timer reference, and its lane.
-    Task(JobRef, usize),
+    Task(JobRef, Lane),
     /// A periodic schedule and the tick it was scheduled for.
     Periodic(Arc<PeriodicState>, u64),
 }
@@ -202,7 +203,7 @@ pub(crate) trait Dispatch: Send + Sync + 'static {
 
     /// Queues a timer that came due in `lane`: a task made QUEUED again, or a run of a
     /// periodic schedule.
-    fn push_due(&self, lane: usize, job: JobRef);
+    fn push_due(&self, lane: Lane, job: JobRef);
 
     /// True once the pool shut down and its workers are leaving: the driver resolves
     /// what is left and exits.
@@ -268,7 +269,7 @@ impl Timer {
         &self,
         deadline: u64,
         job: JobRef,
-        lane: usize,
+        lane: Lane,
         pool: &D,
     ) {
         self.send(

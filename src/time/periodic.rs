@@ -24,6 +24,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::job::{JobHeader, JobRef, JobVtable};
+use crate::lane::Lane;
 use crate::loom::{AtomicU64, AtomicU8, Ordering};
 use crate::metrics::Counters;
 use crate::util::AbortOnPanic;
@@ -44,11 +45,11 @@ pub(crate) struct PeriodicState {
     pub(super) panics: AtomicU64,
     /// The period in ticks (at least 1).
     pub(crate) period: u64,
-    pub(crate) lane: usize,
+    pub(crate) lane: Lane,
 }
 
 impl PeriodicState {
-    pub(crate) fn new(body: Box<dyn FnMut() + Send>, period: u64, lane: usize) -> PeriodicState {
+    pub(crate) fn new(body: Box<dyn FnMut() + Send>, period: u64, lane: Lane) -> PeriodicState {
         PeriodicState {
             body: Mutex::new(body),
             state: AtomicU8::new(0),

@@ -25,6 +25,7 @@ use loom::sync::{Arc, Mutex};
 use loom::thread;
 
 use crate::job::JobRef;
+use crate::lane::Lane;
 use crate::loom::{AtomicBool, AtomicUsize, Ordering};
 use crate::metrics::Counters;
 use crate::task::alloc;
@@ -161,7 +162,7 @@ impl Schedule for Owner {
         &self.counters
     }
 
-    fn retry_after(&self, _delay: Duration, job: JobRef, _lane: usize) {
+    fn retry_after(&self, _delay: Duration, job: JobRef, _lane: Lane) {
         self.timer.lock().unwrap().push(job);
     }
 
@@ -228,7 +229,7 @@ fn spawn<B: Body<Output = Output>>(
     state: State,
     owner: &Arc<Owner>,
 ) -> (JobRef, JoinHandle<Output>) {
-    let (job, handle) = raw::allocate_body(body, state, &**owner, 1);
+    let (job, handle) = raw::allocate_body(body, state, &**owner, Lane::NORMAL);
     // SAFETY: `allocate_body` returns the handle's reference, of output `Output`.
     (job, unsafe { JoinHandle::from_raw(handle) })
 }
