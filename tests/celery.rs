@@ -1162,7 +1162,48 @@ fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
 /// Sends `n` no-op tasks at once (one Redis pipeline; on RabbitMQ every publish, then every
 /// confirm), then waits until every result is written: tasks per second from the first send
 /// to the last result.
+/// CPU seconds used so far by this process's worker threads (named `weft-celery-*`: the
+/// pool's, the consumer, the finisher, remote control, events).
+fn worker_threads_cpu() -> f64 {
+    let mut total = 0.0;
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.contains("(weft-celery") {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / 100.0;
+    }
+    total
+}
+
+/// CPU seconds used so far by the Redis server (`INFO cpu`, user + system).
+fn redis_cpu(env: &Env) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query(&mut env.redis())
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
 fn noop_throughput(env: &Env, q: &str, n: usize) -> f64 {
+    noop_throughput_cpu(env, q, n).0
+}
+
+/// [`noop_throughput`], and the CPU time per task (µs) over the timed window of this
+/// process's worker threads and of Redis.
+fn noop_throughput_cpu(env: &Env, q: &str, n: usize) -> (f64, f64, f64) {
     let client = env.client();
     let opts = on(q);
     // Warm-up: the worker consumes.
@@ -1178,6 +1219,7 @@ fn noop_throughput(env: &Env, q: &str, n: usize) -> f64 {
             m
         })
         .collect();
+    let (worker0, redis0) = (worker_threads_cpu(), redis_cpu(env));
     let start = Instant::now();
     env.push_all(&msgs);
     // FIFO: once the last few are done, all are (checked after the clock stops).
@@ -1188,13 +1230,18 @@ fn noop_throughput(env: &Env, q: &str, n: usize) -> f64 {
             .unwrap();
     }
     let elapsed = start.elapsed();
+    let per_task = |s: f64| s * 1e6 / n as f64;
+    let (worker_us, redis_us) = (
+        per_task(worker_threads_cpu() - worker0),
+        per_task(redis_cpu(env) - redis0),
+    );
     for m in &msgs {
         client
             .result(m.id.clone())
             .get(Duration::from_secs(300))
             .unwrap();
     }
-    n as f64 / elapsed.as_secs_f64()
+    (n as f64 / elapsed.as_secs_f64(), worker_us, redis_us)
 }
 
 /// Throughput, weft worker vs a Python Celery worker (prefork), same concurrency, same
@@ -1268,26 +1315,7 @@ fn events_cost_on_vs_off() {
     );
     // The CPU time (user + system, clock ticks of 10 ms) of the worker's threads (named
     // `weft-celery-*`: the pool's, the consumer, the finisher, remote control, events).
-    let worker_cpu = || -> f64 {
-        let mut total = 0.0;
-        for t in std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let Some((head, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            if !head.contains("(weft-celery") {
-                continue;
-            }
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            total += (ticks(11) + ticks(12)) / 100.0;
-        }
-        total
-    };
+    let worker_cpu = worker_threads_cpu;
     let run = |events: bool| {
         let q = unique(if events {
             "bench-ev-on"
@@ -1478,10 +1506,11 @@ fn weft_alone_noop_rate() {
         .start()
         .unwrap();
     for _ in 0..runs {
-        let rate = noop_throughput(&env, &q, n);
+        let (rate, worker_us, redis_us) = noop_throughput_cpu(&env, &q, n);
         eprintln!(
             "no-op throughput over {}, {n} tasks, concurrency 2, prefetch {}: \
-             weft worker {rate:.0} tasks/s",
+             weft worker {rate:.0} tasks/s (CPU per task: worker threads {worker_us:.1} µs, \
+             Redis {redis_us:.1} µs)",
             if env.amqp { "RabbitMQ" } else { "Redis" },
             if prefetch == 0 { 8 } else { prefetch },
         );
