@@ -139,9 +139,11 @@ pub fn publish(conn: &mut Connection, msg: &TaskMessage) -> RedisResult<()> {
 /// verbatim), so either kind of worker can restore it. An entry that is not a kombu
 /// envelope with a delivery tag is returned without a record (it is dead-lettered).
 /// The script reads `properties.delivery_tag` and `delivery_info`'s `exchange` and
-/// `routing_key` without decoding the envelope when each occurs once, after
-/// `"properties"`, as a string without escapes (kombu's and weft's envelopes: a third of
-/// the script's time per message was `cjson.decode`), and decodes it otherwise.
+/// `routing_key` without decoding the envelope when `"properties"` occurs once and each
+/// occurs once after it, as a string without escapes (kombu's and weft's envelopes: a
+/// third of the script's time per message was `cjson.decode`), and decodes it otherwise.
+/// It pops with one `RPOP` with a count per list (one at a time before Redis 6.2) and
+/// records the whole take in one `ZADD` and one `HSET`.
 ///
 /// The same script also writes the tags it recorded under `fetch`'s key (see
 /// [`Fetch`]), so that a consumer that did not get the answer (the connection dropped, the
@@ -271,62 +273,89 @@ pub fn fence(conn: &mut Connection, old: Option<i64>) -> RedisResult<()> {
 static POP_AND_RECORD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
--- The plain string value of `key` after `after` (the end of "properties"), read without
--- decoding the envelope; `sure` is false unless `key` occurs exactly once, there,
--- as a key with a string value without escapes (then the decode below reads it).
-local function plain(raw, key, after)
+-- The plain string value of the first `key` after `from` (just after "properties"),
+-- read without decoding the envelope; `sure` is false unless `key` occurs exactly once
+-- after `from`, as a key with a string value without escapes (then the decode below
+-- reads it). Keys before `from` belong to other members of the envelope.
+local function plain(raw, key, from)
   local pat = key .. '"'
-  local s, e = string.find(raw, pat, 1, true)
+  local s, e = string.find(raw, pat, from, true)
   if not s then return nil, true end
-  if s <= after or string.sub(raw, s - 1, s - 1) ~= '"' then return nil, false end
+  if string.byte(raw, s - 1) ~= 34 then return nil, false end
   if string.find(raw, pat, e + 1, true) then return nil, false end
   local v = string.match(raw, '^%s*:%s*"([^"\\]*)"', e + 1)
   return v, v ~= nil
 end
--- properties.delivery_tag, .delivery_info.exchange and .routing_key of an envelope.
+-- properties.delivery_tag, .delivery_info.exchange and .routing_key of an envelope, and
+-- whether they were read verbatim (JSON-safe as they are: no quote, no escape).
 local function fields(raw)
   local s, e = string.find(raw, 'properties"', 1, true)
-  if s and string.sub(raw, s - 1, s - 1) == '"'
+  if s and string.byte(raw, s - 1) == 34
       and not string.find(raw, 'properties"', e + 1, true) then
-    local tag, ok1 = plain(raw, 'delivery_tag', e)
-    local exchange, ok2 = plain(raw, 'exchange', e)
-    local rk, ok3 = plain(raw, 'routing_key', e)
-    if ok1 and ok2 and ok3 then return tag, exchange, rk end
+    local tag, ok1 = plain(raw, 'delivery_tag', e + 1)
+    local exchange, ok2 = plain(raw, 'exchange', e + 1)
+    local rk, ok3 = plain(raw, 'routing_key', e + 1)
+    if ok1 and ok2 and ok3 then return tag, exchange, rk, true end
   end
   local ok, m = pcall(cjson.decode, raw)
   if ok and type(m) == 'table' and type(m.properties) == 'table' then
     local info = m.properties.delivery_info
     if type(info) == 'table' then
-      return m.properties.delivery_tag, info.exchange, info.routing_key
+      return m.properties.delivery_tag, info.exchange, info.routing_key, false
     end
-    return m.properties.delivery_tag
+    return m.properties.delivery_tag, nil, nil, false
   end
 end
 local max = tonumber(ARGV[1])
 local out = {}
+local zadd = {}
+local hset = {}
 local tags = {}
 local n = 0
-for i = 4, #KEYS do
-  while n < max do
-    local raw = redis.pcall('RPOP', KEYS[i])
-    if type(raw) ~= 'string' then break end
-    local tag, exchange, rk = fields(raw)
-    local recorded = ''
-    if type(tag) == 'string' and tag ~= '' then
-      if type(exchange) ~= 'string' then exchange = '' end
-      if type(rk) ~= 'string' or rk == '' then rk = ARGV[i] end
-      redis.call('ZADD', KEYS[1], ARGV[2], tag)
-      redis.call('HSET', KEYS[2], tag,
-        '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(rk) .. ']')
-      recorded = tag
-      tags[#tags + 1] = tag
+-- One message popped from KEYS[i]: its record queued, its reply entry added.
+local function take(i, raw)
+  local tag, exchange, rk, verbatim = fields(raw)
+  local recorded = ''
+  if type(tag) == 'string' and tag ~= '' then
+    if type(exchange) ~= 'string' then exchange = '' end
+    if type(rk) ~= 'string' or rk == '' then rk = ARGV[i]; verbatim = false end
+    local tail
+    if verbatim then
+      tail = ',"' .. exchange .. '","' .. rk .. '"]'
+    else
+      tail = ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(rk) .. ']'
     end
-    out[#out + 1] = KEYS[i]
-    out[#out + 1] = raw
-    out[#out + 1] = recorded
-    n = n + 1
+    zadd[#zadd + 1] = ARGV[2]
+    zadd[#zadd + 1] = tag
+    hset[#hset + 1] = tag
+    hset[#hset + 1] = '[' .. raw .. tail
+    recorded = tag
+    tags[#tags + 1] = tag
   end
+  out[#out + 1] = KEYS[i]
+  out[#out + 1] = raw
+  out[#out + 1] = recorded
+  n = n + 1
+end
+for i = 4, #KEYS do
   if n >= max then break end
+  local got = redis.pcall('RPOP', KEYS[i], max - n)
+  if type(got) == 'table' and got.err then
+    -- A Redis before 6.2 (no count): one at a time; a key that is not a list: skipped.
+    while n < max do
+      local raw = redis.pcall('RPOP', KEYS[i])
+      if type(raw) ~= 'string' then break end
+      take(i, raw)
+    end
+  elseif type(got) == 'table' then
+    for _, raw in ipairs(got) do take(i, raw) end
+  end
+end
+-- The records, in one ZADD and one HSET per 1000 messages (Lua's unpack is bounded).
+for c = 1, #zadd, 2000 do
+  local last = math.min(c + 1999, #zadd)
+  redis.call('ZADD', KEYS[1], unpack(zadd, c, last))
+  redis.call('HSET', KEYS[2], unpack(hset, c, last))
 end
 if #tags > 0 then
   redis.call('SET', KEYS[3], cjson.encode({ARGV[3], tags}), 'EX', 86400)
