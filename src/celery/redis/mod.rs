@@ -473,9 +473,19 @@ pub fn add_dead_letter(pipe: &mut redis::Pipeline, queue: &str, raw: &[u8], reas
 
 /// Adds to `pipe` the acknowledgement of `tag` (`ZREM unacked_index; HDEL unacked`).
 pub fn add_ack(pipe: &mut redis::Pipeline, tag: &str) {
-    pipe.zrem(UNACKED_INDEX, tag)
+    add_acks(pipe, &[tag]);
+}
+
+/// Adds to `pipe` the acknowledgement of every one of `tags`, in one `ZREM unacked_index`
+/// and one `HDEL unacked` (nothing if `tags` is empty).
+pub fn add_acks<S: AsRef<str>>(pipe: &mut redis::Pipeline, tags: &[S]) {
+    if tags.is_empty() {
+        return;
+    }
+    let tags: Vec<&str> = tags.iter().map(AsRef::as_ref).collect();
+    pipe.zrem(UNACKED_INDEX, &tags)
         .ignore()
-        .hdel(UNACKED, tag)
+        .hdel(UNACKED, &tags)
         .ignore();
 }
 

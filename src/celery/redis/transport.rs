@@ -21,9 +21,9 @@ use super::super::transport::{
 };
 use super::wake::{track_on, Wake};
 use super::{
-    add_ack, add_dead_letter, add_finish, add_retry, client_id, consume_keys, fence, heartbeat,
-    pop_and_record, publish, queue_for_priority, queue_of_list, recover_fetch, restore_by_tag,
-    restore_visible, Fetch,
+    add_ack, add_acks, add_dead_letter, add_finish, add_retry, client_id, consume_keys, fence,
+    heartbeat, pop_and_record, publish, queue_for_priority, queue_of_list, recover_fetch,
+    restore_by_tag, restore_visible, Fetch,
 };
 
 /// A [`Worker`](super::super::Worker)'s transport over Redis: kombu's layout, acks emulated with
@@ -376,9 +376,12 @@ impl RedisSettler {
         pipe.atomic();
         let expires = self.expires;
         let mut chord_parts = Vec::new();
+        // Every acknowledgement of the batch, in one `ZREM` and one `HDEL` at the end of
+        // the `MULTI` (which applies all of it at once).
+        let mut acks: Vec<&str> = Vec::new();
         for s in batch {
             match s {
-                Settlement::Ack(tag) => add_ack(&mut pipe, tag),
+                Settlement::Ack(tag) => acks.push(tag),
                 Settlement::Result {
                     id,
                     result,
@@ -394,11 +397,7 @@ impl RedisSettler {
                         Some(f) if !f.next.parts.is_empty() => {
                             chord_parts.push((&f.next.parts, tag.as_deref()))
                         }
-                        _ => {
-                            if let Some(tag) = tag {
-                                add_ack(&mut pipe, tag);
-                            }
-                        }
+                        _ => acks.extend(tag.as_deref()),
                     }
                 }
                 Settlement::Retry { next, failure, tag } => {
@@ -406,7 +405,8 @@ impl RedisSettler {
                         TaskResult::Failure { exc_message, .. } => exc_message.as_str(),
                         _ => "",
                     };
-                    add_retry(&mut pipe, next, reason, expires, tag.as_deref())
+                    add_retry(&mut pipe, next, reason, expires, None);
+                    acks.extend(tag.as_deref());
                 }
                 Settlement::Refuse {
                     queue,
@@ -419,9 +419,7 @@ impl RedisSettler {
                     if let Some((id, result)) = result {
                         add_finish(&mut pipe, id, result, expires, None);
                     }
-                    if let Some(tag) = tag {
-                        add_ack(&mut pipe, tag);
-                    }
+                    acks.extend(tag.as_deref());
                 }
                 Settlement::Republish { message, tag } => {
                     pipe.lpush(
@@ -429,10 +427,11 @@ impl RedisSettler {
                         message.encode(),
                     )
                     .ignore();
-                    add_ack(&mut pipe, tag);
+                    acks.push(tag);
                 }
             }
         }
+        add_acks(&mut pipe, &acks);
         pipe.set_ex(&self.marker, self.seq, expires.as_secs().max(1))
             .ignore();
         if !ran {
