@@ -1606,3 +1606,131 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
     // window, which weft's own consumer closes). Every other comes back.
     assert!(lost.len() <= 2, "{lost:?}");
 }
+
+/// The broker's own ceiling at Celery's default prefetch (ignored by default; RabbitMQ
+/// only: `WEFT_CELERY_BROKER=amqp://... WEFT_CELERY_BENCH_TASKS=N cargo test --release
+/// --features amqp --test celery consume_ack_ceiling -- --ignored --nocapture`): the same N
+/// no-op messages as the throughput test, taken by a bare consumer (per-consumer
+/// `basic.qos` 8, as a worker of concurrency 2) that acknowledges what has arrived, all
+/// at once, and does nothing else: no task, no result. No worker can drain the queue faster at that
+/// prefetch through this client library and broker.
+#[cfg(feature = "amqp")]
+#[test]
+#[ignore]
+fn consume_ack_ceiling() {
+    let Some(env) = env() else {
+        return;
+    };
+    if !env.amqp {
+        eprintln!("consume_ack_ceiling: RabbitMQ only (set WEFT_CELERY_BROKER=amqp://...)");
+        return;
+    }
+    let n = std::env::var("WEFT_CELERY_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000usize);
+    for prefetch in [8u16, 64] {
+        let q = unique("bench-ceiling");
+        let broker = env.amqp();
+        broker.declare_queue(&q, None).unwrap();
+        let msgs: Vec<weft::celery::TaskMessage> = (0..n)
+            .map(|_| {
+                let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
+                m.routing_key = q.clone();
+                m
+            })
+            .collect();
+        let start = Instant::now();
+        env.push_all(&msgs);
+        let pushed = start.elapsed();
+        let mut consumer = broker.consume(&q, prefetch).unwrap();
+        let mut got = 0;
+        while got < n {
+            // Every message there already, acknowledged together (`ack_all`).
+            let mut batch = vec![consumer
+                .next(Duration::from_secs(60))
+                .unwrap()
+                .expect("a message within 60 s")];
+            while let Ok(Some(d)) = consumer.next(Duration::ZERO) {
+                batch.push(d);
+            }
+            got += batch.len();
+            assert!(weft::celery::amqp::ack_all(&batch));
+        }
+        let elapsed = start.elapsed();
+        let rate = n as f64 / elapsed.as_secs_f64();
+        let consumed = n as f64 / (elapsed - pushed).as_secs_f64();
+        eprintln!(
+            "consume-and-ack ceiling over RabbitMQ, {n} messages, prefetch {prefetch}: \
+             {rate:.0} messages/s from the push on (the throughput test's clock), \
+             {consumed:.0} messages/s after it"
+        );
+    }
+}
+
+/// What a perfect worker would reach over Redis at Celery's default prefetch (ignored by
+/// default: `WEFT_CELERY_BENCH_TASKS=N cargo test --release --features redis --test celery
+/// take_settle_ceiling -- --ignored --nocapture`): the same N no-op messages and clock as
+/// the throughput test, drained by one thread with nothing but the worker's Redis
+/// commands: a take of at most 8 (`pop_and_record`, the worker's script), then the take's
+/// results and acknowledgements in one `MULTI` (`add_finish`), and again. No task runs,
+/// no thread hand-off, no message parsed.
+#[test]
+#[ignore]
+fn take_settle_ceiling() {
+    let Some(env) = env() else {
+        return;
+    };
+    if env.amqp {
+        eprintln!("take_settle_ceiling: Redis only");
+        return;
+    }
+    let n = std::env::var("WEFT_CELERY_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000usize);
+    let q = unique("bench-ceiling");
+    let msgs: Vec<weft::celery::TaskMessage> = (0..n)
+        .map(|_| {
+            let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
+            m.routing_key = q.clone();
+            m
+        })
+        .collect();
+    let mut conn = env.redis();
+    let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
+    let queues: Vec<String> = keys.iter().map(|_| q.clone()).collect();
+    let mut fetch = weft::celery::redis::Fetch::new();
+    let expires = Duration::from_secs(600);
+    let ok = TaskResult::Success(Value::Null);
+    let redis0 = redis_cpu(&env);
+    let start = Instant::now();
+    env.push_all(&msgs);
+    let mut done = 0;
+    while done < n {
+        fetch.seq += 1;
+        let taken =
+            weft::celery::redis::pop_and_record(&mut conn, &keys, &queues, 8, &fetch).unwrap();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (_, _, tag) in &taken {
+            // Any distinct key does (deleted below): the delivery tag.
+            let tag = tag.as_deref().expect("recorded");
+            let id = format!("ceiling-{tag}");
+            weft::celery::redis::add_finish(&mut pipe, &id, &ok, expires, Some(tag));
+        }
+        pipe.query::<()>(&mut conn).unwrap();
+        done += taken.len();
+    }
+    let elapsed = start.elapsed();
+    let redis_us = (redis_cpu(&env) - redis0) * 1e6 / n as f64;
+    let _: () = redis::cmd("EVAL")
+        .arg("for _, k in ipairs(redis.call('KEYS', 'celery-task-meta-ceiling-*')) do redis.call('DEL', k) end")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+    eprintln!(
+        "take-and-settle ceiling over Redis, {n} messages, takes of 8, one thread: {:.0} tasks/s (Redis CPU {redis_us:.1} µs per task)",
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
