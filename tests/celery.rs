@@ -1672,9 +1672,12 @@ fn consume_ack_ceiling() {
 /// default: `WEFT_CELERY_BENCH_TASKS=N cargo test --release --features redis --test celery
 /// take_settle_ceiling -- --ignored --nocapture`): the same N no-op messages and clock as
 /// the throughput test, drained by one thread with nothing but the worker's Redis
-/// commands: a take of at most 8 (`pop_and_record`, the worker's script), then the take's
-/// results and acknowledgements in one `MULTI` (`add_finish`), and again. No task runs,
-/// no thread hand-off, no message parsed.
+/// commands: takes of at most 8 (the worker's take script, read from
+/// `src/celery/redis/mod.rs`), each take's results and acknowledgements in one `MULTI`
+/// (`add_finish`). No task runs, no thread hand-off, no message parsed. Two shapes: a take,
+/// then its write (two round trips per take); and each take sent in one pipeline with the
+/// previous take's write (one round trip per take: at prefetch 8 a worker can have at most
+/// 8 messages taken and not started, so no shape takes more per round trip).
 #[test]
 #[ignore]
 fn take_settle_ceiling() {
@@ -1689,48 +1692,81 @@ fn take_settle_ceiling() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000usize);
-    let q = unique("bench-ceiling");
-    let msgs: Vec<weft::celery::TaskMessage> = (0..n)
-        .map(|_| {
-            let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
-            m.routing_key = q.clone();
-            m
-        })
-        .collect();
-    let mut conn = env.redis();
-    let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
-    let queues: Vec<String> = keys.iter().map(|_| q.clone()).collect();
-    let mut fetch = weft::celery::redis::Fetch::new();
-    let expires = Duration::from_secs(600);
-    let ok = TaskResult::Success(Value::Null);
-    let redis0 = redis_cpu(&env);
-    let start = Instant::now();
-    env.push_all(&msgs);
-    let mut done = 0;
-    while done < n {
-        fetch.seq += 1;
-        let taken =
-            weft::celery::redis::pop_and_record(&mut conn, &keys, &queues, 8, &fetch).unwrap();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (_, _, tag) in &taken {
-            // Any distinct key does (deleted below): the delivery tag.
-            let tag = tag.as_deref().expect("recorded");
-            let id = format!("ceiling-{tag}");
-            weft::celery::redis::add_finish(&mut pipe, &id, &ok, expires, Some(tag));
+    let src = include_str!("../src/celery/redis/mod.rs");
+    let body = &src[src.find("static POP_AND_RECORD").expect("the take script")..];
+    let body = &body[body.find("r#\"").unwrap() + 3..];
+    let script = &body[..body.find("\"#").unwrap()];
+    for pipelined in [false, true] {
+        let q = unique("bench-ceiling");
+        let msgs: Vec<weft::celery::TaskMessage> = (0..n)
+            .map(|_| {
+                let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
+                m.routing_key = q.clone();
+                m
+            })
+            .collect();
+        let mut conn = env.redis();
+        let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
+        let fetch = format!("weft.fetch.{q}");
+        let ok = TaskResult::Success(Value::Null);
+        // The write of `tags` (results keyed by the tag, deleted below, and the acks).
+        let settle = |pipe: &mut redis::Pipeline, tags: &[String]| {
+            pipe.cmd("MULTI").ignore();
+            for tag in tags {
+                let id = format!("ceiling-{tag}");
+                let expires = Duration::from_secs(600);
+                weft::celery::redis::add_finish(pipe, &id, &ok, expires, Some(tag));
+            }
+            pipe.cmd("EXEC").ignore();
+        };
+        let redis0 = redis_cpu(&env);
+        let start = Instant::now();
+        env.push_all(&msgs);
+        let (mut done, mut seq, mut trips) = (0, 0u64, 0);
+        let mut unwritten: Vec<String> = Vec::new();
+        while done < n || !unwritten.is_empty() {
+            seq += 1;
+            let mut pipe = redis::pipe();
+            if pipelined && !unwritten.is_empty() {
+                settle(&mut pipe, &std::mem::take(&mut unwritten));
+            }
+            let mut take = redis::cmd("EVAL");
+            take.arg(script).arg(3 + keys.len());
+            take.arg("unacked_index").arg("unacked").arg(&fetch);
+            take.arg(&keys)
+                .arg(if done < n { 8 } else { 0 })
+                .arg(1.0)
+                .arg(seq);
+            take.arg(keys.iter().map(|_| q.as_str()).collect::<Vec<_>>());
+            pipe.add_command(take);
+            let (flat,): (Vec<Vec<u8>>,) = pipe.query(&mut conn).unwrap();
+            trips += 1;
+            let tags: Vec<String> = flat
+                .chunks(3)
+                .map(|c| String::from_utf8_lossy(&c[2]).into_owned())
+                .collect();
+            done += tags.len();
+            if pipelined {
+                unwritten = tags;
+            } else {
+                let mut pipe = redis::pipe();
+                settle(&mut pipe, &tags);
+                pipe.query::<()>(&mut conn).unwrap();
+                trips += 1;
+            }
         }
-        pipe.query::<()>(&mut conn).unwrap();
-        done += taken.len();
+        let elapsed = start.elapsed();
+        let redis_us = (redis_cpu(&env) - redis0) * 1e6 / n as f64;
+        let _: () = redis::cmd("EVAL")
+            .arg("for _, k in ipairs(redis.call('KEYS', 'celery-task-meta-ceiling-*')) do redis.call('DEL', k) end")
+            .arg(0)
+            .query(&mut conn)
+            .unwrap();
+        eprintln!(
+            "take-and-settle ceiling over Redis, {n} messages, takes of 8, one thread, {}: {:.0} tasks/s \
+             ({trips} round trips, Redis CPU {redis_us:.1} µs per task)",
+            if pipelined { "each take pipelined with the last one's write" } else { "a take, then its write" },
+            n as f64 / elapsed.as_secs_f64()
+        );
     }
-    let elapsed = start.elapsed();
-    let redis_us = (redis_cpu(&env) - redis0) * 1e6 / n as f64;
-    let _: () = redis::cmd("EVAL")
-        .arg("for _, k in ipairs(redis.call('KEYS', 'celery-task-meta-ceiling-*')) do redis.call('DEL', k) end")
-        .arg(0)
-        .query(&mut conn)
-        .unwrap();
-    eprintln!(
-        "take-and-settle ceiling over Redis, {n} messages, takes of 8, one thread: {:.0} tasks/s (Redis CPU {redis_us:.1} µs per task)",
-        n as f64 / elapsed.as_secs_f64()
-    );
 }
