@@ -1612,7 +1612,8 @@ fn a_weft_worker_recovers_a_killed_python_workers_tasks() {
 /// --features amqp --test celery consume_ack_ceiling -- --ignored --nocapture`): the same N
 /// no-op messages as the throughput test, taken by a bare consumer (per-consumer
 /// `basic.qos` 8, as a worker of concurrency 2) that acknowledges what has arrived, all
-/// at once, and does nothing else: no task, no result. No worker can drain the queue faster at that
+/// at once, and does nothing else: no task, no result. Once started after the push, once
+/// consuming while it runs. No worker can drain the queue faster at that
 /// prefetch through this client library and broker.
 #[cfg(feature = "amqp")]
 #[test]
@@ -1640,30 +1641,47 @@ fn consume_ack_ceiling() {
                 m
             })
             .collect();
+        // Consumes and acknowledges `n` messages of `q`, every one there already
+        // acknowledged together (`ack_all`).
+        let drain = |consumer: &mut weft::celery::amqp::Consumer| {
+            let mut got = 0;
+            while got < n {
+                let mut batch = vec![consumer
+                    .next(Duration::from_secs(60))
+                    .unwrap()
+                    .expect("a message within 60 s")];
+                while let Ok(Some(d)) = consumer.next(Duration::ZERO) {
+                    batch.push(d);
+                }
+                got += batch.len();
+                assert!(weft::celery::amqp::ack_all(&batch));
+            }
+        };
+        // After the push, as a worker started late would.
         let start = Instant::now();
         env.push_all(&msgs);
         let pushed = start.elapsed();
         let mut consumer = broker.consume(&q, prefetch).unwrap();
-        let mut got = 0;
-        while got < n {
-            // Every message there already, acknowledged together (`ack_all`).
-            let mut batch = vec![consumer
-                .next(Duration::from_secs(60))
-                .unwrap()
-                .expect("a message within 60 s")];
-            while let Ok(Some(d)) = consumer.next(Duration::ZERO) {
-                batch.push(d);
-            }
-            got += batch.len();
-            assert!(weft::celery::amqp::ack_all(&batch));
-        }
+        drain(&mut consumer);
         let elapsed = start.elapsed();
-        let rate = n as f64 / elapsed.as_secs_f64();
-        let consumed = n as f64 / (elapsed - pushed).as_secs_f64();
+        consumer.close().unwrap();
+        // During the push, as the throughput test's worker does.
+        let mut consumer = broker.consume(&q, prefetch).unwrap();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| drain(&mut consumer));
+            env.push_all(&msgs);
+        });
+        let during = start.elapsed();
+        consumer.close().unwrap();
+        let per_s = |d: Duration| n as f64 / d.as_secs_f64();
         eprintln!(
             "consume-and-ack ceiling over RabbitMQ, {n} messages, prefetch {prefetch}: \
-             {rate:.0} messages/s from the push on (the throughput test's clock), \
-             {consumed:.0} messages/s after it"
+             consuming after the push {:.0} messages/s from the push on (the throughput \
+             test's clock), {:.0} after it; consuming during the push {:.0} from the push on",
+            per_s(elapsed),
+            per_s(elapsed - pushed),
+            per_s(during),
         );
     }
 }
