@@ -1197,6 +1197,25 @@ fn redis_cpu(env: &Env) -> f64 {
         .sum()
 }
 
+/// The benches' task count: `WEFT_CELERY_BENCH_TASKS`, else 5,000.
+fn bench_tasks() -> usize {
+    std::env::var("WEFT_CELERY_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
+
+/// `n` no-op task messages (protocol v2 JSON) for queue `q`.
+fn noop_messages(q: &str, n: usize) -> Vec<weft::celery::TaskMessage> {
+    (0..n)
+        .map(|_| {
+            let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
+            m.routing_key = q.to_owned();
+            m
+        })
+        .collect()
+}
+
 fn noop_throughput(env: &Env, q: &str, n: usize) -> f64 {
     noop_throughput_cpu(env, q, n).0
 }
@@ -1212,13 +1231,7 @@ fn noop_throughput_cpu(env: &Env, q: &str, n: usize) -> (f64, f64, f64) {
         .unwrap()
         .get(Duration::from_secs(60))
         .unwrap();
-    let msgs: Vec<weft::celery::TaskMessage> = (0..n)
-        .map(|_| {
-            let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
-            m.routing_key = q.to_owned();
-            m
-        })
-        .collect();
+    let msgs = noop_messages(q, n);
     let (worker0, redis0) = (worker_threads_cpu(), redis_cpu(env));
     let start = Instant::now();
     env.push_all(&msgs);
@@ -1254,10 +1267,7 @@ fn throughput_weft_vs_python_celery() {
     let (Some(env), Some(py)) = (env(), python()) else {
         return;
     };
-    let n: usize = std::env::var("WEFT_CELERY_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+    let n = bench_tasks();
     let concurrency = 2;
     let q = unique("bench-weft");
     let worker = env
@@ -1313,8 +1323,6 @@ fn events_cost_on_vs_off() {
         var("WEFT_CELERY_BENCH_TASKS", 5000),
         var("WEFT_CELERY_BENCH_ROUNDS", 3),
     );
-    // The CPU time (user + system, clock ticks of 10 ms) of the worker's threads (named
-    // `weft-celery-*`: the pool's, the consumer, the finisher, remote control, events).
     let worker_cpu = worker_threads_cpu;
     let run = |events: bool| {
         let q = unique(if events {
@@ -1494,7 +1502,7 @@ fn weft_alone_noop_rate() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let n = var("WEFT_CELERY_BENCH_TASKS", 5000);
+    let n = bench_tasks();
     let runs = var("WEFT_CELERY_BENCH_RUNS", 3);
     let prefetch = var("WEFT_CELERY_BENCH_PREFETCH", 0);
     let q = unique("bench-weft-only");
@@ -1626,21 +1634,12 @@ fn consume_ack_ceiling() {
         eprintln!("consume_ack_ceiling: RabbitMQ only (set WEFT_CELERY_BROKER=amqp://...)");
         return;
     }
-    let n = std::env::var("WEFT_CELERY_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000usize);
+    let n = bench_tasks();
     for prefetch in [8u16, 64] {
         let q = unique("bench-ceiling");
         let broker = env.amqp();
         broker.declare_queue(&q, None).unwrap();
-        let msgs: Vec<weft::celery::TaskMessage> = (0..n)
-            .map(|_| {
-                let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
-                m.routing_key = q.clone();
-                m
-            })
-            .collect();
+        let msgs = noop_messages(&q, n);
         // Consumes and acknowledges `n` messages of `q`, every one there already
         // acknowledged together (`ack_all`).
         let drain = |consumer: &mut weft::celery::amqp::Consumer| {
@@ -1706,23 +1705,14 @@ fn take_settle_ceiling() {
         eprintln!("take_settle_ceiling: Redis only");
         return;
     }
-    let n = std::env::var("WEFT_CELERY_BENCH_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000usize);
+    let n = bench_tasks();
     let src = include_str!("../src/celery/redis/mod.rs");
     let body = &src[src.find("static POP_AND_RECORD").expect("the take script")..];
     let body = &body[body.find("r#\"").unwrap() + 3..];
     let script = &body[..body.find("\"#").unwrap()];
     for pipelined in [false, true] {
         let q = unique("bench-ceiling");
-        let msgs: Vec<weft::celery::TaskMessage> = (0..n)
-            .map(|_| {
-                let mut m = weft::celery::TaskMessage::new("noop", vec![], no_args());
-                m.routing_key = q.clone();
-                m
-            })
-            .collect();
+        let msgs = noop_messages(&q, n);
         let mut conn = env.redis();
         let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
         let fetch = format!("weft.fetch.{q}");
