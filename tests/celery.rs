@@ -1159,9 +1159,6 @@ fn a_failing_task_with_a_retry_policy_is_retried_as_celery_does() {
     assert_eq!(worker.shutdown(), 0);
 }
 
-/// Sends `n` no-op tasks at once (one Redis pipeline; on RabbitMQ every publish, then every
-/// confirm), then waits until every result is written: tasks per second from the first send
-/// to the last result.
 /// CPU seconds used so far by this process's worker threads (named `weft-celery-*`: the
 /// pool's, the consumer, the finisher, remote control, events).
 fn worker_threads_cpu() -> f64 {
@@ -1216,6 +1213,9 @@ fn noop_messages(q: &str, n: usize) -> Vec<weft::celery::TaskMessage> {
         .collect()
 }
 
+/// Sends `n` no-op tasks at once (one Redis pipeline; on RabbitMQ every publish, then every
+/// confirm), then waits until every result is written: tasks per second from the first send
+/// to the last result.
 fn noop_throughput(env: &Env, q: &str, n: usize) -> f64 {
     noop_throughput_cpu(env, q, n).0
 }
