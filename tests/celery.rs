@@ -1485,6 +1485,83 @@ fn the_pop_script_reads_the_fields_of_every_kind_of_envelope() {
     }
 }
 
+/// A take larger than one `ZADD`/`HSET` of the pop script (it records 1,000 messages per
+/// call) records every message, in the order of its lists (priority 0 first), and a
+/// take stops at its bound.
+#[test]
+fn a_large_take_records_every_message_it_pops() {
+    let Some(env) = env() else {
+        return;
+    };
+    let q = unique("pop-large");
+    let mut conn = env.redis();
+    let mut msgs = noop_messages(&q, 2600);
+    for m in &mut msgs[..300] {
+        m.priority = 9;
+    }
+    let mut pipe = redis::pipe();
+    for m in &msgs {
+        pipe.lpush(
+            weft::celery::redis::queue_for_priority(&q, m.priority),
+            m.encode(),
+        )
+        .ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+    let keys = weft::celery::redis::consume_keys(&[q.as_str()]);
+    let queues: Vec<String> = keys.iter().map(|_| q.clone()).collect();
+    let fetch = weft::celery::redis::Fetch::new();
+    let popped =
+        weft::celery::redis::pop_and_record(&mut conn, &keys, &queues, 2500, &fetch).unwrap();
+    assert_eq!(popped.len(), 2500);
+    // Priority 0 first (oldest first), then the step-9 list.
+    let want: Vec<&str> = msgs[300..]
+        .iter()
+        .chain(&msgs[..200])
+        .map(|m| m.delivery_tag.as_str())
+        .collect();
+    let got: Vec<&str> = popped
+        .iter()
+        .map(|(_, _, tag)| tag.as_deref().expect("recorded"))
+        .collect();
+    assert_eq!(got, want);
+    let tags: Vec<&str> = got.clone();
+    let recorded: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg("unacked")
+        .arg(&tags)
+        .query(&mut conn)
+        .unwrap();
+    assert!(recorded.iter().all(Option::is_some));
+    let scored: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+        .arg("unacked_index")
+        .arg(&tags)
+        .query(&mut conn)
+        .unwrap();
+    assert!(scored.iter().all(Option::is_some));
+    // The rest stay on their list.
+    let left: usize = redis::cmd("LLEN")
+        .arg(weft::celery::redis::queue_for_priority(&q, 9))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(left, 100);
+    let mut pipe = redis::pipe();
+    weft::celery::redis::add_acks(&mut pipe, &tags);
+    pipe.query::<()>(&mut conn).unwrap();
+    let recorded: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg("unacked")
+        .arg(&tags)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        recorded.iter().all(Option::is_none),
+        "add_acks forgets them all"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(weft::celery::redis::queue_for_priority(&q, 9))
+        .query(&mut conn)
+        .unwrap();
+}
+
 /// The weft half of [`throughput_weft_vs_python_celery`] alone (named so that the filter
 /// `throughput` does not run it beside that test), for profiling and for
 /// other shapes (ignored by default): `WEFT_CELERY_BENCH_TASKS` tasks (default 5000),
