@@ -1562,6 +1562,44 @@ fn a_large_take_records_every_message_it_pops() {
         .unwrap();
 }
 
+/// A consumed key that is not a list (a stray `SET`) is skipped: the take goes on with the
+/// next list (through the script's one-at-a-time path, the one Redis before 6.2 takes).
+#[test]
+fn a_key_that_is_not_a_list_is_skipped_by_the_take() {
+    let Some(env) = env() else {
+        return;
+    };
+    let (stray, q) = (unique("pop-stray"), unique("pop-after-stray"));
+    let mut conn = env.redis();
+    let _: () = redis::cmd("SET")
+        .arg(&stray)
+        .arg("not a list")
+        .query(&mut conn)
+        .unwrap();
+    let msgs = noop_messages(&q, 3);
+    // Straight to Redis (on the RabbitMQ suite too: the take script is Redis's).
+    let mut pipe = redis::pipe();
+    for m in &msgs {
+        pipe.lpush(&q, m.encode()).ignore();
+    }
+    pipe.query::<()>(&mut conn).unwrap();
+    let keys = weft::celery::redis::consume_keys(&[stray.as_str(), q.as_str()]);
+    let queues: Vec<String> = keys
+        .iter()
+        .map(|k| weft::celery::redis::queue_of_list(k).to_owned())
+        .collect();
+    let fetch = weft::celery::redis::Fetch::new();
+    let popped = weft::celery::redis::pop_and_record(&mut conn, &keys, &queues, 8, &fetch).unwrap();
+    let got: Vec<Option<&str>> = popped.iter().map(|(_, _, t)| t.as_deref()).collect();
+    let want: Vec<Option<&str>> = msgs.iter().map(|m| Some(m.delivery_tag.as_str())).collect();
+    assert_eq!(got, want);
+    let tags: Vec<&str> = msgs.iter().map(|m| m.delivery_tag.as_str()).collect();
+    let mut pipe = redis::pipe();
+    weft::celery::redis::add_acks(&mut pipe, &tags);
+    pipe.del(&stray).ignore();
+    pipe.query::<()>(&mut conn).unwrap();
+}
+
 /// The weft half of [`throughput_weft_vs_python_celery`] alone (named so that the filter
 /// `throughput` does not run it beside that test), for profiling and for
 /// other shapes (ignored by default): `WEFT_CELERY_BENCH_TASKS` tasks (default 5000),
